@@ -1,0 +1,15 @@
+"""Constants shared by the VCR data pipeline."""
+
+# VCR's fixed list of gender-neutral person names (r2c / VLE).
+PERSON_NAMES: tuple[str, ...] = (
+    "Casey", "Riley", "Jessie", "Jackie", "Avery", "Jaime", "Peyton", "Kerry",
+    "Jody", "Kendall", "Payton", "Skyler", "Frankie", "Pat", "Quinn",
+)
+
+# CLIP's pixel normalisation (OpenAI CLIP, also used by VLE's processor).
+CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+
+NUM_CHOICES = 4
+GEOMETRY_MODES: tuple[str, ...] = ("squash", "letterbox", "center-crop", "vle-compat")
+TASKS: tuple[str, ...] = ("q2a", "qa2r")
