@@ -1,0 +1,32 @@
+"""vlekit: a research kit for adapting vision-language encoders to Visual Commonsense Reasoning.
+
+Public API::
+
+    from vlekit import build_model, list_components, register_fusion
+    model = build_model(text_encoder="tiny-deberta", vision_encoder="tiny-clip", fusion="tiny-co-attention")
+"""
+from vlekit import fusions, text_encoders, vision_encoders  # noqa: F401  (register the core components)
+from vlekit.interfaces import Fusion, FusionOutput, TextEncoder, VisionEncoder
+from vlekit.model import VCRModel, VCRModelConfig, build_model, load_model_config
+from vlekit.registry import (
+    FUSIONS,
+    TEXT_ENCODERS,
+    VISION_ENCODERS,
+    RegistryError,
+    import_plugins,
+    list_components,
+    make_config,
+    register_fusion,
+    register_text_encoder,
+    register_vision_encoder,
+    registry_for,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FUSIONS", "TEXT_ENCODERS", "VISION_ENCODERS", "Fusion", "FusionOutput", "RegistryError", "TextEncoder",
+    "VCRModel", "VCRModelConfig", "VisionEncoder", "build_model", "import_plugins", "list_components",
+    "load_model_config", "make_config", "register_fusion", "register_text_encoder", "register_vision_encoder",
+    "registry_for",
+]

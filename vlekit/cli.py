@@ -1,0 +1,58 @@
+"""The ``vlekit`` command line: one sub-command per job, each implemented in its own module.
+
+Each module provides ``add_arguments(parser)`` and ``run(args) -> int``; they are imported only when
+their sub-command runs, so ``vlekit list`` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# sub-command -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "list": ("vlekit.cli", "list registered components (core and plugins) with their source"),
+    "prep": ("data_prep.prep", "VCR annotations -> cached multiple-choice examples"),
+    "train": ("vlekit.train", "fine-tune a VCR model (Q->A or QA->R)"),
+    "eval": ("vlekit.evaluate", "evaluate checkpoints: Q->A, QA->R, Q->AR, leaderboard CSV"),
+    "demo": ("vlekit.demo", "the built-in demo: synthetic VCR data, tiny model, train, evaluate"),
+    "bench": ("vlekit.bench", "measure training / inference speed, memory, FLOPs and MFU"),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``vlekit list``."""
+    parser.add_argument("--kind", choices=["text_encoder", "vision_encoder", "fusion"], help="only this kind")
+
+
+def run(args: argparse.Namespace) -> int:
+    """``vlekit list``: a table of every component, its source and a line of description."""
+    import vlekit
+
+    rows = vlekit.list_components(args.kind)
+    widths = {key: max(len(key), *(len(row[key]) for row in rows)) for key in ("kind", "name", "source")}
+    print(f"{'kind':<{widths['kind']}}  {'name':<{widths['name']}}  {'source':<{widths['source']}}  description")
+    for row in rows:
+        print(f"{row['kind']:<{widths['kind']}}  {row['name']:<{widths['name']}}  "
+              f"{row['source']:<{widths['source']}}  {row['description']}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="vlekit", description="VCR adaptation kit for vision-language encoders")
+    subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    argv = sys.argv[1:] if argv is None else argv
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    for name, (module_name, help_text) in COMMANDS.items():
+        sub = subcommands.add_parser(name, help=help_text, description=help_text)
+        # Only the chosen sub-command's module is imported (its arguments are needed to parse).
+        if name == chosen:
+            module = importlib.import_module(module_name)
+            module.add_arguments(sub)
+            sub.set_defaults(run=module.run)
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

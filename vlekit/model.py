@@ -1,0 +1,251 @@
+"""Model assembly: any registered text encoder + vision encoder + fusion -> a VCR multiple-choice model.
+
+The pieces VLE adds around its encoders live here once, for every component:
+
+* projections of both streams to the fusion width;
+* one token-type table (``num_token_types`` rows): text 0, image 1, and ``k + 2`` for the k-th
+  referenced object, on its text mention and on its object token (replacing the modality id);
+* object tokens: object k is the mean of the projected patch tokens its box covers, computed for all
+  objects of the batch with one matmul over ``object_patch_mask``, appended after the image tokens;
+* the VCR head on the fusion's pooled vector: Linear(2H, 2H), LayerNorm, GELU, Linear(2H, 1).
+
+Speed without changing the mathematics: each image is encoded once per question and shared by its
+C choices; the choices are folded into the batch (``B * C``) for the text encoder and the fusion.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange, repeat
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from vlekit.fusions import init_bert_style
+from vlekit.interfaces import check_shape
+from vlekit.registry import FUSIONS, TEXT_ENCODERS, VISION_ENCODERS, Registry, make_config
+
+CONFIG_FILE = "vlekit_config.json"
+WEIGHTS_FILE = "model.safetensors"
+TEXT_TYPE, IMAGE_TYPE = 0, 1
+
+BATCH_KEYS = (
+    "input_ids", "attention_mask", "text_type_ids", "pixel_values",
+    "object_patch_mask", "object_type_ids", "object_mask",
+)
+
+
+def component_spec(value: str | Mapping[str, Any]) -> dict[str, Any]:
+    """``"name"`` or ``{"name": ..., **options}`` -> ``{"name": ..., **options}``."""
+    if isinstance(value, str):
+        return {"name": value}
+    if isinstance(value, Mapping) and isinstance(value.get("name"), str):
+        return dict(value)
+    raise TypeError(f"a component is a registered name, a 'module:Class' path, or a mapping with 'name'; got {value!r}")
+
+
+@dataclass(frozen=True)
+class VCRModelConfig:
+    """Everything that defines a VCR model; saved with every checkpoint.
+
+    text_encoder / vision_encoder / fusion: ``{"name": registered name or module:Class, **options}``.
+    use_object_tokens: append object tokens after the image tokens (VLE's VCR adaptation).
+    use_object_types: tie mentions and object tokens with types ``k + 2`` (else text 0, objects 1).
+    """
+
+    text_encoder: dict[str, Any] = field(default_factory=lambda: {"name": "tiny-deberta"})
+    vision_encoder: dict[str, Any] = field(default_factory=lambda: {"name": "tiny-clip"})
+    fusion: dict[str, Any] = field(default_factory=lambda: {"name": "tiny-co-attention"})
+    num_token_types: int = 83
+    use_object_tokens: bool = True
+    use_object_types: bool = True
+    initializer_range: float = 0.02
+
+
+def _build_component(registry: Registry, spec: Mapping[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
+    """Build a component and return it with the spec that rebuilds it offline."""
+    spec = component_spec(spec)
+    name, options = spec["name"], {k: v for k, v in spec.items() if k != "name"}
+    module = registry.build(name, **options)
+    base_name = name if ":" in name else (registry.get(name).preset_of or name)
+    resolved = getattr(module, "resolved_config", lambda: module.config)()
+    return module, {"name": base_name, **dataclasses.asdict(resolved)}
+
+
+class VCRHead(nn.Sequential):
+    """VLE's VCR head: Linear(2H, 2H), LayerNorm, GELU, Linear(2H, 1) (indices 0, 1, 3 as in VLE)."""
+
+    def __init__(self, width: int, *, eps: float = 1e-12) -> None:
+        super().__init__(nn.Linear(width, width), nn.LayerNorm(width, eps=eps), nn.GELU(), nn.Linear(width, 1))
+
+
+class VCRModel(nn.Module):
+    """Multiple-choice VCR model over the batch contract (DESIGN.md section 3).
+
+    ``forward(**batch)`` -> ``{"logits": [B, C]}`` plus ``"loss"`` (cross-entropy over the choices)
+    when ``labels [B]`` is given.
+    """
+
+    def __init__(self, *, config: VCRModelConfig) -> None:
+        super().__init__()
+        self.text_encoder, text_spec = _build_component(TEXT_ENCODERS, config.text_encoder)
+        self.vision_encoder, vision_spec = _build_component(VISION_ENCODERS, config.vision_encoder)
+        self.fusion, fusion_spec = _build_component(FUSIONS, config.fusion)
+        self.config = config
+        self.resolved_config = dataclasses.replace(
+            config, text_encoder=text_spec, vision_encoder=vision_spec, fusion=fusion_spec
+        )
+        width = self.fusion.hidden_size
+        self.text_projection = nn.Linear(self.text_encoder.hidden_size, width)
+        self.image_projection = nn.Linear(self.vision_encoder.hidden_size, width)
+        self.token_type_embeddings = nn.Embedding(config.num_token_types, width)
+        self.head = VCRHead(self.fusion.pooled_size)
+        for module in (self.text_projection, self.image_projection, self.token_type_embeddings, self.head):
+            init_bert_style(module, std=config.initializer_range)
+
+    @property
+    def num_patches(self) -> int:
+        return self.vision_encoder.grid**2
+
+    def parameter_groups(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
+        """Named parameters by role, for per-group learning rates (VLE trains head and fusion faster)."""
+        groups: dict[str, list[tuple[str, nn.Parameter]]] = {
+            "text_encoder": [], "vision_encoder": [], "fusion": [], "head": []
+        }
+        for name, parameter in self.named_parameters():
+            role = name.split(".")[0]
+            groups[role if role in groups else "fusion"].append((name, parameter))
+        return groups
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        text_type_ids: torch.Tensor,
+        pixel_values: torch.Tensor,
+        object_patch_mask: torch.Tensor,
+        object_type_ids: torch.Tensor,
+        object_mask: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        **extra: Any,
+    ) -> dict[str, torch.Tensor]:
+        """Score C choices per question.
+
+        Shapes: ``input_ids, attention_mask, text_type_ids [B, C, L]``; ``pixel_values [B, 3, H, W]``;
+        ``object_patch_mask [B, C, K, P]`` (bool); ``object_type_ids, object_mask [B, C, K]``;
+        ``labels [B]``. Returns ``logits [B, C]`` and, with labels, the scalar ``loss``.
+        """
+        batch, choices, _ = input_ids.shape
+        where = "VCRModel"
+        check_shape(attention_mask, tuple(input_ids.shape), name="attention_mask", where=where)
+        check_shape(text_type_ids, tuple(input_ids.shape), name="text_type_ids", where=where)
+        check_shape(pixel_values, (batch, 3, "H", "W"), name="pixel_values", where=where)
+        check_shape(object_patch_mask, (batch, choices, "K", self.num_patches), name="object_patch_mask", where=where)
+        slots = object_patch_mask.shape[2]
+        check_shape(object_type_ids, (batch, choices, slots), name="object_type_ids", where=where)
+        check_shape(object_mask, (batch, choices, slots), name="object_mask", where=where)
+
+        # Image: once per question, shared by its choices.
+        image = self.image_projection(self.vision_encoder(pixel_values))  # [B, 1+P, D]
+
+        # Text: choices folded into the batch.
+        text = self.text_encoder(rearrange(input_ids, "b c l -> (b c) l"), rearrange(attention_mask, "b c l -> (b c) l"))
+        text_types = rearrange(text_type_ids, "b c l -> (b c) l")
+        if not self.config.use_object_types:
+            text_types = torch.zeros_like(text_types)
+        text = self.text_projection(text) + self.token_type_embeddings(text_types)
+
+        image_tokens = image + self.token_type_embeddings.weight[IMAGE_TYPE]
+        image_stream = repeat(image_tokens, "b s d -> (b c) s d", c=choices)
+        image_mask = torch.ones(image_stream.shape[:2], dtype=attention_mask.dtype, device=image_stream.device)
+        if self.config.use_object_tokens:
+            objects = self.object_tokens(image[:, 1:], object_patch_mask)  # [B, C, K, D]
+            object_types = object_type_ids if self.config.use_object_types else torch.full_like(object_type_ids, IMAGE_TYPE)
+            objects = objects + self.token_type_embeddings(object_types)
+            image_stream = torch.cat([image_stream, rearrange(objects, "b c k d -> (b c) k d")], dim=1)
+            image_mask = torch.cat([image_mask, rearrange(object_mask, "b c k -> (b c) k").to(image_mask.dtype)], dim=1)
+
+        fused = self.fusion(text, rearrange(attention_mask, "b c l -> (b c) l"), image_stream, image_mask)
+        logits = rearrange(self.head(fused.pooled), "(b c) 1 -> b c", c=choices)
+        output = {"logits": logits}
+        if labels is not None:
+            output["loss"] = F.cross_entropy(logits.float(), labels)
+        return output
+
+    @staticmethod
+    def object_tokens(patches: torch.Tensor, object_patch_mask: torch.Tensor) -> torch.Tensor:
+        """Mean of ``patches [B, P, D]`` under ``object_patch_mask [B, C, K, P]`` -> ``[B, C, K, D]``.
+
+        One batched matmul; an empty patch set (box cropped away) gives a zero vector.
+        """
+        weights = object_patch_mask.to(patches.dtype)
+        weights = weights / weights.sum(dim=-1, keepdim=True).clamp(min=1)
+        return torch.einsum("bckp,bpd->bckd", weights, patches)
+
+    # -- persistence ----------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``vlekit_config.json`` (the resolved config) and ``model.safetensors``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        config = {"format": "vlekit", "version": 1, **dataclasses.asdict(self.resolved_config)}
+        (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, *, strict: bool = True) -> VCRModel:
+        """Rebuild from ``save_pretrained`` output (offline: configs hold the full architectures)."""
+        directory = Path(directory)
+        config = load_model_config(directory)
+        model = cls(config=config)
+        state = load_file(str(directory / WEIGHTS_FILE))
+        result = model.load_state_dict(state, strict=False)
+        if strict and (result.missing_keys or result.unexpected_keys):
+            raise KeyError(
+                f"{directory / WEIGHTS_FILE}: weights do not match the config; "
+                f"missing {result.missing_keys[:10]}, unexpected {result.unexpected_keys[:10]}"
+            )
+        return model
+
+
+def load_model_config(directory: str | Path) -> VCRModelConfig:
+    """Read ``vlekit_config.json`` from a checkpoint or run folder."""
+    path = Path(directory) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: expected a folder written by VCRModel.save_pretrained")
+    raw = json.loads(path.read_text())
+    raw.pop("format", None), raw.pop("version", None)
+    return make_config(VCRModelConfig, raw, where=str(path))
+
+
+def build_model(
+    *,
+    text_encoder: str | Mapping[str, Any] = "tiny-deberta",
+    vision_encoder: str | Mapping[str, Any] = "tiny-clip",
+    fusion: str | Mapping[str, Any] = "tiny-co-attention",
+    num_token_types: int = 83,
+    **options: Any,
+) -> VCRModel:
+    """Build a VCR model from registered names (or ``module:Class`` paths, or ``{"name": .., **opts}``).
+
+    ``options`` are the other fields of :class:`VCRModelConfig` (``use_object_tokens``, ...).
+    """
+    config = make_config(
+        VCRModelConfig,
+        dict(
+            text_encoder=component_spec(text_encoder),
+            vision_encoder=component_spec(vision_encoder),
+            fusion=component_spec(fusion),
+            num_token_types=num_token_types,
+            **options,
+        ),
+        where="build_model",
+    )
+    return VCRModel(config=config)

@@ -1,0 +1,327 @@
+"""The plugin registry: one registry per component kind.
+
+A component is an ``nn.Module`` built from a frozen dataclass config. It is registered with one line,
+the same in a module or in a notebook cell::
+
+    @register_fusion("my-fusion", config=MyFusionConfig)
+    class MyFusion(nn.Module):
+        def __init__(self, *, config: MyFusionConfig): ...
+
+Pip-installed plugins declare entry points in the groups ``vlekit.text_encoders``,
+``vlekit.vision_encoders`` and ``vlekit.fusions``; each entry point names a module (or object) whose
+import registers its components. Entry points are imported lazily, on the first lookup or listing,
+each inside its own ``try`` so that one broken plugin is listed as broken and the rest still work.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+import importlib.metadata
+import sys
+import types
+import typing
+from collections.abc import Callable, Iterable, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+KINDS: tuple[str, ...] = ("text_encoder", "vision_encoder", "fusion")
+
+# Set while an entry point is being imported, so registrations inside it know their package.
+_loading_package: ContextVar[str | None] = ContextVar("_loading_package", default=None)
+
+
+class RegistryError(LookupError):
+    """A registry lookup or registration failed; the message says what would be right."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One registered name: a component, or a preset (a component with default options)."""
+
+    name: str
+    kind: str
+    component: type[nn.Module]
+    config_class: type
+    source: str
+    description: str
+    defining_module: str
+    preset_of: str | None = None
+    preset_options: Mapping[str, Any] = field(default_factory=dict)
+    tiny: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BrokenPlugin:
+    """An entry point whose import failed: listed with its error instead of breaking the rest."""
+
+    entry_point: str
+    package: str
+    error: str
+
+
+def _source_of(module_name: str) -> str:
+    """Where a registration comes from: core, a pip package, or a notebook / script."""
+    package = _loading_package.get()
+    if package:
+        return f"package {package}"
+    top = module_name.split(".")[0]
+    if top in ("vlekit", "data_prep"):
+        return "core"
+    if module_name == "__main__":
+        return "notebook"
+    distributions = importlib.metadata.packages_distributions().get(top)
+    if distributions:
+        return f"package {distributions[0]}"
+    return f"module {module_name}"
+
+
+def _first_line(text: str | None) -> str:
+    return (text or "").strip().splitlines()[0].strip() if (text or "").strip() else ""
+
+
+def make_config(config_class: type, options: Mapping[str, Any], *, where: str) -> Any:
+    """Build a frozen dataclass config, rejecting unknown options and wrong basic types.
+
+    ``where`` names the component in error messages (e.g. ``"fusion 'co-attention'"``).
+    """
+    if not dataclasses.is_dataclass(config_class):
+        raise TypeError(f"{where}: config class {config_class!r} must be a dataclass")
+    fields = {f.name: f for f in dataclasses.fields(config_class) if f.init}
+    unknown = [key for key in options if key not in fields]
+    if unknown:
+        key = unknown[0]
+        close = difflib.get_close_matches(key, list(fields), n=3)
+        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise TypeError(
+            f"{where}: unknown option {key!r}{hint} Accepted options: {', '.join(sorted(fields))}"
+        )
+    hints = typing.get_type_hints(config_class)
+    for key, value in options.items():
+        _check_type(value, hints.get(key), where=f"{where}: option {key!r}")
+    return config_class(**options)
+
+
+def _check_type(value: Any, hint: Any, *, where: str) -> None:
+    """Check plain scalar annotations (int, float, bool, str, and their Optionals)."""
+    if hint is None:
+        return
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union else (hint,)
+    scalars = {bool, int, float, str, type(None)}
+    if not all(a in scalars for a in allowed):
+        return  # containers and custom types are the component's own business
+    if float in allowed and isinstance(value, int) and not isinstance(value, bool):
+        return
+    if bool not in allowed and isinstance(value, bool):
+        ok = False
+    else:
+        ok = isinstance(value, tuple(a for a in allowed))
+    if not ok:
+        names = " or ".join("None" if a is type(None) else a.__name__ for a in allowed)
+        raise TypeError(f"{where} must be {names}, got {type(value).__name__} {value!r}")
+
+
+class Registry:
+    """Named components of one kind, with presets, entry-point plugins and strict configs."""
+
+    def __init__(self, kind: str, *, entry_point_group: str) -> None:
+        self.kind = kind
+        self.entry_point_group = entry_point_group
+        self._entries: dict[str, Entry] = {}
+        self._broken: list[BrokenPlugin] = []
+        self._entry_points_loaded = False
+
+    # -- registration -------------------------------------------------------------------------
+    def register(
+        self, name: str, *, config: type, description: str | None = None, tiny: Mapping[str, Any] | None = None
+    ) -> Callable[[type[nn.Module]], type[nn.Module]]:
+        """Class decorator: register ``cls`` under ``name`` with its dataclass ``config``.
+
+        ``tiny``: options that build a small random-init instance offline, used by the
+        registry-driven tests (a text encoder's tiny vocabulary must cover ids 0..99).
+        ``description`` defaults to the first line of the class docstring.
+        """
+
+        def decorator(cls: type[nn.Module]) -> type[nn.Module]:
+            if not dataclasses.is_dataclass(config):
+                raise TypeError(f"{self.kind} {name!r}: config must be a dataclass, got {config!r}")
+            cls.config_class = config
+            cls.registered_name = name
+            self._add(
+                Entry(
+                    name=name,
+                    kind=self.kind,
+                    component=cls,
+                    config_class=config,
+                    source=_source_of(cls.__module__),
+                    description=description or _first_line(cls.__doc__),
+                    defining_module=f"{cls.__module__}.{cls.__qualname__}",
+                    tiny=dict(tiny or {}),
+                )
+            )
+            return cls
+
+        return decorator
+
+    def register_preset(self, name: str, *, base: str, description: str, **options: Any) -> None:
+        """Register ``name`` as ``base`` with default ``options`` (e.g. a hub model name)."""
+        base_entry = self._entries.get(base)
+        if base_entry is None or base_entry.preset_of is not None:
+            raise RegistryError(f"preset {name!r}: base {self.kind} {base!r} is not a registered component")
+        make_config(base_entry.config_class, options, where=f"{self.kind} preset {name!r}")
+        frame_module = sys._getframe(1).f_globals.get("__name__", "__main__")
+        self._add(
+            dataclasses.replace(
+                base_entry,
+                name=name,
+                description=description,
+                source=_source_of(frame_module),
+                defining_module=f"{frame_module}:preset:{name}",
+                preset_of=base,
+                preset_options=dict(options),
+            )
+        )
+
+    def _add(self, entry: Entry) -> None:
+        _check_name(entry.name, self.kind)
+        old = self._entries.get(entry.name)
+        # Re-running a notebook cell re-registers from the same place: that replaces the entry.
+        if old is not None and old.defining_module != entry.defining_module:
+            raise RegistryError(
+                f"{self.kind} {entry.name!r} is already registered by {old.defining_module} "
+                f"({old.source}); {entry.defining_module} ({entry.source}) tried to register it again. "
+                f"Choose another name, or namespace it as 'yourpackage/{entry.name}'."
+            )
+        self._entries[entry.name] = entry
+
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (for tests and notebooks)."""
+        self._entries.pop(name, None)
+
+    # -- lookup -------------------------------------------------------------------------------
+    def load_entry_points(self, *, reload: bool = False) -> None:
+        """Import every installed plugin of this kind once; failures are recorded, not raised."""
+        if self._entry_points_loaded and not reload:
+            return
+        self._entry_points_loaded = True
+        self._broken = []
+        for entry_point in importlib.metadata.entry_points(group=self.entry_point_group):
+            package = entry_point.dist.name if entry_point.dist is not None else entry_point.module
+            token = _loading_package.set(package)
+            try:
+                entry_point.load()
+            except Exception as error:  # a plugin may fail in any way; keep the others working
+                self._broken.append(
+                    BrokenPlugin(
+                        entry_point=f"{entry_point.name} = {entry_point.value}",
+                        package=package,
+                        error=f"{type(error).__name__}: {error}",
+                    )
+                )
+            finally:
+                _loading_package.reset(token)
+
+    def get(self, name: str) -> Entry:
+        """The entry for ``name``; unknown names get close matches and the known names."""
+        self.load_entry_points()
+        if name in self._entries:
+            return self._entries[name]
+        known = sorted(self._entries)
+        close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        broken = "".join(f"\n  broken plugin {b.entry_point} ({b.package}): {b.error}" for b in self._broken)
+        raise RegistryError(
+            f"unknown {self.kind} {name!r}.{hint} Known {self.kind}s: {', '.join(known) or '(none)'}{broken}"
+        )
+
+    def entries(self) -> list[Entry]:
+        self.load_entry_points()
+        return [self._entries[name] for name in sorted(self._entries)]
+
+    @property
+    def broken(self) -> list[BrokenPlugin]:
+        self.load_entry_points()
+        return list(self._broken)
+
+    def __contains__(self, name: str) -> bool:
+        self.load_entry_points()
+        return name in self._entries
+
+    # -- building -----------------------------------------------------------------------------
+    def resolve(self, name: str, options: Mapping[str, Any] | None = None) -> tuple[type[nn.Module], Any]:
+        """``(component class, config)`` for a registered name or a ``module:Class`` path."""
+        options = dict(options or {})
+        if ":" in name:
+            cls = _import_path(name, kind=self.kind)
+            config_class = getattr(cls, "config_class", None)
+            if config_class is None:
+                raise RegistryError(f"{self.kind} {name!r}: class has no 'config_class' attribute (a dataclass)")
+            return cls, make_config(config_class, options, where=f"{self.kind} {name!r}")
+        entry = self.get(name)
+        merged = {**entry.preset_options, **options}
+        return entry.component, make_config(entry.config_class, merged, where=f"{self.kind} {name!r}")
+
+    def build(self, name: str, **options: Any) -> nn.Module:
+        """Build the component ``name`` (registered name or ``module:Class``) with ``options``."""
+        cls, config = self.resolve(name, options)
+        return cls(config=config)
+
+
+def _check_name(name: str, kind: str) -> None:
+    parts = name.split("/")
+    if not name or len(parts) > 2 or not all(p and p.replace("-", "").replace("_", "").replace(".", "").isalnum() for p in parts):
+        raise RegistryError(
+            f"invalid {kind} name {name!r}: use letters, digits, '-', '_' and '.', optionally namespaced as 'package/name'"
+        )
+
+
+def _import_path(path: str, *, kind: str) -> type[nn.Module]:
+    module_name, _, attribute = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+        return getattr(module, attribute)
+    except (ImportError, AttributeError) as error:
+        raise RegistryError(f"{kind} {path!r}: cannot import it ({error}); expected 'package.module:ClassName'") from error
+
+
+TEXT_ENCODERS = Registry("text_encoder", entry_point_group="vlekit.text_encoders")
+VISION_ENCODERS = Registry("vision_encoder", entry_point_group="vlekit.vision_encoders")
+FUSIONS = Registry("fusion", entry_point_group="vlekit.fusions")
+REGISTRIES: dict[str, Registry] = {r.kind: r for r in (TEXT_ENCODERS, VISION_ENCODERS, FUSIONS)}
+
+register_text_encoder = TEXT_ENCODERS.register
+register_vision_encoder = VISION_ENCODERS.register
+register_fusion = FUSIONS.register
+
+
+def registry_for(kind: str) -> Registry:
+    """The registry of ``kind`` (``text_encoder``, ``vision_encoder`` or ``fusion``; plurals accepted)."""
+    key = kind.replace("-", "_").rstrip("s")
+    if key not in REGISTRIES:
+        raise RegistryError(f"unknown component kind {kind!r}; expected one of {', '.join(KINDS)}")
+    return REGISTRIES[key]
+
+
+def list_components(kind: str | None = None) -> list[dict[str, str]]:
+    """Every registered component (and broken plugin) as rows: kind, name, source, description."""
+    rows: list[dict[str, str]] = []
+    for registry in [registry_for(kind)] if kind else REGISTRIES.values():
+        for entry in registry.entries():
+            description = entry.description + (f" (preset of {entry.preset_of})" if entry.preset_of else "")
+            rows.append({"kind": entry.kind, "name": entry.name, "source": entry.source, "description": description})
+        for broken in registry.broken:
+            rows.append({"kind": registry.kind, "name": broken.entry_point, "source": f"package {broken.package}",
+                         "description": f"BROKEN: {broken.error}"})
+    return rows
+
+
+def import_plugins(modules: Iterable[str]) -> None:
+    """Import the experiment config's ``plugins:`` modules, so every process has their components."""
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as error:
+            raise RegistryError(f"plugin module {module!r} listed in the config cannot be imported: {error}") from error

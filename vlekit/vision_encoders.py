@@ -1,0 +1,132 @@
+"""Vision encoders: the Hugging Face CLIP vision tower (VLE's), CLS + patch grid after post-LayerNorm."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+from transformers import CLIPVisionConfig, CLIPVisionModel
+
+from vlekit.interfaces import VisionEncoder, check_shape
+from vlekit.registry import VISION_ENCODERS, register_vision_encoder
+from vlekit.text_encoders import hf_config_dict
+
+
+def interpolate_position_embeddings(weight: torch.Tensor, new_grid: int) -> torch.Tensor:
+    """Resize ``[1 + g*g, D]`` position embeddings to ``[1 + new_grid**2, D]``.
+
+    Bicubic over the patch grid; the CLS row is kept as it is (as VLE does for 384 px).
+    """
+    old_grid = int(round((weight.shape[0] - 1) ** 0.5))
+    if old_grid * old_grid + 1 != weight.shape[0]:
+        raise ValueError(f"position embeddings of {weight.shape[0]} rows are not 1 + a square grid")
+    if old_grid == new_grid:
+        return weight
+    cls_row, grid = weight[:1], weight[1:]
+    grid = rearrange(grid, "(h w) d -> 1 d h w", h=old_grid)
+    grid = F.interpolate(grid.float(), size=(new_grid, new_grid), mode="bicubic", align_corners=False)
+    grid = rearrange(grid, "1 d h w -> (h w) d").to(weight.dtype)
+    return torch.cat([cls_row, grid], dim=0)
+
+
+@dataclass(frozen=True)
+class CLIPVisionEncoderConfig:
+    """Options of ``clip-vision``.
+
+    model_name: hub name or local directory of a CLIP (or CLIP vision) checkpoint; with ``pretrained``
+        its weights are loaded. ``None`` builds from ``hf_config`` alone (random init).
+    image_size: run at another resolution; position embeddings are interpolated once at build time.
+    """
+
+    model_name: str | None = None
+    pretrained: bool = True
+    hf_config: dict[str, Any] = field(default_factory=dict)
+    image_size: int | None = None
+    gradient_checkpointing: bool = False
+
+
+_TINY_CLIP = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                  image_size=64, patch_size=8)
+
+
+@register_vision_encoder("clip-vision", config=CLIPVisionEncoderConfig, tiny=dict(hf_config=_TINY_CLIP))
+class CLIPVisionEncoder(VisionEncoder):
+    """Hugging Face CLIP vision tower; all tokens pass through CLIP's post-LayerNorm (as in VLE)."""
+
+    def __init__(self, *, config: CLIPVisionEncoderConfig) -> None:
+        super().__init__()
+        self.config = config
+        if config.model_name is not None and config.pretrained:
+            self.model = CLIPVisionModel.from_pretrained(config.model_name, **config.hf_config)
+        elif config.model_name is not None:
+            self.model = CLIPVisionModel(CLIPVisionConfig.from_pretrained(config.model_name, **config.hf_config))
+        else:
+            self.model = CLIPVisionModel(CLIPVisionConfig(**config.hf_config))
+        if config.image_size is not None and config.image_size != self.model.config.image_size:
+            self._resize_positions(config.image_size)
+        if config.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        self.hidden_size: int = self.model.config.hidden_size
+        self.patch_size: int = self.model.config.patch_size
+        self.image_size: int = self.model.config.image_size
+        self.grid: int = self.image_size // self.patch_size
+
+    @property
+    def transformer(self) -> nn.Module:
+        # transformers 5 flattened CLIPVisionModel; older releases nest it under ``vision_model``.
+        return getattr(self.model, "vision_model", self.model)
+
+    def _resize_positions(self, image_size: int) -> None:
+        patch = self.model.config.patch_size
+        if image_size % patch:
+            raise ValueError(f"clip-vision: image_size {image_size} is not a multiple of the patch size {patch}")
+        embeddings = self.transformer.embeddings
+        new_grid = image_size // patch
+        weight = interpolate_position_embeddings(embeddings.position_embedding.weight.data, new_grid)
+        embeddings.position_embedding = nn.Embedding(weight.shape[0], weight.shape[1], _weight=weight.clone())
+        embeddings.image_size = image_size
+        embeddings.num_patches = new_grid * new_grid
+        embeddings.num_positions = weight.shape[0]
+        embeddings.register_buffer("position_ids", torch.arange(weight.shape[0]).unsqueeze(0), persistent=False)
+        self.model.config.image_size = image_size
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """``pixel_values [B, 3, S, S]`` -> ``[B, 1 + grid**2, hidden_size]`` after post-LayerNorm."""
+        check_shape(pixel_values, ("B", 3, self.image_size, self.image_size), name="pixel_values", where="clip-vision")
+        hidden = self.model(pixel_values=pixel_values).last_hidden_state
+        return self.transformer.post_layernorm(hidden)
+
+    def resolved_config(self) -> CLIPVisionEncoderConfig:
+        return dataclasses.replace(
+            self.config, model_name=None, pretrained=False, hf_config=hf_config_dict(self.model.config), image_size=None
+        )
+
+
+VISION_ENCODERS.register_preset(
+    "clip-vit-b16", base="clip-vision", model_name="openai/clip-vit-base-patch16",
+    description="CLIP ViT-B/16 (VLE-base's vision encoder; VLE runs it at 384 px)",
+)
+VISION_ENCODERS.register_preset(
+    "clip-vit-l14", base="clip-vision", model_name="openai/clip-vit-large-patch14",
+    description="CLIP ViT-L/14 (VLE-large's vision encoder; VLE runs it at 336 px)",
+)
+VISION_ENCODERS.register_preset(
+    "tiny-clip", base="clip-vision", hf_config=_TINY_CLIP,
+    description="tiny random-init CLIP ViT (64 wide, 2 layers, 64 px, 8 px patches) for tests and the demo",
+)
+VISION_ENCODERS.register_preset(
+    "clip-vit-b16-384-random", base="clip-vision",
+    hf_config=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                   image_size=384, patch_size=16, projection_dim=512),
+    description="CLIP ViT-B/16 at 384 px shape, random init (benchmarks, no download)",
+)
+VISION_ENCODERS.register_preset(
+    "clip-vit-l14-336-random", base="clip-vision",
+    hf_config=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                   image_size=336, patch_size=14, projection_dim=768),
+    description="CLIP ViT-L/14 at 336 px shape, random init (benchmarks, no download)",
+)
