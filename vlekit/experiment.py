@@ -1,0 +1,151 @@
+"""Experiment configs: one YAML file (or dict) with sections ``plugins``, ``model``, ``data``, ``train``.
+
+Every section is a frozen dataclass, so a misspelled key is an error with suggestions. Command-line
+overrides use dotted paths: ``train.lr=3e-5 model.fusion.name=merged-attention``. The resolved config
+is written into every run folder and checkpoint, so a run is reproducible from its folder.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vlekit.model import VCRModelConfig, component_spec
+from vlekit.registry import import_plugins, make_config
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the VCR data is and how it becomes multiple-choice examples.
+
+    tokenizer: a hub name, a local folder, or ``auto`` (build a word-level tokenizer from the
+        training text; for tiny random-init models).
+    geometry: how boxes follow the pixels (``squash``, ``letterbox``, ``center-crop``, ``vle-compat``).
+    """
+
+    task: str = "q2a"
+    train_annotations: str | None = None
+    val_annotations: str | None = None
+    images: str | None = None
+    tokenizer: str = "auto"
+    geometry: str = "squash"
+    max_length: int = 80
+    names: str = "deterministic"
+    num_workers: int = 2
+    skip_bad: bool = False
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and bookkeeping. Defaults follow VLE's VCR recipe (lr 1e-5, batch 128, 5 epochs).
+
+    lr_multipliers: per parameter group (``text_encoder``, ``vision_encoder``, ``fusion`` (fusion,
+        projections, token types), ``head``); VLE trains the head and the fusion faster.
+    batch_size: questions per optimizer step over all processes (micro-batch x accumulation x processes).
+    mixed_precision: ``auto`` (bf16 where the GPU has it, else fp32), ``bf16``, ``fp16`` or ``no``.
+    """
+
+    out: str = "runs/vcr"
+    epochs: float = 5.0
+    batch_size: int = 128
+    gradient_accumulation_steps: int = 1
+    lr: float = 1e-5
+    lr_multipliers: dict[str, float] = field(default_factory=lambda: {"fusion": 5.0, "head": 5.0})
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    mixed_precision: str = "auto"
+    gradient_checkpointing: bool = False
+    freeze_text_encoder: bool = False
+    freeze_vision_encoder: bool = False
+    compile: bool = False
+    seed: int = 0
+    save_every_steps: int = 0
+    keep: int = 2
+    log_every_steps: int = 10
+    eval_every_epochs: int = 1
+    max_steps: int = 0
+    cpu: bool = False
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """A whole run: plugin modules to import first, the model, the data and the training options."""
+
+    plugins: tuple[str, ...] = ()
+    model: VCRModelConfig = field(default_factory=VCRModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        raw = dataclasses.asdict(self)
+        raw["plugins"] = list(self.plugins)
+        return raw
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        return path
+
+
+_SECTIONS = {"model": VCRModelConfig, "data": DataConfig, "train": TrainConfig}
+
+
+def experiment_from_dict(raw: Mapping[str, Any], *, where: str = "config") -> ExperimentConfig:
+    """Validate a nested dict into an :class:`ExperimentConfig` (plugins are imported first)."""
+    raw = dict(raw or {})
+    unknown = [k for k in raw if k not in ("plugins", *_SECTIONS)]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], ["plugins", *_SECTIONS], n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise TypeError(f"{where}: unknown section {unknown[0]!r}{hint} Sections: plugins, model, data, train")
+    plugins = tuple(raw.get("plugins") or ())
+    import_plugins(plugins)  # components they register must exist before the model is validated
+    sections = {}
+    for name, config_class in _SECTIONS.items():
+        values = dict(raw.get(name) or {})
+        if name == "model":
+            for kind in ("text_encoder", "vision_encoder", "fusion"):
+                if kind in values:
+                    values[kind] = component_spec(values[kind])
+        sections[name] = make_config(config_class, values, where=f"{where}: section {name!r}")
+    return ExperimentConfig(plugins=plugins, **sections)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` overrides (values parsed as YAML) to a nested dict, in place."""
+    for override in overrides:
+        path, sep, value = override.partition("=")
+        if not sep or not path:
+            raise ValueError(f"override {override!r} is not of the form section.key=value (e.g. train.lr=3e-5)")
+        keys = path.split(".")
+        node = raw
+        for key in keys[:-1]:
+            child = node.get(key)
+            if isinstance(child, str) and key in ("text_encoder", "vision_encoder", "fusion"):
+                child = {"name": child}
+            node[key] = child = dict(child or {})
+            node = child
+        node[keys[-1]] = yaml.safe_load(value)
+    return raw
+
+
+def load_experiment(path: str | Path | None = None, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """Read a YAML experiment file (or start from defaults) and apply dotted overrides."""
+    raw: dict[str, Any] = {}
+    where = "config"
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"experiment config {path} not found")
+        raw = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(raw, dict):
+            raise TypeError(f"{path}: expected a mapping with sections plugins/model/data/train")
+        where = str(path)
+    return experiment_from_dict(apply_overrides(raw, overrides), where=where)

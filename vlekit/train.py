@@ -1,0 +1,441 @@
+"""Fine-tuning on VCR with Hugging Face Accelerate: one code path for CPU, one GPU, DDP / FSDP.
+
+Run folder layout (everything needed to reproduce, resume and evaluate)::
+
+    OUT/config.yaml              resolved experiment config
+    OUT/tokenizer/               the tokenizer used (built from the data when tokenizer=auto)
+    OUT/metrics.jsonl            one JSON object per log step and per evaluation
+    OUT/checkpoints/step-N/      accelerate state (model, optimizer, scheduler, RNG) + trainer_state.json
+    OUT/model/                   final model (vlekit_config.json, model.safetensors, tokenizer/, data.json)
+    OUT/curve.png                training curve
+
+Checkpoints are written to ``step-N.tmp`` and renamed, so a kill never leaves a half-written one.
+``--resume`` restores the newest checkpoint, including the data-loader position, and continues to the
+same result as an uninterrupted run. SIGINT / SIGTERM finish the current step, save, and exit.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import shutil
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch.utils.data import DataLoader, Sampler
+from tqdm.auto import tqdm
+
+from vlekit.experiment import ExperimentConfig, load_experiment
+from vlekit.model import VCRModel, VCRModelConfig
+from vlekit.registry import registry_for
+
+CHECKPOINTS = "checkpoints"
+STATE_FILE = "trainer_state.json"
+DATA_FILE = "data.json"
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """A fresh permutation per epoch from ``seed + epoch``: the order is a pure function of the epoch,
+    so a resumed run sees exactly the batches an uninterrupted one would."""
+
+    def __init__(self, size: int, *, seed: int) -> None:
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.size
+
+
+@dataclass
+class TrainerState:
+    """Where training stands; saved in every checkpoint."""
+
+    epoch: int = 0
+    batches_in_epoch: int = 0  # micro-batches of the current epoch already consumed
+    global_step: int = 0  # optimizer steps
+
+
+# -- building blocks ------------------------------------------------------------------------------
+def resolve_mixed_precision(value: str) -> str:
+    if value == "auto":
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    if value not in ("no", "bf16", "fp16"):
+        raise ValueError(f"train.mixed_precision {value!r}: expected auto, bf16, fp16 or no")
+    return value
+
+
+def load_or_build_tokenizer(config: ExperimentConfig, out: Path, accelerator: Accelerator):
+    """The run's tokenizer: a name or path, or ``auto`` (word-level, built once from the training text)."""
+    from transformers import AutoTokenizer
+
+    if config.data.tokenizer != "auto":
+        return AutoTokenizer.from_pretrained(config.data.tokenizer)
+    folder = out / "tokenizer"
+    if accelerator.is_main_process and not (folder / "tokenizer_config.json").is_file():
+        from data_prep.tokenizer import build_word_tokenizer
+
+        if config.data.train_annotations is None:
+            raise ValueError("data.tokenizer=auto builds the tokenizer from data.train_annotations, which is not set")
+        build_word_tokenizer([config.data.train_annotations], out_dir=folder)
+    accelerator.wait_for_everyone()
+    return AutoTokenizer.from_pretrained(folder)
+
+
+def with_component_option(spec: dict[str, Any], kind: str, key: str, value: Any) -> dict[str, Any]:
+    """``spec`` with ``key=value`` when the component's config has that field (else unchanged)."""
+    _, config = registry_for(kind).resolve(spec["name"], {k: v for k, v in spec.items() if k != "name"})
+    if key in {f.name for f in dataclasses.fields(config)} and key not in spec:
+        return {**spec, key: value}
+    return spec
+
+
+def model_config_for_run(config: ExperimentConfig, tokenizer) -> VCRModelConfig:
+    """The experiment's model config, sized to a data-built tokenizer and with checkpointing set."""
+    model = config.model
+    text, vision, fusion = model.text_encoder, model.vision_encoder, model.fusion
+    if config.data.tokenizer == "auto":
+        text = with_component_option(text, "text_encoder", "vocab_size", len(tokenizer))
+    if config.train.gradient_checkpointing:
+        text = with_component_option(text, "text_encoder", "gradient_checkpointing", True)
+        vision = with_component_option(vision, "vision_encoder", "gradient_checkpointing", True)
+        fusion = with_component_option(fusion, "fusion", "gradient_checkpointing", True)
+    return dataclasses.replace(model, text_encoder=text, vision_encoder=vision, fusion=fusion)
+
+
+def make_preprocessor(tokenizer, model: VCRModel, *, task: str, geometry: str, max_length: int, names: str,
+                      images_root: str | None):
+    """The data pipeline matching ``model``'s vision encoder (image size, patch grid)."""
+    from data_prep.preprocess import VCRPreprocessor
+
+    return VCRPreprocessor(
+        tokenizer, task=task, image_size=model.vision_encoder.image_size, patch_size=model.vision_encoder.patch_size,
+        geometry=geometry, max_length=max_length, images_root=images_root, names=names,
+    )
+
+
+def make_optimizer(model: VCRModel, config: ExperimentConfig) -> torch.optim.Optimizer:
+    """AdamW over role groups with learning-rate multipliers; no weight decay on biases and norms."""
+    train = config.train
+    unknown = set(train.lr_multipliers) - {"text_encoder", "vision_encoder", "fusion", "head"}
+    if unknown:
+        raise ValueError(f"train.lr_multipliers: unknown groups {sorted(unknown)}; use text_encoder, vision_encoder, fusion, head")
+    groups = []
+    for role, named in model.parameter_groups().items():
+        lr = train.lr * train.lr_multipliers.get(role, 1.0)
+        trainable = [(n, p) for n, p in named if p.requires_grad]
+        decay = [p for n, p in trainable if p.ndim >= 2]
+        no_decay = [p for n, p in trainable if p.ndim < 2]
+        groups += [
+            {"params": decay, "lr": lr, "weight_decay": train.weight_decay, "name": f"{role}"},
+            {"params": no_decay, "lr": lr, "weight_decay": 0.0, "name": f"{role}/no_decay"},
+        ]
+    groups = [g for g in groups if g["params"]]
+    fused = torch.cuda.is_available() and not train.cpu
+    return torch.optim.AdamW(groups, lr=train.lr, betas=(0.9, 0.98), eps=1e-6, fused=fused)
+
+
+def linear_warmup_decay(optimizer: torch.optim.Optimizer, *, total_steps: int, warmup_ratio: float):
+    warmup = max(1, int(round(total_steps * warmup_ratio)))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+class StopRequested:
+    """SIGINT / SIGTERM set a flag; the loop finishes its step, saves a checkpoint and exits."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopRequested:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:  # second signal: stop now
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def checkpoint_dirs(out: Path) -> list[Path]:
+    folder = out / CHECKPOINTS
+    if not folder.is_dir():
+        return []
+    return sorted((p for p in folder.iterdir() if p.is_dir() and p.name.startswith("step-") and not p.name.endswith(".tmp")),
+                  key=lambda p: int(p.name.split("-")[1]))
+
+
+def save_checkpoint(accelerator: Accelerator, out: Path, state: TrainerState, config: ExperimentConfig) -> Path:
+    """Write accelerate state + trainer state to ``step-N.tmp``, then rename; keep the newest ``keep``."""
+    final = out / CHECKPOINTS / f"step-{state.global_step:07d}"
+    tmp = final.with_name(final.name + ".tmp")
+    if accelerator.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    if accelerator.is_main_process:
+        (tmp / STATE_FILE).write_text(json.dumps(dataclasses.asdict(state)))
+        config.save(tmp / "config.yaml")
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for old in checkpoint_dirs(out)[: -config.train.keep] if config.train.keep > 0 else []:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    found = checkpoint_dirs(out)
+    return found[-1] if found else None
+
+
+def save_final_model(model: VCRModel, tokenizer, config: ExperimentConfig, folder: Path) -> Path:
+    """The evaluable model: weights + resolved config + tokenizer + the data options it was trained with."""
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder / "tokenizer")
+    data = dataclasses.asdict(config.data)
+    (folder / DATA_FILE).write_text(json.dumps({k: data[k] for k in ("task", "geometry", "max_length", "names")}))
+    config.save(folder / "config.yaml")
+    return folder
+
+
+class MetricsLog:
+    """Appends JSON lines to ``metrics.jsonl`` (main process only)."""
+
+    def __init__(self, path: Path, *, enabled: bool) -> None:
+        self.path, self.enabled = path, enabled
+
+    def write(self, **record: Any) -> None:
+        if self.enabled:
+            with self.path.open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+
+# -- the loop -------------------------------------------------------------------------------------
+@dataclass
+class TrainResult:
+    out: Path
+    model_dir: Path | None
+    global_step: int
+    interrupted: bool
+    val_accuracy: float | None
+
+
+def train(config: ExperimentConfig, *, resume: str | None = None, progress: bool = True) -> TrainResult:
+    """Fine-tune ``config.model`` on ``config.data`` as ``config.train`` says. Returns where it went."""
+    from data_prep.dataset import VCRDataset
+    from data_prep.vcr import read_vcr
+    from vlekit.evaluate import accuracy_on
+
+    train_cfg, data_cfg = config.train, config.data
+    accelerator = Accelerator(
+        mixed_precision=resolve_mixed_precision(train_cfg.mixed_precision),
+        gradient_accumulation_steps=train_cfg.gradient_accumulation_steps,
+        cpu=train_cfg.cpu,
+    )
+    micro, remainder = divmod(train_cfg.batch_size, train_cfg.gradient_accumulation_steps * accelerator.num_processes)
+    if micro == 0 or remainder:
+        raise ValueError(
+            f"train.batch_size {train_cfg.batch_size} must be a multiple of gradient_accumulation_steps "
+            f"({train_cfg.gradient_accumulation_steps}) x processes ({accelerator.num_processes})"
+        )
+    if data_cfg.train_annotations is None:
+        raise ValueError("data.train_annotations is not set (a VCR train.jsonl)")
+    out = Path(train_cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if accelerator.is_main_process:
+        config.save(out / "config.yaml")
+    set_seed(train_cfg.seed)
+
+    tokenizer = load_or_build_tokenizer(config, out, accelerator)
+    model = VCRModel(config=model_config_for_run(config, tokenizer))
+    if train_cfg.freeze_text_encoder:
+        model.text_encoder.requires_grad_(False)
+    if train_cfg.freeze_vision_encoder:
+        model.vision_encoder.requires_grad_(False)
+    if train_cfg.compile:
+        model.fusion.compile()
+        model.text_encoder.compile()
+        model.vision_encoder.compile()
+
+    preprocessor = make_preprocessor(
+        tokenizer, model, task=data_cfg.task, geometry=data_cfg.geometry, max_length=data_cfg.max_length,
+        names=data_cfg.names, images_root=data_cfg.images,
+    )
+    records = read_vcr(data_cfg.train_annotations, skip_bad=data_cfg.skip_bad)
+    dataset = VCRDataset(records, preprocessor)
+    sampler = EpochShuffleSampler(len(dataset), seed=train_cfg.seed)
+    loader = DataLoader(
+        dataset, batch_size=micro, sampler=sampler, collate_fn=dataset.collate, drop_last=True,
+        num_workers=data_cfg.num_workers, pin_memory=torch.cuda.is_available(),
+        persistent_workers=data_cfg.num_workers > 0, prefetch_factor=4 if data_cfg.num_workers > 0 else None,
+    )
+    val_loader = None
+    if data_cfg.val_annotations:
+        val_set = VCRDataset(read_vcr(data_cfg.val_annotations, skip_bad=data_cfg.skip_bad), preprocessor)
+        val_loader = DataLoader(val_set, batch_size=micro, collate_fn=val_set.collate, num_workers=data_cfg.num_workers)
+
+    steps_per_epoch = len(loader) // (train_cfg.gradient_accumulation_steps * accelerator.num_processes)
+    if steps_per_epoch == 0:
+        raise ValueError(f"{len(dataset)} training examples make no full batch of {train_cfg.batch_size}")
+    total_steps = max(1, int(math.ceil(train_cfg.epochs * steps_per_epoch)))
+    if train_cfg.max_steps:
+        total_steps = min(total_steps, train_cfg.max_steps)
+    optimizer = make_optimizer(model, config)
+    scheduler = linear_warmup_decay(optimizer, total_steps=total_steps, warmup_ratio=train_cfg.warmup_ratio)
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    if val_loader is not None:
+        val_loader = accelerator.prepare(val_loader)
+
+    state = TrainerState()
+    checkpoint = Path(resume) if resume not in (None, "latest") else (latest_checkpoint(out) if resume else None)
+    if checkpoint is not None:
+        accelerator.load_state(str(checkpoint))
+        state = TrainerState(**json.loads((checkpoint / STATE_FILE).read_text()))
+        accelerator.print(f"resumed from {checkpoint} (step {state.global_step}, epoch {state.epoch})")
+
+    log = MetricsLog(out / "metrics.jsonl", enabled=accelerator.is_main_process)
+    bar = tqdm(total=total_steps, initial=state.global_step, disable=not (progress and accelerator.is_local_main_process),
+               desc=f"train {data_cfg.task}", dynamic_ncols=True)
+    interrupted, val_accuracy = False, None
+    window_loss = torch.zeros((), device=accelerator.device)
+    window_batches, window_questions, window_start, data_time = 0, 0, time.perf_counter(), 0.0
+    with StopRequested() as stop:
+        while state.global_step < total_steps and not interrupted:
+            sampler.set_epoch(state.epoch)
+            epoch_loader = accelerator.skip_first_batches(loader, state.batches_in_epoch) if state.batches_in_epoch else loader
+            model.train()
+            fetch_start = time.perf_counter()
+            for batch in epoch_loader:
+                data_time += time.perf_counter() - fetch_start
+                with accelerator.accumulate(model):
+                    loss = model(**batch)["loss"]
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and train_cfg.max_grad_norm > 0:
+                        accelerator.clip_grad_norm_(model.parameters(), train_cfg.max_grad_norm)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                state.batches_in_epoch += 1
+                window_loss += loss.detach()  # stays on the device: no host sync per step
+                window_batches += 1
+                window_questions += batch["input_ids"].shape[0] * accelerator.num_processes
+                if accelerator.sync_gradients:
+                    state.global_step += 1
+                    bar.update(1)
+                    if state.global_step % train_cfg.log_every_steps == 0 or state.global_step == total_steps:
+                        mean_loss = accelerator.reduce(window_loss, reduction="mean").item() / window_batches
+                        elapsed = time.perf_counter() - window_start
+                        record = dict(step=state.global_step, epoch=state.epoch + state.batches_in_epoch / len(loader),
+                                      loss=mean_loss, lr=scheduler.get_last_lr()[0], questions_per_s=window_questions / elapsed,
+                                      data_time_fraction=data_time / elapsed)
+                        log.write(**record)
+                        bar.set_postfix(loss=f"{mean_loss:.3f}", qps=f"{record['questions_per_s']:.1f}")
+                        window_loss.zero_()
+                        window_batches, window_questions, window_start, data_time = 0, 0, time.perf_counter(), 0.0
+                    if train_cfg.save_every_steps and state.global_step % train_cfg.save_every_steps == 0:
+                        save_checkpoint(accelerator, out, state, config)
+                    if stop.requested or state.global_step >= total_steps:
+                        interrupted = stop.requested
+                        break
+                fetch_start = time.perf_counter()
+            else:  # epoch finished
+                state.epoch += 1
+                state.batches_in_epoch = 0
+                if val_loader is not None and state.epoch % train_cfg.eval_every_epochs == 0:
+                    val_accuracy = accuracy_on(model, val_loader, accelerator)
+                    log.write(step=state.global_step, epoch=state.epoch, val_accuracy=val_accuracy)
+                    bar.write(f"epoch {state.epoch}: val accuracy {val_accuracy:.3f}")
+    bar.close()
+    save_checkpoint(accelerator, out, state, config)
+    model_dir = None
+    if not interrupted:
+        if val_loader is not None and state.batches_in_epoch:  # ended mid-epoch (max_steps): evaluate anyway
+            val_accuracy = accuracy_on(model, val_loader, accelerator)
+            log.write(step=state.global_step, epoch=state.epoch, val_accuracy=val_accuracy)
+        if accelerator.is_main_process:
+            model_dir = save_final_model(accelerator.unwrap_model(model), tokenizer, config, out / "model")
+            from vlekit.plots import plot_training_curve
+
+            plot_training_curve(out / "metrics.jsonl", out / "curve.png", title=f"{data_cfg.task} training")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return TrainResult(out=out, model_dir=model_dir, global_step=state.global_step, interrupted=interrupted,
+                       val_accuracy=val_accuracy)
+
+
+# -- CLI ------------------------------------------------------------------------------------------
+_FLAGS = {  # flag -> dotted config key
+    "task": "data.task", "train_annotations": "data.train_annotations", "val_annotations": "data.val_annotations",
+    "images": "data.images", "tokenizer": "data.tokenizer", "geometry": "data.geometry",
+    "text_encoder": "model.text_encoder", "vision_encoder": "model.vision_encoder", "fusion": "model.fusion",
+    "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr", "out": "train.out",
+    "seed": "train.seed", "keep": "train.keep", "save_every_steps": "train.save_every_steps",
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="experiment YAML (sections plugins, model, data, train)")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=3e-5 model.fusion=merged-attention")
+    parser.add_argument("--resume", nargs="?", const="latest", help="continue from the newest checkpoint in --out (or a given one)")
+    parser.add_argument("--task", choices=["q2a", "qa2r"])
+    for flag in _FLAGS:
+        if flag != "task":
+            parser.add_argument("--" + flag.replace("_", "-"))
+    parser.add_argument("--gradient-checkpointing", action="store_true", default=None)
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def overrides_from_args(args: argparse.Namespace) -> list[str]:
+    overrides = list(args.overrides)
+    for flag, key in _FLAGS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    if args.gradient_checkpointing:
+        overrides.append("train.gradient_checkpointing=true")
+    return overrides
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = load_experiment(args.config, overrides_from_args(args))
+    except (TypeError, ValueError, FileNotFoundError, LookupError) as error:
+        print(f"vlekit train: {error}", file=sys.stderr)
+        return 2
+    result = train(config, resume=args.resume, progress=not args.no_progress)
+    if result.interrupted:
+        print(f"interrupted at step {result.global_step}; resume with: vlekit train --config {result.out / 'config.yaml'} --resume")
+        return 130
+    print(f"done: {result.global_step} steps, model in {result.model_dir}")
+    return 0
