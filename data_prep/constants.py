@@ -13,3 +13,6 @@ CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
 NUM_CHOICES = 4
 GEOMETRY_MODES: tuple[str, ...] = ("squash", "letterbox", "center-crop", "vle-compat")
 TASKS: tuple[str, ...] = ("q2a", "qa2r")
+
+# How persons are named: one mapping per example (ours) or VLE's never-reset counter.
+NAME_MODES: tuple[str, ...] = ("deterministic", "vle")

@@ -79,9 +79,12 @@ def _build_component(registry: Registry, spec: Mapping[str, Any]) -> tuple[nn.Mo
 
 
 class VCRHead(nn.Sequential):
-    """VLE's VCR head: Linear(2H, 2H), LayerNorm, GELU, Linear(2H, 1) (indices 0, 1, 3 as in VLE)."""
+    """VLE's VCR head: Linear(2H, 2H), LayerNorm, GELU, Linear(2H, 1) (indices 0, 1, 3 as in VLE).
 
-    def __init__(self, width: int, *, eps: float = 1e-12) -> None:
+    The LayerNorm keeps PyTorch's default eps (1e-5), as VLE's ``nn.LayerNorm(2H)`` does.
+    """
+
+    def __init__(self, width: int, *, eps: float = 1e-5) -> None:
         super().__init__(nn.Linear(width, width), nn.LayerNorm(width, eps=eps), nn.GELU(), nn.Linear(width, 1))
 
 
@@ -141,8 +144,9 @@ class VCRModel(nn.Module):
         ``object_patch_mask [B, C, K, P]`` (bool); ``object_type_ids, object_mask [B, C, K]``;
         ``labels [B]``. Returns ``logits [B, C]`` and, with labels, the scalar ``loss``.
         """
-        batch, choices, _ = input_ids.shape
         where = "VCRModel"
+        check_shape(input_ids, ("B", "C", "L"), name="input_ids", where=where)
+        batch, choices, _ = input_ids.shape
         check_shape(attention_mask, tuple(input_ids.shape), name="attention_mask", where=where)
         check_shape(text_type_ids, tuple(input_ids.shape), name="text_type_ids", where=where)
         check_shape(pixel_values, (batch, 3, "H", "W"), name="pixel_values", where=where)

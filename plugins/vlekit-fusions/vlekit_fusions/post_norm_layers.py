@@ -1,0 +1,111 @@
+"""Building blocks shared by the fusion variants: BERT-style post-LayerNorm self-attention layers.
+
+The attention block is the core's :class:`vlekit.fusions.PostNormAttention` (PyTorch SDPA); this file
+adds the feed-forward block, the layer, the stack and the first-token pooler around it, and the
+transformer options every variant shares.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+from transformers.activations import ACT2FN
+
+from vlekit.fusions import PostNormAttention, key_padding_mask
+
+
+@dataclass(frozen=True)
+class PostNormStackConfig:
+    """Transformer options shared by the variants (defaults: VLE-base fusion size, 768 wide, 6 layers).
+
+    gradient_checkpointing: recompute each layer in the backward pass (saves memory when training).
+    """
+
+    hidden_size: int = 768
+    num_hidden_layers: int = 6
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    layer_norm_eps: float = 1e-12
+    gradient_checkpointing: bool = False
+
+
+def check_stack_config(config: PostNormStackConfig, *, where: str) -> None:
+    """Fail fast on options the layers cannot honour, naming the component."""
+    if config.hidden_act not in ACT2FN:
+        raise ValueError(f"{where}: unknown hidden_act {config.hidden_act!r}; e.g. 'gelu' (erf), 'gelu_new', 'relu'")
+    if config.hidden_size % config.num_attention_heads:
+        raise ValueError(
+            f"{where}: hidden_size {config.hidden_size} is not divisible by "
+            f"num_attention_heads {config.num_attention_heads}"
+        )
+    if config.num_hidden_layers < 0:
+        raise ValueError(f"{where}: num_hidden_layers must be >= 0, got {config.num_hidden_layers}")
+
+
+def run_layer(layer: nn.Module, *inputs: torch.Tensor, checkpointing: bool) -> torch.Tensor:
+    """``layer(*inputs)``, recomputed in the backward pass when ``checkpointing`` and training."""
+    if checkpointing and layer.training:
+        return checkpoint(layer, *inputs, use_reentrant=False)
+    return layer(*inputs)
+
+
+class FeedForward(nn.Sequential):
+    """``[N, S, D] -> [N, S, D]``: Linear(D, I), activation, Linear(I, D), dropout (no residual, no norm)."""
+
+    def __init__(self, *, config: PostNormStackConfig) -> None:
+        super().__init__(
+            nn.Linear(config.hidden_size, config.intermediate_size),
+            ACT2FN[config.hidden_act],
+            nn.Linear(config.intermediate_size, config.hidden_size),
+            nn.Dropout(config.hidden_dropout_prob),
+        )
+
+
+class PostNormLayer(nn.Module):
+    """BERT layer: self-attention, then feed-forward, each with a residual and a post-LayerNorm."""
+
+    def __init__(self, *, config: PostNormStackConfig) -> None:
+        super().__init__()
+        self.attention = PostNormAttention(
+            hidden_size=config.hidden_size, num_heads=config.num_attention_heads, dropout=config.hidden_dropout_prob,
+            attention_dropout=config.attention_probs_dropout_prob, eps=config.layer_norm_eps,
+        )
+        self.feed_forward = FeedForward(config=config)
+        self.output_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, hidden: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """``hidden [N, S, D]`` under the SDPA mask ``keys [N, 1, 1, S]`` -> ``[N, S, D]``."""
+        hidden = self.attention(hidden, hidden, keys)
+        return self.output_norm(hidden + self.feed_forward(hidden))
+
+
+class PostNormStack(nn.Module):
+    """``num_hidden_layers`` :class:`PostNormLayer` s over one sequence."""
+
+    def __init__(self, *, config: PostNormStackConfig) -> None:
+        super().__init__()
+        self.gradient_checkpointing = config.gradient_checkpointing
+        self.layers = nn.ModuleList(PostNormLayer(config=config) for _ in range(config.num_hidden_layers))
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``hidden [N, S, D]`` with ``mask [N, S]`` (1 = real token) -> ``[N, S, D]``."""
+        keys = key_padding_mask(mask)
+        for layer in self.layers:
+            hidden = run_layer(layer, hidden, keys, checkpointing=self.gradient_checkpointing)
+        return hidden
+
+
+class FirstTokenPooler(nn.Module):
+    """BERT pooler: ``hidden [N, S, D]`` -> ``tanh(Linear(hidden[:, 0]))`` ``[N, D]``."""
+
+    def __init__(self, hidden_size: int) -> None:
+        super().__init__()
+        self.dense = nn.Linear(hidden_size, hidden_size)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.dense(hidden[:, 0]))

@@ -1,0 +1,1 @@
+"""vlekit-plugin-template: copy this package to start a vlekit plugin (see its README)."""
