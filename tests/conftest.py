@@ -4,6 +4,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
+
+# Tiny models run faster on one thread than on two contending ones (and CI has 2 cores in all).
+torch.set_num_threads(1)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 VCR_FIXTURES = REPO_ROOT.parent / "shared" / "fixtures" / "vcr"

@@ -131,6 +131,6 @@ def test_a_broken_plugin_is_listed_as_broken_and_the_rest_still_build(tmp_path: 
     rows, results = run_probe(tmp_path, *WORKING_FUSIONS, "gated-cross-attention", "projection-concat",
                               pythonpath=site)
     broken = [row for row in rows if row[3].startswith("BROKEN")]
-    assert broken == [("fusion", "broken-fusion = vlekit_broken_probe", "package vlekit-broken-probe",
-                       "BROKEN: RuntimeError: this plugin fails on import")]
+    assert broken == [("fusion", "broken-fusion", "package vlekit-broken-probe",
+                       "BROKEN (broken-fusion = vlekit_broken_probe): RuntimeError: this plugin fails on import")]
     assert all(result.startswith("ok") for result in results.values()), results

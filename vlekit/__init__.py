@@ -8,6 +8,7 @@ Public API::
 from vlekit import fusions, text_encoders, vision_encoders  # noqa: F401  (register the core components)
 from vlekit.interfaces import Fusion, FusionOutput, TextEncoder, VisionEncoder
 from vlekit.model import VCRModel, VCRModelConfig, build_model, load_model_config
+from vlekit.vle_checkpoint import from_vle_pretrained, to_vle_pretrained, vle_preprocessor
 from vlekit.registry import (
     FUSIONS,
     TEXT_ENCODERS,
@@ -28,5 +29,5 @@ __all__ = [
     "FUSIONS", "TEXT_ENCODERS", "VISION_ENCODERS", "Fusion", "FusionOutput", "RegistryError", "TextEncoder",
     "VCRModel", "VCRModelConfig", "VisionEncoder", "build_model", "import_plugins", "list_components",
     "load_model_config", "make_config", "register_fusion", "register_text_encoder", "register_vision_encoder",
-    "registry_for",
+    "registry_for", "from_vle_pretrained", "to_vle_pretrained", "vle_preprocessor",
 ]

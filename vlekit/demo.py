@@ -40,7 +40,7 @@ def demo_experiment(config: DemoConfig, *, task: str, data: Any, tokenizer: str)
         data=DataConfig(task=task, train_annotations=str(data.train), val_annotations=str(data.val),
                         images=str(data.images_root), tokenizer=tokenizer, num_workers=config.num_workers),
         train=TrainConfig(out=str(Path(config.out) / task), epochs=config.epochs, batch_size=config.batch_size,
-                          lr=config.lr, lr_multipliers={}, warmup_ratio=0.1, mixed_precision="no", cpu=True,
+                          lr=config.lr, lr_multipliers={}, warmup_ratio=0.1, mixed_precision="fp32", cpu=True,
                           seed=config.seed, log_every_steps=5, keep=1),
     )
 

@@ -47,7 +47,10 @@ class TrainConfig:
     lr_multipliers: per parameter group (``text_encoder``, ``vision_encoder``, ``fusion`` (fusion,
         projections, token types), ``head``); VLE trains the head and the fusion faster.
     batch_size: questions per optimizer step over all processes (micro-batch x accumulation x processes).
-    mixed_precision: ``auto`` (bf16 where the GPU has it, else fp32), ``bf16``, ``fp16`` or ``no``.
+    mixed_precision: ``auto`` (bf16 where the GPU has it, else fp32), ``bf16``, ``fp16`` or ``fp32``.
+    init_from_vle: start from an official VLE checkpoint (hub name or folder, e.g. ``hfl/vle-base``);
+        its architecture replaces the ``model`` section's components (``num_token_types`` and the
+        object options still apply), and ``data.tokenizer`` should name the same checkpoint.
     """
 
     out: str = "runs/vcr"
@@ -71,6 +74,7 @@ class TrainConfig:
     eval_every_epochs: int = 1
     max_steps: int = 0
     cpu: bool = False
+    init_from_vle: str | None = None
 
 
 @dataclass(frozen=True)
@@ -111,9 +115,13 @@ def experiment_from_dict(raw: Mapping[str, Any], *, where: str = "config") -> Ex
     for name, config_class in _SECTIONS.items():
         values = dict(raw.get(name) or {})
         if name == "model":
+            defaults = VCRModelConfig()
             for kind in ("text_encoder", "vision_encoder", "fusion"):
                 if kind in values:
-                    values[kind] = component_spec(values[kind])
+                    spec = values[kind] if isinstance(values[kind], str) else dict(values[kind])
+                    if isinstance(spec, dict) and "name" not in spec:  # options for the default component
+                        spec = {**getattr(defaults, kind), **spec}
+                    values[kind] = component_spec(spec)
         sections[name] = make_config(config_class, values, where=f"{where}: section {name!r}")
     return ExperimentConfig(plugins=plugins, **sections)
 

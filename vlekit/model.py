@@ -212,7 +212,7 @@ class VCRModel(nn.Module):
         state = load_file(str(directory / WEIGHTS_FILE))
         result = model.load_state_dict(state, strict=False)
         if strict and (result.missing_keys or result.unexpected_keys):
-            raise KeyError(
+            raise ValueError(
                 f"{directory / WEIGHTS_FILE}: weights do not match the config; "
                 f"missing {result.missing_keys[:10]}, unexpected {result.unexpected_keys[:10]}"
             )

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import importlib
 import importlib.metadata
 import sys
@@ -73,10 +74,16 @@ def _source_of(module_name: str) -> str:
         return "core"
     if module_name == "__main__":
         return "notebook"
-    distributions = importlib.metadata.packages_distributions().get(top)
+    distributions = _packages_distributions().get(top)
     if distributions:
         return f"package {distributions[0]}"
     return f"module {module_name}"
+
+
+@functools.cache
+def _packages_distributions() -> Mapping[str, list[str]]:
+    # Scanning every installed package takes ~0.3 s: once per process is enough.
+    return importlib.metadata.packages_distributions()
 
 
 def _first_line(text: str | None) -> str:
@@ -95,14 +102,25 @@ def make_config(config_class: type, options: Mapping[str, Any], *, where: str) -
     if unknown:
         key = unknown[0]
         close = difflib.get_close_matches(key, list(fields), n=3)
-        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else "."
         raise TypeError(
             f"{where}: unknown option {key!r}{hint} Accepted options: {', '.join(sorted(fields))}"
         )
     hints = typing.get_type_hints(config_class)
+    options = {key: _coerce_float(value, hints.get(key)) for key, value in options.items()}
     for key, value in options.items():
         _check_type(value, hints.get(key), where=f"{where}: option {key!r}")
     return config_class(**options)
+
+
+def _coerce_float(value: Any, hint: Any) -> Any:
+    """YAML 1.1 reads ``3e-5`` (no dot) as a string; accept it where a float is expected."""
+    if isinstance(value, str) and hint is not None and float in (typing.get_args(hint) or (hint,)):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def _check_type(value: Any, hint: Any, *, where: str) -> None:
@@ -261,7 +279,11 @@ class Registry:
                 raise RegistryError(f"{self.kind} {name!r}: class has no 'config_class' attribute (a dataclass)")
             return cls, make_config(config_class, options, where=f"{self.kind} {name!r}")
         entry = self.get(name)
-        merged = {**entry.preset_options, **options}
+        # Dict options (e.g. an HF architecture) refine the preset's instead of replacing it.
+        merged = {**entry.preset_options}
+        for key, value in options.items():
+            preset_value = merged.get(key)
+            merged[key] = {**preset_value, **value} if isinstance(preset_value, dict) and isinstance(value, dict) else value
         return entry.component, make_config(entry.config_class, merged, where=f"{self.kind} {name!r}")
 
     def build(self, name: str, **options: Any) -> nn.Module:
@@ -313,8 +335,9 @@ def list_components(kind: str | None = None) -> list[dict[str, str]]:
             description = entry.description + (f" (preset of {entry.preset_of})" if entry.preset_of else "")
             rows.append({"kind": entry.kind, "name": entry.name, "source": entry.source, "description": description})
         for broken in registry.broken:
-            rows.append({"kind": registry.kind, "name": broken.entry_point, "source": f"package {broken.package}",
-                         "description": f"BROKEN: {broken.error}"})
+            rows.append({"kind": registry.kind, "name": broken.entry_point.split(" = ")[0],
+                         "source": f"package {broken.package}",
+                         "description": f"BROKEN ({broken.entry_point}): {broken.error}"})
     return rows
 
 

@@ -66,6 +66,10 @@ class HFTextEncoder(TextEncoder):
             else:
                 hf_config = AutoConfig.for_model(config.model_type, **config.hf_config)
             self.model = AutoModel.from_config(hf_config)
+        # Only the last hidden states are used: an unused pooler (BERT, RoBERTa) would get no gradient,
+        # which DDP rejects.
+        if getattr(self.model, "pooler", None) is not None:
+            self.model.pooler = None
         if config.vocab_size is not None and config.vocab_size != self.model.config.vocab_size:
             self.model.resize_token_embeddings(config.vocab_size)
         if config.gradient_checkpointing:

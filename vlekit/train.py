@@ -24,7 +24,7 @@ import shutil
 import signal
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,11 +73,12 @@ class TrainerState:
 
 # -- building blocks ------------------------------------------------------------------------------
 def resolve_mixed_precision(value: str) -> str:
+    """``train.mixed_precision`` -> Accelerate's setting (``fp32`` is Accelerate's ``no``)."""
     if value == "auto":
         return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    if value not in ("no", "bf16", "fp16"):
-        raise ValueError(f"train.mixed_precision {value!r}: expected auto, bf16, fp16 or no")
-    return value
+    if value not in ("fp32", "bf16", "fp16"):
+        raise ValueError(f"train.mixed_precision {value!r}: expected auto, bf16, fp16 or fp32")
+    return "no" if value == "fp32" else value
 
 
 def load_or_build_tokenizer(config: ExperimentConfig, out: Path, accelerator: Accelerator):
@@ -116,6 +117,20 @@ def model_config_for_run(config: ExperimentConfig, tokenizer) -> VCRModelConfig:
         vision = with_component_option(vision, "vision_encoder", "gradient_checkpointing", True)
         fusion = with_component_option(fusion, "fusion", "gradient_checkpointing", True)
     return dataclasses.replace(model, text_encoder=text, vision_encoder=vision, fusion=fusion)
+
+
+def build_run_model(config: ExperimentConfig, tokenizer) -> VCRModel:
+    """The model a run starts from: the ``model`` section, or an official VLE checkpoint."""
+    if config.train.init_from_vle is None:
+        return VCRModel(config=model_config_for_run(config, tokenizer))
+    if config.data.tokenizer == "auto":
+        raise ValueError("train.init_from_vle needs the checkpoint's tokenizer: set data.tokenizer to the same name")
+    from vlekit.vle_checkpoint import from_vle_pretrained
+
+    return from_vle_pretrained(
+        config.train.init_from_vle, num_token_types=config.model.num_token_types,
+        use_object_tokens=config.model.use_object_tokens, use_object_types=config.model.use_object_types,
+    ).train()
 
 
 def make_preprocessor(tokenizer, model: VCRModel, *, task: str, geometry: str, max_length: int, names: str,
@@ -229,6 +244,45 @@ def save_final_model(model: VCRModel, tokenizer, config: ExperimentConfig, folde
     return folder
 
 
+class LogWindow:
+    """Loss, questions/s and data-loading share since the last log line; the loss stays on the
+    device between log lines, so the training step never waits on the host."""
+
+    def __init__(self, accelerator: Accelerator) -> None:
+        self.accelerator = accelerator
+        self.loss = torch.zeros((), device=accelerator.device)
+        self._reset()
+
+    def _reset(self) -> None:
+        self.loss.zero_()
+        self.batches, self.questions, self.data_time, self.start = 0, 0, 0.0, time.perf_counter()
+
+    def timed(self, loader: Iterable[Any]) -> Iterator[Any]:
+        """Iterate ``loader``, adding the time spent waiting for each batch to the data time."""
+        iterator = iter(loader)
+        while True:
+            fetch = time.perf_counter()
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                return
+            self.data_time += time.perf_counter() - fetch
+            yield batch
+
+    def add(self, loss: torch.Tensor, *, questions: int) -> None:
+        self.loss += loss.detach()
+        self.batches += 1
+        self.questions += questions * self.accelerator.num_processes
+
+    def flush(self, **fields: Any) -> dict[str, Any]:
+        elapsed = time.perf_counter() - self.start
+        loss = self.accelerator.reduce(self.loss.clone(), reduction="mean").item() / max(1, self.batches)
+        record = {**fields, "loss": loss, "questions_per_s": self.questions / elapsed,
+                  "data_time_fraction": self.data_time / elapsed}
+        self._reset()
+        return record
+
+
 class MetricsLog:
     """Appends JSON lines to ``metrics.jsonl`` (main process only)."""
 
@@ -278,7 +332,7 @@ def train(config: ExperimentConfig, *, resume: str | None = None, progress: bool
     set_seed(train_cfg.seed)
 
     tokenizer = load_or_build_tokenizer(config, out, accelerator)
-    model = VCRModel(config=model_config_for_run(config, tokenizer))
+    model = build_run_model(config, tokenizer)
     if train_cfg.freeze_text_encoder:
         model.text_encoder.requires_grad_(False)
     if train_cfg.freeze_vision_encoder:
@@ -295,15 +349,19 @@ def train(config: ExperimentConfig, *, resume: str | None = None, progress: bool
     records = read_vcr(data_cfg.train_annotations, skip_bad=data_cfg.skip_bad)
     dataset = VCRDataset(records, preprocessor)
     sampler = EpochShuffleSampler(len(dataset), seed=train_cfg.seed)
+    # Own generators: a DataLoader draws a worker base seed from its generator at every iteration, and
+    # drawing from the global RNG would shift dropout masks after a resume.
     loader = DataLoader(
         dataset, batch_size=micro, sampler=sampler, collate_fn=dataset.collate, drop_last=True,
+        generator=torch.Generator().manual_seed(train_cfg.seed),
         num_workers=data_cfg.num_workers, pin_memory=torch.cuda.is_available(),
         persistent_workers=data_cfg.num_workers > 0, prefetch_factor=4 if data_cfg.num_workers > 0 else None,
     )
     val_loader = None
     if data_cfg.val_annotations:
         val_set = VCRDataset(read_vcr(data_cfg.val_annotations, skip_bad=data_cfg.skip_bad), preprocessor)
-        val_loader = DataLoader(val_set, batch_size=micro, collate_fn=val_set.collate, num_workers=data_cfg.num_workers)
+        val_loader = DataLoader(val_set, batch_size=micro, collate_fn=val_set.collate, num_workers=data_cfg.num_workers,
+                                generator=torch.Generator().manual_seed(train_cfg.seed))
 
     steps_per_epoch = len(loader) // (train_cfg.gradient_accumulation_steps * accelerator.num_processes)
     if steps_per_epoch == 0:
@@ -328,16 +386,21 @@ def train(config: ExperimentConfig, *, resume: str | None = None, progress: bool
     bar = tqdm(total=total_steps, initial=state.global_step, disable=not (progress and accelerator.is_local_main_process),
                desc=f"train {data_cfg.task}", dynamic_ncols=True)
     interrupted, val_accuracy = False, None
-    window_loss = torch.zeros((), device=accelerator.device)
-    window_batches, window_questions, window_start, data_time = 0, 0, time.perf_counter(), 0.0
+    window = LogWindow(accelerator)
+
+    def evaluate_now() -> float:
+        accuracy = accuracy_on(model, val_loader, accelerator)
+        log.write(step=state.global_step, epoch=state.epoch, val_accuracy=accuracy)
+        bar.write(f"step {state.global_step} (epoch {state.epoch}): val accuracy {accuracy:.3f}")
+        return accuracy
+
     with StopRequested() as stop:
         while state.global_step < total_steps and not interrupted:
-            sampler.set_epoch(state.epoch)
             epoch_loader = accelerator.skip_first_batches(loader, state.batches_in_epoch) if state.batches_in_epoch else loader
+            # Accelerate's loaders pass their own iteration count to the sampler; set it to the real epoch.
+            epoch_loader.set_epoch(state.epoch)
             model.train()
-            fetch_start = time.perf_counter()
-            for batch in epoch_loader:
-                data_time += time.perf_counter() - fetch_start
+            for batch in window.timed(epoch_loader):
                 with accelerator.accumulate(model):
                     loss = model(**batch)["loss"]
                     accelerator.backward(loss)
@@ -347,42 +410,34 @@ def train(config: ExperimentConfig, *, resume: str | None = None, progress: bool
                     scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
                 state.batches_in_epoch += 1
-                window_loss += loss.detach()  # stays on the device: no host sync per step
-                window_batches += 1
-                window_questions += batch["input_ids"].shape[0] * accelerator.num_processes
-                if accelerator.sync_gradients:
-                    state.global_step += 1
-                    bar.update(1)
-                    if state.global_step % train_cfg.log_every_steps == 0 or state.global_step == total_steps:
-                        mean_loss = accelerator.reduce(window_loss, reduction="mean").item() / window_batches
-                        elapsed = time.perf_counter() - window_start
-                        record = dict(step=state.global_step, epoch=state.epoch + state.batches_in_epoch / len(loader),
-                                      loss=mean_loss, lr=scheduler.get_last_lr()[0], questions_per_s=window_questions / elapsed,
-                                      data_time_fraction=data_time / elapsed)
-                        log.write(**record)
-                        bar.set_postfix(loss=f"{mean_loss:.3f}", qps=f"{record['questions_per_s']:.1f}")
-                        window_loss.zero_()
-                        window_batches, window_questions, window_start, data_time = 0, 0, time.perf_counter(), 0.0
-                    if train_cfg.save_every_steps and state.global_step % train_cfg.save_every_steps == 0:
-                        save_checkpoint(accelerator, out, state, config)
-                    if stop.requested or state.global_step >= total_steps:
-                        interrupted = stop.requested
-                        break
-                fetch_start = time.perf_counter()
-            else:  # epoch finished
+                window.add(loss, questions=batch["input_ids"].shape[0])
+                if not accelerator.sync_gradients:
+                    continue
+                state.global_step += 1
+                bar.update(1)
+                if state.global_step % train_cfg.log_every_steps == 0 or state.global_step == total_steps:
+                    record = window.flush(step=state.global_step, epoch=state.epoch + state.batches_in_epoch / len(loader),
+                                          lr=scheduler.get_last_lr()[0])
+                    log.write(**record)
+                    bar.set_postfix(loss=f"{record['loss']:.3f}", qps=f"{record['questions_per_s']:.1f}")
+                if train_cfg.save_every_steps and state.global_step % train_cfg.save_every_steps == 0:
+                    save_checkpoint(accelerator, out, state, config)
+                if stop.requested:
+                    interrupted = True
+                    break
+                if state.global_step >= total_steps:
+                    break
+            if state.batches_in_epoch == len(loader):  # the epoch ran to its end
                 state.epoch += 1
                 state.batches_in_epoch = 0
                 if val_loader is not None and state.epoch % train_cfg.eval_every_epochs == 0:
-                    val_accuracy = accuracy_on(model, val_loader, accelerator)
-                    log.write(step=state.global_step, epoch=state.epoch, val_accuracy=val_accuracy)
-                    bar.write(f"epoch {state.epoch}: val accuracy {val_accuracy:.3f}")
+                    val_accuracy = evaluate_now()
+        if not interrupted and val_loader is not None and state.batches_in_epoch:  # stopped mid-epoch (max_steps)
+            val_accuracy = evaluate_now()
     bar.close()
     save_checkpoint(accelerator, out, state, config)
     model_dir = None
     if not interrupted:
-        if val_loader is not None and state.batches_in_epoch:  # ended mid-epoch (max_steps): evaluate anyway
-            val_accuracy = accuracy_on(model, val_loader, accelerator)
-            log.write(step=state.global_step, epoch=state.epoch, val_accuracy=val_accuracy)
         if accelerator.is_main_process:
             model_dir = save_final_model(accelerator.unwrap_model(model), tokenizer, config, out / "model")
             from vlekit.plots import plot_training_curve
@@ -407,7 +462,8 @@ _FLAGS = {  # flag -> dotted config key
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="experiment YAML (sections plugins, model, data, train)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=3e-5 model.fusion=merged-attention")
-    parser.add_argument("--resume", nargs="?", const="latest", help="continue from the newest checkpoint in --out (or a given one)")
+    parser.add_argument("--resume", action="store_const", const="latest", help="continue from the newest checkpoint in --out")
+    parser.add_argument("--resume-from", dest="resume", metavar="CHECKPOINT", help="continue from this checkpoint folder")
     parser.add_argument("--task", choices=["q2a", "qa2r"])
     for flag in _FLAGS:
         if flag != "task":

@@ -1,0 +1,516 @@
+"""Synthetic VCR-format data whose answers need grounding.
+
+`generate_synthetic_vcr` writes a small dataset in the exact layout of VCR (``train.jsonl``,
+``val.jsonl``, ``test.jsonl`` and ``vcr1images/<movie>/<frame>.jpg`` + ``.json`` metadata), so the
+whole pipeline (records, object tokens, box geometry, training, evaluation) runs offline on data
+that a tiny model can learn on a CPU in minutes.
+
+What an image holds: 5 or 6 objects (2-4 of them ``person``, the rest from `OTHER_CLASSES`), each
+drawn as one solid shape (a figure, a block or a blob, whatever its class) in its own colour from
+`PALETTE` (every colour at most once per image), each in its own cell of a 2 x 3 layout, on a grey
+textured background. Frames come in the movie-like formats of `FRAME_SIZES` (2.4:1, 1.85:1,
+16:9, 4:3).
+
+Why grounding matters. Every question names objects by index, and only the object behind the
+mention tells the answer:
+
+======== ============================ ====================================== =================
+type     question                     answers (one per choice)               needs
+======== ============================ ====================================== =================
+colour   What colour is [2] wearing ? [2] is wearing red .                   colour of [2]
+why      Why does [2] stand out ?     Because [2] is wearing red .           colour of [2]
+yes_no   Is [2] wearing red ?         Yes , [2] is ... / No , [2] is ...     colour of [2]
+which    Which one is red ?           [0] is wearing red . / [4] is red .    which one is red
+position Where is [2] ?               [2] is at the top left .               place of [2]
+======== ============================ ====================================== =================
+
+(non-persons read "[3] is red" instead of "[3] is wearing red".) Rationales restate the answer and
+add a fact about a second object ("[2] is wearing red , and [4] is blue ." or "[2] is next to [4]
+in blue ."); the four rationales differ only in that second colour, so QA->R also needs grounding.
+
+Why the text alone does not give the answer (checked by a bag-of-words probe in the tests):
+the distractors are the colours (places, objects) of the *other* objects of the same image, so
+each choice describes something that is really in the picture; the asked object, the colours and
+the shapes and the layout are drawn independently of one another and of the object classes (so
+"dog" in the text cannot be found in the picture by its looks); the gold position
+is uniform; a "yes" is gold exactly one time in four. A model that sees the image but cannot tie
+"[2]" to its box is therefore at chance too; one that pools the patches under each box is not.
+
+Extra record key: ``question_type`` (one of `QUESTION_TYPES`); VCR readers ignore unknown keys.
+Test records carry no labels, match fields, sources or answer/rationale originals, as in VCR.
+
+Run ``python -m data_prep.synthetic OUT_DIR`` to write the default dataset.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from data_prep.constants import NUM_CHOICES
+
+__all__ = [
+    "FRAME_SIZES",
+    "OTHER_CLASSES",
+    "PALETTE",
+    "QUESTION_TYPES",
+    "SyntheticVCR",
+    "generate_synthetic_vcr",
+]
+
+# Saturated and far apart, so a colour survives JPEG, resizing to 64 px and patch averaging.
+PALETTE: dict[str, tuple[int, int, int]] = {
+    "red": (220, 30, 30),
+    "green": (30, 170, 50),
+    "blue": (30, 60, 220),
+    "yellow": (240, 220, 30),
+    "white": (250, 250, 250),
+    "black": (15, 15, 15),
+}
+OTHER_CLASSES: tuple[str, ...] = ("car", "dog", "chair", "bottle", "umbrella")
+QUESTION_TYPES: tuple[str, ...] = ("colour", "why", "yes_no", "which", "position")
+# (name, width, height): wide movie frames first, as in VCR's LSMDC / MovieClips sources.
+FRAME_SIZES: tuple[tuple[str, int, int], ...] = (
+    ("Scope", 240, 100),
+    ("Flat", 222, 120),
+    ("Wide", 192, 108),
+    ("Academy", 160, 120),
+)
+
+_SPLITS: tuple[str, ...] = ("train", "val", "test")
+_ROWS: tuple[str, ...] = ("top", "bottom")
+_COLS: tuple[str, ...] = ("left", "middle", "right")
+_NUM_OBJECTS = (5, 6)  # >= 5 so every choice's colour is present in the image (see module doc)
+_NUM_PERSONS = (2, 4)
+_ELLIPSE_POINTS = 12
+# Drawn independently of the class: if persons looked different from dogs, a model could find
+# "the dog" in "What colour is dog ?" without grounding the mention, from the class name alone.
+_SHAPES: tuple[str, ...] = ("figure", "block", "blob")
+# Keys that only labelled splits carry; test records drop them, like VCR's test.jsonl.
+_LABEL_KEYS: tuple[str, ...] = (
+    "answer_orig", "rationale_orig", "answer_match_iter", "answer_sources", "answer_label",
+    "rationale_sources", "rationale_match_iter", "rationale_label",
+)
+
+Token = str | list[int]
+
+
+@dataclass(frozen=True)
+class SyntheticVCR:
+    """Where `generate_synthetic_vcr` put a dataset.
+
+    Attributes:
+        root: the output folder.
+        images_root: ``root / "vcr1images"``; ``images_root / record["img_fn"]`` is the image.
+        train, val, test: the ``.jsonl`` annotation files (``test`` has no labels; it may be empty).
+    """
+
+    root: Path
+    images_root: Path
+    train: Path
+    val: Path
+    test: Path
+
+    def split(self, name: str) -> Path:
+        """The annotation file of split ``name`` ("train", "val" or "test")."""
+        if name not in _SPLITS:
+            raise ValueError(f"unknown split {name!r}; expected one of {_SPLITS}")
+        return getattr(self, name)
+
+
+@dataclass(frozen=True)
+class _Object:
+    index: int
+    name: str
+    colour: str
+    shape: str
+    row: int
+    col: int
+    box: tuple[float, float, float, float]
+
+
+@dataclass(frozen=True)
+class _Annotation:
+    question_type: str
+    question: list[Token]
+    answers: list[list[Token]]
+    answer_label: int
+    rationales: list[list[Token]]
+    rationale_label: int
+
+
+def generate_synthetic_vcr(
+    out_dir: str | Path,
+    *,
+    num_train: int = 2000,
+    num_val: int = 300,
+    num_test: int = 100,
+    seed: int = 0,
+    questions_per_image: int = 2,
+    num_movies: int = 8,
+    jpeg_quality: int = 90,
+) -> SyntheticVCR:
+    """Write a synthetic VCR-format dataset to ``out_dir`` and return its paths.
+
+    Args:
+        out_dir: output folder (created; files of an earlier run are overwritten).
+        num_train, num_val, num_test: number of questions (records) per split.
+        seed: the data is a pure function of the arguments: the same call gives the same bytes.
+            Each image draws from its own stream ``(seed, split, image)``, so e.g. ``val`` does not
+            change when ``num_train`` does.
+        questions_per_image: questions asked about each image (VCR asks several per frame).
+        num_movies: movie folders per split; each movie has one frame format of `FRAME_SIZES`.
+        jpeg_quality: JPEG quality of the frames.
+
+    Returns:
+        The `SyntheticVCR` paths.
+    """
+    for name, value in (("num_train", num_train), ("num_val", num_val), ("num_test", num_test)):
+        if value < 0:
+            raise ValueError(f"{name} must be >= 0, got {value}")
+    if questions_per_image < 1 or num_movies < 1:
+        raise ValueError(
+            f"questions_per_image and num_movies must be >= 1, got {questions_per_image} and {num_movies}"
+        )
+    if not 1 <= jpeg_quality <= 95:
+        raise ValueError(f"jpeg_quality must be in 1..95 (PIL's useful range), got {jpeg_quality}")
+
+    root = Path(out_dir)
+    images_root = root / "vcr1images"
+    images_root.mkdir(parents=True, exist_ok=True)
+    paths = SyntheticVCR(root, images_root, root / "train.jsonl", root / "val.jsonl", root / "test.jsonl")
+    for split_id, (split, count) in enumerate(zip(_SPLITS, (num_train, num_val, num_test))):
+        lines: list[str] = []
+        for image_id in range(math.ceil(count / questions_per_image)):
+            rng = np.random.default_rng((seed, split_id, image_id))
+            num_questions = min(questions_per_image, count - image_id * questions_per_image)
+            lines += _write_image_and_records(
+                rng, split=split, split_id=split_id, image_id=image_id, first_annot=len(lines),
+                num_questions=num_questions, num_movies=num_movies, images_root=images_root,
+                jpeg_quality=jpeg_quality,
+            )
+        paths.split(split).write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return paths
+
+
+# --------------------------------------------------------------------------- images
+
+
+def _write_image_and_records(
+    rng: np.random.Generator,
+    *,
+    split: str,
+    split_id: int,
+    image_id: int,
+    first_annot: int,
+    num_questions: int,
+    num_movies: int,
+    images_root: Path,
+    jpeg_quality: int,
+) -> list[str]:
+    """Draw one frame, write it with its metadata, and return its records as JSON lines."""
+    movie_id = image_id % num_movies
+    fmt, width, height = FRAME_SIZES[movie_id % len(FRAME_SIZES)]
+    movie = f"{9000 + 100 * split_id + movie_id}_SYNTHETIC_{fmt.upper()}"
+    start = 7.0 * (image_id // num_movies)  # a clip's time stamps, as in VCR's file names
+    stem = f"{movie}/{movie}_{_clock(start)}-{_clock(start + 4.0)}@0"
+    objects = _layout(rng, width, height)
+
+    image = Image.fromarray(_background(rng, width, height))
+    draw = ImageDraw.Draw(image)
+    segms = [_draw(draw, obj) for obj in objects]
+    (images_root / movie).mkdir(exist_ok=True)
+    image.save(images_root / f"{stem}.jpg", quality=jpeg_quality)
+    metadata = {
+        "boxes": [[*obj.box, round(float(rng.uniform(0.9, 1.0)), 4)] for obj in objects],
+        "segms": segms,
+        "names": [obj.name for obj in objects],
+        "width": width,
+        "height": height,
+    }
+    (images_root / f"{stem}.json").write_text(json.dumps(metadata), encoding="utf-8")
+
+    lines = []
+    for question_number in range(num_questions):
+        annotation = _annotate(rng, objects, str(rng.choice(QUESTION_TYPES)))
+        record = _record(
+            rng, annotation, objects, movie=movie, stem=stem, split=split, image_id=image_id,
+            question_number=question_number, annot=first_annot + question_number,
+        )
+        lines.append(json.dumps(record))
+    return lines
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(seconds, 60.0)
+    hours, minutes = divmod(int(minutes), 60)
+    return f"{hours:02d}.{minutes:02d}.{secs:06.3f}"
+
+
+def _layout(rng: np.random.Generator, width: int, height: int) -> list[_Object]:
+    """Objects in distinct cells of a 2 x 3 layout; class, colour, shape and cell drawn independently.
+
+    One object per cell keeps boxes apart, so the patches under a box show its own colour. Boxes
+    fill 60-95% of a cell, so even a 2.4:1 frame squashed to a 64 px, 8-px-patch grid gives each
+    object several whole patches.
+    """
+    num_objects = int(rng.integers(_NUM_OBJECTS[0], _NUM_OBJECTS[1] + 1))
+    num_persons = int(rng.integers(_NUM_PERSONS[0], _NUM_PERSONS[1] + 1))
+    # Persons first, like VCR's detections; the cells are shuffled so an index says nothing of place.
+    names = ["person"] * num_persons + [
+        str(rng.choice(OTHER_CLASSES)) for _ in range(num_objects - num_persons)
+    ]
+    colours = rng.permutation(list(PALETTE))[:num_objects]
+    shapes = rng.choice(_SHAPES, size=num_objects)
+    cells = rng.permutation(len(_ROWS) * len(_COLS))[:num_objects]
+    cell_w, cell_h = width / len(_COLS), height / len(_ROWS)
+    objects = []
+    for index, (name, colour, shape, cell) in enumerate(zip(names, colours, shapes, cells)):
+        row, col = divmod(int(cell), len(_COLS))
+        box_w = cell_w * rng.uniform(0.6, 0.9)
+        box_h = cell_h * rng.uniform(0.7, 0.95)
+        x1 = col * cell_w + rng.uniform(0.0, cell_w - box_w)
+        y1 = row * cell_h + rng.uniform(0.0, cell_h - box_h)
+        box = (round(x1, 2), round(y1, 2), round(x1 + box_w, 2), round(y1 + box_h, 2))
+        objects.append(_Object(index, name, str(colour), str(shape), row, col, box))
+    return objects
+
+
+def _background(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
+    """Grey texture (gradient + grain + faint tint) so an image is never a flat canvas.
+
+    It stays in mid-grey (~70-190), away from every palette colour, white and black included.
+    """
+    base = rng.uniform(105.0, 155.0)
+    gx, gy = rng.uniform(-20.0, 20.0, size=2)
+    xs = np.linspace(-0.5, 0.5, width)[None, :, None]
+    ys = np.linspace(-0.5, 0.5, height)[:, None, None]
+    tint = rng.uniform(-8.0, 8.0, size=3)[None, None, :]
+    grain = rng.normal(0.0, 10.0, size=(height, width, 1))
+    pixels = base + gx * xs + gy * ys + tint + grain
+    return np.clip(pixels, 0, 255).astype(np.uint8)
+
+
+def _draw(draw: ImageDraw.ImageDraw, obj: _Object) -> list[list[list[int]]]:
+    """Draw ``obj`` as a solid shape filling most of its box; return its polygons (VCR ``segms``)."""
+    x1, y1, x2, y2 = obj.box
+    w, h = x2 - x1, y2 - y1
+    if obj.shape == "figure":  # a head on a body
+        parts = [_ellipse((x1 + 0.25 * w, y1, x2 - 0.25 * w, y1 + 0.3 * h)), _rectangle((x1, y1 + 0.25 * h, x2, y2))]
+    elif obj.shape == "blob":
+        parts = [_ellipse(obj.box)]
+    else:
+        parts = [_rectangle(obj.box)]
+    for polygon in parts:
+        draw.polygon([tuple(point) for point in polygon], fill=PALETTE[obj.colour])
+    return parts
+
+
+def _rectangle(box: tuple[float, float, float, float]) -> list[list[int]]:
+    x1, y1, x2, y2 = (round(v) for v in box)
+    return [[x1, y1], [x2, y1], [x2, y2], [x1, y2]]
+
+
+def _ellipse(box: tuple[float, float, float, float]) -> list[list[int]]:
+    x1, y1, x2, y2 = box
+    cx, cy, rx, ry = (x1 + x2) / 2, (y1 + y2) / 2, (x2 - x1) / 2, (y2 - y1) / 2
+    angles = np.linspace(0.0, 2 * math.pi, _ELLIPSE_POINTS, endpoint=False)
+    return [[round(cx + rx * math.cos(a)), round(cy + ry * math.sin(a))] for a in angles]
+
+
+# --------------------------------------------------------------------------- text
+
+
+def _has_colour(obj: _Object, colour: str) -> list[Token]:
+    """``[2] is wearing red`` for a person, ``[3] is red`` for a thing."""
+    if obj.name == "person":
+        return [[obj.index], "is", "wearing", colour]
+    return [[obj.index], "is", colour]
+
+
+def _place(obj: _Object) -> list[str]:
+    return ["at", "the", _ROWS[obj.row], _COLS[obj.col]]
+
+
+def _shuffle_in(
+    rng: np.random.Generator, gold: list[Token], distractors: list[list[Token]]
+) -> tuple[list[list[Token]], int]:
+    """The choices in a uniformly random order, and the gold one's position."""
+    choices = [gold, *distractors]
+    order = [int(i) for i in rng.permutation(len(choices))]
+    return [choices[i] for i in order], order.index(0)
+
+
+def _other_colours(rng: np.random.Generator, objects: list[_Object], exclude: set[str], k: int) -> list[str]:
+    """``k`` colours of objects in this image, none in ``exclude``, in random order."""
+    pool = [obj.colour for obj in objects if obj.colour not in exclude]
+    return [str(c) for c in rng.permutation(pool)[:k]]
+
+
+def _annotate(rng: np.random.Generator, objects: list[_Object], question_type: str) -> _Annotation:
+    """One question of ``question_type`` about the image, with its choices and labels."""
+    target = objects[int(rng.integers(len(objects)))]
+    others = [obj for obj in objects if obj is not target]
+    if question_type == "which":
+        question = ["Which", "one", "is", target.colour, "?"]
+        gold = _has_colour(target, target.colour) + ["."]
+        picks = rng.permutation(len(others))[: NUM_CHOICES - 1]
+        distractors = [_has_colour(others[i], target.colour) + ["."] for i in picks]
+        answers, answer_label = _shuffle_in(rng, gold, distractors)
+    elif question_type == "position":
+        question = ["Where", "is", [target.index], "?"]
+        gold = [[target.index], "is", *_place(target), "."]
+        picks = rng.permutation(len(others))[: NUM_CHOICES - 1]
+        distractors = [[[target.index], "is", *_place(others[i]), "."] for i in picks]
+        answers, answer_label = _shuffle_in(rng, gold, distractors)
+    elif question_type in ("colour", "why"):
+        if question_type == "colour":
+            question = ["What", "colour", "is", [target.index]] + (["wearing"] if target.name == "person" else []) + ["?"]
+            prefix: list[Token] = []
+        else:
+            question = ["Why", "does", [target.index], "stand", "out", "?"]
+            prefix = ["Because"]
+        colours = [target.colour] + _other_colours(rng, objects, {target.colour}, NUM_CHOICES - 1)
+        options = [prefix + _has_colour(target, c) + ["."] for c in colours]
+        answers, answer_label = _shuffle_in(rng, options[0], options[1:])
+    elif question_type == "yes_no":
+        # The asked colour is the true one a quarter of the time, so "Yes" is gold one time in four.
+        # Either way the four choices name four distinct colours of this image.
+        truthful = bool(rng.integers(NUM_CHOICES) == 0)
+        asked = target.colour if truthful else _other_colours(rng, objects, {target.colour}, 1)[0]
+        claim = _has_colour(target, asked)  # [[i], "is", ("wearing",) colour]
+        question = ["Is", claim[0], *claim[2:], "?"]
+        yes = ["Yes", ","] + claim + ["."]
+        wrong = _other_colours(rng, objects, {target.colour, asked}, NUM_CHOICES - 1 - (not truthful))
+        nos = [["No", ","] + _has_colour(target, c) + ["."] for c in wrong]
+        true_no = ["No", ","] + _has_colour(target, target.colour) + ["."]
+        gold, distractors = (yes, nos) if truthful else (true_no, [yes, *nos])
+        answers, answer_label = _shuffle_in(rng, gold, distractors)
+    else:
+        raise ValueError(f"unknown question type {question_type!r}; expected one of {QUESTION_TYPES}")
+
+    rationales, rationale_label = _rationales(rng, objects, question_type, target, answers[answer_label])
+    return _Annotation(question_type, question, answers, answer_label, rationales, rationale_label)
+
+
+def _rationales(
+    rng: np.random.Generator, objects: list[_Object], question_type: str, target: _Object, answer: list[Token]
+) -> tuple[list[list[Token]], int]:
+    """Four rationales that restate the answer and differ only in a second object's colour.
+
+    The second object's true colour makes the gold one; the others use the remaining colours of
+    the image, so only looking at that object tells them apart.
+    """
+    if question_type == "position":
+        # "next to" must be true: pick a neighbouring cell (one always exists with >= 5 of 6 cells used).
+        neighbours = [o for o in objects if abs(o.row - target.row) + abs(o.col - target.col) == 1]
+        second = neighbours[int(rng.integers(len(neighbours)))]
+        colours = [second.colour] + _other_colours(rng, objects, {second.colour}, NUM_CHOICES - 1)
+        options = [[[target.index], "is", "next", "to", [second.index], "in", c, "."] for c in colours]
+    else:
+        others = [o for o in objects if o is not target]
+        second = others[int(rng.integers(len(others)))]
+        colours = [second.colour] + _other_colours(rng, objects, {second.colour, target.colour}, NUM_CHOICES - 1)
+        options = [_has_colour(target, target.colour) + [",", "and"] + _has_colour(second, c) + ["."] for c in colours]
+    return _shuffle_in(rng, options[0], options[1:])
+
+
+def _to_orig(tokens: list[Token]) -> str:
+    """VCR's ``*_orig`` text: 1-based object numbers, punctuation attached to the word before."""
+    text = ""
+    for token in tokens:
+        word = " and ".join(str(i + 1) for i in token) if isinstance(token, list) else token
+        text += word if word in {".", ",", "?", "!"} or not text else " " + word
+    return text
+
+
+def _match_iter(rng: np.random.Generator, label: int) -> list[int]:
+    """VCR's adversarial-matching ranks: 0 for the gold choice, 1..3 for the others."""
+    ranks = [int(r) for r in rng.permutation(NUM_CHOICES - 1) + 1]
+    ranks.insert(label, 0)
+    return ranks
+
+
+def _sources(rng: np.random.Generator, label: int, annot: int) -> list[int]:
+    """Annotation ids the choices came from; the gold choice comes from the record itself."""
+    sources = [int(s) for s in rng.integers(0, 30000, size=NUM_CHOICES - 1)]
+    sources.insert(label, annot)
+    return sources
+
+
+def _record(
+    rng: np.random.Generator,
+    annotation: _Annotation,
+    objects: list[_Object],
+    *,
+    movie: str,
+    stem: str,
+    split: str,
+    image_id: int,
+    question_number: int,
+    annot: int,
+) -> dict:
+    """A VCR record, keys in VCR's order, plus ``question_type``."""
+    a, r = annotation.answer_label, annotation.rationale_label
+    record = {
+        "movie": movie,
+        "objects": [obj.name for obj in objects],
+        "interesting_scores": [int(rng.integers(-1, 2))],
+        "answer_likelihood": str(rng.choice(["likely", "possible", "unlikely"], p=[0.45, 0.5, 0.05])),
+        "img_fn": f"{stem}.jpg",
+        "metadata_fn": f"{stem}.json",
+        "answer_orig": _to_orig(annotation.answers[a]),
+        "question_orig": _to_orig(annotation.question),
+        "rationale_orig": _to_orig(annotation.rationales[r]),
+        "question": annotation.question,
+        "answer_match_iter": _match_iter(rng, a),
+        "answer_sources": _sources(rng, a, annot),
+        "answer_choices": annotation.answers,
+        "answer_label": a,
+        "rationale_choices": annotation.rationales,
+        "rationale_sources": _sources(rng, r, annot),
+        "rationale_match_iter": _match_iter(rng, r),
+        "rationale_label": r,
+        "img_id": f"{split}-{image_id}",
+        "question_number": question_number,
+        "annot_id": f"{split}-{annot}",
+        "match_fold": f"{split}-0",
+        "match_index": annot,
+        "question_type": annotation.question_type,
+    }
+    if split == "test":
+        for key in _LABEL_KEYS:
+            del record[key]
+    return record
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``python -m data_prep.synthetic OUT_DIR [--num-train N] [--num-val N] [--num-test N] [--seed S]``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m data_prep.synthetic", description="Write a synthetic VCR-format dataset."
+    )
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("--num-train", type=int, default=2000)
+    parser.add_argument("--num-val", type=int, default=300)
+    parser.add_argument("--num-test", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--questions-per-image", type=int, default=2)
+    args = parser.parse_args(argv)
+    paths = generate_synthetic_vcr(
+        args.out_dir, num_train=args.num_train, num_val=args.num_val, num_test=args.num_test,
+        seed=args.seed, questions_per_image=args.questions_per_image,
+    )
+    print(f"wrote {paths.train}, {paths.val}, {paths.test} and images under {paths.images_root}")
+
+
+if __name__ == "__main__":
+    main()

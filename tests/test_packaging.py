@@ -1,0 +1,261 @@
+"""The ways in agree: environment.yml (conda), pyproject.toml (pip), the Makefile, .ci/run, README.md."""
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import tomllib
+from collections.abc import Iterable
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+# conda-forge names of the packages whose conda name differs from the pip name.
+CONDA_NAMES = {"torch": "pytorch"}
+
+
+# -- version specifiers: `packaging` when installed, else a small parser for what we use -------------
+class SimpleSpecifierSet:
+    """``>=1.2,<2``-style specifiers (>=, <=, >, <, ==, !=, ~=, ``==X.*``) over release numbers."""
+
+    _clause = re.compile(r"^\s*(~=|==|!=|<=|>=|<|>)\s*([0-9]+(?:\.[0-9]+)*)(\.\*)?\s*$")
+
+    def __init__(self, text: str) -> None:
+        self.clauses = []
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            match = self._clause.match(part)
+            if not match:
+                raise ValueError(f"unsupported version specifier {part!r}")
+            op, version, wildcard = match.groups()
+            self.clauses.append((op, tuple(int(x) for x in version.split(".")), bool(wildcard)))
+
+    def __contains__(self, version: str) -> bool:
+        v = tuple(int(x) for x in version.split("."))
+        return all(self._holds(op, bound, wildcard, v) for op, bound, wildcard in self.clauses)
+
+    @staticmethod
+    def _holds(op: str, bound: tuple[int, ...], wildcard: bool, v: tuple[int, ...]) -> bool:
+        width = max(len(bound), len(v))
+        padded, b = v + (0,) * (width - len(v)), bound + (0,) * (width - len(bound))
+        if op in ("==", "!=") and wildcard:
+            equal = (v + (0,) * len(bound))[: len(bound)] == bound
+            return equal if op == "==" else not equal
+        if op == "~=":
+            prefix = bound[:-1]
+            return padded >= b and (v + (0,) * len(prefix))[: len(prefix)] == prefix
+        return {"==": padded == b, "!=": padded != b, ">=": padded >= b, "<=": padded <= b,
+                ">": padded > b, "<": padded < b}[op]
+
+
+try:
+    from packaging.specifiers import SpecifierSet
+except ImportError:  # packaging is not a declared dependency
+    SpecifierSet = SimpleSpecifierSet  # type: ignore[assignment,misc]
+
+
+def spec(text: str):
+    return SpecifierSet(text)
+
+
+def versions_in(text: str) -> list[tuple[int, ...]]:
+    return [tuple(int(x) for x in v.split(".")) for v in re.findall(r"[0-9]+(?:\.[0-9]+)*", text)]
+
+
+def candidate_versions(*specifiers: str) -> list[str]:
+    """Versions around every bound in ``specifiers``: just below, at and just above each one."""
+    out = {"0", "0.0.1", "999", "999.9.9"}
+    for version in itertools.chain.from_iterable(versions_in(s) for s in specifiers):
+        version = version + (0,) * (3 - len(version)) if len(version) < 3 else version
+        for i in range(len(version)):
+            for delta in (-1, 0, 1):
+                bumped = list(version[: i + 1])
+                bumped[i] += delta
+                if bumped[i] >= 0:
+                    out.add(".".join(map(str, bumped)))
+                    out.add(".".join(map(str, bumped + [0] * (len(version) - i - 1))))
+                    out.add(".".join(map(str, bumped + [99])))
+    return sorted(out, key=lambda v: tuple(int(x) for x in v.split(".")))
+
+
+def assert_within(name: str, narrower: str, wider: str, *, where: str) -> None:
+    """Every version ``narrower`` allows is allowed by ``wider``, and ``narrower`` allows some."""
+    candidates = candidate_versions(narrower, wider)
+    allowed = [v for v in candidates if v in spec(narrower)]
+    assert allowed, f"{where}: {name}{narrower} allows no version"
+    outside = [v for v in allowed if v not in spec(wider)]
+    assert not outside, f"{where}: {name}{narrower} allows {outside[:3]}, which pyproject.toml's {name}{wider} forbids"
+
+
+# -- parsing the files ---------------------------------------------------------------------------
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def split_requirement(text: str) -> tuple[str, str]:
+    """``"transformers>=5.0,<6"`` -> ``("transformers", ">=5.0,<6")`` (no markers or URLs here)."""
+    match = re.match(r"^\s*([A-Za-z0-9][A-Za-z0-9_.-]*)\s*(?:\[[^\]]*\])?\s*(.*?)\s*$", text)
+    assert match, f"cannot parse requirement {text!r}"
+    return canonical(match.group(1)), match.group(2).replace(" ", "")
+
+
+def conda_requirement(text: str) -> tuple[str, str]:
+    """A conda match spec -> (name, PEP 440 specifier): ``python=3.11`` is ``==3.11.*`` in conda."""
+    name, version = split_requirement(text.replace(" ", ""))
+    if re.fullmatch(r"=[0-9.]+(\.\*)?", version):
+        version = "==" + version[1:].removesuffix(".*") + ".*"
+    return name, version
+
+
+def pyproject() -> dict:
+    return tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+
+
+def environment() -> dict:
+    path = REPO_ROOT / "environment.yml"
+    assert path.is_file(), "environment.yml is missing"
+    return yaml.safe_load(path.read_text())
+
+
+def conda_section() -> dict[str, str]:
+    return dict(conda_requirement(d) for d in environment()["dependencies"] if isinstance(d, str))
+
+
+def pip_lines() -> list[str]:
+    sections = [d["pip"] for d in environment()["dependencies"] if isinstance(d, dict) and "pip" in d]
+    assert len(sections) == 1, "environment.yml needs exactly one pip section"
+    return sections[0]
+
+
+def pip_section() -> dict[str, str]:
+    return dict(split_requirement(line) for line in pip_lines() if not line.startswith("-"))
+
+
+def editable_paths() -> list[str]:
+    return [line.split(None, 1)[1] for line in pip_lines() if line.startswith("-e ")]
+
+
+def environment_spec(name: str) -> str:
+    """The environment's constraint on pip package ``name`` (conda section under its conda name)."""
+    conda, pip = conda_section(), pip_section()
+    conda_name = CONDA_NAMES.get(name, name)
+    assert (conda_name in conda) != (name in pip), (
+        f"environment.yml must list {name!r} exactly once (conda: {conda_name!r} or pip: {name!r})"
+    )
+    return conda[conda_name] if conda_name in conda else pip[name]
+
+
+def makefile_pins() -> dict[str, str]:
+    text = (REPO_ROOT / "Makefile").read_text()
+    match = re.search(r"^TORCH_SPEC\s*\??=\s*(.+)$", text, re.MULTILINE)
+    assert match, "Makefile has no TORCH_SPEC"
+    pins = dict(split_requirement(item) for item in match.group(1).split())
+    assert all(v.startswith("==") for v in pins.values()), f"TORCH_SPEC should pin exact versions: {pins}"
+    return {name: v[2:] for name, v in pins.items()}
+
+
+def required(requirements: Iterable[str]) -> dict[str, str]:
+    return dict(split_requirement(r) for r in requirements)
+
+
+# -- environment.yml -----------------------------------------------------------------------------
+def test_environment_is_conda_forge_only_named_vlekit_with_python_311() -> None:
+    env = environment()
+    assert env["name"] == "vlekit"
+    assert env["channels"] == ["conda-forge"]
+    conda = conda_section()
+    assert conda["python"] == "==3.11.*"
+    assert "pip" in conda
+    assert_within("python", conda["python"], pyproject()["project"]["requires-python"], where="environment.yml")
+    assert "torch" not in pip_section(), "PyTorch comes from conda-forge, not the pip section"
+
+
+@pytest.mark.parametrize("extra", [None, "dev"])
+def test_every_pyproject_dependency_is_in_the_environment_with_a_compatible_constraint(extra: str | None) -> None:
+    project = pyproject()["project"]
+    requirements = project["dependencies"] if extra is None else project["optional-dependencies"][extra]
+    for name, constraint in required(requirements).items():
+        assert_within(name, environment_spec(name), constraint, where="environment.yml")
+
+
+def test_jupyterlab_is_in_the_environment() -> None:
+    notebooks = required(pyproject()["project"]["optional-dependencies"]["notebooks"])
+    assert "jupyterlab" in notebooks
+    assert_within("jupyterlab", environment_spec("jupyterlab"), notebooks["jupyterlab"], where="environment.yml")
+
+
+def test_environment_installs_the_project_and_every_plugin_editable() -> None:
+    paths = editable_paths()
+    assert ".[dev]" in paths
+    plugins = sorted(f"plugins/{p.parent.name}" for p in (REPO_ROOT / "plugins").glob("*/pyproject.toml"))
+    listed = sorted(p for p in paths if p.startswith("plugins/"))
+    assert listed == plugins, f"environment.yml installs {listed}; plugins/ holds {plugins}"
+
+
+def test_plugin_dependencies_are_in_the_environment() -> None:
+    for path in (REPO_ROOT / "plugins").glob("*/pyproject.toml"):
+        for name, constraint in required(tomllib.loads(path.read_text())["project"]["dependencies"]).items():
+            if name != "vlekit":
+                assert_within(name, environment_spec(name), constraint, where=f"environment.yml for {path.parent.name}")
+
+
+# -- Makefile ------------------------------------------------------------------------------------
+def test_makefile_torch_pins_satisfy_pyproject_and_environment() -> None:
+    pins = makefile_pins()
+    assert "torch" in pins
+    torch_range = required(pyproject()["project"]["dependencies"])["torch"]
+    assert pins["torch"] in spec(torch_range), f"Makefile pins torch {pins['torch']}; pyproject: torch{torch_range}"
+    for name, version in pins.items():
+        constraint = environment_spec(name)
+        assert version in spec(constraint), f"Makefile pins {name}=={version}; environment.yml says {name}{constraint}"
+
+
+def test_makefile_has_the_entry_points() -> None:
+    text = (REPO_ROOT / "Makefile").read_text()
+    targets = set(re.findall(r"^([a-z]+):", text, re.MULTILINE))
+    assert {"setup", "demo", "test"} <= targets
+    assert re.search(r"^test: setup\n\t\$\(PYTHON\) -m pytest", text, re.MULTILINE)
+
+
+# -- CI and README -------------------------------------------------------------------------------
+def test_ci_runs_make_test() -> None:
+    path = REPO_ROOT / ".ci" / "run"
+    assert os.access(path, os.X_OK), ".ci/run is not executable"
+    lines = [line.strip() for line in path.read_text().splitlines()]
+    commands = [line for line in lines if line and not line.startswith("#")]
+    assert any(re.fullmatch(r"(time\s+)?make\s+test", c) for c in commands), f".ci/run runs {commands}, not `make test`"
+
+
+def test_readme_shows_make_demo_and_make_test_first() -> None:
+    path = REPO_ROOT / "README.md"
+    assert path.is_file(), "README.md is missing"
+    blocks = re.findall(r"^```[^\n]*\n(.*?)^```", path.read_text(), re.MULTILINE | re.DOTALL)
+    assert blocks, "README.md has no code block"
+    first = [line.split("#")[0].strip() for line in blocks[0].splitlines()]
+    assert "make demo" in first and "make test" in first, f"README's first code block is {blocks[0]!r}"
+
+
+# -- the specifier helpers themselves --------------------------------------------------------------
+@pytest.mark.parametrize(("narrower", "wider", "ok"), [
+    (">=2.4", ">=2.4", True), (">=2.5,<3", ">=2.4", True), ("==3.11.*", ">=3.11", True),
+    (">=2.0", ">=2.4", False), (">=5.0", ">=5.0,<6", False), ("==3.10.*", ">=3.11", False), (">=3,<2", ">=1", False),
+])
+def test_assert_within(narrower: str, wider: str, ok: bool) -> None:
+    if ok:
+        assert_within("x", narrower, wider, where="test")
+    else:
+        with pytest.raises(AssertionError):
+            assert_within("x", narrower, wider, where="test")
+
+
+def test_simple_specifier_parser_agrees_with_packaging() -> None:
+    packaging_specifiers = pytest.importorskip("packaging.specifiers")
+    cases = [">=2.4", ">=5.0,<6", "==3.11.*", "~=1.4.2", "!=2.0", ">1,<=2.1", "==0.29.1"]
+    for text in cases:
+        for version in candidate_versions(text):
+            expected = version in packaging_specifiers.SpecifierSet(text)
+            assert (version in SimpleSpecifierSet(text)) == expected, (text, version)
+    assert conda_requirement("python=3.11") == ("python", "==3.11.*")
+    assert conda_requirement("pytorch >=2.4") == ("pytorch", ">=2.4")
+    assert split_requirement("vlekit[dev]>=0.1") == ("vlekit", ">=0.1")
