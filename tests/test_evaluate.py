@@ -1,0 +1,105 @@
+"""Evaluation: Q->A / QA->R / Q->AR with bootstrap intervals, predictions, the leaderboard CSV, the demo."""
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from data_prep.synthetic import generate_synthetic_vcr
+from vlekit.cli import main as cli_main
+from vlekit.evaluate import bootstrap_interval, evaluate, format_metrics_table
+from vlekit.experiment import load_experiment
+from vlekit.train import train
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One tiny Q->A and one tiny QA->R model (a few steps each) on synthetic data."""
+    root = tmp_path_factory.mktemp("eval")
+    data = generate_synthetic_vcr(root / "data", num_train=32, num_val=12, num_test=6, seed=2)
+    folders = {}
+    for task in ("q2a", "qa2r"):
+        tokenizer = "auto" if task == "q2a" else str(folders["q2a"].parent / "tokenizer")
+        config = load_experiment(None, [
+            f"data.task={task}", f"data.train_annotations={data.train}", f"data.images={data.images_root}",
+            f"data.tokenizer={tokenizer}", "data.num_workers=0", f"train.out={root / task}", "train.epochs=1",
+            "train.batch_size=8", "train.lr=1e-3", "train.mixed_precision=fp32", "train.cpu=true",
+        ])
+        folders[task] = train(config, progress=False).model_dir
+    return data, folders
+
+
+def test_bootstrap_interval_brackets_the_mean_and_narrows_with_more_questions():
+    rng = np.random.default_rng(0)
+    small = (rng.random(50) < 0.7).astype(float)
+    large = (rng.random(5000) < 0.7).astype(float)
+    low, high = bootstrap_interval(small)
+    assert low <= small.mean() <= high and high - low > 0.1
+    low_l, high_l = bootstrap_interval(large)
+    assert low_l <= large.mean() <= high_l and (high_l - low_l) < (high - low) / 5
+    assert bootstrap_interval(np.ones(20)) == (1.0, 1.0)
+
+
+def test_q2a_qa2r_and_q2ar_on_labelled_data(trained, tmp_path):
+    data, folders = trained
+    result = evaluate([folders["q2a"], folders["qa2r"]], annotations=data.val, images=data.images_root,
+                      out=tmp_path, num_workers=0, progress=False)
+    metrics = result["metrics"]
+    assert set(metrics) == {"q2a", "qa2r", "q2ar"}
+    for task, chance in (("q2a", 0.25), ("qa2r", 0.25), ("q2ar", 0.0625)):
+        m = metrics[task]
+        assert m["n"] == 12 and m["chance"] == chance and m["ci95"][0] <= m["accuracy"] <= m["ci95"][1]
+    rows = [json.loads(line) for line in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in data.val.read_text().splitlines()]
+    assert [r["annot_id"] for r in rows] == [r["annot_id"] for r in records]
+    for row, record in zip(rows, records):  # Q->AR counts a question only when both are right
+        assert row["q2a_correct"] == (row["answer_pred"] == record["answer_label"])
+        assert row["q2ar_correct"] == (row["q2a_correct"] and row["qa2r_correct"])
+    assert metrics["q2ar"]["accuracy"] == pytest.approx(np.mean([r["q2ar_correct"] for r in rows]))
+    assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
+    table = format_metrics_table(metrics)
+    assert "Q->A" in table and "QA->R" in table and "Q->AR" in table
+
+
+def test_leaderboard_csv_on_unlabelled_test_records(trained, tmp_path):
+    data, folders = trained
+    result = evaluate([folders["q2a"], folders["qa2r"]], annotations=data.test, images=data.images_root,
+                      out=tmp_path, num_workers=0, progress=False)
+    assert result["metrics"] == {}
+    with open(result["leaderboard"]) as handle:
+        rows = list(csv.reader(handle))
+    header = rows[0]
+    assert header[:5] == ["annot_id", "answer_0", "answer_1", "answer_2", "answer_3"]
+    assert header[5:] == [f"rationale_conditioned_on_a{i}_{j}" for i in range(4) for j in range(4)]
+    test_ids = [json.loads(line)["annot_id"] for line in data.test.read_text().splitlines()]
+    assert [row[0] for row in rows[1:]] == test_ids
+    for row in rows[1:]:
+        values = np.array(row[1:], dtype=float)
+        assert values[:4].sum() == pytest.approx(1, abs=1e-4)  # answer probabilities
+        assert values[4:].reshape(4, 4).sum(axis=1) == pytest.approx(np.ones(4), abs=1e-4)  # per answer
+
+
+def test_eval_cli_refuses_two_models_of_one_task_and_bad_paths(trained, tmp_path, capsys):
+    data, folders = trained
+    code = cli_main(["eval", "--checkpoint", str(folders["q2a"]), "--checkpoint", str(folders["q2a"]),
+                     "--annotations", str(data.val), "--images", str(data.images_root), "--num-workers", "0"])
+    assert code == 2 and "two q2a checkpoints" in capsys.readouterr().err
+    code = cli_main(["eval", "--checkpoint", str(tmp_path / "missing"), "--annotations", str(data.val),
+                     "--images", str(data.images_root)])
+    assert code == 2 and "expected a run folder" in capsys.readouterr().err
+    code = cli_main(["eval", "--checkpoint", str(folders["q2a"].parent), "--annotations", str(data.val),
+                     "--images", str(data.images_root), "--num-workers", "0"])
+    assert code == 0 and "Q->A" in capsys.readouterr().out  # a run folder works too
+
+
+def test_demo_smoke_writes_results_table_and_curve(tmp_path):
+    from vlekit.demo import DemoConfig, run_demo
+
+    result = run_demo(DemoConfig(out=str(tmp_path), num_train=32, num_val=12, epochs=1, batch_size=8, num_workers=0),
+                      progress=False)
+    assert set(result["metrics"]) == {"q2a", "qa2r", "q2ar"}
+    assert "| Q->AR |" in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "curve.png").stat().st_size > 1000
+    assert json.loads((tmp_path / "results.json").read_text())["metrics"] == result["metrics"]
