@@ -18,15 +18,6 @@ VARIANTS = ("merged-attention", "gated-cross-attention", "projection-concat", "d
 N, L, S, D = 3, 6, 5, 64
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads and lose a lot to them on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def build(name: str, **options) -> torch.nn.Module:
     torch.manual_seed(0)
     return FUSIONS.build(name, **{**FUSIONS.get(name).tiny, **options}).eval()
@@ -199,48 +190,40 @@ def test_gradient_checkpointing_changes_memory_not_results(name: str) -> None:
 
 
 # -- inside a VCR model -----------------------------------------------------------------------------
-def vcr_batch(*, patches: int, image_size: int, batch: int = 2, choices: int = 4, length: int = 10,
-              slots: int = 3) -> dict[str, torch.Tensor]:
-    """A small fixed VCR batch (DESIGN.md section 3) with object tokens and object token types."""
-    generator = torch.Generator().manual_seed(0)
-    input_ids = torch.randint(5, 1024, (batch, choices, length), generator=generator)
-    attention_mask = torch.ones(batch, choices, length, dtype=torch.long)
-    attention_mask[0, 1, 7:] = 0
-    attention_mask[1, 3, 5:] = 0
-    input_ids[attention_mask == 0] = 0
-    text_type_ids = torch.zeros(batch, choices, length, dtype=torch.long)
-    text_type_ids[:, :, 2] = 2  # mentions of object 0 ...
-    text_type_ids[:, :, 4] = 3  # ... and object 1
-    object_patch_mask = torch.rand(batch, choices, slots, patches, generator=generator) > 0.7
-    object_type_ids = torch.tensor([2, 3, 0]).expand(batch, choices, slots).clone()
-    object_mask = (object_type_ids > 0).long()
-    object_patch_mask[object_mask == 0] = False
-    return dict(
-        input_ids=input_ids, attention_mask=attention_mask, text_type_ids=text_type_ids,
-        pixel_values=torch.randn(batch, 3, image_size, image_size, generator=generator),
-        object_patch_mask=object_patch_mask, object_type_ids=object_type_ids, object_mask=object_mask,
-        labels=torch.tensor([1, 3]),
-    )
+@pytest.fixture(scope="module")
+def synthetic_vcr(tmp_path_factory):
+    """Eight synthetic VCR questions (real layout, boxes, names) and their word-level tokenizer."""
+    from data_prep import build_word_tokenizer, generate_synthetic_vcr, read_vcr
+
+    data = generate_synthetic_vcr(tmp_path_factory.mktemp("synthetic"), num_train=8, num_val=1, seed=5)
+    return data, read_vcr(data.train), build_word_tokenizer([data.train])
 
 
 @pytest.mark.parametrize("name", VARIANTS)
-def test_every_variant_trains_inside_a_vcr_model(name: str) -> None:
+def test_every_variant_trains_inside_a_vcr_model(name: str, synthetic_vcr) -> None:
+    """On synthetic VCR questions, with object tokens and token types on, the loss falls."""
+    from data_prep import VCRPreprocessor
+
+    data, records, tokenizer = synthetic_vcr
     torch.manual_seed(0)
-    model = vlekit.build_model(text_encoder="tiny-deberta", vision_encoder="tiny-clip",
-                               fusion={"name": name, **FUSIONS.get(name).tiny})
+    model = vlekit.build_model(text_encoder={"name": "tiny-deberta", "vocab_size": len(tokenizer)},
+                               vision_encoder="tiny-clip", fusion={"name": name, **FUSIONS.get(name).tiny})
     assert model.config.use_object_tokens and model.config.use_object_types
     assert model.head[0].in_features == model.fusion.pooled_size
-    batch = vcr_batch(patches=model.num_patches, image_size=model.vision_encoder.image_size)
+    preprocessor = VCRPreprocessor(tokenizer, task="q2a", image_size=model.vision_encoder.image_size,
+                                   patch_size=model.vision_encoder.patch_size, images_root=data.images_root)
+    batch = preprocessor.collate([preprocessor(record) for record in records])
+    assert batch["object_mask"].sum() > 0 and (batch["text_type_ids"] >= 2).any()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     model.train()
     losses = []
-    for _ in range(20):
+    for _ in range(30):
         loss = model(**batch)["loss"]
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-    assert losses[-1] < 0.5 * losses[0], f"{name}: loss did not fall: {losses[0]:.3f} -> {losses[-1]:.3f}"
+    assert losses[-1] < 0.7 * losses[0], f"{name}: loss did not fall: {losses[0]:.3f} -> {losses[-1]:.3f}"
     # The resolved config names the base component and rebuilds the same architecture.
     assert model.resolved_config.fusion["name"] == name
     rebuilt = vlekit.VCRModel(config=model.resolved_config)

@@ -55,11 +55,20 @@ class PostNormAttention(nn.Module):
         self.layer_norm = nn.LayerNorm(hidden_size, eps=eps)
 
     def forward(self, hidden: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor) -> torch.Tensor:
-        """``hidden [N, L, D]`` attends to ``context [N, S, D]`` under ``context_mask [N, 1, 1, S]``."""
-        q, k, v = (
-            rearrange(proj(x), "n s (h d) -> n h s d", h=self.num_heads)
-            for proj, x in ((self.query, hidden), (self.key, context), (self.value, context))
-        )
+        """``hidden [N, L, D]`` attends to ``context [N, S, D]`` under ``context_mask [N, 1, 1, S]``.
+
+        Pass the same tensor as ``hidden`` and ``context`` for self-attention: the three projections
+        then run as one matmul (same parameters and names, fewer kernels).
+        """
+        if context is hidden:
+            weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])
+            bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])
+            q, k, v = F.linear(hidden, weight, bias).chunk(3, dim=-1)
+        else:
+            q = self.query(hidden)
+            weight = torch.cat([self.key.weight, self.value.weight])
+            k, v = F.linear(context, weight, torch.cat([self.key.bias, self.value.bias])).chunk(2, dim=-1)
+        q, k, v = (rearrange(x, "n s (h d) -> n h s d", h=self.num_heads) for x in (q, k, v))
         attended = F.scaled_dot_product_attention(
             q, k, v, attn_mask=context_mask, dropout_p=self.attention_dropout if self.training else 0.0
         )

@@ -165,15 +165,18 @@ class VCRModel(nn.Module):
             text_types = torch.zeros_like(text_types)
         text = self.text_projection(text) + self.token_type_embeddings(text_types)
 
-        image_tokens = image + self.token_type_embeddings.weight[IMAGE_TYPE]
-        image_stream = repeat(image_tokens, "b s d -> (b c) s d", c=choices)
-        image_mask = torch.ones(image_stream.shape[:2], dtype=attention_mask.dtype, device=image_stream.device)
+        # The image stream of each choice: the shared image tokens, then that choice's object tokens,
+        # written in one copy (expand is a view).
+        image_tokens = repeat(image + self.token_type_embeddings.weight[IMAGE_TYPE], "b s d -> b c s d", c=choices)
+        image_mask = torch.ones(image_tokens.shape[:3], dtype=attention_mask.dtype, device=image_tokens.device)
         if self.config.use_object_tokens:
             objects = self.object_tokens(image[:, 1:], object_patch_mask)  # [B, C, K, D]
             object_types = object_type_ids if self.config.use_object_types else torch.full_like(object_type_ids, IMAGE_TYPE)
             objects = objects + self.token_type_embeddings(object_types)
-            image_stream = torch.cat([image_stream, rearrange(objects, "b c k d -> (b c) k d")], dim=1)
-            image_mask = torch.cat([image_mask, rearrange(object_mask, "b c k -> (b c) k").to(image_mask.dtype)], dim=1)
+            image_tokens = torch.cat([image_tokens, objects.to(image_tokens.dtype)], dim=2)
+            image_mask = torch.cat([image_mask, object_mask.to(image_mask.dtype)], dim=2)
+        image_stream = rearrange(image_tokens, "b c s d -> (b c) s d")
+        image_mask = rearrange(image_mask, "b c s -> (b c) s")
 
         fused = self.fusion(text, rearrange(attention_mask, "b c l -> (b c) l"), image_stream, image_mask)
         logits = rearrange(self.head(fused.pooled), "(b c) 1 -> b c", c=choices)
