@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-from test_plugins_fusions import one_thread, vcr_batch  # noqa: F401  (one_thread: autouse fixture)
 from timm.layers import resample_abs_pos_embed
 
 import vlekit
@@ -155,3 +154,24 @@ def test_tiny_bert_timm_vit_and_each_fusion_build_a_vcr_model(fusion: str) -> No
     assert output["logits"].shape == (2, 4)
     output["loss"].backward()
     assert model.vision_encoder.model.patch_embed.proj.weight.grad is not None
+
+
+def vcr_batch(*, patches: int, image_size: int, batch: int = 2, choices: int = 4, length: int = 10,
+              slots: int = 3) -> dict[str, torch.Tensor]:
+    """A small fixed VCR batch (DESIGN.md section 3) with object tokens and object token types."""
+    generator = torch.Generator().manual_seed(0)
+    attention_mask = torch.ones(batch, choices, length, dtype=torch.long)
+    attention_mask[0, 1, 7:] = 0
+    input_ids = torch.randint(5, 1024, (batch, choices, length), generator=generator) * attention_mask
+    text_type_ids = torch.zeros(batch, choices, length, dtype=torch.long)
+    text_type_ids[:, :, 2] = 2  # mentions of object 0 ...
+    text_type_ids[:, :, 4] = 3  # ... and object 1
+    object_type_ids = torch.tensor([2, 3, 0]).expand(batch, choices, slots).clone()
+    object_mask = (object_type_ids > 0).long()
+    object_patch_mask = (torch.rand(batch, choices, slots, patches, generator=generator) > 0.7) & object_mask[..., None].bool()
+    return dict(
+        input_ids=input_ids, attention_mask=attention_mask, text_type_ids=text_type_ids,
+        pixel_values=torch.randn(batch, 3, image_size, image_size, generator=generator),
+        object_patch_mask=object_patch_mask, object_type_ids=object_type_ids, object_mask=object_mask,
+        labels=torch.tensor([1, 3]),
+    )

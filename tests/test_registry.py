@@ -289,7 +289,7 @@ def test_unknown_option_names_the_option_suggestions_and_accepted_ones() -> None
         ({"width": "4"}, "option 'width' must be int, got str '4'"),
         ({"width": 4.0}, "option 'width' must be int, got float"),
         ({"width": True}, "option 'width' must be int, got bool"),
-        ({"scale": "1.0"}, "option 'scale' must be float, got str"),
+        ({"scale": "fast"}, "option 'scale' must be float, got str 'fast'"),
         ({"flag": 1}, "option 'flag' must be bool, got int"),
         ({"act": None}, "option 'act' must be str, got NoneType"),
         ({"label": 3}, "option 'label' must be str or None, got int"),
@@ -304,6 +304,8 @@ def test_compatible_scalar_values_are_accepted() -> None:
     config = make_config(ToyConfig, {"scale": 2, "label": None, "flag": True, "extra": {"a": 1}}, where="x")
     assert config == ToyConfig(scale=2, label=None, flag=True, extra={"a": 1})
     assert make_config(ToyConfig, {"label": "x"}, where="x").label == "x"
+    # YAML 1.1 reads 3e-5 (no dot) as a string: accepted where a float is expected.
+    assert make_config(ToyConfig, {"scale": "3e-5"}, where="x").scale == 3e-5
 
 
 def test_configs_are_frozen() -> None:

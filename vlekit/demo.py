@@ -29,7 +29,7 @@ class DemoConfig:
     out: str = "runs/demo"
     num_train: int = 2000
     num_val: int = 300
-    epochs: float = 6.0
+    epochs: float = 4.0
     batch_size: int = 32
     lr: float = 1e-3
     seed: int = 0
@@ -40,7 +40,8 @@ class DemoConfig:
 def demo_experiment(config: DemoConfig, *, task: str, data: Any, tokenizer: str) -> ExperimentConfig:
     """The tiny-model experiment the demo runs for ``task`` (also a template for your own)."""
     return ExperimentConfig(
-        model=VCRModelConfig(),  # tiny-deberta + tiny-clip + tiny-co-attention, 83 token types
+        # tiny-deberta + tiny-clip (at 32 px: a 4 x 4 patch grid) + tiny-co-attention, 83 token types
+        model=VCRModelConfig(vision_encoder={"name": "tiny-clip", "hf_config": {"image_size": 32}}),
         data=DataConfig(task=task, train_annotations=str(data.train), val_annotations=str(data.val),
                         images=str(data.images_root), tokenizer=tokenizer, num_workers=config.num_workers),
         train=TrainConfig(out=str(Path(config.out) / task), epochs=config.epochs, batch_size=config.batch_size,
