@@ -21,7 +21,9 @@ from torch import nn
 from vlekit.fusions import init_bert_style
 from vlekit.interfaces import Fusion, FusionOutput, check_shape
 from vlekit.registry import FUSIONS, register_fusion
-from vlekit_fusions.post_norm_layers import FirstTokenPooler, PostNormStack, PostNormStackConfig, check_stack_config
+from vlekit_fusions.post_norm_layers import (
+    TINY_STACK, FirstTokenPooler, PostNormStack, PostNormStackConfig, check_stack_config,
+)
 
 
 @dataclass(frozen=True)
@@ -29,10 +31,7 @@ class DualEncoderConfig(PostNormStackConfig):
     """Options of ``dual-encoder``: ``num_hidden_layers`` self-attention layers per stream (0 allowed)."""
 
 
-TINY_DUAL_ENCODER = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128)
-
-
-@register_fusion("dual-encoder", config=DualEncoderConfig, tiny=TINY_DUAL_ENCODER)
+@register_fusion("dual-encoder", config=DualEncoderConfig, tiny=TINY_STACK)
 class DualEncoderFusion(Fusion):
     """CLIP-style late fusion, no cross-modal attention: pooled [t; v; t * v] of width 3D."""
 
@@ -69,6 +68,6 @@ class DualEncoderFusion(Fusion):
 
 
 FUSIONS.register_preset(
-    "tiny-dual-encoder", base="dual-encoder", **TINY_DUAL_ENCODER,
+    "tiny-dual-encoder", base="dual-encoder", **TINY_STACK,
     description="tiny dual encoder (64 wide, 2 layers per stream) for tests and the demo",
 )

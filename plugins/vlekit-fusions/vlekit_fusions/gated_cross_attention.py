@@ -23,7 +23,7 @@ from vlekit.fusions import init_bert_style, key_padding_mask
 from vlekit.interfaces import Fusion, FusionOutput, check_shape
 from vlekit.registry import FUSIONS, register_fusion
 from vlekit_fusions.post_norm_layers import (
-    FeedForward, FirstTokenPooler, PostNormLayer, PostNormStackConfig, check_stack_config, run_layer,
+    TINY_STACK, FeedForward, FirstTokenPooler, PostNormLayer, PostNormStackConfig, check_stack_config, run_layer,
 )
 
 
@@ -68,11 +68,8 @@ class GatedCrossAttentionBlock(nn.Module):
         return text + torch.tanh(self.feed_forward_gate) * self.feed_forward(self.feed_forward_norm(text))
 
 
-TINY_GATED_CROSS_ATTENTION = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128)
-
-
 @register_fusion(
-    "gated-cross-attention", config=GatedCrossAttentionConfig, tiny=dict(TINY_GATED_CROSS_ATTENTION, gate_init=0.5)
+    "gated-cross-attention", config=GatedCrossAttentionConfig, tiny=dict(TINY_STACK, gate_init=0.5)
 )
 class GatedCrossAttentionFusion(Fusion):
     """Flamingo-style fusion: text layers with tanh-gated cross-attention into the image; pooled [N, D]."""
@@ -120,6 +117,6 @@ class GatedCrossAttentionFusion(Fusion):
 
 
 FUSIONS.register_preset(
-    "tiny-gated-cross-attention", base="gated-cross-attention", **TINY_GATED_CROSS_ATTENTION,
+    "tiny-gated-cross-attention", base="gated-cross-attention", **TINY_STACK,
     description="tiny gated cross-attention (64 wide, 2 layers) for tests and the demo",
 )

@@ -15,7 +15,9 @@ import torch
 from vlekit.fusions import init_bert_style
 from vlekit.interfaces import Fusion, FusionOutput, check_shape
 from vlekit.registry import FUSIONS, register_fusion
-from vlekit_fusions.post_norm_layers import FirstTokenPooler, PostNormStack, PostNormStackConfig, check_stack_config
+from vlekit_fusions.post_norm_layers import (
+    TINY_STACK, FirstTokenPooler, PostNormStack, PostNormStackConfig, check_stack_config,
+)
 
 
 @dataclass(frozen=True)
@@ -23,10 +25,7 @@ class MergedAttentionConfig(PostNormStackConfig):
     """Options of ``merged-attention``: one post-LN BERT stack over ``[text; image]``."""
 
 
-TINY_MERGED_ATTENTION = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128)
-
-
-@register_fusion("merged-attention", config=MergedAttentionConfig, tiny=TINY_MERGED_ATTENTION)
+@register_fusion("merged-attention", config=MergedAttentionConfig, tiny=TINY_STACK)
 class MergedAttentionFusion(Fusion):
     """Single-stream fusion (VisualBERT / UNITER / ViLT): one BERT stack over text and image; pooled [N, D]."""
 
@@ -58,6 +57,6 @@ class MergedAttentionFusion(Fusion):
 
 
 FUSIONS.register_preset(
-    "tiny-merged-attention", base="merged-attention", **TINY_MERGED_ATTENTION,
+    "tiny-merged-attention", base="merged-attention", **TINY_STACK,
     description="tiny merged attention (64 wide, 2 layers) for tests and the demo",
 )

@@ -34,6 +34,10 @@ class PostNormStackConfig:
     gradient_checkpointing: bool = False
 
 
+# The size every variant's tiny preset and registry-driven tests use (the core's tiny-co-attention size).
+TINY_STACK: dict[str, int] = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128)
+
+
 def check_stack_config(config: PostNormStackConfig, *, where: str) -> None:
     """Fail fast on options the layers cannot honour, naming the component."""
     if config.hidden_act not in ACT2FN:

@@ -18,7 +18,9 @@ from transformers.activations import ACT2FN
 from vlekit.fusions import init_bert_style
 from vlekit.interfaces import Fusion, FusionOutput, check_shape
 from vlekit.registry import FUSIONS, register_fusion
-from vlekit_fusions.post_norm_layers import FirstTokenPooler, PostNormStack, PostNormStackConfig, check_stack_config
+from vlekit_fusions.post_norm_layers import (
+    TINY_STACK, FirstTokenPooler, PostNormStack, PostNormStackConfig, check_stack_config,
+)
 
 
 @dataclass(frozen=True)
@@ -26,10 +28,7 @@ class ProjectionConcatConfig(PostNormStackConfig):
     """Options of ``projection-concat``: an MLP projector (D -> D, ``hidden_act``, D -> D) and one stack."""
 
 
-TINY_PROJECTION_CONCAT = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128)
-
-
-@register_fusion("projection-concat", config=ProjectionConcatConfig, tiny=TINY_PROJECTION_CONCAT)
+@register_fusion("projection-concat", config=ProjectionConcatConfig, tiny=TINY_STACK)
 class ProjectionConcatFusion(Fusion):
     """BLIP-2 / FROMAGe / LLaVA style: MLP-projected image tokens as a prefix to the text; pooled [N, D]."""
 
@@ -69,6 +68,6 @@ class ProjectionConcatFusion(Fusion):
 
 
 FUSIONS.register_preset(
-    "tiny-projection-concat", base="projection-concat", **TINY_PROJECTION_CONCAT,
+    "tiny-projection-concat", base="projection-concat", **TINY_STACK,
     description="tiny projection-concat (64 wide, 2 layers) for tests and the demo",
 )
