@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("vlekit.train", "fine-tune a VCR model (Q->A or QA->R)"),
     "eval": ("vlekit.evaluate", "evaluate checkpoints: Q->A, QA->R, Q->AR, leaderboard CSV"),
     "demo": ("vlekit.demo", "the built-in demo: synthetic VCR data, tiny model, train, evaluate"),
+    "ablate": ("vlekit.ablation", "an ablation grid (components x adaptation options x seeds) with a report"),
     "bench": ("vlekit.bench", "measure training / inference speed, memory, FLOPs and MFU"),
 }
 

@@ -53,7 +53,7 @@ def demo_experiment(config: DemoConfig, *, task: str, data: Any, tokenizer: str)
 def run_demo(config: DemoConfig = DemoConfig(), *, progress: bool = True) -> dict[str, Any]:
     """Run the demo; returns the metrics and writes the results into ``config.out``."""
     from data_prep.synthetic import generate_synthetic_vcr
-    from vlekit.plots import plot_training_curve
+    from vlekit.plots import plot_training_curve, plt
     from vlekit.train import train
 
     import torch
@@ -71,8 +71,8 @@ def run_demo(config: DemoConfig = DemoConfig(), *, progress: bool = True) -> dic
                       out=out / "eval", num_workers=config.num_workers, progress=progress)
     metrics = result["metrics"]
     seconds = time.perf_counter() - started
-    plot_training_curve({"Q->A": q2a.out / "metrics.jsonl", "QA->R": qa2r.out / "metrics.jsonl"}, out / "curve.png",
-                        title="vlekit demo: tiny VLE-style model on synthetic VCR")
+    plt.close(plot_training_curve({"Q->A": q2a.out / "metrics.jsonl", "QA->R": qa2r.out / "metrics.jsonl"},
+                                  out / "curve.png", title="vlekit demo: tiny VLE-style model on synthetic VCR"))
     table = format_metrics_table(metrics)
     (out / "results.json").write_text(json.dumps({"metrics": metrics, "seconds": seconds}, indent=2))
     (out / "results.md").write_text(

@@ -78,3 +78,119 @@ def plot_accuracy_bars(
     if png is not None:
         figure.savefig(png, dpi=120)
     return figure
+
+
+# -- images, boxes and patch grids ----------------------------------------------------------------
+def pixels_to_image(pixel_values, *, mean: Sequence[float] | None = None, std: Sequence[float] | None = None):
+    """Undo the pixel normalisation: ``pixel_values [3, S, S]`` -> ``[S, S, 3]`` floats in 0..1 for ``imshow``.
+
+    ``mean`` / ``std`` default to CLIP's, which the data pipeline uses.
+    """
+    import numpy as np
+
+    from data_prep.constants import CLIP_MEAN, CLIP_STD
+
+    pixels = np.asarray(pixel_values, dtype=np.float32)
+    if pixels.ndim != 3 or pixels.shape[0] != 3:
+        raise ValueError(f"pixel_values has shape {list(pixels.shape)}, expected [3, S, S]")
+    mean_ = np.asarray(CLIP_MEAN if mean is None else mean, dtype=np.float32)[:, None, None]
+    std_ = np.asarray(CLIP_STD if std is None else std, dtype=np.float32)[:, None, None]
+    return np.clip(pixels * std_ + mean_, 0.0, 1.0).transpose(1, 2, 0)
+
+
+def _axis(ax, figsize: tuple[float, float]):
+    if ax is not None:
+        return ax.figure, ax
+    return plt.subplots(figsize=figsize)
+
+
+def draw_boxes(image, boxes, labels: Sequence[str] | None = None, *, ax=None, title: str | None = None) -> Figure:
+    """``image`` (a PIL image or ``[H, W, 3]`` array) with ``boxes [N, 4+]`` (``x1, y1, x2, y2`` in its
+    pixels, extra columns such as scores ignored) drawn in colours C0, C1, ..., each with its label."""
+    import numpy as np
+
+    array = np.asarray(image)
+    height, width = array.shape[:2]
+    figure, axis = _axis(ax, (7, 7 * height / max(1, width) + 0.6))
+    axis.imshow(array)
+    boxes = np.asarray(boxes, dtype=float)
+    boxes = boxes.reshape(-1, boxes.shape[-1]) if boxes.size else np.zeros((0, 4))
+    for index, box in enumerate(boxes):
+        x1, y1, x2, y2 = box[:4]
+        colour = f"C{index % 10}"
+        axis.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=colour, lw=2))
+        if labels is not None:
+            axis.text(x1, y1, labels[index], color="white", fontsize=8, va="bottom",
+                      bbox=dict(facecolor=colour, alpha=0.8, pad=1, lw=0))
+    axis.set_xlim(0, width)
+    axis.set_ylim(height, 0)
+    axis.axis("off")
+    if title:
+        axis.set_title(title, fontsize=10)
+    return figure
+
+
+def plot_patch_grid(image, *, grid: int, patches: Sequence[Sequence[int]], labels: Sequence[str] | None = None,
+                    ax=None, title: str | None = None) -> Figure:
+    """The model's square input with its ``grid x grid`` patch lines, each object's patches shaded.
+
+    ``image``: ``[S, S, 3]`` (e.g. ``pixels_to_image(example["pixel_values"])``); ``patches``: per
+    object, its row-major patch indices (an example's ``object_patches[choice]``), drawn in C0, C1, ...
+    """
+    import numpy as np
+    from matplotlib.patches import Patch
+
+    array = np.asarray(image)
+    size = array.shape[0]
+    cell = size / grid
+    figure, axis = _axis(ax, (4.5, 4.5))
+    axis.imshow(array, extent=(0, size, size, 0))
+    for line in range(grid + 1):
+        axis.axhline(line * cell, color="white", lw=0.4, alpha=0.6)
+        axis.axvline(line * cell, color="white", lw=0.4, alpha=0.6)
+    handles = []
+    for index, indices in enumerate(patches):
+        colour = f"C{index % 10}"
+        cells = [divmod(int(patch), grid) for patch in indices]
+        for row, col in cells:
+            axis.add_patch(plt.Rectangle((col * cell, row * cell), cell, cell, color=colour, alpha=0.2, lw=0))
+        if cells:  # outline the cells' bounding rectangle, so overlapping objects stay apart
+            rows, cols = [r for r, _ in cells], [c for _, c in cells]
+            axis.add_patch(plt.Rectangle((min(cols) * cell, min(rows) * cell), (max(cols) - min(cols) + 1) * cell,
+                                         (max(rows) - min(rows) + 1) * cell, fill=False, edgecolor=colour, lw=2))
+        label = labels[index] if labels is not None else f"object {index}"
+        handles.append(Patch(color=colour, alpha=0.6, label=f"{label} ({len(indices)} patches)"))
+    axis.set_xlim(0, size)
+    axis.set_ylim(size, 0)
+    axis.set_xticks([])
+    axis.set_yticks([])
+    if handles:
+        axis.legend(handles=handles, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.02), ncol=2, frameon=False)
+    if title:
+        axis.set_title(title, fontsize=10)
+    return figure
+
+
+def plot_outcome_breakdown(breakdown: Mapping[str, Mapping], png: str | Path | None = None, *,
+                           title: str = "outcomes by question type") -> Figure:
+    """Stacked bars, one per group, of the joint outcomes in ``vlekit.ablation.breakdown_by`` output
+    (e.g. Q->A right / QA->R wrong), as shares of the group's questions."""
+    groups = list(breakdown)
+    outcomes = list(dict.fromkeys(o for entry in breakdown.values() for o in entry.get("joint", {})))
+    if not outcomes:
+        raise ValueError("the breakdown has no joint outcomes: build it from two outcomes, e.g. q2a= and qa2r=")
+    figure, axis = plt.subplots(figsize=(max(5, 1.1 * len(groups) + 2), 4))
+    bottoms = [0.0] * len(groups)
+    for index, outcome in enumerate(outcomes):
+        shares = [breakdown[g]["joint"].get(outcome, 0) / max(1, breakdown[g]["n"]) for g in groups]
+        axis.bar(groups, shares, bottom=bottoms, label=outcome, color=f"C{index}")
+        bottoms = [b + s for b, s in zip(bottoms, shares)]
+    axis.set_xticks(range(len(groups)), [f"{g}\n(n={breakdown[g]['n']})" for g in groups], fontsize=8)
+    axis.set_ylim(0, 1)
+    axis.set_ylabel("share of questions")
+    axis.set_title(title)
+    axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    figure.tight_layout()
+    if png is not None:
+        figure.savefig(png, dpi=120)
+    return figure

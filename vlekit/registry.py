@@ -166,8 +166,6 @@ class Registry:
         def decorator(cls: type[nn.Module]) -> type[nn.Module]:
             if not dataclasses.is_dataclass(config):
                 raise TypeError(f"{self.kind} {name!r}: config must be a dataclass, got {config!r}")
-            cls.config_class = config
-            cls.registered_name = name
             self._add(
                 Entry(
                     name=name,
@@ -180,6 +178,8 @@ class Registry:
                     tiny=dict(tiny or {}),
                 )
             )
+            cls.config_class = config  # set only once the registration stood
+            cls.registered_name = name
             return cls
 
         return decorator

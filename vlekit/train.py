@@ -440,9 +440,9 @@ def train(config: ExperimentConfig, *, resume: str | None = None, progress: bool
     if not interrupted:
         if accelerator.is_main_process:
             model_dir = save_final_model(accelerator.unwrap_model(model), tokenizer, config, out / "model")
-            from vlekit.plots import plot_training_curve
+            from vlekit.plots import plot_training_curve, plt
 
-            plot_training_curve(out / "metrics.jsonl", out / "curve.png", title=f"{data_cfg.task} training")
+            plt.close(plot_training_curve(out / "metrics.jsonl", out / "curve.png", title=f"{data_cfg.task} training"))
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return TrainResult(out=out, model_dir=model_dir, global_step=state.global_step, interrupted=interrupted,

@@ -1,0 +1,133 @@
+"""The notebooks: committed without outputs, parameterised, and runnable headless in SMOKE mode.
+
+Each notebook has a cell tagged ``parameters`` (papermill's convention) that sets ``SMOKE = False``
+for full runs; the test inserts a cell after it that sets ``SMOKE = True`` and points ``OUT`` at a
+temporary folder, then executes the notebook from ``notebooks/`` with nbclient. Strip outputs
+before committing (``jupyter nbconvert --clear-output --inplace notebooks/*.ipynb``).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+pytest.importorskip("ipykernel")
+
+NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
+EXPECTED = ["01_quickstart", "02_data_prep", "03_finetune", "04_ablations", "05_write_a_plugin"]
+CELL_TIMEOUT_S = 300
+
+
+def read(path: Path):
+    return nbformat.read(path, as_version=4)
+
+
+def parameters_index(notebook) -> int:
+    tagged = [i for i, cell in enumerate(notebook.cells) if "parameters" in cell.metadata.get("tags", [])]
+    assert len(tagged) == 1, f"expected exactly one cell tagged 'parameters', found {len(tagged)}"
+    return tagged[0]
+
+
+def test_the_notebooks_are_there():
+    assert [p.stem for p in NOTEBOOKS] == EXPECTED
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_committed_notebook_has_no_outputs_and_a_parameters_cell(path):
+    notebook = read(path)
+    nbformat.validate(notebook)
+    dirty = [i for i, cell in enumerate(notebook.cells)
+             if cell.cell_type == "code" and (cell.outputs or cell.execution_count is not None)]
+    assert not dirty, f"{path.name}: cells {dirty} have outputs or execution counts; clear them before committing"
+    source = notebook.cells[parameters_index(notebook)].source
+    assert "SMOKE = False" in source and "OUT = " in source, f"{path.name}: the parameters cell must set SMOKE and OUT"
+    # papermill reads one `name = value  # help` per line; a second '=' (even in the comment) hides it.
+    unparsable = [line for line in source.splitlines()
+                  if line.strip() and not line.lstrip().startswith("#") and line.count("=") != 1]
+    assert not unparsable, f"{path.name}: parameter lines papermill cannot read: {unparsable}"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_runs_in_smoke_mode(path, tmp_path):
+    notebook = read(path)
+    smoke = nbformat.v4.new_code_cell(f"SMOKE = True\nOUT = {str(tmp_path / 'out')!r}")
+    smoke.metadata["tags"] = ["injected-parameters"]
+    notebook.cells.insert(parameters_index(notebook) + 1, smoke)
+    client = nbclient.NotebookClient(notebook, timeout=CELL_TIMEOUT_S, kernel_name="python3",
+                                     resources={"metadata": {"path": str(NOTEBOOK_DIR)}})
+    started = time.perf_counter()
+    client.execute()  # raises CellExecutionError, with the cell and its traceback, on any error
+    print(f"{path.name}: {time.perf_counter() - started:.1f} s")
+
+
+# -- the library functions the notebooks added (vlekit.ablation, vlekit.plots) --------------------
+def run_result(variant: str, seed: int, correct: list[bool]):
+    from vlekit.ablation import RunResult
+
+    return RunResult(variant=variant, seed=seed, task="q2a", accuracy=sum(correct) / len(correct),
+                     annot_ids=tuple(f"val-{i}" for i in range(len(correct))), correct=tuple(correct),
+                     steps=1, seconds=0.0, folder="")
+
+
+def test_variant_changes_are_applied_and_checked():
+    from vlekit.ablation import with_changes
+    from vlekit.experiment import ExperimentConfig
+
+    config = with_changes(ExperimentConfig(), {"model.fusion": "tiny-merged-attention", "data.geometry": "letterbox",
+                                               "model.use_object_tokens": False})
+    assert config.model.fusion == {"name": "tiny-merged-attention"}
+    assert config.data.geometry == "letterbox" and config.model.use_object_tokens is False
+    with pytest.raises(ValueError, match="did you mean 'model.use_object_types'"):
+        with_changes(ExperimentConfig(), {"model.use_object_type": False})
+    with pytest.raises(TypeError, match="use_object_tokens"):
+        with_changes(ExperimentConfig(), {"model.use_object_tokens": "no"})
+
+
+def test_summary_and_paired_tests():
+    import math
+
+    from vlekit.ablation import (best_variant, breakdown_by, compare, format_results_table, mcnemar_exact,
+                                 paired_bootstrap, summarize, welch_t_test)
+
+    ref = [run_result("vle", s, [True] * 8 + [False] * 2) for s in (0, 1)]
+    base = [run_result("none", s, [True] * 2 + [False] * 8) for s in (0, 1)]
+    rows = summarize(ref + base, reference="vle")
+    assert [(r["variant"], r["mean"], r["std"]) for r in rows] == [("vle", 0.8, 0.0), ("none", 0.2, 0.0)]
+    assert rows[1]["delta"] == pytest.approx(-0.6)
+    assert "| vle | 2 | 80.0 | 0.0 |" in format_results_table(rows, markdown=True)
+    assert best_variant(rows, exclude="vle") == "none"
+    assert mcnemar_exact([True] * 6, [False] * 6) == pytest.approx(2 / 2**6)  # 6 discordant pairs, all one way
+    comparison = compare(ref + base, "vle", "none")  # 2 seeds x 6 discordant pairs
+    assert comparison.difference == pytest.approx(0.6) and comparison.p_mcnemar == pytest.approx(2 / 2**12)
+    assert comparison.ci95[0] > 0 and comparison.p_bootstrap < 0.01
+    assert math.isnan(welch_t_test([0.5], [0.4, 0.3]))  # one seed: no test
+    assert welch_t_test([0.8, 0.82, 0.79], [0.3, 0.31, 0.28]) < 0.001
+    assert math.isnan(summarize(ref[:1])[0]["std"])
+    assert paired_bootstrap([1, 0, 1], [1, 0, 1]) == ((0.0, 0.0), 1.0)
+    with pytest.raises(ValueError, match="share no seed"):
+        compare([ref[0], run_result("none", 5, [True] * 10)], "vle", "none")
+    table = breakdown_by(["a", "a", "b"], q2a=[True, False, True], qa2r=[True, True, False])
+    assert table["a"]["n"] == 2 and table["a"]["q2a"] == 0.5 and table["all"]["n"] == 3
+    assert table["b"]["joint"] == {"q2a right, qa2r right": 0, "q2a right, qa2r wrong": 1,
+                                   "q2a wrong, qa2r right": 0, "q2a wrong, qa2r wrong": 0}
+
+
+def test_plot_helpers_draw():
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from vlekit.plots import draw_boxes, pixels_to_image, plot_outcome_breakdown, plot_patch_grid
+
+    image = pixels_to_image(np.zeros((3, 32, 32), dtype=np.float32))
+    assert image.shape == (32, 32, 3) and 0.4 < image.mean() < 0.5  # zero = the CLIP mean colour
+    figures = [
+        draw_boxes(np.zeros((20, 40, 3)), [[1, 1, 10, 10, 0.9]], ["[0] person"]),
+        plot_patch_grid(image, grid=4, patches=[[0, 1, 4, 5], []], labels=["a", "b"]),
+        plot_outcome_breakdown({"colour": {"n": 2, "joint": {"both right": 1, "both wrong": 1}}}),
+    ]
+    assert all(len(f.axes) >= 1 for f in figures)
+    plt.close("all")

@@ -1,0 +1,583 @@
+"""Ablation grids: one training run per (variant, seed), a results table, and paired significance tests.
+
+    python -m vlekit.ablation --out runs/ablation            # the full grid (10 variants x 3 seeds; a GPU)
+    python -m vlekit.ablation --out /tmp/abl --smoke         # 2 variants x 1 seed x a few steps (a CPU)
+
+A variant is a name plus dotted config changes (``model.fusion``, ``model.use_object_tokens``,
+``data.geometry``, any ``section.key``) applied with ``dataclasses.replace`` to the demo's tiny
+experiment (``vlekit.demo.demo_experiment``). Every run trains on the same synthetic VCR data and is
+evaluated on its val split; ``seed`` changes the initialisation and the data order, not the data.
+
+Output folder::
+
+    OUT/data/                      synthetic VCR data (written once, reused while its options match)
+    OUT/tokenizer/                 one word-level tokenizer shared by every run
+    OUT/runs/<variant>/seed-<s>/   the vlekit run folder + result.json (accuracy, per-question correctness)
+    OUT/summary.md, summary.json   the results table and the tests; OUT/accuracy.png the bar chart
+
+A finished run (its ``result.json`` written with the same resolved config) is skipped when the grid
+runs again, so an interrupted grid continues where it stopped and extra seeds only add runs.
+
+Statistics: mean and sample standard deviation over seeds; between two variants, the accuracy
+difference with a paired bootstrap over questions (per-question correctness averaged over the seeds
+both variants ran), McNemar's exact test on the (seed, question) pairs, and Welch's t-test over the
+per-seed accuracies (with at least two seeds on each side).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vlekit.demo import DemoConfig, demo_experiment
+from vlekit.experiment import ExperimentConfig, experiment_from_dict
+from vlekit.model import component_spec
+
+REFERENCE = "vle"
+NO_OBJECT_TOKENS = "no-object-tokens"
+RESULT_FILE = "result.json"
+CHANCE_LOSS = math.log(4)  # cross-entropy of a uniform guess over the 4 choices
+_COMPONENT_FIELDS = ("text_encoder", "vision_encoder", "fusion")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row of an ablation grid.
+
+    changes: dotted ``section.key`` -> value, applied to the base experiment, e.g.
+        ``{"model.fusion": "tiny-merged-attention"}`` or ``{"data.geometry": "letterbox"}``.
+    """
+
+    name: str
+    changes: Mapping[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+
+def default_variants() -> list[Variant]:
+    """The reference (VLE's VCR adaptation on the tiny co-attention model) and one change per row."""
+    return [
+        Variant(REFERENCE, {}, "co-attention, object tokens with their types k+2 (VLE's VCR adaptation)"),
+        Variant(NO_OBJECT_TOKENS, {"model.use_object_tokens": False}, "no object tokens (mentions keep their types)"),
+        Variant("no-object-types", {"model.use_object_types": False}, "object tokens, but text 0 / image 1 types only"),
+        Variant("merged-attention", {"model.fusion": "tiny-merged-attention"}, "single-stream fusion (plugin)"),
+        Variant("gated-cross-attention", {"model.fusion": "tiny-gated-cross-attention"}, "Flamingo-style fusion (plugin)"),
+        Variant("projection-concat", {"model.fusion": "tiny-projection-concat"}, "image prefix to the text (plugin)"),
+        Variant("dual-encoder", {"model.fusion": "tiny-dual-encoder"}, "late fusion, no cross-attention (plugin)"),
+        Variant("letterbox", {"data.geometry": "letterbox"}, "geometry: pad to square"),
+        Variant("center-crop", {"data.geometry": "center-crop"}, "geometry: short side, centre crop"),
+        Variant("vle-compat", {"data.geometry": "vle-compat"}, "geometry: VLE's crop/box mismatch"),
+    ]
+
+
+def smoke_variants() -> list[Variant]:
+    """The two variants of the headline comparison."""
+    return [v for v in default_variants() if v.name in (REFERENCE, NO_OBJECT_TOKENS)]
+
+
+@dataclass(frozen=True)
+class GridConfig:
+    """What every run of a grid shares.
+
+    Sizes and optimisation default to the demo's (``vlekit.demo.DemoConfig``), whose tiny experiment
+    every variant starts from.
+
+    seeds: training seeds (initialisation and data order); the data is the same for all runs.
+    device: ``auto`` (a GPU when there is one, bf16 where it has it) or ``cpu``.
+    max_steps: stop each run after this many optimizer steps (0: run ``epochs``).
+    torch_threads: ``torch.set_num_threads`` for the runs (0 leaves torch's default).
+    """
+
+    out: str = "runs/ablation"
+    seeds: tuple[int, ...] = (0, 1, 2)
+    task: str = "q2a"
+    num_train: int = DemoConfig.num_train
+    num_val: int = DemoConfig.num_val
+    data_seed: int = 0
+    epochs: float = DemoConfig.epochs
+    batch_size: int = DemoConfig.batch_size
+    lr: float = DemoConfig.lr
+    max_steps: int = 0
+    num_workers: int = 2
+    device: str = "auto"
+    torch_threads: int = 0
+
+
+def smoke_grid(out: str | Path = "runs/ablation-smoke") -> GridConfig:
+    """Seconds on a CPU: 32 training questions, one epoch of 4 steps, one seed."""
+    return GridConfig(out=str(out), seeds=(0,), num_train=32, num_val=32, epochs=1.0, batch_size=8,
+                      num_workers=0, device="cpu", torch_threads=1)
+
+
+# -- configs --------------------------------------------------------------------------------------
+def with_changes(config: ExperimentConfig, changes: Mapping[str, Any]) -> ExperimentConfig:
+    """``config`` with dotted ``section.key`` changes, validated like a config file.
+
+    A component field (``model.fusion`` ...) takes a registered name or ``{"name": ..., **options}``.
+    """
+    sections = {"model": config.model, "data": config.data, "train": config.train}
+    for path, value in changes.items():
+        section, _, key = path.partition(".")
+        if section not in sections or not key or "." in key:
+            raise ValueError(f"variant change {path!r}: expected 'section.key' with section model, data or train")
+        names = [f.name for f in dataclasses.fields(sections[section])]
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f"; did you mean '{section}.{close[0]}'?" if close else ""
+            raise ValueError(f"variant change {path!r}: {section} has no option {key!r}{hint}")
+        if section == "model" and key in _COMPONENT_FIELDS:
+            value = component_spec(value)
+        sections[section] = dataclasses.replace(sections[section], **{key: value})
+    changed = dataclasses.replace(config, **sections)
+    return experiment_from_dict(changed.to_dict(), where="ablation variant")  # type checks, plugins imported
+
+
+def base_experiment(grid: GridConfig, *, seed: int, data: Any, tokenizer: str, out: str | Path) -> ExperimentConfig:
+    """The demo's tiny experiment with the grid's sizes, writing to ``out``."""
+    demo = DemoConfig(out=str(out), num_train=grid.num_train, num_val=grid.num_val, epochs=grid.epochs,
+                      batch_size=grid.batch_size, lr=grid.lr, seed=seed, num_workers=grid.num_workers)
+    config = demo_experiment(demo, task=grid.task, data=data, tokenizer=tokenizer)
+    train = dataclasses.replace(config.train, out=str(out), cpu=grid.device == "cpu", mixed_precision="auto",
+                                max_steps=grid.max_steps)
+    return dataclasses.replace(config, train=train)
+
+
+def variant_config(grid: GridConfig, variant: Variant, *, seed: int, data: Any, tokenizer: str) -> ExperimentConfig:
+    """The experiment of one run of the grid."""
+    out = run_folder(grid, variant.name, seed)
+    return with_changes(base_experiment(grid, seed=seed, data=data, tokenizer=tokenizer, out=out), variant.changes)
+
+
+def run_folder(grid: GridConfig, variant: str, seed: int) -> Path:
+    return Path(grid.out) / "runs" / variant / f"seed-{seed}"
+
+
+# -- running --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RunResult:
+    """One finished run: its accuracy and which val questions it got right (in val order)."""
+
+    variant: str
+    seed: int
+    task: str
+    accuracy: float
+    annot_ids: tuple[str, ...]
+    correct: tuple[bool, ...]
+    steps: int
+    seconds: float
+    folder: str
+    final_loss: float = float("nan")  # mean training loss of the last log window (ln 4 = 1.386: nothing learnt)
+
+    @classmethod
+    def load(cls, path: str | Path) -> RunResult:
+        raw = json.loads(Path(path).read_text())
+        raw.pop("config", None)
+        return cls(**{**raw, "annot_ids": tuple(raw["annot_ids"]), "correct": tuple(raw["correct"])})
+
+
+def _data_options(grid: GridConfig) -> dict[str, int]:
+    return {"num_train": grid.num_train, "num_val": grid.num_val, "seed": grid.data_seed}
+
+
+def prepare_data(grid: GridConfig) -> tuple[Any, str]:
+    """Synthetic data and the shared tokenizer under ``grid.out``; kept while their options match."""
+    from data_prep.synthetic import SyntheticVCR, generate_synthetic_vcr
+    from data_prep.tokenizer import build_word_tokenizer
+
+    root = Path(grid.out) / "data"
+    options = _data_options(grid)
+    stamp = root / "options.json"
+    tokenizer = Path(grid.out) / "tokenizer"
+    if stamp.is_file() and json.loads(stamp.read_text()) == options and (tokenizer / "tokenizer_config.json").is_file():
+        data = SyntheticVCR(root, root / "vcr1images", root / "train.jsonl", root / "val.jsonl", root / "test.jsonl")
+        return data, str(tokenizer)
+    data = generate_synthetic_vcr(root, num_test=0, **options)
+    build_word_tokenizer([data.train], out_dir=tokenizer)
+    stamp.write_text(json.dumps(options))
+    return data, str(tokenizer)
+
+
+def run_variant(grid: GridConfig, variant: Variant, seed: int, *, data: Any, tokenizer: str,
+                progress: bool = False) -> RunResult:
+    """Train and evaluate one (variant, seed), or load its result when it already ran with this config."""
+    from vlekit.evaluate import evaluate
+    from vlekit.plots import read_metrics
+    from vlekit.train import train
+
+    config = variant_config(grid, variant, seed=seed, data=data, tokenizer=tokenizer)
+    folder = run_folder(grid, variant.name, seed)
+    result_path = folder / RESULT_FILE
+    # The config names the data by path only: the data's options make the run's identity complete.
+    resolved = {**config.to_dict(), "synthetic_data": _data_options(grid)}
+    if result_path.is_file() and json.loads(result_path.read_text()).get("config") == resolved:
+        return RunResult.load(result_path)
+    if folder.exists():  # a stale or unfinished run: start it again from nothing
+        shutil.rmtree(folder)
+    started = time.perf_counter()
+    trained = train(config, progress=progress)
+    if trained.model_dir is None:
+        raise RuntimeError(f"run {variant.name} seed {seed} was interrupted at step {trained.global_step}")
+    evaluation = evaluate([trained.model_dir], annotations=data.val, images=data.images_root, out=folder / "eval",
+                          num_workers=grid.num_workers, progress=False)
+    rows = evaluation["predictions"]
+    losses = [r["loss"] for r in read_metrics(folder / "metrics.jsonl") if "loss" in r]
+    result = RunResult(
+        variant=variant.name, seed=seed, task=grid.task, accuracy=evaluation["metrics"][grid.task]["accuracy"],
+        annot_ids=tuple(r["annot_id"] for r in rows), correct=tuple(bool(r[f"{grid.task}_correct"]) for r in rows),
+        steps=trained.global_step, seconds=time.perf_counter() - started, folder=str(folder),
+        final_loss=losses[-1] if losses else float("nan"),
+    )
+    result_path.write_text(json.dumps({**dataclasses.asdict(result), "config": resolved}))
+    return result
+
+
+def run_grid(grid: GridConfig, variants: Sequence[Variant] | None = None, *, progress: bool = False,
+             log: Callable[[str], None] = print) -> list[RunResult]:
+    """Every (variant, seed) of the grid, in order; finished runs are loaded, not repeated."""
+    import torch
+
+    variants = list(variants if variants is not None else default_variants())
+    names = [v.name for v in variants]
+    if len(set(names)) != len(names):
+        raise ValueError(f"variant names must be unique, got {names}")
+    if grid.torch_threads:
+        torch.set_num_threads(grid.torch_threads)
+    data, tokenizer = prepare_data(grid)
+    results = []
+    for variant in variants:
+        for seed in grid.seeds:
+            result = run_variant(grid, variant, seed, data=data, tokenizer=tokenizer, progress=progress)
+            log(f"{variant.name:<24} seed {seed}: {grid.task} {result.accuracy:.3f} "
+                f"({result.steps} steps, {result.seconds:.0f} s)")
+            results.append(result)
+    return results
+
+
+def load_results(out: str | Path) -> list[RunResult]:
+    """Every finished run under ``out/runs`` (e.g. a grid that ran on another machine)."""
+    return [RunResult.load(p) for p in sorted(Path(out).glob(f"runs/*/seed-*/{RESULT_FILE}"))]
+
+
+# -- statistics -----------------------------------------------------------------------------------
+def _by_variant(results: Sequence[RunResult]) -> dict[str, list[RunResult]]:
+    grouped: dict[str, list[RunResult]] = {}
+    for result in results:
+        grouped.setdefault(result.variant, []).append(result)
+    return grouped
+
+
+def summarize(results: Sequence[RunResult], *, reference: str = REFERENCE) -> list[dict[str, Any]]:
+    """One row per variant (grid order): seeds, mean, std (sample, NaN for one seed), min, max,
+    the difference of the mean to the reference's, and the mean final training loss."""
+    grouped = _by_variant(results)
+    ref_mean = float(np.mean([r.accuracy for r in grouped[reference]])) if reference in grouped else float("nan")
+    rows = []
+    for variant, runs in grouped.items():
+        accuracies = np.array([r.accuracy for r in runs])
+        rows.append({
+            "variant": variant, "seeds": len(runs), "mean": float(accuracies.mean()),
+            "std": float(accuracies.std(ddof=1)) if len(runs) > 1 else float("nan"),
+            "min": float(accuracies.min()), "max": float(accuracies.max()),
+            "delta": float(accuracies.mean()) - ref_mean,
+            "train_loss": float(np.mean([r.final_loss for r in runs])),
+        })
+    return rows
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None, *,
+                   digits: int = 3) -> str:
+    """Rows of dicts as a Markdown table (``IPython.display.Markdown`` renders it); floats rounded."""
+    rows = list(rows)
+    columns = list(columns) if columns is not None else list(dict.fromkeys(k for row in rows for k in row))
+
+    def cell(value: Any) -> str:
+        text = f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return "\n".join(lines + ["| " + " | ".join(cell(row.get(c, "")) for c in columns) + " |" for row in rows])
+
+
+def format_results_table(rows: Sequence[Mapping[str, Any]], *, markdown: bool = False, metric: str = "Q->A") -> str:
+    """The ``summarize`` rows as a text table (or a Markdown one), accuracies in percent."""
+
+    def spread(row: Mapping[str, Any]) -> str:
+        return "n/a" if math.isnan(row["std"]) else f"{100 * row['std']:.1f}"
+
+    header = ["variant", "seeds", f"{metric} mean %", "std", "min", "max", "vs reference", "final train loss"]
+    body = [[row["variant"], str(row["seeds"]), f"{100 * row['mean']:.1f}", spread(row), f"{100 * row['min']:.1f}",
+             f"{100 * row['max']:.1f}", f"{100 * row['delta']:+.1f}", f"{row.get('train_loss', float('nan')):.3f}"]
+            for row in rows]
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        return "\n".join(lines + ["| " + " | ".join(cells) + " |" for cells in body])
+    widths = [max(len(h), *(len(cells[i]) for cells in body)) if body else len(h) for i, h in enumerate(header)]
+    return "\n".join(
+        "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(cells, widths)))
+        for cells in [header, *body]
+    )
+
+
+def learnt_nothing(row: Mapping[str, Any], *, tolerance: float = 0.02) -> bool:
+    """Whether a ``summarize`` row's final training loss is still at chance (ln 4): the runs stayed on
+    the initial plateau, so their accuracies say nothing about the variant; train longer."""
+    return row.get("train_loss", float("nan")) > CHANCE_LOSS - tolerance
+
+
+def best_variant(rows: Sequence[Mapping[str, Any]], *, exclude: str | None = None) -> str:
+    """The variant with the highest mean accuracy (other than ``exclude``)."""
+    candidates = [row for row in rows if row["variant"] != exclude]
+    if not candidates:
+        raise ValueError("no variant to choose from")
+    return max(candidates, key=lambda row: row["mean"])["variant"]
+
+
+def mcnemar_exact(correct_a: np.ndarray, correct_b: np.ndarray) -> float:
+    """Two-sided exact McNemar p-value for paired 0/1 outcomes (binomial test on discordant pairs)."""
+    a, b = np.asarray(correct_a, dtype=bool), np.asarray(correct_b, dtype=bool)
+    only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
+    n = only_a + only_b
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(only_a, only_b) + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def paired_bootstrap(scores_a: np.ndarray, scores_b: np.ndarray, *, resamples: int = 10000,
+                     seed: int = 0) -> tuple[tuple[float, float], float]:
+    """95% interval of ``mean(a) - mean(b)`` and a two-sided p-value, resampling questions (pairs).
+
+    ``scores_*``: per-question scores in the same question order (0/1, or correctness averaged over
+    seeds). The p-value is twice the share of resampled differences on the other side of zero.
+    """
+    a, b = np.asarray(scores_a, dtype=float), np.asarray(scores_b, dtype=float)
+    if a.shape != b.shape or a.ndim != 1 or len(a) == 0:
+        raise ValueError(f"paired scores need two equal-length 1-d arrays, got {a.shape} and {b.shape}")
+    rng = np.random.default_rng(seed)
+    differences = (a - b)[rng.integers(0, len(a), size=(resamples, len(a)))].mean(axis=1)
+    low, high = np.percentile(differences, [2.5, 97.5])
+    observed = float((a - b).mean())
+    if observed == 0:
+        p = 1.0
+    else:
+        other_side = np.mean(differences <= 0) if observed > 0 else np.mean(differences >= 0)
+        p = min(1.0, 2 * float(other_side))
+    return (float(low), float(high)), p
+
+
+def welch_t_test(values_a: Sequence[float], values_b: Sequence[float]) -> float:
+    """Two-sided Welch t-test p-value over per-seed accuracies (NaN with fewer than 2 seeds a side)."""
+    a, b = np.asarray(values_a, dtype=float), np.asarray(values_b, dtype=float)
+    if len(a) < 2 or len(b) < 2:
+        return float("nan")
+    from scipy import stats
+
+    if a.var(ddof=1) == 0 and b.var(ddof=1) == 0:
+        return 1.0 if a.mean() == b.mean() else 0.0
+    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Variant ``a`` against variant ``b`` on the same val questions."""
+
+    a: str
+    b: str
+    seeds_a: int
+    seeds_b: int
+    paired_seeds: int
+    questions: int
+    mean_a: float
+    mean_b: float
+    difference: float
+    ci95: tuple[float, float]
+    p_bootstrap: float
+    p_mcnemar: float
+    p_welch: float
+
+    def describe(self) -> str:
+        """One sentence, in accuracy points."""
+        def p(value: float) -> str:
+            return "n/a (needs 2+ seeds a side)" if math.isnan(value) else f"{value:.2g}"
+
+        return (f"{self.a} {100 * self.mean_a:.1f}% vs {self.b} {100 * self.mean_b:.1f}% "
+                f"({self.seeds_a} and {self.seeds_b} seeds, {self.questions} questions): difference "
+                f"{100 * self.difference:+.1f} points, 95% CI [{100 * self.ci95[0]:+.1f}, {100 * self.ci95[1]:+.1f}] "
+                f"(paired bootstrap over questions, p = {p(self.p_bootstrap)}); McNemar p = {p(self.p_mcnemar)}; "
+                f"Welch t-test over seeds p = {p(self.p_welch)}")
+
+
+def compare(results: Sequence[RunResult], a: str, b: str, *, resamples: int = 10000, seed: int = 0) -> Comparison:
+    """Paired comparison of variants ``a`` and ``b`` (see the module docstring for the tests)."""
+    grouped = _by_variant(results)
+    for name in (a, b):
+        if name not in grouped:
+            raise ValueError(f"no results for variant {name!r}; have {sorted(grouped)}")
+    runs_a, runs_b = {r.seed: r for r in grouped[a]}, {r.seed: r for r in grouped[b]}
+    paired = sorted(set(runs_a) & set(runs_b))
+    if not paired:
+        raise ValueError(f"variants {a!r} and {b!r} share no seed: a paired test needs runs with the same seeds")
+    ids = runs_a[paired[0]].annot_ids
+    for run in [*runs_a.values(), *runs_b.values()]:
+        if run.annot_ids != ids:
+            raise ValueError(f"run {run.variant} seed {run.seed} was evaluated on other questions than "
+                             f"{a} seed {paired[0]}: compare runs of one grid")
+    matrix_a = np.array([runs_a[s].correct for s in paired], dtype=float)  # [seeds, questions]
+    matrix_b = np.array([runs_b[s].correct for s in paired], dtype=float)
+    ci95, p_bootstrap = paired_bootstrap(matrix_a.mean(0), matrix_b.mean(0), resamples=resamples, seed=seed)
+    accuracies_a = [r.accuracy for r in runs_a.values()]
+    accuracies_b = [r.accuracy for r in runs_b.values()]
+    return Comparison(
+        a=a, b=b, seeds_a=len(runs_a), seeds_b=len(runs_b), paired_seeds=len(paired), questions=len(ids),
+        mean_a=float(np.mean(accuracies_a)), mean_b=float(np.mean(accuracies_b)),
+        difference=float(np.mean(accuracies_a) - np.mean(accuracies_b)), ci95=ci95, p_bootstrap=p_bootstrap,
+        p_mcnemar=mcnemar_exact(matrix_a.ravel() > 0.5, matrix_b.ravel() > 0.5),
+        p_welch=welch_t_test(accuracies_a, accuracies_b),
+    )
+
+
+def breakdown_by(groups: Sequence[str], **correct: Sequence[bool]) -> dict[str, dict[str, Any]]:
+    """Per group (e.g. question type): count and accuracy of each named 0/1 outcome, plus the four
+    joint outcomes of the first two (``"q2a"``, ``"qa2r"`` -> right/right, right/wrong, ...).
+
+    ``breakdown_by(types, q2a=[...], qa2r=[...])`` -> ``{type: {"n", "q2a", "qa2r", "joint": {...}}}``.
+    """
+    names = list(correct)
+    arrays = {name: np.asarray(values, dtype=bool) for name, values in correct.items()}
+    for name, values in arrays.items():
+        if len(values) != len(groups):
+            raise ValueError(f"{name} has {len(values)} outcomes for {len(groups)} groups; give one per question")
+    labels = np.asarray(groups)
+    table: dict[str, dict[str, Any]] = {}
+    for group in dict.fromkeys(list(groups) + ["all"]):
+        rows = labels == group if group != "all" else np.ones(len(labels), dtype=bool)
+        entry: dict[str, Any] = {"n": int(rows.sum())}
+        for name in names:
+            entry[name] = float(arrays[name][rows].mean()) if rows.any() else float("nan")
+        if len(names) >= 2:
+            first, second = arrays[names[0]][rows], arrays[names[1]][rows]
+            mark = {True: "right", False: "wrong"}
+            entry["joint"] = {f"{names[0]} {mark[x]}, {names[1]} {mark[y]}": int(((first == x) & (second == y)).sum())
+                              for x in (True, False) for y in (True, False)}
+        table[group] = entry
+    return table
+
+
+# -- reporting ------------------------------------------------------------------------------------
+def report(results: Sequence[RunResult], *, reference: str = REFERENCE, baseline: str = NO_OBJECT_TOKENS,
+           headline_points: float = 15.0, metric: str = "Q->A") -> str:
+    """Markdown: the results table, best vs reference, and the headline (reference vs ``baseline``)."""
+    rows = summarize(results, reference=reference)
+    parts = [f"## Ablation ({metric}, val accuracy, mean and std over seeds)", "",
+             format_results_table(rows, markdown=True, metric=metric), ""]
+    stuck = [row["variant"] for row in rows if learnt_nothing(row)]
+    if stuck:
+        parts += [f"**Warning**: the final training loss of {', '.join(stuck)} is still at chance "
+                  f"(ln 4 = {CHANCE_LOSS:.3f}): those runs learnt nothing yet, so their accuracies do not measure "
+                  f"the variant. Train longer (more epochs or data) before reading the table.", ""]
+    variants = {row["variant"] for row in rows}
+    if reference in variants and len(variants) > 1:
+        best = best_variant(rows, exclude=reference)
+        parts += [f"**Best other variant vs the reference**: {compare(results, best, reference).describe()}", ""]
+    if reference in variants and baseline in variants:
+        headline = compare(results, reference, baseline)
+        verdict = "holds" if headline.difference * 100 >= headline_points else "does NOT hold"
+        parts += [f"**Headline** (the VLE adaptation beats {baseline} by >= {headline_points:g} points): "
+                  f"{verdict}. {headline.describe()}", ""]
+    return "\n".join(parts)
+
+
+def write_summary(results: Sequence[RunResult], out: str | Path, *, reference: str = REFERENCE,
+                  baseline: str = NO_OBJECT_TOKENS) -> Path:
+    """``out/summary.md``, ``out/summary.json`` and ``out/accuracy.png``; returns the Markdown path."""
+    from vlekit.plots import plot_accuracy_bars
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = summarize(results, reference=reference)
+    (out / "summary.md").write_text(report(results, reference=reference, baseline=baseline))
+    comparisons = {}
+    if {reference, baseline} <= {row["variant"] for row in rows}:
+        comparisons["headline"] = dataclasses.asdict(compare(results, reference, baseline))
+    (out / "summary.json").write_text(json.dumps({"rows": rows, "comparisons": comparisons}, indent=2))
+    figure = plot_accuracy_bars({row["variant"]: {"Q->A": row["mean"]} for row in rows}, out / "accuracy.png",
+                                errors={row["variant"]: {"Q->A": 0.0 if math.isnan(row["std"]) else row["std"]} for row in rows},
+                                chance={"Q->A": 0.25}, title="ablation: val accuracy (mean ± std over seeds)")
+    import matplotlib.pyplot as plt
+
+    plt.close(figure)
+    return out / "summary.md"
+
+
+# -- command line ---------------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = GridConfig()
+    parser.add_argument("--out", default=defaults.out, help="grid folder (finished runs in it are reused)")
+    parser.add_argument("--smoke", action="store_true", help="2 variants x 1 seed x 4 steps on the CPU (seconds)")
+    parser.add_argument("--variants", nargs="+", metavar="NAME", help="only these variants (default: all)")
+    parser.add_argument("--seeds", nargs="+", type=int, help=f"training seeds (default: {' '.join(map(str, defaults.seeds))})")
+    parser.add_argument("--num-train", type=int)
+    parser.add_argument("--num-val", type=int)
+    parser.add_argument("--epochs", type=float)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--lr", type=float)
+    parser.add_argument("--max-steps", type=int)
+    parser.add_argument("--num-workers", type=int, help="data-loader workers per run (default: min(4, cores - 1))")
+    parser.add_argument("--cpu", action="store_true", help="train on the CPU even when there is a GPU")
+    parser.add_argument("--torch-threads", type=int, help="torch.set_num_threads for the runs (default: torch's)")
+    parser.add_argument("--progress", action="store_true", help="show a progress bar per run")
+
+
+def grid_from_args(args: argparse.Namespace) -> tuple[GridConfig, list[Variant]]:
+    grid = smoke_grid(args.out) if args.smoke else GridConfig(
+        out=args.out, num_workers=max(0, min(4, (os.cpu_count() or 1) - 1)))
+    changes = {"seeds": tuple(args.seeds) if args.seeds else None, "num_train": args.num_train,
+               "num_val": args.num_val, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+               "max_steps": args.max_steps, "num_workers": args.num_workers, "device": "cpu" if args.cpu else None,
+               "torch_threads": args.torch_threads}
+    grid = dataclasses.replace(grid, **{k: v for k, v in changes.items() if v is not None})
+    variants = smoke_variants() if args.smoke and not args.variants else default_variants()
+    if args.variants:
+        known = {v.name: v for v in default_variants()}
+        unknown = [name for name in args.variants if name not in known]
+        if unknown:
+            raise ValueError(f"unknown variant {unknown[0]!r}; known: {', '.join(known)}")
+        variants = [known[name] for name in args.variants]
+    return grid, variants
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        grid, variants = grid_from_args(args)
+    except ValueError as error:
+        print(f"vlekit.ablation: {error}", file=sys.stderr)
+        return 2
+    started = time.perf_counter()
+    print(f"ablation grid: {len(variants)} variants x {len(grid.seeds)} seeds -> {grid.out}")
+    results = run_grid(grid, variants, progress=args.progress)
+    summary = write_summary(results, grid.out)
+    print("\n" + summary.read_text())
+    print(f"written: {summary}, {Path(grid.out) / 'summary.json'}, {Path(grid.out) / 'accuracy.png'} "
+          f"({time.perf_counter() - started:.0f} s)")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vlekit.ablation", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
