@@ -81,7 +81,7 @@ def test_variant_changes_are_applied_and_checked():
                                                "model.use_object_tokens": False})
     assert config.model.fusion == {"name": "tiny-merged-attention"}
     assert config.data.geometry == "letterbox" and config.model.use_object_tokens is False
-    with pytest.raises(ValueError, match="did you mean 'model.use_object_types'"):
+    with pytest.raises(TypeError, match="unknown option 'use_object_type'; did you mean 'use_object_types'"):
         with_changes(ExperimentConfig(), {"model.use_object_type": False})
     with pytest.raises(TypeError, match="use_object_tokens"):
         with_changes(ExperimentConfig(), {"model.use_object_tokens": "no"})

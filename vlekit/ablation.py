@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import difflib
 import json
 import math
 import os
@@ -42,14 +41,12 @@ from typing import Any
 import numpy as np
 
 from vlekit.demo import DemoConfig, demo_experiment
-from vlekit.experiment import ExperimentConfig, experiment_from_dict
-from vlekit.model import component_spec
+from vlekit.experiment import ExperimentConfig, apply_changes, experiment_from_dict
 
 REFERENCE = "vle"
 NO_OBJECT_TOKENS = "no-object-tokens"
 RESULT_FILE = "result.json"
 CHANCE_LOSS = math.log(4)  # cross-entropy of a uniform guess over the 4 choices
-_COMPONENT_FIELDS = ("text_encoder", "vision_encoder", "fusion")
 
 
 @dataclass(frozen=True)
@@ -126,21 +123,7 @@ def with_changes(config: ExperimentConfig, changes: Mapping[str, Any]) -> Experi
 
     A component field (``model.fusion`` ...) takes a registered name or ``{"name": ..., **options}``.
     """
-    sections = {"model": config.model, "data": config.data, "train": config.train}
-    for path, value in changes.items():
-        section, _, key = path.partition(".")
-        if section not in sections or not key or "." in key:
-            raise ValueError(f"variant change {path!r}: expected 'section.key' with section model, data or train")
-        names = [f.name for f in dataclasses.fields(sections[section])]
-        if key not in names:
-            close = difflib.get_close_matches(key, names, n=1)
-            hint = f"; did you mean '{section}.{close[0]}'?" if close else ""
-            raise ValueError(f"variant change {path!r}: {section} has no option {key!r}{hint}")
-        if section == "model" and key in _COMPONENT_FIELDS:
-            value = component_spec(value)
-        sections[section] = dataclasses.replace(sections[section], **{key: value})
-    changed = dataclasses.replace(config, **sections)
-    return experiment_from_dict(changed.to_dict(), where="ablation variant")  # type checks, plugins imported
+    return experiment_from_dict(apply_changes(config.to_dict(), changes), where="ablation variant")
 
 
 def base_experiment(grid: GridConfig, *, seed: int, data: Any, tokenizer: str, out: str | Path) -> ExperimentConfig:

@@ -126,12 +126,10 @@ def experiment_from_dict(raw: Mapping[str, Any], *, where: str = "config") -> Ex
     return ExperimentConfig(plugins=plugins, **sections)
 
 
-def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """Apply ``section.key=value`` overrides (values parsed as YAML) to a nested dict, in place."""
-    for override in overrides:
-        path, sep, value = override.partition("=")
-        if not sep or not path:
-            raise ValueError(f"override {override!r} is not of the form section.key=value (e.g. train.lr=3e-5)")
+def apply_changes(raw: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    """Set dotted ``section.key`` paths (``{"train.lr": 3e-5, "model.fusion": "merged-attention"}``) in a
+    nested config dict, in place; validation happens when the dict becomes a config."""
+    for path, value in changes.items():
         keys = path.split(".")
         node = raw
         for key in keys[:-1]:
@@ -140,8 +138,19 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, 
                 child = {"name": child}
             node[key] = child = dict(child or {})
             node = child
-        node[keys[-1]] = yaml.safe_load(value)
+        node[keys[-1]] = value
     return raw
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply command-line ``section.key=value`` overrides (values parsed as YAML) to a nested dict."""
+    changes = {}
+    for override in overrides:
+        path, sep, value = override.partition("=")
+        if not sep or not path:
+            raise ValueError(f"override {override!r} is not of the form section.key=value (e.g. train.lr=3e-5)")
+        changes[path] = yaml.safe_load(value)
+    return apply_changes(raw, changes)
 
 
 def load_experiment(path: str | Path | None = None, overrides: Sequence[str] = ()) -> ExperimentConfig:
