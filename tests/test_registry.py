@@ -577,3 +577,30 @@ def test_cli_list_kind_filter(capsys: pytest.CaptureFixture[str]) -> None:
     assert any(line.split()[1] == "clip-vision" for line in lines)
     with pytest.raises(SystemExit):
         cli_main(["list", "--kind", "heads"])
+
+
+def test_a_preset_follows_its_base_when_a_notebook_cell_re_registers_it() -> None:
+    registry = Registry("fusion", entry_point_group="vlekit.tests.none")
+
+    def define(version: int):
+        @dataclass(frozen=True)
+        class CellConfig:
+            width: int = 4
+
+        class CellFusion(nn.Module):
+            """A fusion defined in a notebook cell."""
+
+            def __init__(self, *, config: CellConfig) -> None:
+                super().__init__()
+                self.config, self.version = config, version
+
+        CellFusion.__module__ = "__main__"  # as in a notebook; re-running the cell defines it again
+        return registry.register("cell", config=CellConfig)(CellFusion)
+
+    define(1)
+    registry.register_preset("cell-wide", base="cell", description="wide", width=8)
+    define(2)  # the cell re-run
+    built = registry.build("cell-wide")
+    assert built.version == 2 and built.config.width == 8
+    registry.unregister("cell")
+    assert "cell" not in registry and "cell-wide" not in registry

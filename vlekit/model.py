@@ -154,6 +154,8 @@ class VCRModel(nn.Module):
         slots = object_patch_mask.shape[2]
         check_shape(object_type_ids, (batch, choices, slots), name="object_type_ids", where=where)
         check_shape(object_mask, (batch, choices, slots), name="object_mask", where=where)
+        if labels is not None:
+            check_shape(labels, (batch,), name="labels", where=where)
 
         # Image: once per question, shared by its choices.
         image = self.image_projection(self.vision_encoder(pixel_values))  # [B, 1+P, D]

@@ -216,8 +216,10 @@ class Registry:
         self._entries[entry.name] = entry
 
     def unregister(self, name: str) -> None:
-        """Remove ``name`` (for tests and notebooks)."""
+        """Remove ``name`` and its presets (for tests and notebooks)."""
         self._entries.pop(name, None)
+        for preset in [n for n, e in self._entries.items() if e.preset_of == name]:
+            del self._entries[preset]
 
     # -- lookup -------------------------------------------------------------------------------
     def load_entry_points(self, *, reload: bool = False) -> None:
@@ -279,12 +281,14 @@ class Registry:
                 raise RegistryError(f"{self.kind} {name!r}: class has no 'config_class' attribute (a dataclass)")
             return cls, make_config(config_class, options, where=f"{self.kind} {name!r}")
         entry = self.get(name)
+        # A preset builds whatever its base is now (a re-run notebook cell may have replaced it).
+        base = self.get(entry.preset_of) if entry.preset_of else entry
         # Dict options (e.g. an HF architecture) refine the preset's instead of replacing it.
         merged = {**entry.preset_options}
         for key, value in options.items():
             preset_value = merged.get(key)
             merged[key] = {**preset_value, **value} if isinstance(preset_value, dict) and isinstance(value, dict) else value
-        return entry.component, make_config(entry.config_class, merged, where=f"{self.kind} {name!r}")
+        return base.component, make_config(base.config_class, merged, where=f"{self.kind} {name!r}")
 
     def build(self, name: str, **options: Any) -> nn.Module:
         """Build the component ``name`` (registered name or ``module:Class``) with ``options``."""
