@@ -5,36 +5,42 @@
 whole pipeline (records, object tokens, box geometry, training, evaluation) runs offline on data
 that a tiny model can learn on a CPU in minutes.
 
-What an image holds: 5 or 6 objects (2-4 of them ``person``, the rest from `OTHER_CLASSES`), each
-drawn as one solid shape (a figure, a block or a blob, whatever its class) in its own colour from
-`PALETTE` (every colour at most once per image), each in its own cell of a 2 x 3 layout, on a grey
-textured background. Frames come in the movie-like formats of `FRAME_SIZES` (2.4:1, 1.85:1,
-16:9, 4:3).
+What a frame holds: 5 objects (2-4 of them ``person``, the rest from `OTHER_CLASSES`), each drawn
+as one solid shape (a figure, a block or a blob, whatever its class) in its own colour from
+`PALETTE`, each in its own cell of a 2 x 3 layout, on a grey textured background. One of them
+stands in the spotlight: it is lit, drawn in white (`SPOTLIGHT_COLOUR`), which no other object
+wears. Frames come in the movie formats of `FRAME_SIZES` (2.4:1, 1.85:1, 16:9, 4:3).
 
-Why grounding matters. Every question names objects by index, and only the object behind the
-mention tells the answer:
+Every question names objects by index, and only the object behind a mention tells the answer
+(non-persons read "[3] is red" where persons read "[3] is wearing red"):
 
-======== ============================ ====================================== =================
-type     question                     answers (one per choice)               needs
-======== ============================ ====================================== =================
-colour   What colour is [2] wearing ? [2] is wearing red .                   colour of [2]
-why      Why does [2] stand out ?     Because [2] is wearing red .           colour of [2]
-yes_no   Is [2] wearing red ?         Yes , [2] is ... / No , [2] is ...     colour of [2]
-which    Which one is red ?           [0] is wearing red . / [4] is red .    which one is red
-position Where is [2] ?               [2] is at the top left .               place of [2]
-======== ============================ ====================================== =================
+========= =========================== ====================================== ==================
+type      question                    answers (one per choice)               needs
+========= =========================== ====================================== ==================
+spotlight Who is in the spotlight ?   [2] is in the spotlight .              which one is lit
+colour    What colour is [2] wearing? [2] is wearing red .                   colour of [2]
+why       Why does [2] stand out ?    Because [2] is wearing red .           colour of [2]
+yes_no    Is [2] wearing red ?        Yes , [2] is ... / No , [2] is ...     colour of [2]
+which     Which one is red ?          [0] is wearing red . / [4] is red .    which one is red
+position  Where is [2] ?              [2] is at the top left .               place of [2]
+========= =========================== ====================================== ==================
 
-(non-persons read "[3] is red" instead of "[3] is wearing red".) Rationales restate the answer and
-add a fact about a second object ("[2] is wearing red , and [4] is blue ." or "[2] is next to [4]
-in blue ."); the four rationales differ only in that second colour, so QA->R also needs grounding.
+Rationales restate the answer's claim and add a fact about another object: "..., and [4] is in the
+spotlight ." (the four choices name four different objects) or, when the target itself is lit,
+"[2] is in the spotlight , and [4] is wearing blue ." (four colours).
 
-Why the text alone does not give the answer (checked by a bag-of-words probe in the tests):
-the distractors are the colours (places, objects) of the *other* objects of the same image, so
-each choice describes something that is really in the picture; the asked object, the colours and
-the shapes and the layout are drawn independently of one another and of the object classes (so
-"dog" in the text cannot be found in the picture by its looks); the gold position
-is uniform; a "yes" is gold exactly one time in four. A model that sees the image but cannot tie
-"[2]" to its box is therefore at chance too; one that pools the patches under each box is not.
+Why the text alone does not give the answer (checked by a bag-of-words probe in the tests): the
+distractors are the colours, places and objects of the *other* objects of the same frame, so every
+choice names something that is in the picture; class, colour, shape and cell are drawn
+independently (so "dog" cannot be found by its looks); the gold position is uniform; "Yes" is
+gold one time in four. A model that sees the frame but cannot tie "[2]" to its box is at chance
+too; one that pools the patches under each box is not.
+
+Why a spotlight. Colour questions need the model to compare a word with the colour under a box, a
+product of two signals that a tiny co-attention model trained from scratch does not discover in a
+few epochs when the whole frame is full of colours (measured: loss stuck at ln 4). "Who is in the
+spotlight ?" needs only the object token itself (is it the lit one?), so the model first learns to
+read object tokens, then the colour questions follow. Frequencies (`_QUESTION_WEIGHTS`) favour it.
 
 Extra record key: ``question_type`` (one of `QUESTION_TYPES`); VCR readers ignore unknown keys.
 Test records carry no labels, match fields, sources or answer/rationale originals, as in VCR.
@@ -48,7 +54,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -60,6 +66,7 @@ __all__ = [
     "OTHER_CLASSES",
     "PALETTE",
     "QUESTION_TYPES",
+    "SPOTLIGHT_COLOUR",
     "SyntheticVCR",
     "generate_synthetic_vcr",
 ]
@@ -74,7 +81,12 @@ PALETTE: dict[str, tuple[int, int, int]] = {
     "black": (15, 15, 15),
 }
 OTHER_CLASSES: tuple[str, ...] = ("car", "dog", "chair", "bottle", "umbrella")
-QUESTION_TYPES: tuple[str, ...] = ("colour", "why", "yes_no", "which", "position")
+QUESTION_TYPES: tuple[str, ...] = ("spotlight", "colour", "why", "yes_no", "which", "position")
+# "spotlight" is the type a tiny model learns first (see the module docstring), so it is the most
+# frequent; "position" is the hardest for it, so it is the rarest.
+_QUESTION_WEIGHTS: tuple[float, ...] = (0.45, 0.2, 0.1, 0.1, 0.05, 0.1)
+# The object in the spotlight is lit: drawn in white, a colour no other object wears.
+SPOTLIGHT_COLOUR = "white"
 # (name, width, height): wide movie frames first, as in VCR's LSMDC / MovieClips sources.
 FRAME_SIZES: tuple[tuple[str, int, int], ...] = (
     ("Scope", 240, 100),
@@ -86,7 +98,9 @@ FRAME_SIZES: tuple[tuple[str, int, int], ...] = (
 _SPLITS: tuple[str, ...] = ("train", "val", "test")
 _ROWS: tuple[str, ...] = ("top", "bottom")
 _COLS: tuple[str, ...] = ("left", "middle", "right")
-_NUM_OBJECTS = (5, 6)  # >= 5 so every choice's colour is present in the image (see module doc)
+# Five objects, each in its own colour: the four choices of a colour question are then always
+# colours of this image, and the rationales have four objects besides the target to mention.
+_NUM_OBJECTS = 5
 _NUM_PERSONS = (2, 4)
 _ELLIPSE_POINTS = 12
 # Drawn independently of the class: if persons looked different from dogs, a model could find
@@ -238,7 +252,7 @@ def _write_image_and_records(
 
     lines = []
     for question_number in range(num_questions):
-        annotation = _annotate(rng, objects, str(rng.choice(QUESTION_TYPES)))
+        annotation = _annotate(rng, objects, str(rng.choice(QUESTION_TYPES, p=_QUESTION_WEIGHTS)))
         record = _record(
             rng, annotation, objects, movie=movie, stem=stem, split=split, image_id=image_id,
             question_number=question_number, annot=first_annot + question_number,
@@ -254,19 +268,22 @@ def _clock(seconds: float) -> str:
 
 
 def _layout(rng: np.random.Generator, width: int, height: int) -> list[_Object]:
-    """Objects in distinct cells of a 2 x 3 layout; class, colour, shape and cell drawn independently.
+    """Five objects in distinct cells of a 2 x 3 layout, one of them in the spotlight (white).
 
-    One object per cell keeps boxes apart, so the patches under a box show its own colour. Boxes
-    fill 60-95% of a cell, so even a 2.4:1 frame squashed to a 64 px, 8-px-patch grid gives each
-    object several whole patches.
+    Class, colour, shape and cell are drawn independently of one another. One object per cell
+    keeps boxes apart, so the patches under a box show mostly its own colour: boxes fill 60-95% of
+    a cell, several whole patches of an 8 x 8 grid (64 px, 8-px patches) even on a squashed 2.4:1
+    frame; on a 4 x 4 grid (32 px) neighbours share a patch column, which a tiny model tolerates.
     """
-    num_objects = int(rng.integers(_NUM_OBJECTS[0], _NUM_OBJECTS[1] + 1))
+    num_objects = _NUM_OBJECTS
     num_persons = int(rng.integers(_NUM_PERSONS[0], _NUM_PERSONS[1] + 1))
     # Persons first, like VCR's detections; the cells are shuffled so an index says nothing of place.
     names = ["person"] * num_persons + [
         str(rng.choice(OTHER_CLASSES)) for _ in range(num_objects - num_persons)
     ]
-    colours = rng.permutation(list(PALETTE))[:num_objects]
+    ordinary = [str(c) for c in rng.permutation([c for c in PALETTE if c != SPOTLIGHT_COLOUR])]
+    colours = [SPOTLIGHT_COLOUR, *ordinary[: num_objects - 1]]
+    colours = [colours[i] for i in rng.permutation(num_objects)]
     shapes = rng.choice(_SHAPES, size=num_objects)
     cells = rng.permutation(len(_ROWS) * len(_COLS))[:num_objects]
     cell_w, cell_h = width / len(_COLS), height / len(_ROWS)
@@ -334,8 +351,12 @@ def _has_colour(obj: _Object, colour: str) -> list[Token]:
     return [[obj.index], "is", colour]
 
 
-def _place(obj: _Object) -> list[str]:
-    return ["at", "the", _ROWS[obj.row], _COLS[obj.col]]
+def _in_spotlight(obj: _Object) -> list[Token]:
+    return [[obj.index], "is", "in", "the", "spotlight"]
+
+
+def _at_place(obj: _Object, row: int, col: int) -> list[Token]:
+    return [[obj.index], "is", "at", "the", _ROWS[row], _COLS[col]]
 
 
 def _shuffle_in(
@@ -347,77 +368,71 @@ def _shuffle_in(
     return [choices[i] for i in order], order.index(0)
 
 
-def _other_colours(rng: np.random.Generator, objects: list[_Object], exclude: set[str], k: int) -> list[str]:
-    """``k`` colours of objects in this image, none in ``exclude``, in random order."""
-    pool = [obj.colour for obj in objects if obj.colour not in exclude]
-    return [str(c) for c in rng.permutation(pool)[:k]]
+def _pick(rng: np.random.Generator, items: list[Any], k: int) -> list[Any]:
+    """``k`` of ``items`` in random order."""
+    return [items[i] for i in rng.permutation(len(items))[:k]]
 
 
 def _annotate(rng: np.random.Generator, objects: list[_Object], question_type: str) -> _Annotation:
     """One question of ``question_type`` about the image, with its choices and labels."""
-    target = objects[int(rng.integers(len(objects)))]
-    others = [obj for obj in objects if obj is not target]
-    if question_type == "which":
+    lit = next(o for o in objects if o.colour == SPOTLIGHT_COLOUR)
+    target = lit if question_type == "spotlight" else objects[int(rng.integers(len(objects)))]
+    others = [o for o in objects if o is not target]
+    other_objects = _pick(rng, others, NUM_CHOICES - 1)
+    other_colours = [o.colour for o in _pick(rng, others, NUM_CHOICES - 1)]
+    claim = _has_colour(target, target.colour)  # what the gold answer says, restated by the rationales
+    if question_type == "spotlight":
+        question = ["Who", "is", "in", "the", "spotlight", "?"]
+        claim = _in_spotlight(target)
+        gold, distractors = claim + ["."], [_in_spotlight(o) + ["."] for o in other_objects]
+    elif question_type == "which":
         question = ["Which", "one", "is", target.colour, "?"]
-        gold = _has_colour(target, target.colour) + ["."]
-        picks = rng.permutation(len(others))[: NUM_CHOICES - 1]
-        distractors = [_has_colour(others[i], target.colour) + ["."] for i in picks]
-        answers, answer_label = _shuffle_in(rng, gold, distractors)
+        gold, distractors = claim + ["."], [_has_colour(o, target.colour) + ["."] for o in other_objects]
     elif question_type == "position":
         question = ["Where", "is", [target.index], "?"]
-        gold = [[target.index], "is", *_place(target), "."]
-        picks = rng.permutation(len(others))[: NUM_CHOICES - 1]
-        distractors = [[[target.index], "is", *_place(others[i]), "."] for i in picks]
-        answers, answer_label = _shuffle_in(rng, gold, distractors)
-    elif question_type in ("colour", "why"):
-        if question_type == "colour":
-            question = ["What", "colour", "is", [target.index]] + (["wearing"] if target.name == "person" else []) + ["?"]
-            prefix: list[Token] = []
-        else:
-            question = ["Why", "does", [target.index], "stand", "out", "?"]
-            prefix = ["Because"]
-        colours = [target.colour] + _other_colours(rng, objects, {target.colour}, NUM_CHOICES - 1)
-        options = [prefix + _has_colour(target, c) + ["."] for c in colours]
-        answers, answer_label = _shuffle_in(rng, options[0], options[1:])
+        claim = _at_place(target, target.row, target.col)
+        gold, distractors = claim + ["."], [_at_place(target, o.row, o.col) + ["."] for o in other_objects]
+    elif question_type == "colour":
+        wearing = ["wearing"] if target.name == "person" else []
+        question = ["What", "colour", "is", [target.index], *wearing, "?"]
+        gold, distractors = claim + ["."], [_has_colour(target, c) + ["."] for c in other_colours]
+    elif question_type == "why":
+        question = ["Why", "does", [target.index], "stand", "out", "?"]
+        gold = ["Because", *claim, "."]
+        distractors = [["Because", *_has_colour(target, c), "."] for c in other_colours]
     elif question_type == "yes_no":
-        # The asked colour is the true one a quarter of the time, so "Yes" is gold one time in four.
-        # Either way the four choices name four distinct colours of this image.
+        # The asked colour is the true one a quarter of the time, so "Yes" is gold one time in four;
+        # either way the choices name the true colour and three others of this image once each.
         truthful = bool(rng.integers(NUM_CHOICES) == 0)
-        asked = target.colour if truthful else _other_colours(rng, objects, {target.colour}, 1)[0]
-        claim = _has_colour(target, asked)  # [[i], "is", ("wearing",) colour]
-        question = ["Is", claim[0], *claim[2:], "?"]
-        yes = ["Yes", ","] + claim + ["."]
-        wrong = _other_colours(rng, objects, {target.colour, asked}, NUM_CHOICES - 1 - (not truthful))
-        nos = [["No", ","] + _has_colour(target, c) + ["."] for c in wrong]
-        true_no = ["No", ","] + _has_colour(target, target.colour) + ["."]
-        gold, distractors = (yes, nos) if truthful else (true_no, [yes, *nos])
-        answers, answer_label = _shuffle_in(rng, gold, distractors)
+        asked = target.colour if truthful else other_colours.pop()
+        asked_claim = _has_colour(target, asked)  # [[i], "is", ("wearing",) colour]
+        question = ["Is", asked_claim[0], *asked_claim[2:], "?"]
+        yes = ["Yes", ",", *asked_claim, "."]
+        nos = [["No", ",", *_has_colour(target, c), "."] for c in other_colours]
+        gold, distractors = (yes, nos) if truthful else (["No", ",", *claim, "."], [yes, *nos])
     else:
         raise ValueError(f"unknown question type {question_type!r}; expected one of {QUESTION_TYPES}")
-
-    rationales, rationale_label = _rationales(rng, objects, question_type, target, answers[answer_label])
+    answers, answer_label = _shuffle_in(rng, gold, distractors)
+    rationales, rationale_label = _rationales(rng, claim, target, lit, others)
     return _Annotation(question_type, question, answers, answer_label, rationales, rationale_label)
 
 
 def _rationales(
-    rng: np.random.Generator, objects: list[_Object], question_type: str, target: _Object, answer: list[Token]
+    rng: np.random.Generator, claim: list[Token], target: _Object, lit: _Object, others: list[_Object]
 ) -> tuple[list[list[Token]], int]:
-    """Four rationales that restate the answer and differ only in a second object's colour.
+    """Four rationales: the answer's claim, then a fact about another object that only the image tells.
 
-    The second object's true colour makes the gold one; the others use the remaining colours of
-    the image, so only looking at that object tells them apart.
+    When the target is not the one in the spotlight: "[2] is wearing red , and [4] is in the
+    spotlight ." with [4] any of the four other objects (a tiny model learns this kind first).
+    Otherwise: "[2] is in the spotlight , and [4] is wearing blue ." with the four colours of the
+    other objects (here every colour but the target's is in play, so the text cannot rule any out).
     """
-    if question_type == "position":
-        # "next to" must be true: pick a neighbouring cell (one always exists with >= 5 of 6 cells used).
-        neighbours = [o for o in objects if abs(o.row - target.row) + abs(o.col - target.col) == 1]
-        second = neighbours[int(rng.integers(len(neighbours)))]
-        colours = [second.colour] + _other_colours(rng, objects, {second.colour}, NUM_CHOICES - 1)
-        options = [[[target.index], "is", "next", "to", [second.index], "in", c, "."] for c in colours]
+    if target is not lit:
+        options = [claim + [",", "and", *_in_spotlight(o), "."] for o in [lit, *[o for o in others if o is not lit]]]
     else:
-        others = [o for o in objects if o is not target]
         second = others[int(rng.integers(len(others)))]
-        colours = [second.colour] + _other_colours(rng, objects, {second.colour, target.colour}, NUM_CHOICES - 1)
-        options = [_has_colour(target, target.colour) + [",", "and"] + _has_colour(second, c) + ["."] for c in colours]
+        colours = [second.colour, *[o.colour for o in others if o is not second]]
+        options = [claim + [",", "and", *_has_colour(second, c), "."] for c in colours]
     return _shuffle_in(rng, options[0], options[1:])
 
 

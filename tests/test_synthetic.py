@@ -11,7 +11,14 @@ import pytest
 from PIL import Image
 
 from data_prep.constants import NUM_CHOICES, PERSON_NAMES
-from data_prep.synthetic import PALETTE, QUESTION_TYPES, SyntheticVCR, generate_synthetic_vcr, main
+from data_prep.synthetic import (
+    PALETTE,
+    QUESTION_TYPES,
+    SPOTLIGHT_COLOUR,
+    SyntheticVCR,
+    generate_synthetic_vcr,
+    main,
+)
 
 LABEL_KEYS = ("answer_label", "rationale_label", "answer_match_iter", "rationale_match_iter")
 TEXT_KEYS = ("question", "answer_choices", "rationale_choices")
@@ -105,7 +112,7 @@ def test_layout_images_and_metadata(small: SyntheticVCR) -> None:
                 for polygon in polygons:
                     assert len(polygon) >= 3
                     assert all(x1 - 1 <= x <= x2 + 1 and y1 - 1 <= y <= y2 + 1 for x, y in polygon)
-            assert 2 <= record["objects"].count("person") <= 4
+            assert len(record["objects"]) == 5 and 2 <= record["objects"].count("person") <= 4
     assert {2.4, round(16 / 9, 2)} <= ratios
 
 
@@ -138,7 +145,7 @@ def test_question_types_labels_and_text_are_balanced(default_size: SyntheticVCR)
     records = read_jsonl(default_size.train)
     types = Counter(r["question_type"] for r in records)
     assert set(types) == set(QUESTION_TYPES)
-    assert min(types.values()) > 0.1 * len(records)
+    assert min(types.values()) > 0.02 * len(records)
     first_words = {t: {r["question"][0] for r in records if r["question_type"] == t} for t in QUESTION_TYPES}
     assert all(len(words) == 1 for words in first_words.values())
     assert len({next(iter(words)) for words in first_words.values()}) == len(QUESTION_TYPES)
@@ -173,7 +180,8 @@ def measured_places(boxes: list[list[float]], width: int, height: int) -> list[t
 
 
 def claims(tokens: list[Any]) -> list[tuple[int, str, Any]]:
-    """(object, "colour" | "place", value) for each colour word or "at the ROW COL" in a text.
+    """(object, "colour" | "place", value) for each colour word, "at the ROW COL" and "in the
+    spotlight" (= lit, i.e. white) in a text.
 
     The templates put a claim right after the object it is about, so the claim's object is the
     last one mentioned before it.
@@ -184,6 +192,8 @@ def claims(tokens: list[Any]) -> list[tuple[int, str, Any]]:
             last = token[-1]
         elif token in PALETTE and last is not None:
             found.append((last, "colour", token))
+        elif token == "spotlight" and last is not None:
+            found.append((last, "colour", SPOTLIGHT_COLOUR))
         elif token == "at" and tokens[n + 1] == "the":
             found.append((last, "place", (tokens[n + 2], tokens[n + 3])))
     return found
@@ -202,6 +212,7 @@ def test_answers_and_rationales_are_grounded_in_the_pixels(default_size: Synthet
             "place": measured_places(metadata["boxes"], metadata["width"], metadata["height"]),
         }
         assert len(set(truth["colour"])) == len(truth["colour"]), "every object has its own colour"
+        assert SPOTLIGHT_COLOUR in truth["colour"], "one object is in the spotlight"
         for kind in ("answer", "rationale"):
             for choice_index, choice in enumerate(record[f"{kind}_choices"]):
                 said = claims(choice)
