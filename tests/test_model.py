@@ -208,6 +208,34 @@ def test_fusion_input_streams_types_and_object_token_means(model: VCRModel) -> N
             assert text_mask[row].tolist() == batch["attention_mask"][b, c].tolist()
 
 
+@pytest.mark.parametrize("gradient_checkpointing", [False, True])
+def test_pooled_only_last_layer_gives_the_same_pooled_vector_and_gradients(gradient_checkpointing: bool) -> None:
+    """The model asks co-attention for ``pooled`` only; its last layer then updates token 0 alone."""
+    torch.manual_seed(0)
+    model = build_model(fusion={"name": "tiny-co-attention", "gradient_checkpointing": gradient_checkpointing,
+                                "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0})
+    fusion = model.fusion.train()
+    assert fusion.supports_pooled_only
+    g = torch.Generator().manual_seed(3)
+    n, length, tokens, width = 5, 7, 9, fusion.hidden_size
+    text_mask, image_mask = torch.ones(n, length, dtype=torch.long), torch.ones(n, tokens, dtype=torch.long)
+    text_mask[1, 4:], image_mask[2, 6:] = 0, 0
+    text = torch.randn(n, length, width, generator=g, requires_grad=True)
+    image = torch.randn(n, tokens, width, generator=g, requires_grad=True)
+    results = []
+    for pooled_only in (False, True):
+        out = fusion(text, text_mask, image, image_mask, pooled_only=pooled_only)
+        gradients = torch.autograd.grad(out.pooled.square().sum(), [text, image, *fusion.parameters()])
+        results.append((out, gradients))
+    (full, full_grads), (fast, fast_grads) = results
+    assert full.text.shape == (n, length, width) and fast.text.shape == (n, 1, width) and fast.image.shape == (n, 1, width)
+    torch.testing.assert_close(fast.pooled, full.pooled, atol=1e-6, rtol=1e-5)
+    for a, b in zip(fast_grads, full_grads):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(fast.text[:, 0], full.text[:, 0], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(fast.image[:, 0], full.image[:, 0], atol=1e-6, rtol=1e-5)
+
+
 # -- shape errors ----------------------------------------------------------------------------------
 def test_wrong_number_of_patches_is_a_clear_error(model: VCRModel) -> None:
     batch = make_batch(model)

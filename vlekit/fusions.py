@@ -94,9 +94,12 @@ class CoAttentionLayer(nn.Module):
         self.output_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(
-        self, hidden: torch.Tensor, mask: torch.Tensor, other: torch.Tensor, other_mask: torch.Tensor
+        self, hidden: torch.Tensor, mask: torch.Tensor, other: torch.Tensor, other_mask: torch.Tensor,
+        first_token_only: bool = False,
     ) -> torch.Tensor:
-        hidden = self.self_attention(hidden, hidden, mask)
+        """With ``first_token_only`` only token 0 is updated (its keys and values are still all tokens)."""
+        query = hidden[:, :1] if first_token_only else hidden
+        hidden = self.self_attention(query, hidden, mask)
         hidden = self.cross_attention(hidden, other, other_mask)
         return self.output_norm(hidden + self.output_dropout(self.output(self.activation(self.intermediate(hidden)))))
 
@@ -136,20 +139,30 @@ class CoAttentionFusion(Fusion):
         self.image_pooler = nn.Linear(config.hidden_size, config.hidden_size)
         init_bert_style(self)
 
+    supports_pooled_only = True
+
     def forward(
-        self, text: torch.Tensor, text_mask: torch.Tensor, image: torch.Tensor, image_mask: torch.Tensor
+        self, text: torch.Tensor, text_mask: torch.Tensor, image: torch.Tensor, image_mask: torch.Tensor,
+        pooled_only: bool = False,
     ) -> FusionOutput:
-        """``text [N, L, D]``, ``image [N, S, D]`` with 1/0 masks -> fused streams, pooled ``[N, 2D]``."""
+        """``text [N, L, D]``, ``image [N, S, D]`` with 1/0 masks -> fused streams, pooled ``[N, 2D]``.
+
+        ``pooled_only``: the poolers read token 0 of each stream, so the last layer updates only
+        token 0 (same pooled vector, ~12% fewer fusion FLOPs at VLE-base); the returned streams are
+        then ``[N, 1, D]``.
+        """
         check_shape(text, ("N", "L", self.hidden_size), name="text", where="co-attention")
         check_shape(image, (text.shape[0], "S", self.hidden_size), name="image", where="co-attention")
         text_keys, image_keys = key_padding_mask(text_mask), key_padding_mask(image_mask)
-        for text_layer, image_layer in zip(self.text_layers, self.image_layers):
+        last = len(self.text_layers) - 1
+        for index, (text_layer, image_layer) in enumerate(zip(self.text_layers, self.image_layers)):
+            first_token_only = pooled_only and index == last
             if self.config.gradient_checkpointing and self.training:
-                new_text = checkpoint(text_layer, text, text_keys, image, image_keys, use_reentrant=False)
-                new_image = checkpoint(image_layer, image, image_keys, text, text_keys, use_reentrant=False)
+                new_text = checkpoint(text_layer, text, text_keys, image, image_keys, first_token_only, use_reentrant=False)
+                new_image = checkpoint(image_layer, image, image_keys, text, text_keys, first_token_only, use_reentrant=False)
             else:
-                new_text = text_layer(text, text_keys, image, image_keys)
-                new_image = image_layer(image, image_keys, text, text_keys)
+                new_text = text_layer(text, text_keys, image, image_keys, first_token_only)
+                new_image = image_layer(image, image_keys, text, text_keys, first_token_only)
             text, image = new_text, new_image
         pooled = torch.cat(
             [torch.tanh(self.text_pooler(text[:, 0])), torch.tanh(self.image_pooler(image[:, 0]))], dim=-1

@@ -54,10 +54,14 @@ class Fusion(nn.Module):
     ``forward(text [N, L, D], text_mask [N, L], image [N, S, D], image_mask [N, S]) -> FusionOutput``
     with ``pooled [N, pooled_size]`` (``2 * hidden_size`` for the co-attention reference).
     Masks are 1 for real tokens and 0 for padding.
+
+    A fusion whose class sets ``supports_pooled_only = True`` also accepts ``pooled_only=True`` and
+    may then skip the work only the returned streams need (the model passes it: it scores ``pooled``).
     """
 
     hidden_size: int
     pooled_size: int
+    supports_pooled_only: bool = False
 
     def resolved_config(self) -> Any:
         return self.config
