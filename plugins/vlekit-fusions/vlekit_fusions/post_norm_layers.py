@@ -13,25 +13,13 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers.activations import ACT2FN
 
-from vlekit.fusions import PostNormAttention, key_padding_mask
+from vlekit.fusions import CoAttentionConfig, PostNormAttention, key_padding_mask
 
 
 @dataclass(frozen=True)
-class PostNormStackConfig:
-    """Transformer options shared by the variants (defaults: VLE-base fusion size, 768 wide, 6 layers).
-
-    gradient_checkpointing: recompute each layer in the backward pass (saves memory when training).
-    """
-
-    hidden_size: int = 768
-    num_hidden_layers: int = 6
-    num_attention_heads: int = 12
-    intermediate_size: int = 3072
-    hidden_act: str = "gelu"
-    hidden_dropout_prob: float = 0.1
-    attention_probs_dropout_prob: float = 0.1
-    layer_norm_eps: float = 1e-12
-    gradient_checkpointing: bool = False
+class PostNormStackConfig(CoAttentionConfig):
+    """Transformer options shared by the variants: the core co-attention's (VLE-base fusion size, 768
+    wide, 6 layers; ``gradient_checkpointing`` recomputes each layer in the backward pass)."""
 
 
 # The size every variant's tiny preset and registry-driven tests use (the core's tiny-co-attention size).
