@@ -7,6 +7,8 @@ before committing (``jupyter nbconvert --clear-output --inplace notebooks/*.ipyn
 """
 from __future__ import annotations
 
+import json
+import os
 import time
 from pathlib import Path
 
@@ -62,6 +64,34 @@ def test_notebook_runs_in_smoke_mode(path, tmp_path):
     started = time.perf_counter()
     client.execute()  # raises CellExecutionError, with the cell and its traceback, on any error
     print(f"{path.name}: {time.perf_counter() - started:.1f} s")
+
+
+def test_a_notebook_runs_as_a_plain_script_without_jupyter(tmp_path):
+    """``scripts/run_notebook.py``: the route on machines without Jupyter (the GPU box)."""
+    import subprocess
+    import sys
+
+    script = NOTEBOOK_DIR.parent / "scripts" / "run_notebook.py"
+    result = subprocess.run(
+        [sys.executable, str(script), str(NOTEBOOK_DIR / "03_finetune.ipynb"), "--out", str(tmp_path), "SMOKE=True"],
+        capture_output=True, text=True, timeout=CELL_TIMEOUT_S,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    assert "parameters: OUT=" in result.stdout and "SMOKE=True" in result.stdout
+    assert "| Q->A |" in result.stdout  # display(Markdown(...)) printed as text
+    assert (tmp_path / "q2a" / "model").is_dir() and (tmp_path / "eval").is_dir()
+    figures = sorted((tmp_path / "figures").glob("cell-*.png"))
+    assert len(figures) >= 3 and all(f.stat().st_size > 1000 for f in figures)
+
+    failing = tmp_path / "failing.ipynb"
+    failing.write_text(json.dumps({"cells": [
+        {"cell_type": "code", "metadata": {"tags": ["parameters"]}, "source": ["X = 1"], "outputs": []},
+        {"cell_type": "code", "metadata": {}, "source": ["raise RuntimeError(f'boom {X}')"], "outputs": []},
+    ]}))
+    result = subprocess.run([sys.executable, str(script), str(failing), "--out", str(tmp_path / "f"), "X=7"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "boom 7" in result.stderr and "cell 1 failed" in result.stderr
 
 
 # -- the library functions the notebooks added (vlekit.ablation, vlekit.plots) --------------------

@@ -279,6 +279,8 @@ class LogWindow:
         loss = self.accelerator.reduce(self.loss.clone(), reduction="mean").item() / max(1, self.batches)
         record = {**fields, "loss": loss, "questions_per_s": self.questions / elapsed,
                   "data_time_fraction": self.data_time / elapsed}
+        if self.accelerator.device.type == "cuda":  # since the run started (this process's GPU)
+            record["peak_memory_gib"] = torch.cuda.max_memory_allocated(self.accelerator.device) / 2**30
         self._reset()
         return record
 
