@@ -215,7 +215,7 @@ def test_pooled_only_last_layer_gives_the_same_pooled_vector_and_gradients(gradi
     model = build_model(fusion={"name": "tiny-co-attention", "gradient_checkpointing": gradient_checkpointing,
                                 "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0})
     fusion = model.fusion.train()
-    assert fusion.supports_pooled_only
+    assert model._fusion_takes_pooled_only
     g = torch.Generator().manual_seed(3)
     n, length, tokens, width = 5, 7, 9, fusion.hidden_size
     text_mask, image_mask = torch.ones(n, length, dtype=torch.long), torch.ones(n, tokens, dtype=torch.long)

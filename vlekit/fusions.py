@@ -139,8 +139,6 @@ class CoAttentionFusion(Fusion):
         self.image_pooler = nn.Linear(config.hidden_size, config.hidden_size)
         init_bert_style(self)
 
-    supports_pooled_only = True
-
     def forward(
         self, text: torch.Tensor, text_mask: torch.Tensor, image: torch.Tensor, image_mask: torch.Tensor,
         pooled_only: bool = False,

@@ -55,13 +55,12 @@ class Fusion(nn.Module):
     with ``pooled [N, pooled_size]`` (``2 * hidden_size`` for the co-attention reference).
     Masks are 1 for real tokens and 0 for padding.
 
-    A fusion whose class sets ``supports_pooled_only = True`` also accepts ``pooled_only=True`` and
-    may then skip the work only the returned streams need (the model passes it: it scores ``pooled``).
+    A fusion whose ``forward`` takes a ``pooled_only`` keyword gets ``pooled_only=True`` from the model
+    (which scores ``pooled`` alone) and may skip the work only the returned streams need.
     """
 
     hidden_size: int
     pooled_size: int
-    supports_pooled_only: bool = False
 
     def resolved_config(self) -> Any:
         return self.config

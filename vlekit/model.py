@@ -17,6 +17,7 @@ token 0 alone: 8.9% fewer FLOPs per VLE-base training step).
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -113,6 +114,7 @@ class VCRModel(nn.Module):
         self.head = VCRHead(self.fusion.pooled_size)
         for module in (self.text_projection, self.image_projection, self.token_type_embeddings, self.head):
             init_bert_style(module, std=config.initializer_range)
+        self._fusion_takes_pooled_only = "pooled_only" in inspect.signature(self.fusion.forward).parameters
 
     @property
     def num_patches(self) -> int:
@@ -182,7 +184,7 @@ class VCRModel(nn.Module):
         image_stream = rearrange(image_tokens, "b c s d -> (b c) s d")
         image_mask = rearrange(image_mask, "b c s -> (b c) s")
 
-        options = {"pooled_only": True} if getattr(self.fusion, "supports_pooled_only", False) else {}
+        options = {"pooled_only": True} if self._fusion_takes_pooled_only else {}
         fused = self.fusion(text, rearrange(attention_mask, "b c l -> (b c) l"), image_stream, image_mask, **options)
         logits = rearrange(self.head(fused.pooled), "(b c) 1 -> b c", c=choices)
         output = {"logits": logits}
