@@ -146,6 +146,33 @@ def test_summary_and_paired_tests():
                                    "q2a wrong, qa2r right": 0, "q2a wrong, qa2r wrong": 0}
 
 
+def test_a_grid_reuses_finished_runs_unless_what_they_depend_on_changed(tmp_path):
+    import dataclasses
+
+    from vlekit import ablation
+
+    grid = ablation.smoke_grid(tmp_path)
+    variant = [v for v in ablation.smoke_variants() if v.name == ablation.REFERENCE]
+    first = ablation.run_grid(grid, variant, log=lambda _: None)[0]
+    result_file = Path(first.folder) / ablation.RESULT_FILE
+    stamp = result_file.stat().st_mtime_ns
+    again = ablation.run_grid(dataclasses.replace(grid, num_workers=1), variant, log=lambda _: None)[0]
+    assert result_file.stat().st_mtime_ns == stamp and again == first  # workers: loaded, not re-run
+    changed = ablation.run_grid(dataclasses.replace(grid, lr=grid.lr / 2), variant, log=lambda _: None)[0]
+    assert result_file.stat().st_mtime_ns != stamp and changed.seconds != first.seconds  # lr: trained again
+
+
+def test_chance_loss_note_tells_an_unlearnable_variant_from_a_short_run():
+    from vlekit.ablation import chance_loss_note
+
+    learnt, stuck = {"train_loss": 0.6}, {"train_loss": 1.385}
+    assert chance_loss_note([{"variant": "vle", **learnt}, {"variant": "b", **learnt}]) is None
+    note = chance_loss_note([{"variant": "vle", **learnt}, {"variant": "no-object-tokens", **stuck}])
+    assert note.startswith("**Note**") and "no-object-tokens stayed at chance" in note and "is a result" in note
+    note = chance_loss_note([{"variant": "vle", **stuck}, {"variant": "b", **stuck}], longer="`EPOCHS`")
+    assert note.startswith("**Warning**") and "vle, b" in note and "(`EPOCHS`)" in note
+
+
 def test_plot_helpers_draw():
     import matplotlib.pyplot as plt
     import numpy as np

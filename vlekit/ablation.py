@@ -191,6 +191,14 @@ def prepare_data(grid: GridConfig) -> tuple[Any, str]:
     return data, str(tokenizer)
 
 
+def run_identity(config: ExperimentConfig, grid: GridConfig) -> dict[str, Any]:
+    """What a run's result depends on: its config without the data-loader workers (they change the
+    speed, not the batches), plus the synthetic data's options (the config names the data by path)."""
+    raw = config.to_dict()
+    raw["data"] = {key: value for key, value in raw["data"].items() if key != "num_workers"}
+    return {**raw, "synthetic_data": _data_options(grid)}
+
+
 def run_variant(grid: GridConfig, variant: Variant, seed: int, *, data: Any, tokenizer: str,
                 progress: bool = False) -> RunResult:
     """Train and evaluate one (variant, seed), or load its result when it already ran with this config."""
@@ -201,8 +209,7 @@ def run_variant(grid: GridConfig, variant: Variant, seed: int, *, data: Any, tok
     config = variant_config(grid, variant, seed=seed, data=data, tokenizer=tokenizer)
     folder = run_folder(grid, variant.name, seed)
     result_path = folder / RESULT_FILE
-    # The config names the data by path only: the data's options make the run's identity complete.
-    resolved = {**config.to_dict(), "synthetic_data": _data_options(grid)}
+    resolved = run_identity(config, grid)
     if result_path.is_file() and json.loads(result_path.read_text()).get("config") == resolved:
         return RunResult.load(result_path)
     if folder.exists():  # a stale or unfinished run: start it again from nothing
@@ -314,8 +321,27 @@ def format_results_table(rows: Sequence[Mapping[str, Any]], *, markdown: bool = 
 
 def learnt_nothing(row: Mapping[str, Any], *, tolerance: float = 0.02) -> bool:
     """Whether a ``summarize`` row's final training loss is still at chance (ln 4): the runs stayed on
-    the initial plateau, so their accuracies say nothing about the variant; train longer."""
+    the initial plateau."""
     return row.get("train_loss", float("nan")) > CHANCE_LOSS - tolerance
+
+
+def chance_loss_note(rows: Sequence[Mapping[str, Any]], *, reference: str = REFERENCE,
+                     longer: str = "more epochs or data") -> str | None:
+    """Markdown on the variants whose training loss stayed at chance, or ``None`` when none did.
+
+    When the reference learnt within the same budget, staying at chance is the variant's result (it
+    cannot fit the task with these settings); otherwise the runs were too short to say anything.
+    """
+    stuck = [row["variant"] for row in rows if learnt_nothing(row)]
+    if not stuck:
+        return None
+    loss = f"the final training loss of {', '.join(stuck)} stayed at chance (ln 4 = {CHANCE_LOSS:.3f})"
+    if any(row["variant"] == reference for row in rows) and reference not in stuck:
+        return (f"**Note**: {loss} while {reference} learnt with the same budget: with these settings "
+                f"{'that variant' if len(stuck) == 1 else 'those variants'} cannot fit the task; this is a result, "
+                f"not an unfinished run.")
+    return (f"**Warning**: {loss}: those runs learnt nothing yet, so their accuracies do not measure the "
+            f"variants. Train longer ({longer}) before reading the table.")
 
 
 def best_variant(rows: Sequence[Mapping[str, Any]], *, exclude: str | None = None) -> str:
@@ -464,11 +490,9 @@ def report(results: Sequence[RunResult], *, reference: str = REFERENCE, baseline
     rows = summarize(results, reference=reference)
     parts = [f"## Ablation ({metric}, val accuracy, mean and std over seeds)", "",
              format_results_table(rows, markdown=True, metric=metric), ""]
-    stuck = [row["variant"] for row in rows if learnt_nothing(row)]
-    if stuck:
-        parts += [f"**Warning**: the final training loss of {', '.join(stuck)} is still at chance "
-                  f"(ln 4 = {CHANCE_LOSS:.3f}): those runs learnt nothing yet, so their accuracies do not measure "
-                  f"the variant. Train longer (more epochs or data) before reading the table.", ""]
+    note = chance_loss_note(rows, reference=reference)
+    if note:
+        parts += [note, ""]
     variants = {row["variant"] for row in rows}
     if reference in variants and len(variants) > 1:
         best = best_variant(rows, exclude=reference)
