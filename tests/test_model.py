@@ -236,6 +236,26 @@ def test_pooled_only_last_layer_gives_the_same_pooled_vector_and_gradients(gradi
     torch.testing.assert_close(fast.image[:, 0], full.image[:, 0], atol=1e-6, rtol=1e-5)
 
 
+def test_components_trace_under_torch_compile() -> None:
+    """``train.compile`` / ``bench --compile`` compile the three components: TorchDynamo must trace
+    them (the ``eager`` backend checks the tracing without a C++ compiler) for any text length."""
+    torch.manual_seed(0)
+    model = build_model().eval()
+    batches = [make_batch(model, seed=2), make_batch(model, length=20, seed=3)]
+    expected = [logits_of(model, batch) for batch in batches]
+    torch._dynamo.reset()
+    for component in (model.text_encoder, model.vision_encoder, model.fusion):
+        component.compile(backend="eager")
+    try:
+        for batch, reference in zip(batches, expected):
+            torch.testing.assert_close(logits_of(model, batch), reference, atol=0, rtol=0)
+        model.train()
+        model(**batches[1])["loss"].backward()
+        assert model.fusion.text_pooler.weight.grad is not None
+    finally:
+        torch._dynamo.reset()
+
+
 # -- shape errors ----------------------------------------------------------------------------------
 def test_wrong_number_of_patches_is_a_clear_error(model: VCRModel) -> None:
     batch = make_batch(model)
