@@ -203,13 +203,18 @@ class VCRModel(nn.Module):
         return torch.einsum("bckp,bpd->bckd", weights, patches)
 
     # -- persistence ----------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write ``vlekit_config.json`` (the resolved config) and ``model.safetensors``."""
+    def save_pretrained(self, directory: str | Path, *, state_dict: Mapping[str, torch.Tensor] | None = None) -> Path:
+        """Write ``vlekit_config.json`` (the resolved config) and ``model.safetensors``.
+
+        ``state_dict``: the weights to write instead of ``self.state_dict()`` (a sharded model's full
+        weights, gathered by ``accelerator.get_state_dict``).
+        """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         config = {"format": "vlekit", "version": 1, **dataclasses.asdict(self.resolved_config)}
         (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        weights = self.state_dict() if state_dict is None else state_dict
+        state = {k: v.detach().contiguous().cpu() for k, v in weights.items()}
         save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
         return directory
 

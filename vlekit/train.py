@@ -234,9 +234,10 @@ def latest_checkpoint(out: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def save_final_model(model: VCRModel, tokenizer, config: ExperimentConfig, folder: Path) -> Path:
+def save_final_model(model: VCRModel, tokenizer, config: ExperimentConfig, folder: Path,
+                     state_dict: dict[str, torch.Tensor] | None = None) -> Path:
     """The evaluable model: weights + resolved config + tokenizer + the data options it was trained with."""
-    model.save_pretrained(folder)
+    model.save_pretrained(folder, state_dict=state_dict)
     tokenizer.save_pretrained(folder / "tokenizer")
     data = dataclasses.asdict(config.data)
     (folder / DATA_FILE).write_text(json.dumps({k: data[k] for k in ("task", "geometry", "max_length", "names")}))
@@ -440,8 +441,9 @@ def train(config: ExperimentConfig, *, resume: str | None = None, progress: bool
     save_checkpoint(accelerator, out, state, config)
     model_dir = None
     if not interrupted:
+        weights = accelerator.get_state_dict(model)  # every process takes part: FSDP gathers its shards here
         if accelerator.is_main_process:
-            model_dir = save_final_model(accelerator.unwrap_model(model), tokenizer, config, out / "model")
+            model_dir = save_final_model(accelerator.unwrap_model(model), tokenizer, config, out / "model", weights)
             from vlekit.plots import plot_training_curve, plt
 
             plt.close(plot_training_curve(out / "metrics.jsonl", out / "curve.png", title=f"{data_cfg.task} training"))
