@@ -5,8 +5,9 @@
 The cells run in order in one namespace, from the notebook's folder, as they would in a kernel:
 ``OUT`` (from ``--out``) and each ``NAME=VALUE`` (a Python literal, else a string) are set right after
 the cell tagged ``parameters``; IPython magics (``%...``, ``!...``) are skipped, and the
-``IPython.display`` import gives way to a ``display`` and ``Markdown`` that print (no IPython needed). Every figure a cell leaves open is saved as
-``OUT/figures/cell-NN-K.png``. A failing cell stops the run with its traceback and exit code 1.
+``IPython.display`` import gives way to a ``display`` and ``Markdown`` that print (no IPython
+needed). Every figure a cell leaves open is saved as ``OUT/figures/cell-NN-K.png``. A failing cell
+stops the run with its traceback and exit code 1.
 """
 from __future__ import annotations
 
