@@ -236,6 +236,11 @@ def test_pooled_only_last_layer_gives_the_same_pooled_vector_and_gradients(gradi
     torch.testing.assert_close(fast.image[:, 0], full.image[:, 0], atol=1e-6, rtol=1e-5)
 
 
+def test_clip_runs_pytorch_sdpa_attention(model: VCRModel) -> None:
+    """The README's speed claim: CLIP's attention is PyTorch SDPA (flash / memory-efficient on GPUs)."""
+    assert model.vision_encoder.model.config._attn_implementation == "sdpa"
+
+
 def test_components_trace_under_torch_compile() -> None:
     """``train.compile`` / ``bench --compile`` compile the three components: TorchDynamo must trace
     them (the ``eager`` backend checks the tracing without a C++ compiler) for any text length."""
