@@ -45,7 +45,7 @@ read object tokens, then the colour questions follow. Frequencies (`_QUESTION_WE
 Extra record key: ``question_type`` (one of `QUESTION_TYPES`); VCR readers ignore unknown keys.
 Test records carry no labels, match fields, sources or answer/rationale originals, as in VCR.
 
-Run ``python -m data_prep.synthetic OUT_DIR`` to write the default dataset.
+Run ``vlekit synthetic OUT_DIR`` to write the default dataset.
 """
 from __future__ import annotations
 
@@ -508,24 +508,32 @@ def _record(
 # --------------------------------------------------------------------------- CLI
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m data_prep.synthetic OUT_DIR [--num-train N] [--num-val N] [--num-test N] [--seed S]``."""
-    parser = argparse.ArgumentParser(
-        prog="python -m data_prep.synthetic", description="Write a synthetic VCR-format dataset."
-    )
-    parser.add_argument("out_dir", type=Path)
-    parser.add_argument("--num-train", type=int, default=2000)
-    parser.add_argument("--num-val", type=int, default=300)
-    parser.add_argument("--num-test", type=int, default=100)
-    parser.add_argument("--seed", type=int, default=0)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``vlekit synthetic``."""
+    parser.add_argument("out_dir", type=Path, help="output folder (VCR layout: *.jsonl + vcr1images/)")
+    parser.add_argument("--num-train", type=int, default=2000, help="training questions (default: 2000)")
+    parser.add_argument("--num-val", type=int, default=300, help="validation questions (default: 300)")
+    parser.add_argument("--num-test", type=int, default=100, help="unlabeled test questions (default: 100)")
+    parser.add_argument("--seed", type=int, default=0, help="the data is a pure function of the options and the seed")
     parser.add_argument("--questions-per-image", type=int, default=2)
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    """``vlekit synthetic OUT_DIR [--num-train N] [--num-val N] [--num-test N] [--seed S]``."""
     paths = generate_synthetic_vcr(
         args.out_dir, num_train=args.num_train, num_val=args.num_val, num_test=args.num_test,
         seed=args.seed, questions_per_image=args.questions_per_image,
     )
     print(f"wrote {paths.train}, {paths.val}, {paths.test} and images under {paths.images_root}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m data_prep.synthetic ...``: the same as ``vlekit synthetic``."""
+    parser = argparse.ArgumentParser(prog="vlekit synthetic", description="Write a synthetic VCR-format dataset.")
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

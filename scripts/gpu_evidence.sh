@@ -44,7 +44,7 @@ for part in $PARTS; do
       bench bench-large --preset vle-large --mode both --batch-size 16 32
       ;;
     train)
-      python -m data_prep.synthetic runs/synthetic --num-train 16000 --num-val 500 --num-test 0
+      python -m vlekit.cli synthetic runs/synthetic --num-train 16000 --num-val 500 --num-test 0
       python -m vlekit.cli train --config configs/vle-base-synthetic.yaml train.out="$OUT/vle-base-synthetic" 2>&1 \
         | tail -n 40 | tee "$OUT/vle-base-synthetic.log"
       ;;

@@ -301,10 +301,15 @@ def test_text_alone_is_at_chance(default_size: SyntheticVCR, task: str) -> None:
 
 
 def test_cli_writes_a_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    main([str(tmp_path / "cli"), "--num-train", "4", "--num-val", "2", "--num-test", "0", "--seed", "1"])
+    from vlekit.cli import main as vlekit_main
+
+    options = ["--num-train", "4", "--num-val", "2", "--num-test", "0", "--seed", "1"]
+    assert main([str(tmp_path / "cli"), *options]) == 0
     assert len(read_jsonl(tmp_path / "cli" / "train.jsonl")) == 4
     assert (tmp_path / "cli" / "test.jsonl").read_text() == ""
     assert "wrote" in capsys.readouterr().out
+    assert vlekit_main(["synthetic", str(tmp_path / "via-vlekit"), *options]) == 0  # `vlekit synthetic`: same bytes
+    assert (tmp_path / "via-vlekit" / "train.jsonl").read_bytes() == (tmp_path / "cli" / "train.jsonl").read_bytes()
 
 
 @pytest.mark.parametrize(

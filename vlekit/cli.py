@@ -12,6 +12,7 @@ import sys
 # sub-command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "list": ("vlekit.cli", "list registered components (core and plugins) with their source"),
+    "synthetic": ("data_prep.synthetic", "write a synthetic VCR-format dataset (offline; grounding needed)"),
     "prep": ("data_prep.prep", "VCR annotations -> cached multiple-choice examples"),
     "train": ("vlekit.train", "fine-tune a VCR model (Q->A or QA->R)"),
     "eval": ("vlekit.evaluate", "evaluate checkpoints: Q->A, QA->R, Q->AR, leaderboard CSV"),
