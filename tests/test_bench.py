@@ -222,6 +222,23 @@ def oom_fusion() -> str:
     FUSIONS.unregister(base)
 
 
+def test_flops_only_counts_vle_base_without_running_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--flops-only``: the meta-device count alone, for any preset on any machine (seconds)."""
+    out = tmp_path / "flops.json"
+    assert main(["bench", "--preset", "vle-base", "--flops-only", "--pad-to", "80", "--batch-size", "2", "4",
+                 "--json", str(out)]) == 0
+    assert "GFLOP/question" in capsys.readouterr().out
+    rows = json.loads(out.read_text())["flops"]
+    assert [(r["mode"], r["batch_size"]) for r in rows] == [("train", 2), ("infer", 2), ("train", 4), ("infer", 4)]
+    assert all(r["text_length"] == 80 for r in rows)
+    train, infer = rows[0], rows[1]
+    assert 2.5 < train["flops_per_step"] / infer["flops_per_step"] < 3.5
+    # Golden figure (text padded to 80, as the official implementation runs): 1,389 GFLOP per question
+    # per training step; the official implementation's is 2,525. Objects per question vary a little.
+    assert 1360e9 < train["flops_per_question"] < 1420e9
+    assert rows[2]["flops_per_question"] == pytest.approx(train["flops_per_question"], rel=0.02)
+
+
 def test_out_of_memory_is_reported_and_the_run_goes_on(oom_fusion: str) -> None:
     config = BenchConfig(
         text_encoder=TINY["text_encoder"], vision_encoder=TINY["vision_encoder"], fusion=oom_fusion,

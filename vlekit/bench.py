@@ -15,6 +15,7 @@ FLOPs: the copy has no gradient checkpointing, so recomputation is not counted, 
 Example (the issue's VLE-base Q->A setting; the official implementation runs 18.5 questions/s)::
 
     vlekit bench --preset vle-base --batch-size 16 32 64 --json bench.json
+    vlekit bench --preset vle-base --flops-only --pad-to 80     # FLOPs alone: seconds, any machine
 """
 from __future__ import annotations
 
@@ -678,6 +679,38 @@ def run_bench(config: BenchConfig) -> BenchReport:
     return _Bench(config).run()
 
 
+def flop_table(config: BenchConfig) -> list[dict[str, Any]]:
+    """Model FLOPs per step for every batch size and mode, counted on the meta device only: no
+    timing, no memory, no GPU (``vlekit bench --flops-only``). Same batches as a timed run."""
+    counter = MetaFlopCounter(config)
+    vision = counter.model.vision_encoder
+    generator = torch.Generator().manual_seed(config.seed)
+    rows = []
+    for batch_size in config.batch_sizes:
+        pool = [synthetic_batch(batch_size=batch_size, image_size=vision.image_size, grid=vision.grid,
+                                task=config.task, pad_to=config.pad_to, generator=generator)
+                for _ in range(config.distinct_batches)]
+        counts = [counter(batch, train=True) for batch in pool]
+        for mode in config.modes:
+            per_step = float(np.mean([count.step(train=mode == "train") for count in counts]))
+            rows.append({"mode": mode, "batch_size": batch_size,
+                         "text_length": float(np.mean([b["input_ids"].shape[-1] for b in pool])),
+                         "flops_per_step": per_step, "flops_per_question": per_step / batch_size})
+    return rows
+
+
+def format_flop_table(config: BenchConfig, rows: Sequence[Mapping[str, Any]]) -> str:
+    name = config.preset or "custom"
+    lines = [f"vlekit bench --flops-only: {name} (text {config.text_encoder}, vision {config.vision_encoder}, "
+             f"fusion {config.fusion}); task {config.task}; text padding "
+             f"{config.pad_to or 'per batch (multiple of 8)'}; model FLOPs counted on the meta device", "",
+             f"{'mode':<6} {'batch':>5} {'text L':>7} {'TFLOP/step':>11} {'GFLOP/question':>15}"]
+    for row in rows:
+        lines.append(f"{row['mode']:<6} {row['batch_size']:>5} {row['text_length']:>7.1f} "
+                     f"{row['flops_per_step'] / 1e12:>11.2f} {row['flops_per_question'] / 1e9:>15.0f}")
+    return "\n".join(lines)
+
+
 # -- output ---------------------------------------------------------------------------------------
 
 def _gib(value: int | None, *, growth: bool = False) -> str:
@@ -756,6 +789,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run_group.add_argument("--dtype", choices=DTYPES, help="bf16 autocast or fp32 (default: bf16 on CUDA, fp32 on CPU)")
     run_group.add_argument("--compile", action="store_true", help="torch.compile the text encoder, vision encoder and fusion")
     run_group.add_argument("--gradient-checkpointing", action="store_true", help="checkpoint every component's layers")
+    run_group.add_argument("--flops-only", action="store_true",
+                           help="only count model FLOPs per step on the meta device (seconds, any machine)")
     run_group.add_argument("--steps", type=int, default=20, help="timed steps per measurement (default: 20)")
     run_group.add_argument("--warmup", type=int, default=5,
                            help="untimed steps first; never fewer than --distinct-batches (default: 5)")
@@ -788,15 +823,23 @@ def run(args: argparse.Namespace) -> int:
     """``vlekit bench``: measure, print the table, write the JSON report when asked."""
     try:
         config = config_from_args(args)
-        report = run_bench(config)
+        if args.flops_only:
+            rows = flop_table(config)
+        else:
+            report = run_bench(config)
     except (BenchConfigError, RegistryError) as error:
         print(f"vlekit bench: error: {error}", file=sys.stderr)
         return 2
-    print(format_report(report))
+    if args.flops_only:
+        print(format_flop_table(config, rows))
+        output = {"config": dataclasses.asdict(config), "flops": rows}
+    else:
+        print(format_report(report))
+        output = report.to_dict()
     if config.json_path:
         path = Path(config.json_path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        path.write_text(json.dumps(output, indent=2) + "\n")
         print(f"\nwrote {path}")
     if config.profile_dir:
         print(f"wrote profiles to {config.profile_dir}")
