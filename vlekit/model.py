@@ -12,7 +12,7 @@ The pieces VLE adds around its encoders live here once, for every component:
 Speed without changing the mathematics: each image is encoded once per question and shared by its
 C choices; the choices are folded into the batch (``B * C``) for the text encoder and the fusion; a
 fusion that supports it is asked for the pooled vector only (co-attention's last layer then updates
-token 0 alone: 8.9% fewer FLOPs per VLE-base training step).
+token 0 alone: about 9% fewer FLOPs per VLE-base training step).
 """
 from __future__ import annotations
 
