@@ -3,8 +3,8 @@
 #
 #   bash scripts/gpu_evidence.sh OUT [PART ...]     PART: bench train ablation notebooks (default: all)
 #
-# Each part fits in ~10 minutes on an H100, so a machine that limits one command's time can run them
-# one by one. Nothing is downloaded: the models are random-init at the real VLE sizes and the data
+# Each part is meant to fit in ~10 minutes on an H100 (not yet tried: no GPU so far), so a machine
+# that limits one command's time can run them one by one. Nothing is downloaded: the models are random-init at the real VLE sizes and the data
 # is synthetic. Without network, the kit installs over the torch / transformers already there.
 #   bench      vlekit bench: VLE-base train+infer at batch 16/32/64, batch 128 with gradient
 #              checkpointing, --compile, text padded to 80 (the official setting), a profiler trace,
