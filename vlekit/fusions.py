@@ -9,6 +9,7 @@ pooled vectors are concatenated to ``2 * hidden_size``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -119,6 +120,26 @@ class CoAttentionConfig:
     gradient_checkpointing: bool = False
 
 
+def check_transformer_config(config: CoAttentionConfig, *, where: str) -> None:
+    """Fail fast on transformer options the layers cannot honour, naming the component."""
+    if config.hidden_act not in ACT2FN:
+        raise ValueError(f"{where}: unknown hidden_act {config.hidden_act!r}; e.g. 'gelu' (erf), 'gelu_new', 'relu'")
+    if config.hidden_size % config.num_attention_heads:
+        raise ValueError(
+            f"{where}: hidden_size {config.hidden_size} is not divisible by "
+            f"num_attention_heads {config.num_attention_heads}"
+        )
+    if config.num_hidden_layers < 0:
+        raise ValueError(f"{where}: num_hidden_layers must be >= 0, got {config.num_hidden_layers}")
+
+
+def run_layer(layer: nn.Module, *inputs: Any, checkpointing: bool) -> torch.Tensor:
+    """``layer(*inputs)``, recomputed in the backward pass when ``checkpointing`` and training."""
+    if checkpointing and layer.training:
+        return checkpoint(layer, *inputs, use_reentrant=False)
+    return layer(*inputs)
+
+
 _TINY_CO_ATTENTION = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128)
 
 
@@ -128,8 +149,7 @@ class CoAttentionFusion(Fusion):
 
     def __init__(self, *, config: CoAttentionConfig) -> None:
         super().__init__()
-        if config.hidden_act not in ACT2FN:
-            raise ValueError(f"co-attention: unknown hidden_act {config.hidden_act!r}; e.g. 'gelu' (erf)")
+        check_transformer_config(config, where="co-attention")
         self.config = config
         self.hidden_size = config.hidden_size
         self.pooled_size = 2 * config.hidden_size
@@ -152,16 +172,13 @@ class CoAttentionFusion(Fusion):
         check_shape(text, ("N", "L", self.hidden_size), name="text", where="co-attention")
         check_shape(image, (text.shape[0], "S", self.hidden_size), name="image", where="co-attention")
         text_keys, image_keys = key_padding_mask(text_mask), key_padding_mask(image_mask)
-        last = len(self.text_layers) - 1
+        last, checkpointing = len(self.text_layers) - 1, self.config.gradient_checkpointing
         for index, (text_layer, image_layer) in enumerate(zip(self.text_layers, self.image_layers)):
             first_token_only = pooled_only and index == last
-            if self.config.gradient_checkpointing and self.training:
-                new_text = checkpoint(text_layer, text, text_keys, image, image_keys, first_token_only, use_reentrant=False)
-                new_image = checkpoint(image_layer, image, image_keys, text, text_keys, first_token_only, use_reentrant=False)
-            else:
-                new_text = text_layer(text, text_keys, image, image_keys, first_token_only)
-                new_image = image_layer(image, image_keys, text, text_keys, first_token_only)
-            text, image = new_text, new_image
+            text, image = (  # both streams update from the previous layer's states
+                run_layer(text_layer, text, text_keys, image, image_keys, first_token_only, checkpointing=checkpointing),
+                run_layer(image_layer, image, image_keys, text, text_keys, first_token_only, checkpointing=checkpointing),
+            )
         pooled = torch.cat(
             [torch.tanh(self.text_pooler(text[:, 0])), torch.tanh(self.image_pooler(image[:, 0]))], dim=-1
         )

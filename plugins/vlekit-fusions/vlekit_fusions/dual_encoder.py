@@ -18,11 +18,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from vlekit.fusions import init_bert_style
+from vlekit.fusions import check_transformer_config, init_bert_style
 from vlekit.interfaces import Fusion, FusionOutput, check_shape
 from vlekit.registry import FUSIONS, register_fusion
 from vlekit_fusions.post_norm_layers import (
-    TINY_STACK, FirstTokenPooler, PostNormStack, PostNormStackConfig, check_stack_config,
+    TINY_STACK, FirstTokenPooler, PostNormStack, PostNormStackConfig,
 )
 
 
@@ -37,7 +37,7 @@ class DualEncoderFusion(Fusion):
 
     def __init__(self, *, config: DualEncoderConfig) -> None:
         super().__init__()
-        check_stack_config(config, where="dual-encoder")
+        check_transformer_config(config, where="dual-encoder")
         self.config = config
         self.hidden_size = config.hidden_size
         self.pooled_size = 3 * config.hidden_size

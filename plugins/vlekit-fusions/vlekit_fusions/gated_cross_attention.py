@@ -19,11 +19,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from vlekit.fusions import init_bert_style, key_padding_mask
+from vlekit.fusions import check_transformer_config, init_bert_style, key_padding_mask, run_layer
 from vlekit.interfaces import Fusion, FusionOutput, check_shape
 from vlekit.registry import FUSIONS, register_fusion
 from vlekit_fusions.post_norm_layers import (
-    TINY_STACK, FeedForward, FirstTokenPooler, PostNormLayer, PostNormStackConfig, check_stack_config, run_layer,
+    TINY_STACK, FeedForward, FirstTokenPooler, PostNormLayer, PostNormStackConfig,
 )
 
 
@@ -76,7 +76,7 @@ class GatedCrossAttentionFusion(Fusion):
 
     def __init__(self, *, config: GatedCrossAttentionConfig) -> None:
         super().__init__()
-        check_stack_config(config, where="gated-cross-attention")
+        check_transformer_config(config, where="gated-cross-attention")
         if config.cross_attention_every < 1:
             raise ValueError(
                 f"gated-cross-attention: cross_attention_every must be >= 1, got {config.cross_attention_every}"

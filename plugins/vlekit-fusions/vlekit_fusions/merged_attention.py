@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 import torch
 
-from vlekit.fusions import init_bert_style
+from vlekit.fusions import check_transformer_config, init_bert_style
 from vlekit.interfaces import Fusion, FusionOutput, check_shape
 from vlekit.registry import FUSIONS, register_fusion
 from vlekit_fusions.post_norm_layers import (
-    TINY_STACK, FirstTokenPooler, PostNormStack, PostNormStackConfig, check_stack_config,
+    TINY_STACK, FirstTokenPooler, PostNormStack, PostNormStackConfig,
 )
 
 
@@ -31,7 +31,7 @@ class MergedAttentionFusion(Fusion):
 
     def __init__(self, *, config: MergedAttentionConfig) -> None:
         super().__init__()
-        check_stack_config(config, where="merged-attention")
+        check_transformer_config(config, where="merged-attention")
         self.config = config
         self.hidden_size = config.hidden_size
         # One pooler on the text [CLS], as VisualBERT / ViLT: the pooled width is hidden_size, not 2H.

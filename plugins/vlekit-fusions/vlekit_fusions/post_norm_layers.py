@@ -10,10 +10,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 from transformers.activations import ACT2FN
 
-from vlekit.fusions import CoAttentionConfig, PostNormAttention, key_padding_mask
+from vlekit.fusions import CoAttentionConfig, PostNormAttention, key_padding_mask, run_layer
 
 
 @dataclass(frozen=True)
@@ -24,26 +23,6 @@ class PostNormStackConfig(CoAttentionConfig):
 
 # The size every variant's tiny preset and registry-driven tests use (the core's tiny-co-attention size).
 TINY_STACK: dict[str, int] = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128)
-
-
-def check_stack_config(config: PostNormStackConfig, *, where: str) -> None:
-    """Fail fast on options the layers cannot honour, naming the component."""
-    if config.hidden_act not in ACT2FN:
-        raise ValueError(f"{where}: unknown hidden_act {config.hidden_act!r}; e.g. 'gelu' (erf), 'gelu_new', 'relu'")
-    if config.hidden_size % config.num_attention_heads:
-        raise ValueError(
-            f"{where}: hidden_size {config.hidden_size} is not divisible by "
-            f"num_attention_heads {config.num_attention_heads}"
-        )
-    if config.num_hidden_layers < 0:
-        raise ValueError(f"{where}: num_hidden_layers must be >= 0, got {config.num_hidden_layers}")
-
-
-def run_layer(layer: nn.Module, *inputs: torch.Tensor, checkpointing: bool) -> torch.Tensor:
-    """``layer(*inputs)``, recomputed in the backward pass when ``checkpointing`` and training."""
-    if checkpointing and layer.training:
-        return checkpoint(layer, *inputs, use_reentrant=False)
-    return layer(*inputs)
 
 
 class FeedForward(nn.Sequential):

@@ -15,11 +15,11 @@ import torch
 from torch import nn
 from transformers.activations import ACT2FN
 
-from vlekit.fusions import init_bert_style
+from vlekit.fusions import check_transformer_config, init_bert_style
 from vlekit.interfaces import Fusion, FusionOutput, check_shape
 from vlekit.registry import FUSIONS, register_fusion
 from vlekit_fusions.post_norm_layers import (
-    TINY_STACK, FirstTokenPooler, PostNormStack, PostNormStackConfig, check_stack_config,
+    TINY_STACK, FirstTokenPooler, PostNormStack, PostNormStackConfig,
 )
 
 
@@ -34,7 +34,7 @@ class ProjectionConcatFusion(Fusion):
 
     def __init__(self, *, config: ProjectionConcatConfig) -> None:
         super().__init__()
-        check_stack_config(config, where="projection-concat")
+        check_transformer_config(config, where="projection-concat")
         self.config = config
         self.hidden_size = config.hidden_size
         # One pooler on the text [CLS]: the pooled width is hidden_size.
