@@ -145,20 +145,34 @@ def test_sigterm_leaves_a_checkpoint_that_resumes(synthetic, tmp_path):
     assert f"resumed from {checkpoint}" in output and (out / "model" / "model.safetensors").is_file()
 
 
+def metric_rows(out: Path) -> list[dict]:
+    """The training log lines (those with a loss) of a run folder's ``metrics.jsonl``."""
+    return [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+
+
+def torchrun_train(processes: int, overrides: list[str]) -> subprocess.CompletedProcess:
+    """``vlekit train`` in ``processes`` CPU processes (gloo). ``torchrun`` really starts them; here
+    ``accelerate launch --cpu --num_processes 2`` starts one, so the tests use torchrun."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
+               "-m", "vlekit.cli", "train", "--no-progress", *overrides]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
 @pytest.mark.slow
-def test_accelerate_launch_two_cpu_processes_matches_one_process(synthetic, tmp_path):
-    """DDP (gloo) on 2 processes with the same global batch follows the 1-process loss curve."""
-    curves = {}
-    for processes in (1, 2):
-        out = tmp_path / f"p{processes}"
-        overrides = tiny_overrides(synthetic, out, epochs=1, batch_size=8, seed=3) + NO_DROPOUT
-        command = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", str(processes),
-                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                   "-m", "vlekit.cli", "train", "--no-progress", *overrides]
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-        result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-        records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-        curves[processes] = [r["loss"] for r in records if "loss" in r]
-    assert len(curves[1]) == len(curves[2]) == 48 // 8
-    torch.testing.assert_close(torch.tensor(curves[2]), torch.tensor(curves[1]), rtol=1e-3, atol=1e-4)
+def test_two_cpu_processes_follow_the_one_process_run_step_by_step(synthetic, tmp_path):
+    """DDP (gloo) on 2 processes with the same global batch: the same lr column, exactly, and the
+    same loss curve as one process (2 epochs of 6 steps: warm-up, then the decay the 1-process run has)."""
+    overrides = {p: tiny_overrides(synthetic, tmp_path / f"p{p}", epochs=2, batch_size=8, seed=3) + NO_DROPOUT
+                 for p in (1, 2)}
+    train(load_experiment(None, overrides[1]), progress=False)
+    torchrun_train(2, overrides[2])
+    one, two = metric_rows(tmp_path / "p1"), metric_rows(tmp_path / "p2")
+    assert [r["processes"] for r in one] == [1] * 12 and [r["processes"] for r in two] == [2] * 12
+    assert [r["step"] for r in two] == [r["step"] for r in one] == list(range(1, 13))
+    assert [r["lr"] for r in two] == [r["lr"] for r in one]
+    assert one[-1]["lr"] > 0  # the schedule reaches 0 only after the last step
+    torch.testing.assert_close(torch.tensor([r["loss"] for r in two]), torch.tensor([r["loss"] for r in one]),
+                               rtol=1e-3, atol=1e-4)

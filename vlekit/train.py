@@ -315,10 +315,13 @@ def train(config: ExperimentConfig, *, resume: str | None = None, progress: bool
     from vlekit.evaluate import accuracy_on
 
     train_cfg, data_cfg = config.train, config.data
+    # The schedule is counted in optimizer steps (``total_steps``) and stepped once per optimizer step
+    # below. Stepped "with the optimizer", Accelerate's scheduler wrapper would instead step it once per
+    # process at every optimizer step, running the schedule num_processes times too fast.
     accelerator = Accelerator(
         mixed_precision=resolve_mixed_precision(train_cfg.mixed_precision),
         gradient_accumulation_steps=train_cfg.gradient_accumulation_steps,
-        cpu=train_cfg.cpu,
+        cpu=train_cfg.cpu, step_scheduler_with_optimizer=False,
     )
     micro, remainder = divmod(train_cfg.batch_size, train_cfg.gradient_accumulation_steps * accelerator.num_processes)
     if micro == 0 or remainder:
@@ -409,18 +412,19 @@ def train(config: ExperimentConfig, *, resume: str | None = None, progress: bool
                     accelerator.backward(loss)
                     if accelerator.sync_gradients and train_cfg.max_grad_norm > 0:
                         accelerator.clip_grad_norm_(model.parameters(), train_cfg.max_grad_norm)
-                    optimizer.step()
-                    scheduler.step()
+                    optimizer.step()  # a no-op until the last micro-batch of the accumulation
                     optimizer.zero_grad(set_to_none=True)
                 state.batches_in_epoch += 1
                 window.add(loss, questions=batch["input_ids"].shape[0])
                 if not accelerator.sync_gradients:
                     continue
+                step_lr = scheduler.get_last_lr()[0]  # the rate this optimizer step used (first group)
+                scheduler.step()  # once per optimizer step, whatever the processes and accumulation
                 state.global_step += 1
                 bar.update(1)
                 if state.global_step % train_cfg.log_every_steps == 0 or state.global_step == total_steps:
                     record = window.flush(step=state.global_step, epoch=state.epoch + state.batches_in_epoch / len(loader),
-                                          lr=scheduler.get_last_lr()[0])
+                                          lr=step_lr, processes=accelerator.num_processes)
                     log.write(**record)
                     bar.set_postfix(loss=f"{record['loss']:.3f}", qps=f"{record['questions_per_s']:.1f}")
                 if train_cfg.save_every_steps and state.global_step % train_cfg.save_every_steps == 0:

@@ -1,0 +1,49 @@
+"""The learning-rate schedule: one scheduler step per optimizer step, whatever the accumulation
+(and the process count: tests/test_train.py runs 2 processes against 1)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from data_prep.synthetic import generate_synthetic_vcr
+from vlekit.experiment import load_experiment
+from vlekit.train import linear_warmup_decay, train
+
+from test_train import NO_DROPOUT, metric_rows, tiny_overrides
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    return generate_synthetic_vcr(tmp_path_factory.mktemp("synthetic"), num_train=48, num_val=8, num_test=0, seed=4)
+
+
+def test_linear_warmup_decay_factors():
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = linear_warmup_decay(optimizer, total_steps=10, warmup_ratio=0.2)
+    factors = []
+    for _ in range(10):
+        factors.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    assert factors == pytest.approx([0.5, 1.0, 1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125])
+
+
+def test_gradient_accumulation_4x2_follows_1x8_step_by_step(synthetic, tmp_path):
+    """The same global batch of 8 as one micro-batch or as 4 accumulated micro-batches of 2: the same
+    logged lr at every optimizer step, and the same losses (float-summation tolerance)."""
+    runs = {}
+    for accumulation in (1, 4):
+        out = tmp_path / f"accumulate-{accumulation}"
+        overrides = tiny_overrides(synthetic, out, epochs=2, batch_size=8, seed=5,
+                                   gradient_accumulation_steps=accumulation) + NO_DROPOUT
+        train(load_experiment(None, overrides), progress=False)
+        runs[accumulation] = metric_rows(out)
+    single, accumulated = runs[1], runs[4]
+    assert [r["step"] for r in accumulated] == [r["step"] for r in single] == list(range(1, 13))
+    assert [r["lr"] for r in accumulated] == [r["lr"] for r in single]
+    assert len(set(r["lr"] for r in single)) >= 10  # the column moves: warm-up then decay
+    torch.testing.assert_close(torch.tensor([r["loss"] for r in accumulated]), torch.tensor([r["loss"] for r in single]),
+                               rtol=1e-4, atol=1e-5)
