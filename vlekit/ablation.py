@@ -18,10 +18,16 @@ Output folder::
 A finished run (its ``result.json`` written with the same resolved config) is skipped when the grid
 runs again, so an interrupted grid continues where it stopped and extra seeds only add runs.
 
-Statistics: mean and sample standard deviation over seeds; between two variants, the accuracy
-difference with a paired bootstrap over questions (per-question correctness averaged over the seeds
-both variants ran), McNemar's exact test on the (seed, question) pairs, and Welch's t-test over the
-per-seed accuracies (with at least two seeds on each side).
+Statistics (on the grid's task, which the summary names): mean and sample standard deviation over
+seeds; between two variants, everything on the seeds both ran and the questions both were evaluated
+on, so the difference, its interval and its tests describe the same (seed, question) pairs:
+
+- the accuracy difference with a 95% interval and p-value from a paired bootstrap over questions with
+  seeds nested (each resample draws questions and, independently, seeds, the same draws for both
+  variants), so it accounts for a question being scored by every seed and for seed-to-seed spread;
+- McNemar's exact test on the questions, only with a single seed (with several, the outcomes of one
+  question under different seeds are not independent pairs);
+- Welch's t-test over the per-seed accuracies (at least two seeds), which ignores the questions.
 """
 from __future__ import annotations
 
@@ -41,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from vlekit.demo import DemoConfig, demo_experiment
+from vlekit.evaluate import CHANCE, METRIC_NAMES
 from vlekit.experiment import ExperimentConfig, apply_changes, experiment_from_dict
 
 REFERENCE = "vle"
@@ -267,16 +274,25 @@ def _by_variant(results: Sequence[RunResult]) -> dict[str, list[RunResult]]:
     return grouped
 
 
+def grid_task(results: Sequence[RunResult]) -> str:
+    """The one task (``q2a``, ``qa2r``) that every run of ``results`` was trained and evaluated on."""
+    tasks = sorted({r.task for r in results})
+    if len(tasks) != 1:
+        raise ValueError(f"an ablation summary covers one task; these results have {tasks or 'none'}")
+    return tasks[0]
+
+
 def summarize(results: Sequence[RunResult], *, reference: str = REFERENCE) -> list[dict[str, Any]]:
-    """One row per variant (grid order): seeds, mean, std (sample, NaN for one seed), min, max,
-    the difference of the mean to the reference's, and the mean final training loss."""
+    """One row per variant (grid order): the task, seeds, mean, std (sample, NaN for one seed), min,
+    max, the difference of the mean to the reference's, and the mean final training loss."""
+    task = grid_task(results)
     grouped = _by_variant(results)
     ref_mean = float(np.mean([r.accuracy for r in grouped[reference]])) if reference in grouped else float("nan")
     rows = []
     for variant, runs in grouped.items():
         accuracies = np.array([r.accuracy for r in runs])
         rows.append({
-            "variant": variant, "seeds": len(runs), "mean": float(accuracies.mean()),
+            "variant": variant, "task": task, "seeds": len(runs), "mean": float(accuracies.mean()),
             "std": float(accuracies.std(ddof=1)) if len(runs) > 1 else float("nan"),
             "min": float(accuracies.min()), "max": float(accuracies.max()),
             "delta": float(accuracies.mean()) - ref_mean,
@@ -299,8 +315,11 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | N
     return "\n".join(lines + ["| " + " | ".join(cell(row.get(c, "")) for c in columns) + " |" for row in rows])
 
 
-def format_results_table(rows: Sequence[Mapping[str, Any]], *, markdown: bool = False, metric: str = "Q->A") -> str:
-    """The ``summarize`` rows as a text table (or a Markdown one), accuracies in percent."""
+def format_results_table(rows: Sequence[Mapping[str, Any]], *, markdown: bool = False, metric: str | None = None) -> str:
+    """The ``summarize`` rows as a text table (or a Markdown one), accuracies in percent; ``metric``
+    (the accuracy column's name) defaults to the rows' task (``Q->A``, ``QA->R``)."""
+    if metric is None:
+        metric = METRIC_NAMES[rows[0]["task"]] if rows else "accuracy"
 
     def spread(row: Mapping[str, Any]) -> str:
         return "n/a" if math.isnan(row["std"]) else f"{100 * row['std']:.1f}"
@@ -363,20 +382,35 @@ def mcnemar_exact(correct_a: np.ndarray, correct_b: np.ndarray) -> float:
     return min(1.0, 2 * tail)
 
 
+BOOTSTRAP_TEST = "paired bootstrap over questions with seeds nested"
+
+
 def paired_bootstrap(scores_a: np.ndarray, scores_b: np.ndarray, *, resamples: int = 10000,
                      seed: int = 0) -> tuple[tuple[float, float], float]:
-    """95% interval of ``mean(a) - mean(b)`` and a two-sided p-value, resampling questions (pairs).
+    """95% interval of ``mean(a) - mean(b)`` and a two-sided p-value from a paired, nested bootstrap.
 
-    ``scores_*``: per-question scores in the same question order (0/1, or correctness averaged over
-    seeds). The p-value is twice the share of resampled differences on the other side of zero.
+    ``scores_*``: ``[seeds, questions]`` 0/1 correctness (row ``i`` of both from the same seed, column
+    ``j`` the same question), or ``[questions]`` for one seed. Each resample draws the questions with
+    replacement and, independently, the seeds, the same draws for ``a`` and ``b``, and takes the mean
+    difference over the drawn (seed, question) cells. The p-value is twice the share of resampled
+    differences on the other side of zero (so p < 0.05 exactly when the interval excludes 0).
     """
     a, b = np.asarray(scores_a, dtype=float), np.asarray(scores_b, dtype=float)
-    if a.shape != b.shape or a.ndim != 1 or len(a) == 0:
-        raise ValueError(f"paired scores need two equal-length 1-d arrays, got {a.shape} and {b.shape}")
+    a, b = (a[None] if a.ndim == 1 else a), (b[None] if b.ndim == 1 else b)  # one seed
+    if a.shape != b.shape or a.ndim != 2 or a.size == 0:
+        raise ValueError(f"paired scores need two equal-shape [seeds, questions] (or [questions]) arrays, "
+                         f"got {np.shape(scores_a)} and {np.shape(scores_b)}")
+    seeds, questions = a.shape
+    cells = a - b  # [seeds, questions]
     rng = np.random.default_rng(seed)
-    differences = (a - b)[rng.integers(0, len(a), size=(resamples, len(a)))].mean(axis=1)
+    differences = []
+    for chunk in np.array_split(np.arange(resamples), max(1, resamples // 1000)):  # bounded memory
+        seed_counts = rng.multinomial(seeds, np.full(seeds, 1 / seeds), size=len(chunk))  # [R, seeds]
+        question_counts = rng.multinomial(questions, np.full(questions, 1 / questions), size=len(chunk))  # [R, questions]
+        differences.append(((seed_counts @ cells) * question_counts).sum(axis=1) / (seeds * questions))
+    differences = np.concatenate(differences)
     low, high = np.percentile(differences, [2.5, 97.5])
-    observed = float((a - b).mean())
+    observed = float(cells.mean())
     if observed == 0:
         p = 1.0
     else:
@@ -386,7 +420,8 @@ def paired_bootstrap(scores_a: np.ndarray, scores_b: np.ndarray, *, resamples: i
 
 
 def welch_t_test(values_a: Sequence[float], values_b: Sequence[float]) -> float:
-    """Two-sided Welch t-test p-value over per-seed accuracies (NaN with fewer than 2 seeds a side)."""
+    """Two-sided Welch t-test p-value over per-seed accuracies (NaN with fewer than 2 seeds a side);
+    unpaired: it sees the seeds' spread, not the questions."""
     a, b = np.asarray(values_a, dtype=float), np.asarray(values_b, dtype=float)
     if len(a) < 2 or len(b) < 2:
         return float("nan")
@@ -399,10 +434,19 @@ def welch_t_test(values_a: Sequence[float], values_b: Sequence[float]) -> float:
 
 @dataclass(frozen=True)
 class Comparison:
-    """Variant ``a`` against variant ``b`` on the same val questions."""
+    """Variant ``a`` against variant ``b``, every figure on the same (seed, question) pairs: the
+    ``paired_seeds`` seeds both ran x the ``questions`` both were evaluated on.
+
+    seeds_a, seeds_b: how many seeds each variant ran in all (the table's means use those).
+    mean_a, mean_b, difference: accuracies on the paired seeds; ``difference = mean_a - mean_b``.
+    ci95, p_bootstrap: ``test`` (the paired bootstrap, seeds nested) on those pairs.
+    p_mcnemar: exact McNemar over the questions; NaN with more than one paired seed.
+    p_welch: Welch's t-test over the paired seeds' accuracies; NaN with fewer than two.
+    """
 
     a: str
     b: str
+    task: str
     seeds_a: int
     seeds_b: int
     paired_seeds: int
@@ -414,21 +458,27 @@ class Comparison:
     p_bootstrap: float
     p_mcnemar: float
     p_welch: float
+    test: str = BOOTSTRAP_TEST
+    resamples: int = 10000
 
     def describe(self) -> str:
-        """One sentence, in accuracy points."""
-        def p(value: float) -> str:
-            return "n/a (needs 2+ seeds a side)" if math.isnan(value) else f"{value:.2g}"
+        """One sentence, in accuracy points, naming the task, the pairs and the tests."""
+        def p(value: float, missing: str) -> str:
+            return f"n/a ({missing})" if math.isnan(value) else f"{value:.2g}"
 
-        return (f"{self.a} {100 * self.mean_a:.1f}% vs {self.b} {100 * self.mean_b:.1f}% "
-                f"({self.seeds_a} and {self.seeds_b} seeds, {self.questions} questions): difference "
+        others = "" if self.paired_seeds == max(self.seeds_a, self.seeds_b) else (
+            f"; {self.a} ran {self.seeds_a} seeds, {self.b} {self.seeds_b}: only the common ones count here")
+        return (f"{METRIC_NAMES[self.task]}: {self.a} {100 * self.mean_a:.1f}% vs {self.b} {100 * self.mean_b:.1f}% "
+                f"on the same {self.paired_seeds} seed(s) x {self.questions} questions{others}: difference "
                 f"{100 * self.difference:+.1f} points, 95% CI [{100 * self.ci95[0]:+.1f}, {100 * self.ci95[1]:+.1f}] "
-                f"(paired bootstrap over questions, p = {p(self.p_bootstrap)}); McNemar p = {p(self.p_mcnemar)}; "
-                f"Welch t-test over seeds p = {p(self.p_welch)}")
+                f"and p = {p(self.p_bootstrap, '')} ({self.test}, {self.resamples} resamples, two-sided); "
+                f"McNemar exact p = {p(self.p_mcnemar, 'one seed only: a question scored by several seeds is not independent pairs')}; "
+                f"Welch t-test over seeds p = {p(self.p_welch, 'needs 2+ seeds')}")
 
 
 def compare(results: Sequence[RunResult], a: str, b: str, *, resamples: int = 10000, seed: int = 0) -> Comparison:
-    """Paired comparison of variants ``a`` and ``b`` (see the module docstring for the tests)."""
+    """Paired comparison of variants ``a`` and ``b`` on the seeds both ran (see ``Comparison``)."""
+    task = grid_task(results)
     grouped = _by_variant(results)
     for name in (a, b):
         if name not in grouped:
@@ -444,15 +494,14 @@ def compare(results: Sequence[RunResult], a: str, b: str, *, resamples: int = 10
                              f"{a} seed {paired[0]}: compare runs of one grid")
     matrix_a = np.array([runs_a[s].correct for s in paired], dtype=float)  # [seeds, questions]
     matrix_b = np.array([runs_b[s].correct for s in paired], dtype=float)
-    ci95, p_bootstrap = paired_bootstrap(matrix_a.mean(0), matrix_b.mean(0), resamples=resamples, seed=seed)
-    accuracies_a = [r.accuracy for r in runs_a.values()]
-    accuracies_b = [r.accuracy for r in runs_b.values()]
+    ci95, p_bootstrap = paired_bootstrap(matrix_a, matrix_b, resamples=resamples, seed=seed)
+    p_mcnemar = mcnemar_exact(matrix_a[0] > 0.5, matrix_b[0] > 0.5) if len(paired) == 1 else float("nan")
     return Comparison(
-        a=a, b=b, seeds_a=len(runs_a), seeds_b=len(runs_b), paired_seeds=len(paired), questions=len(ids),
-        mean_a=float(np.mean(accuracies_a)), mean_b=float(np.mean(accuracies_b)),
-        difference=float(np.mean(accuracies_a) - np.mean(accuracies_b)), ci95=ci95, p_bootstrap=p_bootstrap,
-        p_mcnemar=mcnemar_exact(matrix_a.ravel() > 0.5, matrix_b.ravel() > 0.5),
-        p_welch=welch_t_test(accuracies_a, accuracies_b),
+        a=a, b=b, task=task, seeds_a=len(runs_a), seeds_b=len(runs_b), paired_seeds=len(paired), questions=len(ids),
+        mean_a=float(matrix_a.mean()), mean_b=float(matrix_b.mean()),
+        difference=float(matrix_a.mean() - matrix_b.mean()), ci95=ci95, p_bootstrap=p_bootstrap,
+        p_mcnemar=p_mcnemar, p_welch=welch_t_test(matrix_a.mean(axis=1), matrix_b.mean(axis=1)),
+        resamples=resamples,
     )
 
 
@@ -485,9 +534,11 @@ def breakdown_by(groups: Sequence[str], **correct: Sequence[bool]) -> dict[str, 
 
 # -- reporting ------------------------------------------------------------------------------------
 def report(results: Sequence[RunResult], *, reference: str = REFERENCE, baseline: str = NO_OBJECT_TOKENS,
-           headline_points: float = 15.0, metric: str = "Q->A") -> str:
-    """Markdown: the results table, best vs reference, and the headline (reference vs ``baseline``)."""
+           headline_points: float = 15.0) -> str:
+    """Markdown on the grid's task: the results table, best vs reference, the headline (reference vs
+    ``baseline``) and which tests the comparisons are."""
     rows = summarize(results, reference=reference)
+    metric = METRIC_NAMES[grid_task(results)]
     parts = [f"## Ablation ({metric}, val accuracy, mean and std over seeds)", "",
              format_results_table(rows, markdown=True, metric=metric), ""]
     note = chance_loss_note(rows, reference=reference)
@@ -502,6 +553,11 @@ def report(results: Sequence[RunResult], *, reference: str = REFERENCE, baseline
         verdict = "holds" if headline.difference * 100 >= headline_points else "does NOT hold"
         parts += [f"**Headline** (the VLE adaptation beats {baseline} by >= {headline_points:g} points): "
                   f"{verdict}. {headline.describe()}", ""]
+    if reference in variants and len(variants) > 1:
+        parts += [f"Comparisons use the seeds both variants ran and the same val questions. The interval and "
+                  f"its p-value are a {BOOTSTRAP_TEST}: each resample draws questions and seeds with replacement, "
+                  f"the same for both variants. McNemar's exact test is given only for a single seed; Welch's "
+                  f"t-test compares the per-seed accuracies and ignores the questions.", ""]
     return "\n".join(parts)
 
 
@@ -517,10 +573,12 @@ def write_summary(results: Sequence[RunResult], out: str | Path, *, reference: s
     comparisons = {}
     if {reference, baseline} <= {row["variant"] for row in rows}:
         comparisons["headline"] = dataclasses.asdict(compare(results, reference, baseline))
-    (out / "summary.json").write_text(json.dumps({"rows": rows, "comparisons": comparisons}, indent=2))
-    figure = plot_accuracy_bars({row["variant"]: {"Q->A": row["mean"]} for row in rows}, out / "accuracy.png",
-                                errors={row["variant"]: {"Q->A": 0.0 if math.isnan(row["std"]) else row["std"]} for row in rows},
-                                chance={"Q->A": 0.25}, title="ablation: val accuracy (mean ± std over seeds)")
+    task = grid_task(results)
+    (out / "summary.json").write_text(json.dumps({"task": task, "rows": rows, "comparisons": comparisons}, indent=2))
+    metric = METRIC_NAMES[task]
+    figure = plot_accuracy_bars({row["variant"]: {metric: row["mean"]} for row in rows}, out / "accuracy.png",
+                                errors={row["variant"]: {metric: 0.0 if math.isnan(row["std"]) else row["std"]} for row in rows},
+                                chance={metric: CHANCE[task]}, title=f"ablation: {metric} val accuracy (mean ± std over seeds)")
     import matplotlib.pyplot as plt
 
     plt.close(figure)
