@@ -3,7 +3,8 @@
 ``vlekit eval --checkpoint Q2A_DIR [--checkpoint QA2R_DIR] --annotations val.jsonl --images DIR``
 writes ``metrics.json`` and per-question ``predictions.jsonl``; on unlabeled (test) records it writes
 the leaderboard CSV (``annot_id, answer_0..3, rationale_conditioned_on_a{i}_{j}``), which needs QA->R
-scores for every candidate answer.
+scores for every candidate answer. Each model runs in the precision it was trained with (the run's
+``train.mixed_precision``) unless ``--precision`` says otherwise.
 """
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ from tqdm.auto import tqdm
 from vlekit.model import CONFIG_FILE, VCRModel
 
 CHANCE = {"q2a": 0.25, "qa2r": 0.25, "q2ar": 0.0625}
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")  # as train.mixed_precision
+RUN_CONFIG_FILE = "config.yaml"
 METRIC_NAMES = {"q2a": "Q->A", "qa2r": "QA->R", "q2ar": "Q->AR"}
 
 
@@ -34,6 +37,7 @@ class TrainedModel:
     model: VCRModel
     tokenizer: Any
     data: dict[str, Any]
+    mixed_precision: str | None  # the run's train.mixed_precision (None: the folder has no config.yaml)
 
     @property
     def task(self) -> str:
@@ -54,26 +58,42 @@ def load_trained(folder: str | Path) -> TrainedModel:
     model = VCRModel.from_pretrained(folder)
     tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
     data = json.loads((folder / DATA_FILE).read_text())
-    return TrainedModel(folder=folder, model=model, tokenizer=tokenizer, data=data)
+    mixed_precision = None
+    if (folder / RUN_CONFIG_FILE).is_file():
+        import yaml
+
+        mixed_precision = (yaml.safe_load((folder / RUN_CONFIG_FILE).read_text()).get("train") or {}).get("mixed_precision")
+    return TrainedModel(folder=folder, model=model, tokenizer=tokenizer, data=data, mixed_precision=mixed_precision)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of a precision (``PRECISIONS``) on ``device``; ``None``: plain fp32.
+    ``auto`` is bf16 on a GPU that has it, as in training."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
 
 
 @torch.inference_mode()
-def predict(model: torch.nn.Module, loader: DataLoader, *, accelerator: Any = None,
+def predict(model: torch.nn.Module, loader: DataLoader, *, accelerator: Any = None, precision: str = "fp32",
             progress: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(logits [N, C], labels [N] or None)`` for every example of ``loader``, in order.
 
-    With an ``accelerator`` the results are gathered over processes (duplicates of the last
-    uneven batch dropped); without one the model runs where its parameters are.
+    With an ``accelerator`` the model is the one it prepared, which already runs in the run's mixed
+    precision, and the results are gathered over processes (duplicates of the last uneven batch
+    dropped); without one the model runs where its parameters are, under autocast to ``precision``.
     """
     was_training = model.training
     model.eval()
     device = accelerator.device if accelerator is not None else next(model.parameters()).device
-    use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    dtype = autocast_dtype(precision, device) if accelerator is None else None
     logits_chunks, label_chunks = [], []
     for batch in tqdm(loader, desc="eval", disable=not progress, dynamic_ncols=True):
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         labels = batch.pop("labels", None)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             logits = model(**batch)["logits"].float()
         if accelerator is not None:
             logits = accelerator.gather_for_metrics(logits)
@@ -117,9 +137,12 @@ def _loader(trained: TrainedModel, records: list[dict], *, images: str, batch_si
 def evaluate(
     checkpoints: list[str | Path], *, annotations: str | Path, images: str | Path, out: str | Path | None = None,
     batch_size: int = 32, num_workers: int = 2, progress: bool = True, resamples: int = 1000,
+    precision: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate one Q->A and/or one QA->R checkpoint on a VCR split; Q->AR when both are given.
 
+    precision: ``auto``, ``bf16``, ``fp16`` or ``fp32`` for every model; ``None``: each model's own
+        ``train.mixed_precision`` (from the ``config.yaml`` that ``vlekit train`` saves with it).
     Returns ``{"metrics": {task: {"accuracy", "ci95", "chance", "n"}}, "leaderboard": path or None}``.
     """
     from data_prep.vcr import read_vcr
@@ -130,6 +153,13 @@ def evaluate(
         if model.task in trained:
             raise ValueError(f"two {model.task} checkpoints given ({trained[model.task].folder}, {model.folder}); give one Q->A and one QA->R")
         trained[model.task] = model
+    precisions = {}
+    for task, model in trained.items():
+        precisions[task] = precision if precision is not None else model.mixed_precision
+        if precisions[task] is None:
+            raise ValueError(f"{model.folder}: no {RUN_CONFIG_FILE} to take the evaluation precision from "
+                             f"(train.mixed_precision); give one: --precision {{{','.join(PRECISIONS)}}}")
+        autocast_dtype(precisions[task], torch.device("cpu"))  # a bad value fails before any work
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     for model in trained.values():
         model.model.to(device)
@@ -142,7 +172,8 @@ def evaluate(
     predictions: list[dict[str, Any]] = [{"annot_id": r["annot_id"]} for r in records]
 
     if "q2a" in trained:
-        logits, _ = predict(trained["q2a"].model, _loader(trained["q2a"], records, **options), progress=progress)
+        logits, _ = predict(trained["q2a"].model, _loader(trained["q2a"], records, **options),
+                            precision=precisions["q2a"], progress=progress)
         answer_probs = logits.softmax(-1).numpy()
         for row, p in zip(predictions, answer_probs):
             row.update(answer_probs=p.round(5).tolist(), answer_pred=int(p.argmax()))
@@ -150,14 +181,15 @@ def evaluate(
             per_question["q2a"] = answer_probs.argmax(-1) == np.array([r["answer_label"] for r in records])
     if "qa2r" in trained:
         if labelled:  # the standard metric: the gold answer in the query
-            logits, _ = predict(trained["qa2r"].model, _loader(trained["qa2r"], records, **options), progress=progress)
+            logits, _ = predict(trained["qa2r"].model, _loader(trained["qa2r"], records, **options),
+                                precision=precisions["qa2r"], progress=progress)
             rationale_probs = logits.softmax(-1).numpy()
             per_question["qa2r"] = rationale_probs.argmax(-1) == np.array([r["rationale_label"] for r in records])
             for row, p in zip(predictions, rationale_probs):
                 row.update(rationale_probs=p.round(5).tolist(), rationale_pred=int(p.argmax()))
         else:  # leaderboard: every candidate answer in the query -> [N, 4 answers, 4 rationales]
             loader = _loader(trained["qa2r"], records, expand_answers=True, **options)
-            logits, _ = predict(trained["qa2r"].model, loader, progress=progress)
+            logits, _ = predict(trained["qa2r"].model, loader, precision=precisions["qa2r"], progress=progress)
             rationale_probs = logits.softmax(-1).numpy().reshape(len(records), 4, 4)
     if "q2a" in per_question and "qa2r" in per_question:
         per_question["q2ar"] = per_question["q2a"] & per_question["qa2r"]
@@ -213,6 +245,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="where to write metrics.json, predictions.jsonl, leaderboard.csv")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--num-workers", type=int, default=2)
+    parser.add_argument("--precision", choices=PRECISIONS,
+                        help="autocast for every model (default: each run's train.mixed_precision)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -220,7 +254,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         result = evaluate(args.checkpoint, annotations=args.annotations, images=args.images, out=args.out,
-                          batch_size=args.batch_size, num_workers=args.num_workers)
+                          batch_size=args.batch_size, num_workers=args.num_workers, precision=args.precision)
     except (VCRFormatError, FileNotFoundError, ValueError) as error:
         print(f"vlekit eval: {error}", file=sys.stderr)
         return 2

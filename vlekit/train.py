@@ -108,39 +108,72 @@ def load_or_build_tokenizer(config: ExperimentConfig, out: Path, accelerator: Ac
     return AutoTokenizer.from_pretrained(folder)
 
 
-def with_component_option(spec: dict[str, Any], kind: str, key: str, value: Any) -> dict[str, Any]:
-    """``spec`` with ``key=value`` when the component's config has that field (else unchanged)."""
+def with_component_option(spec: dict[str, Any], kind: str, key: str, value: Any, *, why: str) -> dict[str, Any]:
+    """``spec`` with ``key=value`` unless the spec sets ``key`` itself; an error naming the component
+    when its config has no such field (``why``: the run-level option that asks for it)."""
     _, config = registry_for(kind).resolve(spec["name"], {k: v for k, v in spec.items() if k != "name"})
-    if key in {f.name for f in dataclasses.fields(config)} and key not in spec:
-        return {**spec, key: value}
-    return spec
+    if key in spec:  # set on the component explicitly: that wins
+        return spec
+    if key not in {f.name for f in dataclasses.fields(config)}:
+        raise ValueError(
+            f"{why}, but {kind} {spec['name']!r} ({type(config).__name__}) has no {key!r} option; "
+            f"use a {kind} that has one, or change the run-level option"
+        )
+    return {**spec, key: value}
 
 
-def model_config_for_run(config: ExperimentConfig, tokenizer) -> VCRModelConfig:
-    """The experiment's model config, sized to a data-built tokenizer and with checkpointing set."""
-    model = config.model
+def model_config_for_run(config: ExperimentConfig, tokenizer, model: VCRModelConfig | None = None) -> VCRModelConfig:
+    """``model`` (default: the experiment's model section) sized to a data-built tokenizer and with
+    ``train.gradient_checkpointing`` passed to every component."""
+    model = model if model is not None else config.model
     text, vision, fusion = model.text_encoder, model.vision_encoder, model.fusion
     if config.data.tokenizer == "auto":
-        text = with_component_option(text, "text_encoder", "vocab_size", len(tokenizer))
+        why = f"data.tokenizer=auto builds a {len(tokenizer)}-token tokenizer the text encoder must be resized to"
+        text = with_component_option(text, "text_encoder", "vocab_size", len(tokenizer), why=why)
     if config.train.gradient_checkpointing:
-        text = with_component_option(text, "text_encoder", "gradient_checkpointing", True)
-        vision = with_component_option(vision, "vision_encoder", "gradient_checkpointing", True)
-        fusion = with_component_option(fusion, "fusion", "gradient_checkpointing", True)
+        why = "train.gradient_checkpointing is on"
+        text = with_component_option(text, "text_encoder", "gradient_checkpointing", True, why=why)
+        vision = with_component_option(vision, "vision_encoder", "gradient_checkpointing", True, why=why)
+        fusion = with_component_option(fusion, "fusion", "gradient_checkpointing", True, why=why)
     return dataclasses.replace(model, text_encoder=text, vision_encoder=vision, fusion=fusion)
 
 
+_COMPONENTS = ("text_encoder", "vision_encoder", "fusion")
+
+
 def build_run_model(config: ExperimentConfig, tokenizer) -> VCRModel:
-    """The model a run starts from: the ``model`` section, or an official VLE checkpoint."""
+    """The model a run starts from: the ``model`` section, or an official VLE checkpoint.
+
+    With ``train.init_from_vle`` the checkpoint's architecture makes the components: the ``model``
+    section may leave them at their defaults (or repeat exactly what the checkpoint builds, as the
+    run's saved ``config.yaml`` does); ``num_token_types``, the object options and
+    ``train.gradient_checkpointing`` apply. ``model.config`` is what was built.
+    """
     if config.train.init_from_vle is None:
         return VCRModel(config=model_config_for_run(config, tokenizer))
     if config.data.tokenizer == "auto":
         raise ValueError("train.init_from_vle needs the checkpoint's tokenizer: set data.tokenizer to the same name")
     from vlekit.vle_checkpoint import from_vle_pretrained
 
-    return from_vle_pretrained(
+    loaded = from_vle_pretrained(
         config.train.init_from_vle, num_token_types=config.model.num_token_types,
         use_object_tokens=config.model.use_object_tokens, use_object_types=config.model.use_object_types,
-    ).train()
+    )
+    built = model_config_for_run(config, tokenizer, loaded.config)
+    defaults = VCRModelConfig()
+    for part in _COMPONENTS:
+        asked = getattr(config.model, part)
+        if asked != getattr(defaults, part) and asked not in (getattr(loaded.config, part), getattr(built, part)):
+            raise ValueError(
+                f"train.init_from_vle={config.train.init_from_vle!r} builds model.{part} from the checkpoint "
+                f"({getattr(loaded.config, part)['name']!r}), but the model section asks for {asked!r}: remove "
+                f"model.{part} from the config (the run's config.yaml then records the checkpoint's), or drop init_from_vle"
+            )
+    if built == loaded.config:
+        return loaded.train()
+    model = VCRModel(config=built)  # the same architecture with the run's options (gradient checkpointing)
+    model.load_state_dict(loaded.state_dict())
+    return model.train()
 
 
 def make_preprocessor(tokenizer, model: VCRModel, *, task: str, geometry: str, max_length: int, names: str,
@@ -427,12 +460,13 @@ def train(config: ExperimentConfig, *, resume: str | None = None, progress: bool
     out = Path(train_cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     checkpoint = resume_checkpoint(resume, out, report=accelerator.print)
-    if accelerator.is_main_process:
-        config.save(out / "config.yaml")
     set_seed(train_cfg.seed)
 
     tokenizer = load_or_build_tokenizer(config, out, accelerator)
     model = build_run_model(config, tokenizer)
+    config = dataclasses.replace(config, model=model.config)  # what was built, for config.yaml and checkpoints
+    if accelerator.is_main_process:
+        config.save(out / "config.yaml")
     if train_cfg.freeze_text_encoder:
         model.text_encoder.requires_grad_(False)
     if train_cfg.freeze_vision_encoder:
