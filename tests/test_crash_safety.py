@@ -132,6 +132,11 @@ def test_sigkill_at_several_moments_then_resume_reaches_the_uninterrupted_weight
     assert step_of(latest_checkpoint(out)) == TOTAL_STEPS
     assert not list((out / "checkpoints").glob("*.tmp"))
 
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    straight_log = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
+    assert [r.get("step") for r in logged] == [r.get("step") for r in straight_log]  # one history, no repeats
+    assert [r["lr"] for r in logged if "lr" in r] == [r["lr"] for r in straight_log if "lr" in r]
+
     expected, got = final_weights(straight), final_weights(out)
     assert expected.keys() == got.keys()
     for key in expected:

@@ -4,7 +4,7 @@ Run folder layout (everything needed to reproduce, resume and evaluate)::
 
     OUT/config.yaml              resolved experiment config
     OUT/tokenizer/               the tokenizer used (built from the data when tokenizer=auto)
-    OUT/metrics.jsonl            one JSON object per log step and per evaluation
+    OUT/metrics.jsonl            one JSON object per log step (loss, the lr the step used, processes) and per evaluation
     OUT/checkpoints/step-N/      accelerate state (model, optimizer, scheduler, RNG) + trainer_state.json
     OUT/model/                   final model (vlekit_config.json, model.safetensors, tokenizer/, data.json)
     OUT/curve.png                training curve
@@ -423,6 +423,24 @@ class MetricsLog:
             with self.path.open("a") as handle:
                 handle.write(json.dumps(record) + "\n")
 
+    def rewind(self, state: TrainerState) -> None:
+        """Keep only what happened up to ``state`` (the checkpoint a run resumes from): the lines of
+        the steps a killed run did after its last checkpoint are logged again by the resumed one."""
+        if not (self.enabled and self.path.is_file()):
+            return
+        kept = []
+        for line in self.path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:  # a line cut short by the kill
+                continue
+            if "val_accuracy" in record:
+                if record["epoch"] <= state.epoch:
+                    kept.append(line)
+            elif record.get("step", 0) <= state.global_step:
+                kept.append(line)
+        self.path.write_text("".join(line + "\n" for line in kept))
+
 
 # -- the loop -------------------------------------------------------------------------------------
 @dataclass
@@ -516,6 +534,8 @@ def train(config: ExperimentConfig, *, resume: str | None = None, progress: bool
         accelerator.print(f"resumed from {checkpoint} (step {state.global_step}, epoch {state.epoch})")
 
     log = MetricsLog(out / "metrics.jsonl", enabled=accelerator.is_main_process)
+    if checkpoint is not None:
+        log.rewind(state)
     bar = tqdm(total=total_steps, initial=state.global_step, disable=not (progress and accelerator.is_local_main_process),
                desc=f"train {data_cfg.task}", dynamic_ncols=True)
     interrupted, val_accuracy = False, None
