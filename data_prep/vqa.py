@@ -5,6 +5,8 @@ vocabulary, soft scores, the test-dev submission file, and easy-VQA converted to
                         image_dir="val2014")
     vocab = AnswerVocabulary.from_examples(train_examples, min_count=9)   # METER / VLE's rule
     labels, scores = soft_scores(examples[0].answers, vocab)              # sparse soft targets
+    dataset = VQADataset(examples, tokenizer=tokenizer, vocabulary=vocab, image_size=576)
+    batch = dataset.collate([dataset[0], dataset[1]])                     # input_ids, pixel_values, labels
     write_submission({e.question_id: "yes" for e in examples}, "vqa_submit.json", examples=examples)
 
 Normalisation follows the official evaluation script (GT-Vision-Lab/VQA,
@@ -25,13 +27,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from data_prep.constants import CLIP_MEAN, CLIP_STD
 
 __all__ = [
     "ANSWERS_PER_QUESTION",
     "COCO_IMAGE_PATTERN",
+    "MAX_QUESTION_LENGTH",
     "AnswerVocabulary",
     "EasyVQASplit",
+    "VQADataset",
     "VQAExample",
     "VQAExamples",
     "VQAFormatError",
@@ -48,6 +57,7 @@ __all__ = [
 ]
 
 ANSWERS_PER_QUESTION = 10
+MAX_QUESTION_LENGTH = 50  # VLE's VQA fine-tuning (max_text_len)
 # COCO file names: COCO_val2014_000000000042.jpg. ``data_subtype`` comes from the questions file
 # (or the caller: test-dev questions say "test-dev2015" but their images are in test2015).
 COCO_IMAGE_PATTERN = "COCO_{data_subtype}_{image_id:012d}.jpg"
@@ -494,6 +504,114 @@ def soft_target_matrix(examples: Sequence[VQAExample], vocabulary: AnswerVocabul
         labels, scores = soft_scores(example.answers, vocabulary)
         targets[row, labels] = torch.tensor(scores)
     return targets
+
+
+# ---------------------------------------------------------------------------------------------
+# Dataset and batches
+# ---------------------------------------------------------------------------------------------
+
+class VQADataset(Dataset):
+    """VQA examples as model inputs; images are decoded in ``__getitem__`` (DataLoader workers).
+
+    ``dataset[i]``: ``question_id``, ``input_ids`` (``[CLS] question [SEP]`` as the tokenizer writes
+    it, at most ``max_length`` tokens), ``pixel_values [3, S, S]`` and, for annotated examples when a
+    vocabulary is given, ``labels [num_labels]``: the soft scores (:func:`soft_scores`).
+    Use ``DataLoader(dataset, collate_fn=dataset.collate)``.
+
+    The default geometry, ``center-crop`` (short side to S, centre crop), is what VLE's processor
+    does; VQA has no boxes, so nothing else depends on it. Other modes as in
+    ``data_prep.preprocess.image_transform``.
+    """
+
+    def __init__(
+        self,
+        examples: Sequence[VQAExample],
+        *,
+        tokenizer: Any,
+        vocabulary: AnswerVocabulary | None,
+        image_size: int,
+        geometry: str = "center-crop",
+        max_length: int = MAX_QUESTION_LENGTH,
+        image_mean: Sequence[float] = CLIP_MEAN,
+        image_std: Sequence[float] = CLIP_STD,
+    ) -> None:
+        from data_prep.preprocess import image_transform
+
+        image_transform(1, 1, image_size=image_size, geometry=geometry)  # fails fast on an unknown mode
+        if tokenizer.pad_token_id is None:
+            raise ValueError("VQADataset: the tokenizer has no pad token; set tokenizer.pad_token before batching")
+        if max_length < 3:
+            raise ValueError(f"VQADataset: max_length must leave room for [CLS] q [SEP], got {max_length}")
+        self.examples = examples
+        self.tokenizer = tokenizer
+        self.vocabulary = vocabulary
+        self.image_size = image_size
+        self.geometry = geometry
+        self.max_length = max_length
+        self._mean = np.asarray(image_mean, dtype=np.float32)
+        self._std = np.asarray(image_std, dtype=np.float32)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        example = self.examples[index]
+        item: dict[str, Any] = {
+            "question_id": example.question_id,
+            "input_ids": self.tokenizer(example.question, truncation=True, max_length=self.max_length)["input_ids"],
+            "pixel_values": self.load_pixels(example),
+        }
+        if self.vocabulary is not None and example.annotated:
+            labels, scores = soft_scores(example.answers, self.vocabulary)
+            targets = torch.zeros(len(self.vocabulary))
+            targets[labels] = torch.tensor(scores)
+            item["labels"] = targets
+        return item
+
+    def load_pixels(self, example: VQAExample) -> torch.Tensor:
+        """Decode, transform and normalise the example's image -> float32 ``[3, S, S]``."""
+        from data_prep.preprocess import image_transform
+
+        try:
+            with Image.open(example.image_path) as opened:
+                image = opened.convert("RGB")
+        except OSError as error:
+            raise VQAFormatError(file=example.image_path, question_id=example.question_id, field="image_id",
+                                 expected="a readable image at the path image_dir / image_pattern gives",
+                                 got=f"{type(error).__name__}: {error}") from None
+        size = self.image_size
+        transform = image_transform(image.width, image.height, image_size=size, geometry=self.geometry)
+        image = image.resize(transform.resized, Image.Resampling.BICUBIC)
+        if image.width > size or image.height > size:  # centre crop (negative offset)
+            left, top = -transform.offset[0], -transform.offset[1]
+            image = image.crop((left, top, left + size, top + size))
+        content = (np.asarray(image, dtype=np.float32) * (1.0 / 255.0) - self._mean) / self._std
+        pixels = torch.zeros(3, size, size, dtype=torch.float32)  # letterbox padding: 0, the mean colour
+        x0, y0 = max(0, transform.offset[0]), max(0, transform.offset[1])
+        pixels[:, y0 : y0 + content.shape[0], x0 : x0 + content.shape[1]] = torch.from_numpy(content).permute(2, 0, 1)
+        return pixels
+
+    def collate(self, items: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        """Stack items: ``input_ids, attention_mask`` long ``[B, L]`` (L the longest question),
+        ``pixel_values [B, 3, S, S]``, ``question_id [B]`` and, when every item has them,
+        ``labels`` float ``[B, num_labels]`` (soft scores)."""
+        if not items:
+            raise ValueError("VQADataset.collate needs at least one item")
+        length = max(len(item["input_ids"]) for item in items)
+        input_ids = torch.full((len(items), length), self.tokenizer.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros(len(items), length, dtype=torch.long)
+        for row, item in enumerate(items):
+            input_ids[row, : len(item["input_ids"])] = torch.tensor(item["input_ids"])
+            attention_mask[row, : len(item["input_ids"])] = 1
+        batch = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "pixel_values": torch.stack([item["pixel_values"] for item in items]),
+            "question_id": torch.tensor([item["question_id"] for item in items], dtype=torch.long),
+        }
+        if all("labels" in item for item in items):
+            batch["labels"] = torch.stack([item["labels"] for item in items])
+        return batch
 
 
 # ---------------------------------------------------------------------------------------------

@@ -276,3 +276,65 @@ def test_easy_vqa_unknown_split(tmp_path: Path) -> None:
     pytest.importorskip("easy_vqa", reason="easy-vqa is not installed (pip install easy-vqa)")
     with pytest.raises(ValueError, match="unknown splits \\['val'\\]"):
         convert_easy_vqa(tmp_path, splits=["val"])
+
+
+# --- dataset and batches --------------------------------------------------------------------------
+
+
+def _question_tokenizer(questions: list[str]) -> Any:
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    words = sorted({w for q in questions for w in q.replace("?", " ?").split()})
+    vocab = {token: i for i, token in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", *words])}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    backend.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]")
+
+
+def test_dataset_items_and_batch(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from data_prep.constants import CLIP_MEAN, CLIP_STD
+    from data_prep.vqa import VQADataset
+
+    colour = (200, 40, 10)
+    Image.new("RGB", (48, 32), colour).save(tmp_path / "1.png")
+    Image.new("RGB", (32, 32), colour).save(tmp_path / "2.png")
+    examples = [
+        VQAExample(question_id=10, image_id=1, question="What colour is it?", image_path=tmp_path / "1.png",
+                   answers=("red",) * 3 + ("orange",) * 7, multiple_choice_answer="orange"),
+        VQAExample(question_id=20, image_id=2, question="Is it red?", image_path=tmp_path / "2.png",
+                   answers=("yes",) * 10, multiple_choice_answer="yes"),
+    ]
+    vocab = AnswerVocabulary(id2label=("yes", "red", "orange"))
+    tokenizer = _question_tokenizer([e.question for e in examples])
+    dataset = VQADataset(examples, tokenizer=tokenizer, vocabulary=vocab, image_size=32)
+    batch = dataset.collate([dataset[0], dataset[1]])
+    assert batch["input_ids"].shape == (2, 7) and batch["attention_mask"].tolist() == [[1] * 7, [1] * 6 + [0]]
+    assert tokenizer.convert_ids_to_tokens(batch["input_ids"][1, :6].tolist()) == ["[CLS]", "Is", "it", "red", "?", "[SEP]"]
+    assert batch["question_id"].tolist() == [10, 20]
+    assert torch.allclose(batch["labels"], torch.tensor([[0.0, 0.9, 1.0], [1.0, 0.0, 0.0]]))
+    expected = (torch.tensor(colour) / 255 - torch.tensor(CLIP_MEAN)) / torch.tensor(CLIP_STD)
+    assert batch["pixel_values"].shape == (2, 3, 32, 32)
+    assert torch.allclose(batch["pixel_values"][0], expected[:, None, None].expand(3, 32, 32), atol=1e-4)
+
+    letterbox = VQADataset(examples, tokenizer=tokenizer, vocabulary=None, image_size=32, geometry="letterbox")
+    item = letterbox[0]
+    assert "labels" not in item
+    pixels = item["pixel_values"]  # 48 x 32 -> 32 x 21, centred: rows 0..4 are padding (0)
+    assert pixels[:, :5].abs().max() == 0 and torch.allclose(pixels[:, 16, 16], expected, atol=1e-4)
+    truncated = VQADataset(examples, tokenizer=tokenizer, vocabulary=vocab, image_size=32, max_length=4)
+    assert len(truncated[0]["input_ids"]) == 4
+
+
+def test_dataset_errors(tmp_path: Path) -> None:
+    from data_prep.vqa import VQADataset
+
+    tokenizer = _question_tokenizer(["q ?"])
+    missing = [VQAExample(question_id=1, image_id=7, question="q?", image_path=tmp_path / "7.png")]
+    with pytest.raises(ValueError, match="geometry='fisheye' is not supported"):
+        VQADataset(missing, tokenizer=tokenizer, vocabulary=None, image_size=32, geometry="fisheye")
+    with pytest.raises(VQAFormatError, match=r"7.png \(question_id 1\): field 'image_id': expected a readable image"):
+        VQADataset(missing, tokenizer=tokenizer, vocabulary=None, image_size=32)[0]
