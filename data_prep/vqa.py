@@ -1,0 +1,731 @@
+"""VQA v2: reading questions and annotations, the official answer normalisation, the answer
+vocabulary, soft scores, the test-dev submission file, and easy-VQA converted to the VQA v2 layout.
+
+    examples = read_vqa("v2_OpenEnded_mscoco_val2014_questions.json", "v2_mscoco_val2014_annotations.json",
+                        image_dir="val2014")
+    vocab = AnswerVocabulary.from_examples(train_examples, min_count=9)   # METER / VLE's rule
+    labels, scores = soft_scores(examples[0].answers, vocab)              # sparse soft targets
+    dataset = VQADataset(examples, tokenizer=tokenizer, vocabulary=vocab, image_size=576)
+    batch = dataset.collate([dataset[0], dataset[1]])                     # input_ids, pixel_values, labels
+    write_submission({e.question_id: "yes" for e in examples}, "vqa_submit.json", examples=examples)
+
+Normalisation follows the official evaluation script (GT-Vision-Lab/VQA,
+``PythonEvaluationTools/vqaEvaluation/vqaEval.py``, its Python 3 version) rule for rule, including
+its quirks, so that a vocabulary built here and the accuracy in ``vlekit.task_metrics`` agree with
+the evaluation server on what counts as the same answer. A prediction gets the full normalisation
+(:func:`normalize_answer`); the ten human answers get only :func:`process_punctuation`, and only
+when they are not all identical (:func:`process_ground_truth`), exactly as the script does.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from data_prep.constants import CLIP_MEAN, CLIP_STD
+
+__all__ = [
+    "ANSWERS_PER_QUESTION",
+    "COCO_IMAGE_PATTERN",
+    "MAX_QUESTION_LENGTH",
+    "AnswerVocabulary",
+    "EasyVQASplit",
+    "VQADataset",
+    "VQAExample",
+    "VQAExamples",
+    "VQAFormatError",
+    "convert_easy_vqa",
+    "normalize_answer",
+    "process_digit_article",
+    "process_ground_truth",
+    "process_punctuation",
+    "read_vqa",
+    "soft_score",
+    "soft_scores",
+    "soft_target_matrix",
+    "write_submission",
+]
+
+ANSWERS_PER_QUESTION = 10
+MAX_QUESTION_LENGTH = 50  # VLE's VQA fine-tuning (max_text_len)
+# COCO file names: COCO_val2014_000000000042.jpg. ``data_subtype`` comes from the questions file
+# (or the caller: test-dev questions say "test-dev2015" but their images are in test2015).
+COCO_IMAGE_PATTERN = "COCO_{data_subtype}_{image_id:012d}.jpg"
+
+# ---------------------------------------------------------------------------------------------
+# The official answer normalisation (vqaEval.py)
+# ---------------------------------------------------------------------------------------------
+
+# vqaEval.py's contraction table, verbatim. Its keys are looked up after lowercasing, so the few
+# capitalised keys ("Im", "Ive", "Id've", "I'dve") never match; kept as the script has them.
+_CONTRACTIONS: dict[str, str] = {
+    "aint": "ain't", "arent": "aren't", "cant": "can't", "couldve": "could've", "couldnt": "couldn't",
+    "couldn'tve": "couldn't've", "couldnt've": "couldn't've", "didnt": "didn't", "doesnt": "doesn't",
+    "dont": "don't", "hadnt": "hadn't", "hadnt've": "hadn't've", "hadn'tve": "hadn't've", "hasnt": "hasn't",
+    "havent": "haven't", "hed": "he'd", "hed've": "he'd've", "he'dve": "he'd've", "hes": "he's",
+    "howd": "how'd", "howll": "how'll", "hows": "how's", "Id've": "I'd've", "I'dve": "I'd've", "Im": "I'm",
+    "Ive": "I've", "isnt": "isn't", "itd": "it'd", "itd've": "it'd've", "it'dve": "it'd've", "itll": "it'll",
+    "let's": "let's", "maam": "ma'am", "mightnt": "mightn't", "mightnt've": "mightn't've",
+    "mightn'tve": "mightn't've", "mightve": "might've", "mustnt": "mustn't", "mustve": "must've",
+    "neednt": "needn't", "notve": "not've", "oclock": "o'clock", "oughtnt": "oughtn't",
+    "ow's'at": "'ow's'at", "'ows'at": "'ow's'at", "'ow'sat": "'ow's'at", "shant": "shan't",
+    "shed've": "she'd've", "she'dve": "she'd've", "she's": "she's", "shouldve": "should've",
+    "shouldnt": "shouldn't", "shouldnt've": "shouldn't've", "shouldn'tve": "shouldn't've",
+    "somebody'd": "somebodyd", "somebodyd've": "somebody'd've", "somebody'dve": "somebody'd've",
+    "somebodyll": "somebody'll", "somebodys": "somebody's", "someoned": "someone'd",
+    "someoned've": "someone'd've", "someone'dve": "someone'd've", "someonell": "someone'll",
+    "someones": "someone's", "somethingd": "something'd", "somethingd've": "something'd've",
+    "something'dve": "something'd've", "somethingll": "something'll", "thats": "that's",
+    "thered": "there'd", "thered've": "there'd've", "there'dve": "there'd've", "therere": "there're",
+    "theres": "there's", "theyd": "they'd", "theyd've": "they'd've", "they'dve": "they'd've",
+    "theyll": "they'll", "theyre": "they're", "theyve": "they've", "twas": "'twas", "wasnt": "wasn't",
+    "wed've": "we'd've", "we'dve": "we'd've", "weve": "we've", "werent": "weren't", "whatll": "what'll",
+    "whatre": "what're", "whats": "what's", "whatve": "what've", "whens": "when's", "whered": "where'd",
+    "wheres": "where's", "whereve": "where've", "whod": "who'd", "whod've": "who'd've",
+    "who'dve": "who'd've", "wholl": "who'll", "whos": "who's", "whove": "who've", "whyll": "why'll",
+    "whyre": "why're", "whys": "why's", "wont": "won't", "wouldve": "would've", "wouldnt": "wouldn't",
+    "wouldnt've": "wouldn't've", "wouldn'tve": "wouldn't've", "yall": "y'all", "yall'll": "y'all'll",
+    "y'allll": "y'all'll", "yall'd've": "y'all'd've", "y'alld've": "y'all'd've", "y'all'dve": "y'all'd've",
+    "youd": "you'd", "youd've": "you'd've", "you'dve": "you'd've", "youll": "you'll", "youre": "you're",
+    "youve": "you've",
+}
+_NUMBER_WORDS: dict[str, str] = {
+    "none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
+    "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10",
+}
+_ARTICLES = frozenset({"a", "an", "the"})
+# Apostrophes, colons and periods are not in the list: periods have their own rule below.
+_PUNCTUATION = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!")
+_COMMA_BETWEEN_DIGITS = re.compile(r"(\d)(,)(\d)")
+# The script's pattern is "(?!<=\d)(\.)(?!\d)": its first group is a lookahead for the text "<=digit"
+# (a mistyped lookbehind), which always holds in front of a period. So: a period not followed by a digit.
+_PERIOD_NOT_BEFORE_DIGIT = re.compile(r"\.(?!\d)")
+# The script passes re.UNICODE (= 32) positionally, i.e. as sub()'s count: at most 32 periods go.
+_OFFICIAL_PERIOD_COUNT = int(re.UNICODE)
+
+
+def process_punctuation(text: str) -> str:
+    """vqaEval.py's ``processPunctuation``.
+
+    Each mark in the punctuation list is deleted when it touches a space somewhere in the *original*
+    text (``"p "`` or ``" p"``) or when the text has a comma between two digits anywhere (so
+    ``"1,000"`` -> ``"1000"``); otherwise it becomes a space (``"red/white"`` -> ``"red white"``).
+    Then periods not followed by a digit are deleted (``"3.5"`` keeps its period, ``"etc."`` loses it).
+    """
+    out = text
+    digit_comma = _COMMA_BETWEEN_DIGITS.search(text) is not None
+    for mark in _PUNCTUATION:
+        if mark + " " in text or " " + mark in text or digit_comma:
+            out = out.replace(mark, "")
+        else:
+            out = out.replace(mark, " ")
+    return _PERIOD_NOT_BEFORE_DIGIT.sub("", out, count=_OFFICIAL_PERIOD_COUNT)
+
+
+def process_digit_article(text: str) -> str:
+    """vqaEval.py's ``processDigitArticle``: lowercase, split on whitespace, number words ``none``,
+    ``zero`` .. ``ten`` -> digits, drop ``a``/``an``/``the``, expand contractions written without
+    their apostrophe (``"dont"`` -> ``"don't"``), join with single spaces."""
+    words = [_NUMBER_WORDS.get(word, word) for word in text.lower().split()]
+    return " ".join(_CONTRACTIONS.get(word, word) for word in words if word not in _ARTICLES)
+
+
+def normalize_answer(text: str) -> str:
+    """The full normalisation vqaEval.py applies to a predicted answer.
+
+    Newlines and tabs become spaces, the ends are stripped, then :func:`process_punctuation`, then
+    :func:`process_digit_article`. ``"Two dogs."`` -> ``"2 dogs"``; ``"the 1,000"`` -> ``"1000"``.
+    """
+    text = text.replace("\n", " ").replace("\t", " ").strip()
+    return process_digit_article(process_punctuation(text))
+
+
+def process_ground_truth(answers: Sequence[str]) -> list[str]:
+    """The human answers as vqaEval.py compares them: punctuation-processed only when they are not
+    all identical (no lowercasing, no number words: the dataset's answers already are in that form)."""
+    if len(set(answers)) > 1:
+        return [process_punctuation(answer) for answer in answers]
+    return list(answers)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+# ---------------------------------------------------------------------------------------------
+
+class VQAFormatError(ValueError):
+    """A VQA questions or annotations file does not have the expected format.
+
+    The message names the file, the question (when known), the field, what was expected and what
+    was found::
+
+        v2_mscoco_val2014_annotations.json (question_id 42): field 'answers': expected a list of 10 answers, got a list of length 9
+    """
+
+    def __init__(self, *, file: str | Path, question_id: int | None, field: str, expected: str, got: str) -> None:
+        self.file, self.question_id, self.field, self.expected, self.got = str(file), question_id, field, expected, got
+        where = Path(self.file).name + (f" (question_id {question_id})" if question_id is not None else "")
+        super().__init__(f"{where}: field '{field}': expected {expected}, got {got}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keyword-only __init__: pickling (DataLoader workers) needs this.
+        return (_rebuild_error, (self.file, self.question_id, self.field, self.expected, self.got))
+
+
+def _rebuild_error(file: str, question_id: int | None, field: str, expected: str, got: str) -> VQAFormatError:
+    return VQAFormatError(file=file, question_id=question_id, field=field, expected=expected, got=got)
+
+
+@dataclass(frozen=True)
+class VQAExample:
+    """One question, with its ten human answers when the split is annotated.
+
+    ``answers`` are the raw annotator strings in file order (empty on test splits);
+    ``multiple_choice_answer``, ``answer_type`` (``"yes/no"``, ``"number"``, ``"other"``) and
+    ``question_type`` (a question prefix such as ``"what color is the"``) are None on test splits.
+    """
+
+    question_id: int
+    image_id: int
+    question: str
+    image_path: Path
+    answers: tuple[str, ...] = ()
+    multiple_choice_answer: str | None = None
+    answer_type: str | None = None
+    question_type: str | None = None
+
+    @property
+    def annotated(self) -> bool:
+        return bool(self.answers)
+
+
+class VQAExamples(list):
+    """The examples of one split in questions-file order; ``questions_file``, ``annotations_file``
+    (None for test splits) and ``data_subtype`` say where they came from."""
+
+    def __init__(
+        self, examples: Iterable[VQAExample], *, questions_file: str | Path, annotations_file: str | Path | None,
+        data_subtype: str | None,
+    ) -> None:
+        super().__init__(examples)
+        self.questions_file = str(questions_file)
+        self.annotations_file = None if annotations_file is None else str(annotations_file)
+        self.data_subtype = data_subtype
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, (list, dict)):
+        return f"a {type(value).__name__} of length {len(value)}"
+    if value is None:
+        return "nothing"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _load_list(path: Path, key: str) -> tuple[list[Any], dict[str, Any]]:
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"VQA file not found: {path}") from None
+    except json.JSONDecodeError as error:
+        raise VQAFormatError(file=path, question_id=None, field="<file>", expected="a JSON document",
+                             got=f"invalid JSON ({error})") from None
+    if not isinstance(document, dict) or not isinstance(document.get(key), list):
+        got = _describe(document.get(key)) if isinstance(document, dict) else _describe(document)
+        raise VQAFormatError(file=path, question_id=None, field=key, expected=f"an object with a list '{key}'", got=got)
+    return document[key], document
+
+
+def _require(entry: Any, field: str, kind: str, *, file: Path, question_id: int | None) -> Any:
+    value = entry.get(field) if isinstance(entry, dict) else None
+    ok = _is_int(value) if kind == "int" else isinstance(value, str)
+    if not ok:
+        got = "nothing (field missing)" if isinstance(entry, dict) and field not in entry else _describe(value)
+        raise VQAFormatError(file=file, question_id=question_id, field=field, expected=f"a{'n' if kind == 'int' else ''} {kind}", got=got)
+    return value
+
+
+def read_vqa(
+    questions_file: str | Path,
+    annotations_file: str | Path | None = None,
+    *,
+    image_dir: str | Path,
+    image_pattern: str = COCO_IMAGE_PATTERN,
+    data_subtype: str | None = None,
+) -> VQAExamples:
+    """Read a VQA v2 split: its questions and (for train/val) its annotations.
+
+    Args:
+        questions_file: ``{"questions": [{"image_id", "question", "question_id"}, ...], "data_subtype": ...}``.
+        annotations_file: ``{"annotations": [{"question_id", "image_id", "answers": [{"answer",
+            "answer_confidence", "answer_id"} x 10], "multiple_choice_answer", "answer_type",
+            "question_type"}, ...]}``; None for test splits. Every question must have exactly one
+            annotation and every annotation a question, with the same ``image_id``.
+        image_dir: the folder holding the split's images.
+        image_pattern: the file name from ``{image_id}`` and ``{data_subtype}`` (``str.format``).
+        data_subtype: overrides the questions file's ``data_subtype`` in ``image_pattern`` (test-dev
+            questions say ``"test-dev2015"``, their images are named ``COCO_test2015_...``).
+
+    Raises:
+        VQAFormatError: the first problem found, naming file, question id and field.
+    """
+    questions_path = Path(questions_file)
+    questions, document = _load_list(questions_path, "questions")
+    subtype = data_subtype if data_subtype is not None else document.get("data_subtype")
+    annotations: dict[int, dict[str, Any]] = {}
+    annotations_path = None if annotations_file is None else Path(annotations_file)
+    if annotations_path is not None:
+        annotations = _read_annotations(annotations_path)
+
+    image_dir = Path(image_dir)
+    examples: list[VQAExample] = []
+    seen: set[int] = set()
+    for entry in questions:
+        if not isinstance(entry, dict):
+            raise VQAFormatError(file=questions_path, question_id=None, field="questions[]", expected="a JSON object",
+                                 got=_describe(entry))
+        question_id = _require(entry, "question_id", "int", file=questions_path, question_id=None)
+        if question_id in seen:
+            raise VQAFormatError(file=questions_path, question_id=question_id, field="question_id",
+                                 expected="a question id used once", got="a repeated id")
+        seen.add(question_id)
+        image_id = _require(entry, "image_id", "int", file=questions_path, question_id=question_id)
+        question = _require(entry, "question", "str", file=questions_path, question_id=question_id)
+        try:
+            image_path = image_dir / image_pattern.format(image_id=image_id, data_subtype=subtype)
+        except (KeyError, IndexError, ValueError) as error:
+            raise ValueError(
+                f"read_vqa: image_pattern {image_pattern!r} does not format with image_id={image_id} and "
+                f"data_subtype={subtype!r} ({error!r}); use the fields {{image_id}} and {{data_subtype}}"
+            ) from None
+        fields: dict[str, Any] = {}
+        if annotations_path is not None:
+            annotation = annotations.pop(question_id, None)
+            if annotation is None:
+                raise VQAFormatError(file=annotations_path, question_id=question_id, field="annotations",
+                                     expected=f"an annotation for every question of {questions_path.name}", got="none")
+            if annotation["image_id"] != image_id:
+                raise VQAFormatError(file=annotations_path, question_id=question_id, field="image_id",
+                                     expected=f"{image_id} (as in {questions_path.name})", got=_describe(annotation["image_id"]))
+            fields = {k: v for k, v in annotation.items() if k != "image_id"}
+        examples.append(VQAExample(question_id=question_id, image_id=image_id, question=question,
+                                   image_path=image_path, **fields))
+    if annotations:
+        stray = sorted(annotations)[:5]
+        raise VQAFormatError(file=annotations_path, question_id=stray[0], field="question_id",
+                             expected=f"a question id of {questions_path.name}",
+                             got=f"{len(annotations)} annotations without a question (first ids {stray})")
+    return VQAExamples(examples, questions_file=questions_path, annotations_file=annotations_path, data_subtype=subtype)
+
+
+def _read_annotations(path: Path) -> dict[int, dict[str, Any]]:
+    entries, _ = _load_list(path, "annotations")
+    annotations: dict[int, dict[str, Any]] = {}
+    for entry in entries:
+        if not isinstance(entry, dict):
+            raise VQAFormatError(file=path, question_id=None, field="annotations[]", expected="a JSON object",
+                                 got=_describe(entry))
+        question_id = _require(entry, "question_id", "int", file=path, question_id=None)
+        if question_id in annotations:
+            raise VQAFormatError(file=path, question_id=question_id, field="question_id",
+                                 expected="one annotation per question", got="a second annotation")
+        answers = entry.get("answers")
+        if not isinstance(answers, list) or len(answers) != ANSWERS_PER_QUESTION:
+            raise VQAFormatError(file=path, question_id=question_id, field="answers",
+                                 expected=f"a list of {ANSWERS_PER_QUESTION} answers", got=_describe(answers))
+        for i, answer in enumerate(answers):
+            if not isinstance(answer, dict) or not isinstance(answer.get("answer"), str):
+                raise VQAFormatError(file=path, question_id=question_id, field=f"answers[{i}]",
+                                     expected='an object {"answer": str, "answer_confidence", "answer_id"}',
+                                     got=_describe(answer))
+        annotations[question_id] = {
+            "image_id": _require(entry, "image_id", "int", file=path, question_id=question_id),
+            "answers": tuple(answer["answer"] for answer in answers),
+            "multiple_choice_answer": _require(entry, "multiple_choice_answer", "str", file=path, question_id=question_id),
+            "answer_type": _require(entry, "answer_type", "str", file=path, question_id=question_id),
+            "question_type": _require(entry, "question_type", "str", file=path, question_id=question_id),
+        }
+    return annotations
+
+
+# ---------------------------------------------------------------------------------------------
+# Answer vocabulary and soft scores
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class AnswerVocabulary:
+    """The classifier's answers: label ``i`` is ``id2label[i]``.
+
+    Build it from training examples (:meth:`from_examples`) or take a checkpoint's ``id2label``
+    (:meth:`from_id2label`, e.g. the 3,129 answers of ``hfl/vle-base-for-vqa``).
+    """
+
+    id2label: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if not self.id2label:
+            raise ValueError("AnswerVocabulary: id2label is empty; a VQA classifier needs at least one answer")
+        counts = Counter(self.id2label)
+        repeated = [label for label, count in counts.items() if count > 1]
+        if repeated:
+            raise ValueError(f"AnswerVocabulary: answers must be distinct, repeated: {repeated[:5]}")
+        object.__setattr__(self, "_label2id", {label: i for i, label in enumerate(self.id2label)})
+
+    def __len__(self) -> int:
+        return len(self.id2label)
+
+    @property
+    def label2id(self) -> dict[str, int]:
+        return dict(self._label2id)  # type: ignore[attr-defined]
+
+    def id_of(self, answer: str) -> int | None:
+        """The label of an answer string as stored (no normalisation), or None when it has none."""
+        return self._label2id.get(answer)  # type: ignore[attr-defined]
+
+    def to_id2label(self) -> dict[int, str]:
+        """``{0: answer, ...}``, the form of a Hugging Face config's ``id2label``."""
+        return dict(enumerate(self.id2label))
+
+    @classmethod
+    def from_id2label(cls, id2label: Mapping[int | str, str] | Sequence[str]) -> AnswerVocabulary:
+        """From a list of answers or a mapping with keys ``0 .. n-1`` (ints or, as in a saved
+        ``config.json``, their strings). Labels are taken as given (a checkpoint's are normalised)."""
+        if isinstance(id2label, Mapping):
+            try:
+                keyed = {int(key): value for key, value in id2label.items()}
+            except (TypeError, ValueError):
+                raise ValueError(f"AnswerVocabulary.from_id2label: keys must be label ids 0..n-1, got {list(id2label)[:5]}") from None
+            if sorted(keyed) != list(range(len(keyed))):
+                missing = sorted(set(range(len(keyed))) - set(keyed))[:5]
+                raise ValueError(f"AnswerVocabulary.from_id2label: ids must be 0..{len(keyed) - 1} without gaps; missing {missing}")
+            labels = [keyed[i] for i in range(len(keyed))]
+        else:
+            labels = list(id2label)
+        if not all(isinstance(label, str) for label in labels):
+            raise ValueError("AnswerVocabulary.from_id2label: every answer must be a string")
+        return cls(id2label=tuple(labels))
+
+    @classmethod
+    def from_examples(
+        cls, examples: Iterable[VQAExample], *, top_k: int | None = None, min_count: int | None = None
+    ) -> AnswerVocabulary:
+        """The answers of annotated examples' normalised ``multiple_choice_answer``.
+
+        Give exactly one rule: ``min_count`` keeps every answer seen at least that often, in order of
+        first appearance (METER and VLE: ``min_count=9`` over train + val -> 3,129 answers);
+        ``top_k`` keeps the k most frequent, ties in order of first appearance.
+        METER also deletes every comma after normalising; we keep the official normalisation alone,
+        so that the vocabulary and the evaluation agree on what an answer is.
+        """
+        if (top_k is None) == (min_count is None):
+            raise ValueError("AnswerVocabulary.from_examples: give exactly one of top_k or min_count "
+                             f"(got top_k={top_k}, min_count={min_count})")
+        counts: Counter[str] = Counter()
+        for example in examples:
+            if example.multiple_choice_answer is not None:
+                counts[normalize_answer(example.multiple_choice_answer)] += 1
+        if not counts:
+            raise ValueError("AnswerVocabulary.from_examples: no annotated examples (test splits have no answers)")
+        if min_count is not None:
+            labels = [answer for answer, count in counts.items() if count >= min_count]
+        else:
+            if top_k < 1:
+                raise ValueError(f"AnswerVocabulary.from_examples: top_k must be >= 1, got {top_k}")
+            labels = [answer for answer, _ in counts.most_common(top_k)]  # stable: ties keep first appearance
+        if not labels:
+            raise ValueError(f"AnswerVocabulary.from_examples: no answer is seen {min_count} times or more")
+        return cls(id2label=tuple(labels))
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(json.dumps({"id2label": self.to_id2label()}, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> AnswerVocabulary:
+        document = json.loads(Path(path).read_text(encoding="utf-8"))
+        if not isinstance(document, dict) or "id2label" not in document:
+            raise ValueError(f"{path}: expected a JSON object with 'id2label' (as written by AnswerVocabulary.save)")
+        return cls.from_id2label(document["id2label"])
+
+
+# METER / VLE (and BAN) soft score of an answer given by `count` of the ten annotators.
+_SOFT_SCORES = (0.0, 0.3, 0.6, 0.9)
+
+
+def soft_score(count: int) -> float:
+    """``min(1, 0.3 * count)`` as METER's table writes it: 0, 0.3, 0.6, 0.9, then 1.0 for 4 or more.
+
+    With ten annotators this is exactly the official accuracy of predicting an answer that
+    ``count`` of them gave (the leave-one-out average): 1 -> 0.3, 2 -> 0.6, 3 -> 0.9, 4+ -> 1.
+    """
+    if count < 0:
+        raise ValueError(f"soft_score: count must be >= 0, got {count}")
+    return _SOFT_SCORES[count] if count < len(_SOFT_SCORES) else 1.0
+
+
+def soft_scores(answers: Sequence[str], vocabulary: AnswerVocabulary) -> tuple[list[int], list[float]]:
+    """Sparse soft targets of one question: the labels its annotators gave and their scores.
+
+    Answers are counted as the official script compares them (:func:`process_ground_truth`), so the
+    score of label ``a`` equals the official accuracy of predicting ``a``. (METER counts the raw
+    strings; the two differ only on answers that punctuation processing changes.) Answers outside
+    the vocabulary are dropped; labels come in order of first appearance.
+    """
+    counts = Counter(process_ground_truth(answers))
+    labels, scores = [], []
+    for answer, count in counts.items():
+        label = vocabulary.id_of(answer)
+        if label is not None:
+            labels.append(label)
+            scores.append(soft_score(count))
+    return labels, scores
+
+
+def soft_target_matrix(examples: Sequence[VQAExample], vocabulary: AnswerVocabulary) -> torch.Tensor:
+    """Dense soft targets ``[N, num_labels]`` (float32) of annotated examples, for the VQA loss."""
+    targets = torch.zeros(len(examples), len(vocabulary))
+    for row, example in enumerate(examples):
+        if not example.annotated:
+            raise ValueError(f"soft_target_matrix: question {example.question_id} has no answers (a test split?)")
+        labels, scores = soft_scores(example.answers, vocabulary)
+        targets[row, labels] = torch.tensor(scores)
+    return targets
+
+
+# ---------------------------------------------------------------------------------------------
+# Dataset and batches
+# ---------------------------------------------------------------------------------------------
+
+class VQADataset(Dataset):
+    """VQA examples as model inputs; images are decoded in ``__getitem__`` (DataLoader workers).
+
+    ``dataset[i]``: ``question_id``, ``input_ids`` (``[CLS] question [SEP]`` as the tokenizer writes
+    it, at most ``max_length`` tokens), ``pixel_values [3, S, S]`` and, for annotated examples when a
+    vocabulary is given, ``labels [num_labels]``: the soft scores (:func:`soft_scores`).
+    Use ``DataLoader(dataset, collate_fn=dataset.collate)``.
+
+    The default geometry, ``center-crop`` (short side to S, centre crop), is what VLE's processor
+    does; VQA has no boxes, so nothing else depends on it. Other modes as in
+    ``data_prep.preprocess.image_transform``.
+    """
+
+    def __init__(
+        self,
+        examples: Sequence[VQAExample],
+        *,
+        tokenizer: Any,
+        vocabulary: AnswerVocabulary | None,
+        image_size: int,
+        geometry: str = "center-crop",
+        max_length: int = MAX_QUESTION_LENGTH,
+        image_mean: Sequence[float] = CLIP_MEAN,
+        image_std: Sequence[float] = CLIP_STD,
+    ) -> None:
+        from data_prep.preprocess import image_transform
+
+        image_transform(1, 1, image_size=image_size, geometry=geometry)  # fails fast on an unknown mode
+        if tokenizer.pad_token_id is None:
+            raise ValueError("VQADataset: the tokenizer has no pad token; set tokenizer.pad_token before batching")
+        if max_length < 3:
+            raise ValueError(f"VQADataset: max_length must leave room for [CLS] q [SEP], got {max_length}")
+        self.examples = examples
+        self.tokenizer = tokenizer
+        self.vocabulary = vocabulary
+        self.image_size = image_size
+        self.geometry = geometry
+        self.max_length = max_length
+        self._mean = np.asarray(image_mean, dtype=np.float32)
+        self._std = np.asarray(image_std, dtype=np.float32)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        example = self.examples[index]
+        item: dict[str, Any] = {
+            "question_id": example.question_id,
+            "input_ids": self.tokenizer(example.question, truncation=True, max_length=self.max_length)["input_ids"],
+            "pixel_values": self.load_pixels(example),
+        }
+        if self.vocabulary is not None and example.annotated:
+            labels, scores = soft_scores(example.answers, self.vocabulary)
+            targets = torch.zeros(len(self.vocabulary))
+            targets[labels] = torch.tensor(scores)
+            item["labels"] = targets
+        return item
+
+    def load_pixels(self, example: VQAExample) -> torch.Tensor:
+        """Decode, transform and normalise the example's image -> float32 ``[3, S, S]``."""
+        from data_prep.preprocess import image_transform
+
+        try:
+            with Image.open(example.image_path) as opened:
+                image = opened.convert("RGB")
+        except OSError as error:
+            raise VQAFormatError(file=example.image_path, question_id=example.question_id, field="image_id",
+                                 expected="a readable image at the path image_dir / image_pattern gives",
+                                 got=f"{type(error).__name__}: {error}") from None
+        size = self.image_size
+        transform = image_transform(image.width, image.height, image_size=size, geometry=self.geometry)
+        image = image.resize(transform.resized, Image.Resampling.BICUBIC)
+        if image.width > size or image.height > size:  # centre crop (negative offset)
+            left, top = -transform.offset[0], -transform.offset[1]
+            image = image.crop((left, top, left + size, top + size))
+        content = (np.asarray(image, dtype=np.float32) * (1.0 / 255.0) - self._mean) / self._std
+        pixels = torch.zeros(3, size, size, dtype=torch.float32)  # letterbox padding: 0, the mean colour
+        x0, y0 = max(0, transform.offset[0]), max(0, transform.offset[1])
+        pixels[:, y0 : y0 + content.shape[0], x0 : x0 + content.shape[1]] = torch.from_numpy(content).permute(2, 0, 1)
+        return pixels
+
+    def collate(self, items: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        """Stack items: ``input_ids, attention_mask`` long ``[B, L]`` (L the longest question),
+        ``pixel_values [B, 3, S, S]``, ``question_id [B]`` and, when every item has them,
+        ``labels`` float ``[B, num_labels]`` (soft scores)."""
+        if not items:
+            raise ValueError("VQADataset.collate needs at least one item")
+        length = max(len(item["input_ids"]) for item in items)
+        input_ids = torch.full((len(items), length), self.tokenizer.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros(len(items), length, dtype=torch.long)
+        for row, item in enumerate(items):
+            input_ids[row, : len(item["input_ids"])] = torch.tensor(item["input_ids"])
+            attention_mask[row, : len(item["input_ids"])] = 1
+        batch = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "pixel_values": torch.stack([item["pixel_values"] for item in items]),
+            "question_id": torch.tensor([item["question_id"] for item in items], dtype=torch.long),
+        }
+        if all("labels" in item for item in items):
+            batch["labels"] = torch.stack([item["labels"] for item in items])
+        return batch
+
+
+# ---------------------------------------------------------------------------------------------
+# Submission
+# ---------------------------------------------------------------------------------------------
+
+def write_submission(
+    predictions: Mapping[int, str], path: str | Path, *, examples: Sequence[VQAExample] | None = None
+) -> Path:
+    """Write the evaluation server's result file: ``[{"question_id": int, "answer": str}, ...]``.
+
+    With ``examples``, the predictions must cover exactly their question ids (the server, like
+    vqaEval's ``loadRes``, rejects a result set that differs from the split's questions); the file
+    then follows the examples' order.
+    """
+    for question_id, answer in predictions.items():
+        if not _is_int(question_id) or not isinstance(answer, str):
+            raise ValueError(f"write_submission: expected int question ids and str answers, got {question_id!r}: {answer!r}")
+    order = list(predictions)
+    if examples is not None:
+        wanted = [example.question_id for example in examples]
+        missing = sorted(set(wanted) - set(predictions))
+        extra = sorted(set(predictions) - set(wanted))
+        if missing or extra:
+            raise ValueError(f"write_submission: predictions must cover the split's {len(wanted)} questions exactly; "
+                             f"{len(missing)} missing (first {missing[:5]}), {len(extra)} extra (first {extra[:5]})")
+        order = wanted
+    path = Path(path)
+    path.write_text(json.dumps([{"question_id": qid, "answer": predictions[qid]} for qid in order]), encoding="utf-8")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# easy-VQA -> VQA v2 layout
+# ---------------------------------------------------------------------------------------------
+
+EASY_VQA_SPLITS = ("train", "test")
+EASY_VQA_IMAGE_PATTERN = "{image_id}.png"
+
+
+@dataclass(frozen=True)
+class EasyVQASplit:
+    """Where :func:`convert_easy_vqa` wrote one split; :meth:`read` reads it back."""
+
+    split: str
+    questions_file: Path
+    annotations_file: Path
+    image_dir: Path
+    image_pattern: str = EASY_VQA_IMAGE_PATTERN
+
+    def read(self) -> VQAExamples:
+        return read_vqa(self.questions_file, self.annotations_file, image_dir=self.image_dir,
+                        image_pattern=self.image_pattern)
+
+
+def _easy_vqa_module() -> Any:
+    try:
+        import easy_vqa
+    except ImportError:
+        raise ImportError("convert_easy_vqa needs the easy-vqa package (third-party images and questions): "
+                          "pip install easy-vqa, or pip install 'vlekit[vqa]'") from None
+    return easy_vqa
+
+
+def convert_easy_vqa(out_dir: str | Path, *, splits: Sequence[str] = EASY_VQA_SPLITS) -> dict[str, EasyVQASplit]:
+    """Write the easy-VQA dataset (pip package ``easy-vqa``) in the VQA v2 layout under ``out_dir``.
+
+    Per split: ``v2_OpenEnded_easyvqa_{split}_questions.json``, ``v2_easyvqa_{split}_annotations.json``
+    and the images copied to ``{split}/{image_id}.png`` (64 x 64 RGB). easy-VQA has one answer per
+    question; it becomes ten identical annotator answers, so the official accuracy of a prediction
+    is 1 or 0. ``answer_type`` is ``"yes/no"`` for yes/no answers and ``"other"`` otherwise;
+    ``question_type`` is the question's first three words (easy-VQA has no VQA v2 question types).
+    Question ids are ``image_id * 1000 + k`` for the k-th question of an image (VQA v2's scheme);
+    image ids are easy-VQA's own, so they repeat across splits.
+    """
+    easy_vqa = _easy_vqa_module()
+    readers = {
+        "train": (easy_vqa.get_train_questions, easy_vqa.get_train_image_paths),
+        "test": (easy_vqa.get_test_questions, easy_vqa.get_test_image_paths),
+    }
+    unknown = [split for split in splits if split not in readers]
+    if unknown:
+        raise ValueError(f"convert_easy_vqa: unknown splits {unknown}; easy-VQA has {list(readers)}")
+    out_dir = Path(out_dir)
+    written: dict[str, EasyVQASplit] = {}
+    for split in splits:
+        get_questions, get_image_paths = readers[split]
+        texts, answers, image_ids = get_questions()
+        image_paths = get_image_paths()
+        image_dir = out_dir / split
+        image_dir.mkdir(parents=True, exist_ok=True)
+        for image_id in sorted(set(image_ids)):
+            shutil.copyfile(image_paths[image_id], image_dir / EASY_VQA_IMAGE_PATTERN.format(image_id=image_id))
+
+        per_image: Counter[int] = Counter()
+        questions, annotations = [], []
+        for text, answer, image_id in zip(texts, answers, image_ids):
+            question_id = image_id * 1000 + per_image[image_id]
+            per_image[image_id] += 1
+            questions.append({"image_id": image_id, "question": text, "question_id": question_id})
+            annotations.append({
+                "question_id": question_id,
+                "image_id": image_id,
+                "answers": [{"answer": answer, "answer_confidence": "yes", "answer_id": i + 1}
+                            for i in range(ANSWERS_PER_QUESTION)],
+                "multiple_choice_answer": answer,
+                "answer_type": "yes/no" if answer in ("yes", "no") else "other",
+                "question_type": " ".join(text.rstrip("?").split()[:3]),
+            })
+        subtype = f"easyvqa_{split}"
+        questions_file = out_dir / f"v2_OpenEnded_{subtype}_questions.json"
+        annotations_file = out_dir / f"v2_{subtype}_annotations.json"
+        questions_file.write_text(json.dumps({"data_subtype": subtype, "questions": questions}), encoding="utf-8")
+        annotations_file.write_text(json.dumps({"data_subtype": subtype, "annotations": annotations}), encoding="utf-8")
+        written[split] = EasyVQASplit(split=split, questions_file=questions_file, annotations_file=annotations_file,
+                                      image_dir=image_dir)
+    return written
