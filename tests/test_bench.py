@@ -10,17 +10,11 @@ import torch
 from torch import nn
 
 import vlekit
-from vlekit.bench import (
-    PRESETS,
-    BenchConfig,
-    BenchConfigError,
-    MetaFlopCounter,
-    count_flops,
-    format_report,
-    peak_bf16_tflops,
-    run_bench,
-    synthetic_batch,
-)
+from vlekit.bench import format_report
+from vlekit.bench_batches import synthetic_batch
+from vlekit.bench_config import PRESETS, BenchConfig, BenchConfigError
+from vlekit.bench_timing import run_bench
+from vlekit.flops import MetaFlopCounter, count_flops, peak_bf16_tflops
 from vlekit.cli import main
 from vlekit.fusions import CoAttentionConfig, CoAttentionFusion
 from vlekit.registry import FUSIONS, register_fusion
