@@ -155,14 +155,21 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
     )
 
 
+def _write_json(path: Path, output: Mapping[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(output, indent=2) + "\n")
+
+
 def run(args: argparse.Namespace) -> int:
-    """``vlekit bench``: measure, print the table, write the JSON report when asked."""
+    """``vlekit bench``: measure, print the table, write the JSON report when asked (after every row,
+    so a run stopped by a time limit or a crash keeps the rows it measured)."""
+    json_path = Path(args.json_path) if args.json_path else None
     try:
         config = config_from_args(args)
         if args.flops_only:
             rows = flop_table(config)
         else:
-            report = run_bench(config)
+            report = run_bench(config, on_measurement=(lambda r: _write_json(json_path, r.to_dict())) if json_path else None)
     except (BenchConfigError, RegistryError) as error:
         print(f"vlekit bench: error: {error}", file=sys.stderr)
         return 2
@@ -172,11 +179,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(format_report(report))
         output = report.to_dict()
-    if config.json_path:
-        path = Path(config.json_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(output, indent=2) + "\n")
-        print(f"\nwrote {path}")
+    if json_path:
+        _write_json(json_path, output)
+        print(f"\nwrote {json_path}")
     if config.profile_dir:
         print(f"wrote profiles to {config.profile_dir}")
     return 0

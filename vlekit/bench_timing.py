@@ -200,7 +200,7 @@ class _Bench:
             "which a component that needs real tensor values cannot run on"
         )
 
-    def run(self) -> BenchReport:
+    def run(self, on_measurement: Callable[[BenchReport], None] | None = None) -> BenchReport:
         config, vision = self.config, self.model.vision_encoder
         for batch_size in config.batch_sizes:
             pool = [
@@ -211,6 +211,8 @@ class _Bench:
             for mode in config.modes:
                 self.report.results.append(self._measure(mode, pool))
                 self._print_progress(self.report.results[-1])
+                if on_measurement is not None:
+                    on_measurement(self.report)
         return self.report
 
     def _measure(self, mode: str, pool: list[dict[str, torch.Tensor]]) -> Measurement:
@@ -309,11 +311,16 @@ def _environment(device: torch.device, peak_tflops: float | None) -> dict[str, A
     return environment
 
 
-def run_bench(config: BenchConfig) -> BenchReport:
-    """Build the configured model and measure every batch size and mode (see the module docstring)."""
+def run_bench(
+    config: BenchConfig, *, on_measurement: Callable[[BenchReport], None] | None = None
+) -> BenchReport:
+    """Build the configured model and measure every batch size and mode (see the module docstring).
+
+    ``on_measurement`` is called with the report after each row, so a run cut short keeps its rows.
+    """
     device = torch.device(config.device)
     if device.type not in ("cpu", "cuda"):
         raise BenchConfigError(f"--device {config.device!r}: vlekit bench runs on 'cpu' or 'cuda[:N]'")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise BenchConfigError(f"--device {config.device!r}, but CUDA is not available here; use --device cpu")
-    return _Bench(config).run()
+    return _Bench(config).run(on_measurement)
