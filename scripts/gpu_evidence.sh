@@ -23,11 +23,12 @@
 #   bench-base-max    train at batch 96 128 192 (OOM reported): largest that fits   55 s    90 s
 #   bench-base-pad80  train at batch 16, text padded to 80 (the official setting)   25 s    45 s
 #   bench-base-ckpt   train at batch 128 in one step, gradient checkpointing        35 s    60 s
+#   bench-base-sdpa   train at batch 16 32, DeBERTa attention through SDPA            30 s    45 s
 #   bench-large       VLE-large train, batch 16 32                                  50 s    80 s
 #   train-loop        vlekit train, 384 px JPEGs on disk, 8 workers, 150 steps @32  95 s   130 s
 #   profile           5 profiled steps at batch 32: top ops by GPU time, bf16 casts 35 s    60 s
 #   summary           the table                                                      2 s
-#   total                                                                          387 s   465 s deadline
+#   total                                                                          417 s   465 s deadline
 # The deadline (QUICK_DEADLINE_S, 465 s after the start) shortens a part's cap to the time left and
 # skips a part when under 20 s remain, so quick ends within 8 minutes even when estimates are wrong.
 set -uo pipefail
@@ -38,7 +39,7 @@ MODE=${2:?$usage}
 shift 2
 DRY_RUN=0
 if [[ ${1:-} == --dry-run ]]; then DRY_RUN=1; shift; fi
-QUICK_PARTS=(bench-base bench-base-max bench-base-pad80 bench-base-ckpt bench-large train-loop profile)
+QUICK_PARTS=(bench-base bench-base-max bench-base-pad80 bench-base-ckpt bench-base-sdpa bench-large train-loop profile)
 SELECTED=("$@")
 PYTHON=${PYTHON:-python}
 case $MODE in
@@ -143,6 +144,7 @@ if [[ $MODE == quick ]]; then
   bench bench-base-max 90 "${BASE[@]}" --mode train --batch-size "${MAX_SIZES[@]}"
   bench bench-base-pad80 45 "${BASE[@]}" --mode train --batch-size "$PAD_SIZE" --pad-to 80
   bench bench-base-ckpt 60 "${BASE[@]}" --mode train --batch-size "$CKPT_SIZE" --gradient-checkpointing --steps 5
+  bench bench-base-sdpa 45 "${BASE[@]}" --mode train --batch-size "$PAD_SIZE" "${SIZES[1]}" --text-attention sdpa
   bench bench-large 80 "${LARGE[@]}" --mode train --batch-size "${LARGE_SIZES[@]}"
   if wanted train-loop; then
     data=$OUT/train-loop-data

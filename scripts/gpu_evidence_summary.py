@@ -18,7 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-BENCH_PARTS = ("bench-base", "bench-base-max", "bench-base-pad80", "bench-base-ckpt", "bench-large", "profile")
+BENCH_PARTS = ("bench-base", "bench-base-max", "bench-base-pad80", "bench-base-ckpt", "bench-base-sdpa", "bench-large",
+               "profile")
 TOP_OPS_SHOWN = 8
 
 

@@ -31,6 +31,7 @@ import torch
 from vlekit.bench_batches import NUM_CHOICES
 from vlekit.bench_config import DTYPES, MODES, PRESETS, TASKS, BenchConfig, BenchConfigError
 from vlekit.bench_timing import BenchReport, run_bench
+from vlekit.deberta_attention import DEBERTA_ATTENTIONS
 from vlekit.flops import flop_table
 from vlekit.registry import RegistryError
 
@@ -61,7 +62,7 @@ def format_report(report: BenchReport) -> str:
     parts = ", ".join(f"{k.replace('_', ' ')} {v / 1e6:.1f} M" for k, v in params.items() if k != "total")
     lines = [
         f"vlekit bench: {name} (text {config.text_encoder}, vision {config.vision_encoder}, fusion {config.fusion}, "
-        f"{config.num_token_types} token types)",
+        f"{config.num_token_types} token types, text attention {config.text_attention})",
         f"parameters {params['total'] / 1e6:.1f} M ({parts})",
         f"device {env['device']}, {peak}; dtype {config.dtype}; task {config.task}, {NUM_CHOICES} choices; "
         f"text padding {'to ' + str(config.pad_to) if config.pad_to else 'per batch (multiple of 8)'}; "
@@ -109,6 +110,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--text-encoder", metavar="NAME", help="registered text encoder (overrides the preset's)")
     model.add_argument("--vision-encoder", metavar="NAME", help="registered vision encoder (overrides the preset's)")
     model.add_argument("--fusion", metavar="NAME", help="registered fusion (overrides the preset's)")
+    model.add_argument("--text-attention", choices=DEBERTA_ATTENTIONS, default="eager",
+                       help="DeBERTa's attention: eager (Hugging Face's) or sdpa (fused, same results; default: eager)")
     model.add_argument("--num-token-types", type=int, default=83, help="token-type table rows (default: 83, as VLE)")
     data = parser.add_argument_group("synthetic batches")
     data.add_argument("--task", choices=TASKS, default="q2a", help="q2a: question + answer; qa2r: + gold answer + rationale")
@@ -152,6 +155,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         device=device, compile=args.compile, gradient_checkpointing=args.gradient_checkpointing, steps=args.steps,
         warmup=args.warmup, mode=args.mode, pad_to=args.pad_to, distinct_batches=args.distinct_batches,
         peak_tflops=args.peak_tflops, profile_dir=args.profile_dir, json_path=args.json_path, seed=args.seed,
+        text_attention=args.text_attention,
     )
 
 

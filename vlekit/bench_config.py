@@ -34,6 +34,8 @@ class BenchConfig:
     warmup: untimed steps before timing; at least one per distinct batch is always run, so every
         padded length is compiled / autotuned before the clock starts.
     peak_tflops: the device's bf16 dense peak for MFU; ``None`` looks the device up.
+    text_attention: the text encoder's ``attention`` option (``eager``, or ``sdpa``: DeBERTa's
+        disentangled attention fused, `vlekit.deberta_attention`).
     """
 
     text_encoder: str
@@ -56,6 +58,7 @@ class BenchConfig:
     profile_dir: str | None = None
     json_path: str | None = None
     seed: int = 0
+    text_attention: str = "eager"
 
     def __post_init__(self) -> None:
         checks = [
@@ -85,7 +88,8 @@ class BenchConfig:
         """``build_model`` keyword arguments for the three components."""
         options = {"gradient_checkpointing": True} if gradient_checkpointing else {}
         return {
-            "text_encoder": {"name": self.text_encoder, **options},
+            "text_encoder": {"name": self.text_encoder, **options,
+                             **({"attention": self.text_attention} if self.text_attention != "eager" else {})},
             "vision_encoder": {"name": self.vision_encoder, **options},
             "fusion": {"name": self.fusion, **options},
         }
