@@ -104,7 +104,7 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _make_step(
+def make_step(
     model: VCRModel, mode: str, *, dtype: str, device: torch.device
 ) -> Callable[[Mapping[str, torch.Tensor]], None]:
     """A closure running one training step (with its own fused AdamW) or one inference step."""
@@ -262,7 +262,7 @@ class _Bench:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         batches = [_to_device(b, device) for b in pool]
-        step = _make_step(self.model, mode, dtype=config.dtype, device=device)
+        step = make_step(self.model, mode, dtype=config.dtype, device=device)
         for i in range(warmup):
             step(batches[i % len(batches)])
         times, wall = _time_steps(step, batches, steps=config.steps, device=device)
