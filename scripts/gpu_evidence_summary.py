@@ -7,7 +7,8 @@ Standard library only (it must run when torch or vlekit is broken), and every in
 part that failed, timed out or was skipped shows as such, and the rest of the table stands.
 Inputs: ``parts.tsv`` (name, status, seconds, detail), ``environment.json``, ``nvidia-smi.txt``,
 ``<bench part>.json`` (``vlekit bench --json`` reports), ``train-loop/metrics.jsonl`` and
-``profile/top_ops_*.json``.
+``profile/top_ops_*.json``, and in notebooks mode ``03_finetune.log`` (the notebook's printed
+Markdown tables) and ``03_finetune/figures/``.
 """
 from __future__ import annotations
 
@@ -138,7 +139,21 @@ def render(summary: dict[str, Any]) -> str:
         lines += _table(["op", "ms/step", "share", "calls/step"],
                         [[o["name"], f"{o['ms_per_step']:.2f}", f"{100 * o['share']:.1f}%", f"{o['calls_per_step']:.0f}"]
                          for o in profile["ops"][:TOP_OPS_SHOWN]])
+    notebook = summary.get("notebook")
+    if notebook:
+        lines += ["", "## notebooks/03_finetune.ipynb as a script", ""] + notebook["tables"]
+        lines += ["", "figures: " + (", ".join(notebook["figures"]) or "none")]
     return "\n".join(lines) + "\n"
+
+
+def notebook_outputs(out: Path) -> dict[str, Any] | None:
+    """The Markdown table rows 03_finetune printed and the figures it saved (notebooks mode)."""
+    log = out / "03_finetune.log"
+    if not log.exists():
+        return None
+    tables = [line for line in log.read_text().splitlines() if line.startswith("|")]
+    figures = sorted(str(p.relative_to(out)) for p in (out / "03_finetune" / "figures").glob("*.png"))
+    return {"tables": tables, "figures": figures}
 
 
 def summarise(out: Path, *, mode: str, dry_run: bool, train_batch: int) -> dict[str, Any]:
@@ -151,6 +166,7 @@ def summarise(out: Path, *, mode: str, dry_run: bool, train_batch: int) -> dict[
         "nvidia_smi": smi if smi and "not found" not in smi and "failed" not in smi.lower() else None,
         "parts": read_parts(out), "bench": bench, "largest_train_batch": max(fits) if fits else None,
         "train_loop": train_loop(out, bench, batch=train_batch), "profiles": profile_summaries(out),
+        "notebook": notebook_outputs(out) if mode == "notebooks" else None,
     }
 
 

@@ -100,3 +100,15 @@ def test_summary_reads_partial_results(tmp_path: Path) -> None:
     assert "| bench-base-max | train | 128 | 40.0 | OOM |" in text and "31.0%" in text
     assert "| bench-large | timeout | 80 |" in text and "96% of bench at batch 32" in text
     assert "DRY RUN" not in text and summary["environment"] is None
+
+
+def test_summary_of_the_notebooks_mode_shows_the_notebooks_tables(tmp_path: Path) -> None:
+    summary_module = load_summary_module()
+    (tmp_path / "03_finetune.log").write_text("--- cell 3\n| task | accuracy % |\n|---|---|\n| Q->A | 61.0 |\nfigure: x\n")
+    (tmp_path / "03_finetune" / "figures").mkdir(parents=True)
+    (tmp_path / "03_finetune" / "figures" / "cell-08-0.png").write_bytes(b"png")
+    (tmp_path / "parts.tsv").write_text("03_finetune\tok\t150\trc 0\n")
+    summary = summary_module.summarise(tmp_path, mode="notebooks", dry_run=False, train_batch=32)
+    assert summary["notebook"]["tables"] == ["| task | accuracy % |", "|---|---|", "| Q->A | 61.0 |"]
+    text = summary_module.render(summary)
+    assert "| Q->A | 61.0 |" in text and "03_finetune/figures/cell-08-0.png" in text and summary["bench"] == []
