@@ -55,11 +55,14 @@ class HostSyncCounter(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def run_counted(mode: str) -> Counter[str]:
+def run_counted(mode: str, *, task: str = "q2a", gradient_checkpointing: bool = False, attention: str = "eager") -> Counter[str]:
     torch.manual_seed(0)
-    model = build_model(**{k: {"name": v} for k, v in PRESETS["tiny"].items()}, num_token_types=83)
+    options = {"gradient_checkpointing": True} if gradient_checkpointing else {}
+    specs = {k: {"name": v, **options} for k, v in PRESETS["tiny"].items()}
+    specs["text_encoder"]["attention"] = attention
+    model = build_model(**specs, num_token_types=83)
     vision = model.vision_encoder
-    batch = synthetic_batch(batch_size=3, image_size=vision.image_size, grid=vision.grid, task="q2a")
+    batch = synthetic_batch(batch_size=3, image_size=vision.image_size, grid=vision.grid, task=task)
     step = make_step(model, mode, dtype="fp32", device=torch.device("cpu"))
     step(batch)  # first step: lazy initialisation (optimizer state) may legitimately look at values
     with HostSyncCounter() as counter:
@@ -76,7 +79,11 @@ def test_the_counter_sees_each_kind_of_sync() -> None:
         ["item", "tolist", "__bool__", "__getitem__", "nonzero", "cpu", "to"])
 
 
-@pytest.mark.parametrize("mode", ["train", "infer"])
-def test_no_host_sync_in_the_step(mode: str) -> None:
-    found = run_counted(mode)
+@pytest.mark.parametrize(
+    ("mode", "task", "gradient_checkpointing", "attention"),
+    [("train", "q2a", False, "eager"), ("infer", "q2a", False, "eager"), ("train", "qa2r", True, "eager"),
+     ("train", "q2a", False, "sdpa")],
+)
+def test_no_host_sync_in_the_step(mode: str, task: str, gradient_checkpointing: bool, attention: str) -> None:
+    found = run_counted(mode, task=task, gradient_checkpointing=gradient_checkpointing, attention=attention)
     assert not found, "host syncs in the step:\n" + "\n".join(f"{count} x {key}" for key, count in sorted(found.items()))
