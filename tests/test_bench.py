@@ -10,17 +10,11 @@ import torch
 from torch import nn
 
 import vlekit
-from vlekit.bench import (
-    PRESETS,
-    BenchConfig,
-    BenchConfigError,
-    MetaFlopCounter,
-    count_flops,
-    format_report,
-    peak_bf16_tflops,
-    run_bench,
-    synthetic_batch,
-)
+from vlekit.bench import format_report
+from vlekit.bench_batches import synthetic_batch
+from vlekit.bench_config import PRESETS, BenchConfig, BenchConfigError
+from vlekit.bench_timing import run_bench
+from vlekit.flops import MetaFlopCounter, count_flops, peak_bf16_tflops
 from vlekit.cli import main
 from vlekit.fusions import CoAttentionConfig, CoAttentionFusion
 from vlekit.registry import FUSIONS, register_fusion
@@ -270,3 +264,14 @@ def test_bad_options_fail_fast(capsys: pytest.CaptureFixture[str]) -> None:
     if not torch.cuda.is_available():
         assert main(["bench", "--preset", "tiny", "--device", "cuda"]) == 2
         assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_text_attention_option_reaches_the_text_encoder() -> None:
+    from vlekit.deberta_attention import SDPADisentangledSelfAttention
+
+    assert "attention" not in tiny_config().component_specs(gradient_checkpointing=False)["text_encoder"]
+    report = run_bench(tiny_config(batch_sizes=(2,), mode="train", text_attention="sdpa"))
+    assert report.results[0].status == "ok" and report.config.text_attention == "sdpa"
+    specs = tiny_config(text_attention="sdpa").component_specs(gradient_checkpointing=False)
+    model = vlekit.build_model(**specs, num_token_types=83)
+    assert any(isinstance(m, SDPADisentangledSelfAttention) for m in model.text_encoder.modules())

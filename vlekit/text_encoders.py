@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModel, PretrainedConfig
 
+from vlekit.deberta_attention import use_deberta_attention
 from vlekit.interfaces import TextEncoder, check_shape
 from vlekit.registry import TEXT_ENCODERS, register_text_encoder
 
@@ -35,6 +36,8 @@ class HFTextConfig:
         only its config (random init). ``None`` builds ``model_type`` from ``hf_config`` alone.
     hf_config: architecture fields, overriding the named model's config (or all of it).
     vocab_size: resize the token embeddings to a tokenizer's size.
+    attention: DeBERTa's disentangled attention, ``eager`` (Hugging Face's) or ``sdpa`` (fused, same
+        results: `vlekit.deberta_attention`).
     """
 
     model_name: str | None = None
@@ -43,6 +46,7 @@ class HFTextConfig:
     hf_config: dict[str, Any] = field(default_factory=dict)
     vocab_size: int | None = None
     gradient_checkpointing: bool = False
+    attention: str = "eager"
 
 
 _TINY_DEBERTA = dict(
@@ -74,6 +78,8 @@ class HFTextEncoder(TextEncoder):
             self.model.resize_token_embeddings(config.vocab_size)
         if config.gradient_checkpointing:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if config.attention != "eager" and use_deberta_attention(self.model, config.attention) == 0:
+            raise ValueError(f"hf-text: attention {config.attention!r} is for DeBERTa-v2/v3, not {self.model.config.model_type}")
         self.hidden_size: int = self.model.config.hidden_size
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
