@@ -11,7 +11,6 @@ import argparse
 import csv
 import json
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,41 +19,10 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from vlekit.model import CONFIG_FILE, VCRModel
+from vlekit.run_folder import TrainedModel, load_trained
 
 CHANCE = {"q2a": 0.25, "qa2r": 0.25, "q2ar": 0.0625}
 METRIC_NAMES = {"q2a": "Q->A", "qa2r": "QA->R", "q2ar": "Q->AR"}
-
-
-@dataclass
-class TrainedModel:
-    """A fine-tuned model folder: weights, tokenizer and the data options it was trained with."""
-
-    folder: Path
-    model: VCRModel
-    tokenizer: Any
-    data: dict[str, Any]
-
-    @property
-    def task(self) -> str:
-        return self.data["task"]
-
-
-def load_trained(folder: str | Path) -> TrainedModel:
-    """Load ``OUT/model`` (or a run folder ``OUT`` that contains it)."""
-    from transformers import AutoTokenizer
-
-    from vlekit.train import DATA_FILE
-
-    folder = Path(folder)
-    if not (folder / CONFIG_FILE).is_file() and (folder / "model" / CONFIG_FILE).is_file():
-        folder = folder / "model"
-    if not (folder / CONFIG_FILE).is_file():
-        raise FileNotFoundError(f"{folder}: no {CONFIG_FILE}; expected a run folder or its model/ folder from vlekit train")
-    model = VCRModel.from_pretrained(folder)
-    tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
-    data = json.loads((folder / DATA_FILE).read_text())
-    return TrainedModel(folder=folder, model=model, tokenizer=tokenizer, data=data)
 
 
 @torch.inference_mode()
@@ -107,10 +75,8 @@ def bootstrap_interval(correct: np.ndarray, *, resamples: int = 1000, seed: int 
 def _loader(trained: TrainedModel, records: list[dict], *, images: str, batch_size: int, num_workers: int,
             expand_answers: bool = False) -> DataLoader:
     from data_prep.dataset import VCRDataset
-    from vlekit.train import make_preprocessor
 
-    preprocessor = make_preprocessor(trained.tokenizer, trained.model, images_root=images, **trained.data)
-    dataset = VCRDataset(records, preprocessor, expand_answers=expand_answers)
+    dataset = VCRDataset(records, trained.preprocessor(images_root=images), expand_answers=expand_answers)
     return DataLoader(dataset, batch_size=batch_size, collate_fn=dataset.collate, num_workers=num_workers)
 
 
