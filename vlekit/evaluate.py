@@ -20,9 +20,9 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from vlekit.run_folder import TrainedModel, load_trained
+from vlekit.tables import format_metrics_table
 
 CHANCE = {"q2a": 0.25, "qa2r": 0.25, "q2ar": 0.0625}
-METRIC_NAMES = {"q2a": "Q->A", "qa2r": "QA->R", "q2ar": "Q->AR"}
 
 
 @torch.inference_mode()
@@ -158,17 +158,6 @@ def write_leaderboard_csv(path: Path, records: list[dict], answer_probs: np.ndar
         for record, answers, rationales in zip(records, answer_probs, rationale_probs):
             writer.writerow([record["annot_id"], *answers.round(6).tolist(), *rationales.reshape(-1).round(6).tolist()])
     return path
-
-
-def format_metrics_table(metrics: dict[str, dict[str, Any]]) -> str:
-    """A small text table: metric, accuracy, 95% interval, chance."""
-    lines = [f"{'metric':<7} {'accuracy':>8}  {'95% CI':>15}  {'chance':>6}  {'n':>5}"]
-    for task in ("q2a", "qa2r", "q2ar"):
-        if task in metrics:
-            m = metrics[task]
-            lines.append(f"{METRIC_NAMES[task]:<7} {m['accuracy']:>8.3f}  [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]  "
-                         f"{m['chance']:>6.4f}  {m['n']:>5}")
-    return "\n".join(lines)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
