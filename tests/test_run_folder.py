@@ -41,3 +41,14 @@ def test_a_folder_without_a_model_says_what_it_expected(tmp_path):
     (tmp_path / "model" / "vlekit_config.json").write_text("{}")
     with pytest.raises(FileNotFoundError, match=f"no {PREPROCESS_FILE}"):
         load_trained(tmp_path)
+
+
+def test_vlekit_train_draws_the_curve_train_leaves_out(tmp_path, capsys):
+    from vlekit.cli import main as cli_main
+
+    data = generate_synthetic_vcr(tmp_path / "data", num_train=16, num_val=8, num_test=0, seed=1)
+    code = cli_main(["train", "--train-annotations", str(data.train), "--images", str(data.images_root),
+                     "--out", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "8", "--no-progress",
+                     "data.num_workers=0", "train.mixed_precision=fp32", "train.cpu=true"])
+    assert code == 0 and "curve" in capsys.readouterr().out
+    assert RunFolder(tmp_path / "run").curve_file.stat().st_size > 1000

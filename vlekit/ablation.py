@@ -2,10 +2,10 @@
 significance tests.
 
     vlekit ablate --config EXPERIMENT.yaml --grid GRID.yaml --out runs/my-grid
-    vlekit ablate --out runs/ablation          # the demo's grid (configs/ablation-demo.yaml; a GPU)
+    vlekit ablate --out runs/ablation          # the demo's grid (configs/grids/ablation-demo.yaml; a GPU)
     vlekit ablate --out /tmp/abl --smoke       # the reference and the baseline, 1 seed, a few steps (a CPU)
 
-A grid file (YAML; ``configs/ablation-demo.yaml`` is one) says::
+A grid file (YAML; ``configs/grids/ablation-demo.yaml`` is one) says::
 
     experiment: base.yaml        # the base experiment: a path (relative to the grid file) or the sections
                                  # themselves; --config replaces it
@@ -71,7 +71,7 @@ NO_OBJECT_TOKENS = "no-object-tokens"
 RESULT_FILE = "result.json"
 CHANCE_LOSS = math.log(4)  # cross-entropy of a uniform guess over the 4 choices
 # The demo's grid: shipped with the repository, next to the other experiment files.
-DEMO_GRID_FILE = Path(__file__).resolve().parents[1] / "configs" / "ablation-demo.yaml"
+DEMO_GRID_FILE = Path(__file__).resolve().parents[1] / "configs" / "grids" / "ablation-demo.yaml"
 
 
 @dataclass(frozen=True)
@@ -190,7 +190,7 @@ def check_grid(grid: GridConfig, *, where: str = "grid") -> GridConfig:
 
 
 def demo_grid(**settings: Any) -> GridConfig:
-    """The demo's grid (``configs/ablation-demo.yaml``: the demo's tiny experiment, ten rows, three seeds)."""
+    """The demo's grid (``configs/grids/ablation-demo.yaml``: the demo's tiny experiment, ten rows, three seeds)."""
     if not DEMO_GRID_FILE.is_file():
         raise FileNotFoundError(f"the demo's grid file {DEMO_GRID_FILE} is missing (vlekit installed without its "
                                 f"repository?): pass a grid file of your own")
