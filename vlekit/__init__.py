@@ -28,8 +28,8 @@ from vlekit.registry import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "FUSIONS", "TEXT_ENCODERS", "VISION_ENCODERS", "Fusion", "FusionOutput", "Predictor", "RegistryError", "TextEncoder",
-    "VCRModel", "VCRModelConfig", "VisionEncoder", "build_model", "import_plugins", "list_components",
-    "load_model_config", "load_run", "make_config", "register_fusion", "register_text_encoder", "register_vision_encoder",
-    "registry_for", "from_vle_pretrained", "to_vle_pretrained", "vle_preprocessor",
+    "FUSIONS", "TEXT_ENCODERS", "VISION_ENCODERS", "Fusion", "FusionOutput", "Predictor", "RegistryError",
+    "TextEncoder", "VCRModel", "VCRModelConfig", "VisionEncoder", "build_model", "import_plugins", "list_components",
+    "load_model_config", "load_run", "make_config", "register_fusion", "register_text_encoder",
+    "register_vision_encoder", "registry_for", "from_vle_pretrained", "to_vle_pretrained", "vle_preprocessor",
 ]

@@ -44,7 +44,6 @@ import dataclasses
 import difflib
 import json
 import math
-import os
 import shutil
 import sys
 import time
@@ -165,7 +164,8 @@ def load_grid(path: str | Path, *, experiment: str | Path | None = None, **setti
             raise FileNotFoundError(f"{path}: experiment config {base_path} not found")
         base = yaml.safe_load(base_path.read_text()) or {}
     if not isinstance(base, Mapping):
-        raise TypeError(f"{path}: the experiment must be a YAML file or a mapping with sections plugins/model/data/train")
+        raise TypeError(f"{path}: the experiment must be a YAML file or a mapping with sections "
+                        f"plugins/model/data/train")
     variants = tuple(_variant(v, where=str(path)) for v in raw.get("variants") or ())
     if not variants:
         raise ValueError(f"{path}: 'variants' lists no rows; give at least one {{name: ..., changes: {{...}}}}")
@@ -298,7 +298,8 @@ def prepare_data(grid: GridConfig) -> tuple[SyntheticVCR | None, str | None]:
         options = dataclasses.asdict(grid.synthetic_data)
         stamp = root / "options.json"
         if stamp.is_file() and json.loads(stamp.read_text()) == options:
-            data = SyntheticVCR(root, root / "vcr1images", root / "train.jsonl", root / "val.jsonl", root / "test.jsonl")
+            data = SyntheticVCR(root, root / "vcr1images", root / "train.jsonl", root / "val.jsonl",
+                                root / "test.jsonl")
         else:
             data = generate_synthetic_vcr(root, num_test=0, **options)
             stamp.write_text(json.dumps(options))
