@@ -1,13 +1,17 @@
 """The ``vlekit`` command line: one sub-command per job, each implemented in its own module.
 
 Each module provides ``add_arguments(parser)`` and ``run(args) -> int``; they are imported only when
-their sub-command runs, so ``vlekit list`` stays fast.
+their sub-command runs, so ``vlekit list`` stays fast. The command line writes figures to files, so it
+chooses matplotlib's Agg backend (no windows) for every sub-command.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+
+from vlekit.tables import text_table
 
 # sub-command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -16,8 +20,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prep": ("data_prep.prep", "VCR annotations -> cached multiple-choice examples"),
     "train": ("vlekit.train", "fine-tune a VCR model (Q->A or QA->R)"),
     "eval": ("vlekit.evaluate", "evaluate checkpoints: Q->A, QA->R, Q->AR, leaderboard CSV"),
+    "predict": ("vlekit.predict", "score typed answers to a typed question about an image with a trained run"),
     "demo": ("vlekit.demo", "the built-in demo: synthetic VCR data, tiny model, train, evaluate"),
-    "ablate": ("vlekit.ablation", "an ablation grid (components x adaptation options x seeds) with a report"),
+    "ablate": ("vlekit.ablation", "an ablation grid over any experiment (variants x seeds) with a report"),
     "bench": ("vlekit.bench", "measure training / inference speed, memory, FLOPs and MFU"),
 }
 
@@ -31,16 +36,12 @@ def run(args: argparse.Namespace) -> int:
     """``vlekit list``: a table of every component, its source and a line of description."""
     import vlekit
 
-    rows = vlekit.list_components(args.kind)
-    widths = {key: max(len(key), *(len(row[key]) for row in rows)) for key in ("kind", "name", "source")}
-    print(f"{'kind':<{widths['kind']}}  {'name':<{widths['name']}}  {'source':<{widths['source']}}  description")
-    for row in rows:
-        print(f"{row['kind']:<{widths['kind']}}  {row['name']:<{widths['name']}}  "
-              f"{row['source']:<{widths['source']}}  {row['description']}")
+    print(text_table(vlekit.list_components(args.kind), ["kind", "name", "source", "description"], align="llll"))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    os.environ["MPLBACKEND"] = "Agg"  # read when matplotlib is first imported: figures go to files
     parser = argparse.ArgumentParser(prog="vlekit", description="VCR adaptation kit for vision-language encoders")
     subcommands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     argv = sys.argv[1:] if argv is None else argv

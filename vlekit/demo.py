@@ -4,6 +4,9 @@
 2. fine-tune a tiny DeBERTa + CLIP ViT + co-attention model on Q->A, then on QA->R;
 3. evaluate Q->A, QA->R and Q->AR against chance, with 95% bootstrap intervals;
 4. write ``results.md``, ``results.json`` and ``curve.png`` into the run folder.
+
+Each model's run folder (``OUT/q2a``, ``OUT/qa2r``) loads back as a predictor:
+``vlekit.load_run("runs/demo/q2a")`` or ``vlekit predict --run runs/demo/q2a --image ... --question ...``.
 """
 from __future__ import annotations
 
@@ -14,9 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vlekit.evaluate import METRIC_NAMES, evaluate, format_metrics_table
+import torch
+
+from data_prep.synthetic import generate_synthetic_vcr
+from vlekit.evaluate import evaluate
 from vlekit.experiment import DataConfig, ExperimentConfig, TrainConfig
 from vlekit.model import VCRModelConfig
+from vlekit.run_folder import TOKENIZER_DIR, RunFolder
+from vlekit.tables import format_metrics_table
+from vlekit.train import train
 
 
 @dataclass(frozen=True)
@@ -52,11 +61,7 @@ def demo_experiment(config: DemoConfig, *, task: str, data: Any, tokenizer: str)
 
 def run_demo(config: DemoConfig = DemoConfig(), *, progress: bool = True) -> dict[str, Any]:
     """Run the demo; returns the metrics and writes the results into ``config.out``."""
-    from data_prep.synthetic import generate_synthetic_vcr
-    from vlekit.plots import plot_training_curve, plt
-    from vlekit.train import train
-
-    import torch
+    from vlekit.plots import plot_training_curve, plt, save_training_curve  # matplotlib: only when drawing
 
     torch.set_num_threads(config.torch_threads)
     started = time.perf_counter()
@@ -65,22 +70,20 @@ def run_demo(config: DemoConfig = DemoConfig(), *, progress: bool = True) -> dic
     print(f"synthetic VCR data: {config.num_train} train / {config.num_val} val questions in {data.root}")
     q2a = train(demo_experiment(config, task="q2a", data=data, tokenizer="auto"), progress=progress)
     # QA->R reuses the tokenizer built for Q->A, so both models share one vocabulary.
-    qa2r = train(demo_experiment(config, task="qa2r", data=data, tokenizer=str(q2a.out / "tokenizer")),
+    qa2r = train(demo_experiment(config, task="qa2r", data=data, tokenizer=str(q2a.out / TOKENIZER_DIR)),
                  progress=progress)
     result = evaluate([q2a.model_dir, qa2r.model_dir], annotations=data.val, images=data.images_root,
                       out=out / "eval", num_workers=config.num_workers, progress=progress)
     metrics = result["metrics"]
+    for task, run in (("q2a", q2a), ("qa2r", qa2r)):
+        save_training_curve(RunFolder(run.out), title=f"{task} training")
     seconds = time.perf_counter() - started
-    plt.close(plot_training_curve({"Q->A": q2a.out / "metrics.jsonl", "QA->R": qa2r.out / "metrics.jsonl"},
+    plt.close(plot_training_curve({"Q->A": RunFolder(q2a.out).metrics_file, "QA->R": RunFolder(qa2r.out).metrics_file},
                                   out / "curve.png", title="vlekit demo: tiny VLE-style model on synthetic VCR"))
     table = format_metrics_table(metrics)
     (out / "results.json").write_text(json.dumps({"metrics": metrics, "seconds": seconds}, indent=2))
     (out / "results.md").write_text(
-        "# vlekit demo\n\n| metric | accuracy | 95% CI | chance |\n|---|---|---|---|\n"
-        + "".join(f"| {METRIC_NAMES[t]} | {m['accuracy']:.3f} | {m['ci95'][0]:.3f}-{m['ci95'][1]:.3f} | {m['chance']} |\n"
-                  for t, m in metrics.items())
-        + f"\nwall time {seconds:.0f} s\n"
-    )
+        f"# vlekit demo\n\n{format_metrics_table(metrics, markdown=True)}\n\nwall time {seconds:.0f} s\n")
     print(f"\n{table}\n\nresults: {out / 'results.md'}, curve: {out / 'curve.png'} ({seconds:.0f} s)")
     return {"metrics": metrics, "seconds": seconds}
 

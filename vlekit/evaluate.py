@@ -12,7 +12,6 @@ import argparse
 import csv
 import json
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,49 +20,11 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from vlekit.model import CONFIG_FILE, VCRModel
+from vlekit.run_folder import EXPERIMENT_FILE, TrainedModel, load_trained
+from vlekit.tables import format_metrics_table
 
 CHANCE = {"q2a": 0.25, "qa2r": 0.25, "q2ar": 0.0625}
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")  # as train.mixed_precision
-RUN_CONFIG_FILE = "config.yaml"
-METRIC_NAMES = {"q2a": "Q->A", "qa2r": "QA->R", "q2ar": "Q->AR"}
-
-
-@dataclass
-class TrainedModel:
-    """A fine-tuned model folder: weights, tokenizer and the data options it was trained with."""
-
-    folder: Path
-    model: VCRModel
-    tokenizer: Any
-    data: dict[str, Any]
-    mixed_precision: str | None  # the run's train.mixed_precision (None: the folder has no config.yaml)
-
-    @property
-    def task(self) -> str:
-        return self.data["task"]
-
-
-def load_trained(folder: str | Path) -> TrainedModel:
-    """Load ``OUT/model`` (or a run folder ``OUT`` that contains it)."""
-    from transformers import AutoTokenizer
-
-    from vlekit.train import DATA_FILE
-
-    folder = Path(folder)
-    if not (folder / CONFIG_FILE).is_file() and (folder / "model" / CONFIG_FILE).is_file():
-        folder = folder / "model"
-    if not (folder / CONFIG_FILE).is_file():
-        raise FileNotFoundError(f"{folder}: no {CONFIG_FILE}; expected a run folder or its model/ folder from vlekit train")
-    model = VCRModel.from_pretrained(folder)
-    tokenizer = AutoTokenizer.from_pretrained(folder / "tokenizer")
-    data = json.loads((folder / DATA_FILE).read_text())
-    mixed_precision = None
-    if (folder / RUN_CONFIG_FILE).is_file():
-        import yaml
-
-        mixed_precision = (yaml.safe_load((folder / RUN_CONFIG_FILE).read_text()).get("train") or {}).get("mixed_precision")
-    return TrainedModel(folder=folder, model=model, tokenizer=tokenizer, data=data, mixed_precision=mixed_precision)
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -127,10 +88,8 @@ def bootstrap_interval(correct: np.ndarray, *, resamples: int = 1000, seed: int 
 def _loader(trained: TrainedModel, records: list[dict], *, images: str, batch_size: int, num_workers: int,
             expand_answers: bool = False) -> DataLoader:
     from data_prep.dataset import VCRDataset
-    from vlekit.train import make_preprocessor
 
-    preprocessor = make_preprocessor(trained.tokenizer, trained.model, images_root=images, **trained.data)
-    dataset = VCRDataset(records, preprocessor, expand_answers=expand_answers)
+    dataset = VCRDataset(records, trained.preprocessor(images_root=images), expand_answers=expand_answers)
     return DataLoader(dataset, batch_size=batch_size, collate_fn=dataset.collate, num_workers=num_workers)
 
 
@@ -157,7 +116,7 @@ def evaluate(
     for task, model in trained.items():
         precisions[task] = precision if precision is not None else model.mixed_precision
         if precisions[task] is None:
-            raise ValueError(f"{model.folder}: no {RUN_CONFIG_FILE} to take the evaluation precision from "
+            raise ValueError(f"{model.folder}: no {EXPERIMENT_FILE} to take the evaluation precision from "
                              f"(train.mixed_precision); give one: --precision {{{','.join(PRECISIONS)}}}")
         autocast_dtype(precisions[task], torch.device("cpu"))  # a bad value fails before any work
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -224,17 +183,6 @@ def write_leaderboard_csv(path: Path, records: list[dict], answer_probs: np.ndar
         for record, answers, rationales in zip(records, answer_probs, rationale_probs):
             writer.writerow([record["annot_id"], *answers.round(6).tolist(), *rationales.reshape(-1).round(6).tolist()])
     return path
-
-
-def format_metrics_table(metrics: dict[str, dict[str, Any]]) -> str:
-    """A small text table: metric, accuracy, 95% interval, chance."""
-    lines = [f"{'metric':<7} {'accuracy':>8}  {'95% CI':>15}  {'chance':>6}  {'n':>5}"]
-    for task in ("q2a", "qa2r", "q2ar"):
-        if task in metrics:
-            m = metrics[task]
-            lines.append(f"{METRIC_NAMES[task]:<7} {m['accuracy']:>8.3f}  [{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]  "
-                         f"{m['chance']:>6.4f}  {m['n']:>5}")
-    return "\n".join(lines)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -1,20 +1,17 @@
-"""Plots people would rather look at than read: training curves, results against chance, ablations."""
+"""Plots people would rather look at than read: training curves, results against chance, ablations.
+
+The plotting backend is the caller's choice: the ``vlekit`` command line picks Agg (files, no
+windows) before anything imports matplotlib; a notebook keeps its inline backend.
+"""
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # files, not windows; notebooks display the returned figures themselves
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-
-
-def read_metrics(path: str | Path) -> list[dict]:
-    """The records of a run's ``metrics.jsonl``."""
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+from vlekit.run_folder import RunFolder, read_metrics
 
 
 def plot_training_curve(
@@ -49,6 +46,12 @@ def plot_training_curve(
     if png is not None:
         figure.savefig(png, dpi=120)
     return figure
+
+
+def save_training_curve(run: RunFolder, *, title: str = "training") -> Path:
+    """Draw ``run``'s training curve into its ``curve.png`` (the figure is closed); returns the path."""
+    plt.close(plot_training_curve(run.metrics_file, run.curve_file, title=title))
+    return run.curve_file
 
 
 def plot_accuracy_bars(

@@ -1,13 +1,13 @@
 """Fine-tuning on VCR with Hugging Face Accelerate: one code path for CPU, one GPU, DDP / FSDP.
 
-Run folder layout (everything needed to reproduce, resume and evaluate)::
+Run folder layout (everything needed to reproduce, resume and evaluate; defined in ``vlekit.run_folder``)::
 
     OUT/config.yaml              resolved experiment config
     OUT/tokenizer/               the tokenizer used (built from the data when tokenizer=auto)
     OUT/metrics.jsonl            one JSON object per log step (loss, the lr the step used, processes) and per evaluation
     OUT/checkpoints/step-N/      accelerate state (model, optimizer, scheduler, RNG) + trainer_state.json
     OUT/model/                   final model (vlekit_config.json, model.safetensors, tokenizer/, data.json)
-    OUT/curve.png                training curve
+    OUT/curve.png                training curve (``vlekit train`` draws it; ``train()`` leaves plotting to its caller)
 
 Checkpoints are written to ``step-N.tmp``, completed by a ``manifest.json`` (every file's size and
 SHA-256, written last) and renamed, so a kill, even SIGKILL in the middle of a save, never leaves a
@@ -40,14 +40,15 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
+from vlekit.evaluate import accuracy_on
 from vlekit.experiment import ExperimentConfig, load_experiment
 from vlekit.model import VCRModel, VCRModelConfig
 from vlekit.registry import registry_for
+from vlekit.run_folder import (CHECKPOINTS_DIR, EXPERIMENT_FILE, METRICS_FILE, MODEL_DIR, PREPROCESS_FILE,
+                               TOKENIZER_DIR, RunFolder, make_preprocessor)
 
-CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"
 MANIFEST_FILE = "manifest.json"
-DATA_FILE = "data.json"
 # Test hook: with VLEKIT_TEST_STALL_IN_CHECKPOINT=N the save of step N stops for ten minutes after
 # writing every file but the manifest, so a test can SIGKILL a run in the middle of a save.
 STALL_ENV = "VLEKIT_TEST_STALL_IN_CHECKPOINT"
@@ -97,7 +98,7 @@ def load_or_build_tokenizer(config: ExperimentConfig, out: Path, accelerator: Ac
 
     if config.data.tokenizer != "auto":
         return AutoTokenizer.from_pretrained(config.data.tokenizer)
-    folder = out / "tokenizer"
+    folder = out / TOKENIZER_DIR
     if accelerator.is_main_process and not (folder / "tokenizer_config.json").is_file():
         from data_prep.tokenizer import build_word_tokenizer
 
@@ -176,17 +177,6 @@ def build_run_model(config: ExperimentConfig, tokenizer) -> VCRModel:
     return model.train()
 
 
-def make_preprocessor(tokenizer, model: VCRModel, *, task: str, geometry: str, max_length: int, names: str,
-                      images_root: str | None):
-    """The data pipeline matching ``model``'s vision encoder (image size, patch grid)."""
-    from data_prep.preprocess import VCRPreprocessor
-
-    return VCRPreprocessor(
-        tokenizer, task=task, image_size=model.vision_encoder.image_size, patch_size=model.vision_encoder.patch_size,
-        geometry=geometry, max_length=max_length, images_root=images_root, names=names,
-    )
-
-
 def make_optimizer(model: VCRModel, config: ExperimentConfig) -> torch.optim.Optimizer:
     """AdamW over role groups with learning-rate multipliers; no weight decay on biases and norms."""
     train = config.train
@@ -247,7 +237,7 @@ class StopRequested:
 def checkpoint_dirs(out: Path) -> list[Path]:
     """The ``step-N`` folders under ``out/checkpoints``, oldest first (complete or not; see
     ``checkpoint_problem``). Unfinished ``step-N.tmp`` and replaced ``step-N.old`` folders are not listed."""
-    folder = out / CHECKPOINTS
+    folder = out / CHECKPOINTS_DIR
     if not folder.is_dir():
         return []
     found = [(int(m.group(1)), p) for p in folder.iterdir() if p.is_dir() and (m := _CHECKPOINT_NAME.fullmatch(p.name))]
@@ -307,7 +297,7 @@ def save_checkpoint(accelerator: Accelerator, out: Path, state: TrainerState, co
     """Write accelerate state + trainer state + config to ``step-N.tmp``, then the manifest, then rename
     it to ``step-N``; keep the newest ``train.keep``. A kill at any point leaves the previous complete
     checkpoints intact (a ``step-N`` saved again is moved aside, not deleted, until the new one is in place)."""
-    final = out / CHECKPOINTS / f"step-{state.global_step:07d}"
+    final = out / CHECKPOINTS_DIR / f"step-{state.global_step:07d}"
     tmp, old = final.with_name(final.name + ".tmp"), final.with_name(final.name + ".old")
     if accelerator.is_main_process and tmp.exists():
         shutil.rmtree(tmp)
@@ -316,7 +306,7 @@ def save_checkpoint(accelerator: Accelerator, out: Path, state: TrainerState, co
     accelerator.wait_for_everyone()  # every process has written its files (e.g. its RNG state)
     if accelerator.is_main_process:
         (tmp / STATE_FILE).write_text(json.dumps(dataclasses.asdict(state)))
-        config.save(tmp / "config.yaml")
+        config.save(tmp / EXPERIMENT_FILE)
         if os.environ.get(STALL_ENV) == str(state.global_step):
             time.sleep(600)
         write_manifest(tmp)
@@ -356,7 +346,7 @@ def resume_checkpoint(resume: str | None, out: Path, *, report: Callable[[str], 
         return folder
     folder = latest_checkpoint(out, report=report)
     if folder is None:
-        report(f"--resume: no complete checkpoint in {out / CHECKPOINTS}; starting from step 0")
+        report(f"--resume: no complete checkpoint in {out / CHECKPOINTS_DIR}; starting from step 0")
     return folder
 
 
@@ -364,10 +354,10 @@ def save_final_model(model: VCRModel, tokenizer, config: ExperimentConfig, folde
                      state_dict: dict[str, torch.Tensor] | None = None) -> Path:
     """The evaluable model: weights + resolved config + tokenizer + the data options it was trained with."""
     model.save_pretrained(folder, state_dict=state_dict)
-    tokenizer.save_pretrained(folder / "tokenizer")
+    tokenizer.save_pretrained(folder / TOKENIZER_DIR)
     data = dataclasses.asdict(config.data)
-    (folder / DATA_FILE).write_text(json.dumps({k: data[k] for k in ("task", "geometry", "max_length", "names")}))
-    config.save(folder / "config.yaml")
+    (folder / PREPROCESS_FILE).write_text(json.dumps({k: data[k] for k in ("task", "geometry", "max_length", "names")}))
+    config.save(folder / EXPERIMENT_FILE)
     return folder
 
 
@@ -456,7 +446,6 @@ def train(config: ExperimentConfig, *, resume: str | None = None, progress: bool
     """Fine-tune ``config.model`` on ``config.data`` as ``config.train`` says. Returns where it went."""
     from data_prep.dataset import VCRDataset
     from data_prep.vcr import read_vcr
-    from vlekit.evaluate import accuracy_on
 
     train_cfg, data_cfg = config.train, config.data
     # The schedule is counted in optimizer steps (``total_steps``) and stepped once per optimizer step
@@ -484,7 +473,7 @@ def train(config: ExperimentConfig, *, resume: str | None = None, progress: bool
     model = build_run_model(config, tokenizer)
     config = dataclasses.replace(config, model=model.config)  # what was built, for config.yaml and checkpoints
     if accelerator.is_main_process:
-        config.save(out / "config.yaml")
+        config.save(out / EXPERIMENT_FILE)
     if train_cfg.freeze_text_encoder:
         model.text_encoder.requires_grad_(False)
     if train_cfg.freeze_vision_encoder:
@@ -533,7 +522,7 @@ def train(config: ExperimentConfig, *, resume: str | None = None, progress: bool
         state = TrainerState(**json.loads((checkpoint / STATE_FILE).read_text()))
         accelerator.print(f"resumed from {checkpoint} (step {state.global_step}, epoch {state.epoch})")
 
-    log = MetricsLog(out / "metrics.jsonl", enabled=accelerator.is_main_process)
+    log = MetricsLog(out / METRICS_FILE, enabled=accelerator.is_main_process)
     if checkpoint is not None:
         log.rewind(state)
     bar = tqdm(total=total_steps, initial=state.global_step, disable=not (progress and accelerator.is_local_main_process),
@@ -594,10 +583,7 @@ def train(config: ExperimentConfig, *, resume: str | None = None, progress: bool
     if not interrupted:
         weights = accelerator.get_state_dict(model)  # every process takes part: FSDP gathers its shards here
         if accelerator.is_main_process:
-            model_dir = save_final_model(accelerator.unwrap_model(model), tokenizer, config, out / "model", weights)
-            from vlekit.plots import plot_training_curve, plt
-
-            plt.close(plot_training_curve(out / "metrics.jsonl", out / "curve.png", title=f"{data_cfg.task} training"))
+            model_dir = save_final_model(accelerator.unwrap_model(model), tokenizer, config, out / MODEL_DIR, weights)
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return TrainResult(out=out, model_dir=model_dir, global_step=state.global_step, interrupted=interrupted,
@@ -652,5 +638,8 @@ def run(args: argparse.Namespace) -> int:
     if result.interrupted:
         print(f"interrupted at step {result.global_step}; resume with: vlekit train --config {result.out / 'config.yaml'} --resume")
         return 130
-    print(f"done: {result.global_step} steps, model in {result.model_dir}")
+    from vlekit.plots import save_training_curve  # matplotlib: only for the command line's picture
+
+    curve = save_training_curve(RunFolder(result.out), title=f"{config.data.task} training")
+    print(f"done: {result.global_step} steps, model in {result.model_dir}, curve {curve}")
     return 0

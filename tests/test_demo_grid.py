@@ -1,0 +1,95 @@
+"""Ablation grids over any experiment (``vlekit ablate --config --grid``); the demo's grid is one grid file."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from data_prep.synthetic import SyntheticVCR, generate_synthetic_vcr
+from vlekit import ablation
+from vlekit.cli import main as cli_main
+from vlekit.demo import DemoConfig, demo_experiment
+
+
+def test_the_demo_grid_file_runs_the_demos_experiment_on_the_grid_device():
+    grid = ablation.demo_grid(out="/tmp/grid")
+    assert [v.name for v in grid.variants][:2] == [ablation.REFERENCE, ablation.NO_OBJECT_TOKENS]
+    assert grid.seeds == (0, 1, 2) and grid.synthetic_data == ablation.SyntheticData(num_train=2000, num_val=300, seed=0)
+    root = Path("/tmp/grid/data")
+    data = SyntheticVCR(root, root / "vcr1images", root / "train.jsonl", root / "val.jsonl", root / "test.jsonl")
+    reference = grid.variants[0]
+    config = ablation.variant_config(grid, reference, seed=1, data=data, tokenizer="/tmp/grid/tokenizer")
+    folder = str(ablation.run_folder(grid, reference.name, 1))
+    expected = demo_experiment(DemoConfig(seed=1, num_workers=2), task="q2a", data=data, tokenizer="/tmp/grid/tokenizer")
+    # The grid's runs differ from the demo's only where a grid must: the run folder, the device and its precision.
+    expected = dataclasses.replace(expected, train=dataclasses.replace(expected.train, out=folder, cpu=False,
+                                                                       mixed_precision="auto"))
+    assert config == expected
+    letterbox = next(v for v in grid.variants if v.name == "letterbox")
+    assert ablation.variant_config(grid, letterbox, seed=1, data=data, tokenizer="t").data.geometry == "letterbox"
+
+
+@pytest.fixture
+def experiment(tmp_path) -> Path:
+    """An experiment file of one's own: real-format data on disk (synthetic here), a tiny model."""
+    data = generate_synthetic_vcr(tmp_path / "data", num_train=16, num_val=8, num_test=0, seed=4)
+    path = tmp_path / "experiment.yaml"
+    path.write_text(yaml.safe_dump({
+        "model": {"vision_encoder": {"name": "tiny-clip", "hf_config": {"image_size": 32}}},
+        "data": {"task": "q2a", "train_annotations": str(data.train), "val_annotations": str(data.val),
+                 "images": str(data.images_root), "num_workers": 0},
+        "train": {"epochs": 1, "batch_size": 8, "lr": 1e-3, "lr_multipliers": {}, "mixed_precision": "fp32",
+                  "cpu": True, "log_every_steps": 1, "keep": 1},
+    }))
+    return path
+
+
+def write_grid(path: Path, **content) -> Path:
+    path.write_text(yaml.safe_dump(content))
+    return path
+
+
+def test_vlekit_ablate_runs_a_grid_file_over_any_experiment_and_resumes(experiment, tmp_path, capsys):
+    grid = write_grid(tmp_path / "grid.yaml", reference="base", seeds=[0], variants=[
+        {"name": "base", "description": "the experiment as it is"},
+        {"name": "letterbox", "changes": {"data.geometry": "letterbox"}},
+    ])
+    out = tmp_path / "out"
+    args = ["ablate", "--config", str(experiment), "--grid", str(grid), "--out", str(out), "--max-steps", "1"]
+    assert cli_main(args) == 0
+    printed = capsys.readouterr().out
+    assert "2 variants x 1 seeds" in printed and "| base | 1 |" in printed and "| letterbox | 1 |" in printed
+    results = {r.variant: r for r in ablation.load_results(out)}
+    assert set(results) == {"base", "letterbox"} and all(r.steps == 1 and len(r.correct) == 8 for r in results.values())
+    saved = json.loads((out / "runs" / "letterbox" / "seed-0" / ablation.RESULT_FILE).read_text())["config"]
+    assert saved["data"]["geometry"] == "letterbox" and saved["train"]["max_steps"] == 1
+    assert saved["data"]["tokenizer"] == str(out / "tokenizer")  # tokenizer=auto: built once, shared
+    assert saved["synthetic_data"] is None and not (out / "data").exists()  # the experiment's own data
+
+    stamp = (out / "runs" / "base" / "seed-0" / ablation.RESULT_FILE).stat().st_mtime_ns
+    assert cli_main(args) == 0  # finished runs are loaded, not trained again
+    assert (out / "runs" / "base" / "seed-0" / ablation.RESULT_FILE).stat().st_mtime_ns == stamp
+    assert {r.variant: r for r in ablation.load_results(out)} == results
+
+
+def test_grid_files_and_flags_that_do_not_fit_say_why(experiment, tmp_path, capsys):
+    rows = [{"name": "base"}]
+    with pytest.raises(TypeError, match="unknown key 'variant'; did you mean 'variants'"):
+        ablation.load_grid(write_grid(tmp_path / "a.yaml", variant=rows, reference="base"), experiment=experiment)
+    with pytest.raises(ValueError, match="the reference 'vle' is not a variant; variants: base"):
+        ablation.load_grid(write_grid(tmp_path / "b.yaml", variants=rows), experiment=experiment)
+    with pytest.raises(ValueError, match="no base experiment"):
+        ablation.load_grid(write_grid(tmp_path / "c.yaml", variants=rows, reference="base"))
+    with pytest.raises(TypeError, match="unknown option 'change'"):
+        ablation.load_grid(write_grid(tmp_path / "d.yaml", variants=[{"name": "base", "change": {}}], reference="base"),
+                           experiment=experiment)
+    grid = write_grid(tmp_path / "e.yaml", variants=rows, reference="base")
+    assert cli_main(["ablate", "--config", str(experiment), "--out", str(tmp_path / "o")]) == 2
+    assert "--config needs --grid" in capsys.readouterr().err
+    assert cli_main(["ablate", "--config", str(experiment), "--grid", str(grid), "--num-train", "8"]) == 2
+    assert "has no synthetic_data" in capsys.readouterr().err
+    assert cli_main(["ablate", "--config", str(experiment), "--grid", str(grid), "--variants", "nope"]) == 2
+    assert "unknown variant 'nope'; known: base" in capsys.readouterr().err

@@ -1,0 +1,130 @@
+"""Dependencies point one way: the static import graph of vlekit and data_prep has no cycle.
+
+Every import counts, including those inside functions and under ``TYPE_CHECKING``: an import moved
+into a function still ties the two modules together, it only hides the cycle from Python.
+Importing ``pkg.mod`` is an edge to ``pkg.mod`` alone; the package's ``__init__`` is not counted
+(Python runs it first, and it only gathers the public names).
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("vlekit", "data_prep")
+
+
+def module_files() -> dict[str, Path]:
+    """Module name -> file, for every module of the packages (``pkg`` itself is its ``__init__``)."""
+    modules = {}
+    for package in PACKAGES:
+        for path in sorted((REPO_ROOT / package).rglob("*.py")):
+            parts = list(path.relative_to(REPO_ROOT).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts.pop()
+            modules[".".join(parts)] = path
+    return modules
+
+
+def imports_of(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """The project modules that ``name`` (at ``path``) imports, anywhere in its body."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            # ``from pkg import mod`` imports the module ``pkg.mod``; ``from pkg import name``, ``pkg``.
+            targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names]
+        else:
+            continue
+        for target in targets:
+            while target and target not in modules:  # ``import a.b.c`` of a package-less name: its module
+                target = target.rpartition(".")[0]
+            if target and target != name:
+                found.add(target)
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    modules = module_files()
+    return {name: imports_of(name, path, modules) for name, path in modules.items()}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle as ``[a, b, ..., a]``, or None (depth-first search, colours white / grey / black)."""
+    state: dict[str, str] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = "grey"
+        stack.append(node)
+        for child in sorted(graph.get(node, ())):
+            if state.get(child) == "grey":
+                return stack[stack.index(child):] + [child]
+            if child not in state:
+                cycle = visit(child)
+                if cycle:
+                    return cycle
+        stack.pop()
+        state[node] = "black"
+        return None
+
+    for node in sorted(graph):
+        if node not in state:
+            cycle = visit(node)
+            if cycle:
+                return cycle
+    return None
+
+
+def test_find_cycle_finds_one_and_only_one():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
+
+
+def test_imports_inside_functions_and_relative_imports_count(tmp_path):
+    modules = {"pkg": tmp_path / "pkg" / "__init__.py", "pkg.low": tmp_path / "low.py", "pkg.high": tmp_path / "h.py"}
+    source = tmp_path / "h.py"
+    source.write_text("def f():\n    from pkg.low import thing\n\nfrom . import low\nfrom pkg import version\n")
+    assert imports_of("pkg.high", source, modules) == {"pkg.low", "pkg"}
+
+
+def test_the_import_graph_of_vlekit_and_data_prep_has_no_cycle():
+    graph = import_graph()
+    assert {"vlekit.train", "vlekit.evaluate", "vlekit.run_folder", "data_prep.preprocess"} <= set(graph)
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+@pytest.mark.parametrize(("lower", "upper"), [
+    ("vlekit.evaluate", "vlekit.train"),   # train evaluates while it trains, never the other way
+    ("vlekit.ablation", "vlekit.demo"),    # a grid runs any experiment, not only the demo's
+    ("vlekit.plots", "vlekit.train"),      # plots read run folders; training knows nothing of them
+    ("vlekit.run_folder", "vlekit.train"),
+])
+def test_a_lower_layer_does_not_import_an_upper_one(lower, upper):
+    graph = import_graph()
+    reached, frontier = set(), [lower]
+    while frontier:
+        node = frontier.pop()
+        if node not in reached:
+            reached.add(node)
+            frontier += graph[node]
+    assert upper not in reached, f"{lower} imports {upper} (directly or through another module)"
+
+
+def test_tables_import_nothing_of_the_project_and_no_module_picks_a_plotting_backend():
+    graph = import_graph()
+    assert graph["vlekit.tables"] == set()
+    for name, path in module_files().items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "use"
+                    and isinstance(node.func.value, ast.Name) and node.func.value.id == "matplotlib"):
+                pytest.fail(f"{name} calls matplotlib.use (line {node.lineno}): the caller chooses the backend")

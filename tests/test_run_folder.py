@@ -1,0 +1,57 @@
+"""The run folder: what ``vlekit train`` writes is what ``vlekit.run_folder`` names and loads."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from data_prep.synthetic import generate_synthetic_vcr
+from vlekit.demo import DemoConfig, demo_experiment
+from vlekit.run_folder import PREPROCESS_FILE, RunFolder, find_model_dir, load_trained, read_metrics
+from vlekit.train import train
+
+
+def test_a_trained_run_has_the_layout_run_folder_names_and_loads_back(tmp_path):
+    demo = DemoConfig(out=str(tmp_path), num_train=16, num_val=8, epochs=1, batch_size=8, num_workers=0)
+    data = generate_synthetic_vcr(tmp_path / "data", num_train=16, num_val=8, num_test=0, seed=1)
+    config = demo_experiment(demo, task="q2a", data=data, tokenizer="auto")
+    result = train(config, progress=False)
+    run = RunFolder(result.out)
+    assert run.experiment_file.is_file() and (run.tokenizer_dir / "tokenizer_config.json").is_file()
+    assert run.model_dir == result.model_dir and [p.name for p in run.checkpoints_dir.iterdir()] == ["step-0000002"]
+    assert not run.curve_file.exists()  # train() leaves drawing to its caller
+    recorded = run.experiment()  # what was built: the text encoder sized to the data-built tokenizer
+    assert dataclasses.replace(recorded, model=config.model) == config
+    assert recorded.model.text_encoder == {**config.model.text_encoder, "vocab_size": len(load_trained(run.root).tokenizer)}
+    metrics = run.metrics()
+    assert metrics == read_metrics(run.metrics_file) and [m["step"] for m in metrics if "loss" in m] == [2]
+    assert find_model_dir(run.root) == find_model_dir(run.model_dir) == run.model_dir
+
+    trained = load_trained(run.root)
+    assert trained.task == "q2a" and trained.data == json.loads((run.model_dir / PREPROCESS_FILE).read_text())
+    preprocessor = trained.preprocessor(images_root=data.images_root)
+    encoder = trained.model.vision_encoder
+    assert (preprocessor.config.image_size, preprocessor.config.patch_size) == (encoder.image_size, encoder.patch_size)
+    assert preprocessor.config.max_length == config.data.max_length and preprocessor.images_root == data.images_root
+
+
+def test_a_folder_without_a_model_says_what_it_expected(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    with pytest.raises(FileNotFoundError, match="expected a run folder or its model/ folder.*interrupted"):
+        find_model_dir(tmp_path)
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "vlekit_config.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match=f"no {PREPROCESS_FILE}"):
+        load_trained(tmp_path)
+
+
+def test_vlekit_train_draws_the_curve_train_leaves_out(tmp_path, capsys):
+    from vlekit.cli import main as cli_main
+
+    data = generate_synthetic_vcr(tmp_path / "data", num_train=16, num_val=8, num_test=0, seed=1)
+    code = cli_main(["train", "--train-annotations", str(data.train), "--images", str(data.images_root),
+                     "--out", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "8", "--no-progress",
+                     "data.num_workers=0", "train.mixed_precision=fp32", "train.cpu=true"])
+    assert code == 0 and "curve" in capsys.readouterr().out
+    assert RunFolder(tmp_path / "run").curve_file.stat().st_size > 1000

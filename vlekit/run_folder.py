@@ -1,0 +1,142 @@
+"""The run folder: the one definition of what ``vlekit train`` writes, and the loaders that read it back.
+
+Layout (the names below are the constants of this module)::
+
+    RUN/config.yaml              EXPERIMENT_FILE: the resolved experiment config
+    RUN/tokenizer/               TOKENIZER_DIR: the tokenizer (built from the data when tokenizer=auto)
+    RUN/metrics.jsonl            METRICS_FILE: one JSON object per log step and per evaluation
+    RUN/checkpoints/step-N/      CHECKPOINTS_DIR: accelerate state + trainer state, to resume
+    RUN/model/                   MODEL_DIR: the final model, self-contained:
+        vlekit_config.json, model.safetensors   the model (``VCRModel.save_pretrained``)
+        tokenizer/                              TOKENIZER_DIR again
+        data.json                               PREPROCESS_FILE: the preprocessing options of the run
+        config.yaml                             EXPERIMENT_FILE again
+    RUN/curve.png                CURVE_FILE: the training curve (drawn by the caller of ``train``)
+
+``load_trained(RUN or RUN/model)`` gives the model, its tokenizer and its preprocessing options, and
+``TrainedModel.preprocessor()`` the data pipeline that matches them; ``vlekit.predict.load_run`` wraps
+that into a predictor. Sits above the model and the data pipeline and below train / evaluate.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from data_prep.preprocess import VCRPreprocessor
+from vlekit.experiment import ExperimentConfig, load_experiment
+from vlekit.model import CONFIG_FILE as MODEL_CONFIG_FILE
+from vlekit.model import VCRModel
+
+EXPERIMENT_FILE = "config.yaml"
+TOKENIZER_DIR = "tokenizer"
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINTS_DIR = "checkpoints"
+MODEL_DIR = "model"
+PREPROCESS_FILE = "data.json"
+CURVE_FILE = "curve.png"
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """The paths of one run folder (nothing is read or checked until asked)."""
+
+    root: Path
+
+    @property
+    def experiment_file(self) -> Path:
+        return self.root / EXPERIMENT_FILE
+
+    @property
+    def tokenizer_dir(self) -> Path:
+        return self.root / TOKENIZER_DIR
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.root / METRICS_FILE
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.root / CHECKPOINTS_DIR
+
+    @property
+    def model_dir(self) -> Path:
+        return self.root / MODEL_DIR
+
+    @property
+    def curve_file(self) -> Path:
+        return self.root / CURVE_FILE
+
+    def experiment(self) -> ExperimentConfig:
+        """The resolved experiment config the run was trained with (its plugins are imported)."""
+        return load_experiment(self.experiment_file)
+
+    def metrics(self) -> list[dict[str, Any]]:
+        """The records of ``metrics.jsonl``, in order."""
+        return read_metrics(self.metrics_file)
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The JSON records of a ``metrics.jsonl`` file (blank lines skipped)."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def find_model_dir(path: str | Path) -> Path:
+    """The final-model folder of ``path``: ``path`` itself when it is one, else ``path/model``."""
+    path = Path(path)
+    for candidate in (path, path / MODEL_DIR):
+        if (candidate / MODEL_CONFIG_FILE).is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"{path}: no {MODEL_CONFIG_FILE} here or in {MODEL_DIR}/; expected a run folder or its {MODEL_DIR}/ folder "
+        f"from vlekit train (a run that was interrupted has checkpoints but no {MODEL_DIR}/ yet: resume it)"
+    )
+
+
+def make_preprocessor(tokenizer, model: VCRModel, *, task: str, geometry: str, max_length: int, names: str,
+                      images_root: str | Path | None) -> VCRPreprocessor:
+    """The data pipeline matching ``model``'s vision encoder (image size, patch grid)."""
+    return VCRPreprocessor(
+        tokenizer, task=task, image_size=model.vision_encoder.image_size, patch_size=model.vision_encoder.patch_size,
+        geometry=geometry, max_length=max_length, images_root=images_root, names=names,
+    )
+
+
+@dataclass
+class TrainedModel:
+    """A fine-tuned model folder: weights, tokenizer and the preprocessing options it was trained with."""
+
+    folder: Path
+    model: VCRModel
+    tokenizer: Any
+    data: dict[str, Any]
+    mixed_precision: str | None  # the run's train.mixed_precision (None: the folder has no config.yaml)
+
+    @property
+    def task(self) -> str:
+        return self.data["task"]
+
+    def preprocessor(self, *, images_root: str | Path | None = None) -> VCRPreprocessor:
+        """The data pipeline this model was trained with, reading images under ``images_root``."""
+        return make_preprocessor(self.tokenizer, self.model, images_root=images_root, **self.data)
+
+
+def load_trained(folder: str | Path) -> TrainedModel:
+    """Load ``RUN/model`` (or a run folder ``RUN`` that contains it)."""
+    from transformers import AutoTokenizer  # transformers' tokenizer machinery: only when a run is loaded
+
+    folder = find_model_dir(folder)
+    preprocess_file = folder / PREPROCESS_FILE
+    if not preprocess_file.is_file():
+        raise FileNotFoundError(f"{folder}: no {PREPROCESS_FILE} (the preprocessing options vlekit train saves "
+                                f"with the model); was this folder written by vlekit train?")
+    model = VCRModel.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder / TOKENIZER_DIR)
+    data = json.loads(preprocess_file.read_text())
+    mixed_precision = None
+    if (folder / EXPERIMENT_FILE).is_file():
+        mixed_precision = (yaml.safe_load((folder / EXPERIMENT_FILE).read_text()).get("train") or {}).get("mixed_precision")
+    return TrainedModel(folder=folder, model=model, tokenizer=tokenizer, data=data, mixed_precision=mixed_precision)
