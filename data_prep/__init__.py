@@ -10,16 +10,10 @@ word-level tokenizer built from a dataset's text for tiny models (``build_word_t
 """
 from data_prep.dataset import VCRDataset
 from data_prep.prep import PreparedExamples, load_prepared
-from data_prep.preprocess import (
-    ImageTransform,
-    PreprocessConfig,
-    VCRPreprocessor,
-    benchmark_text_prep,
-    box_cells,
-    cell_patches,
-    image_transform,
-    render_tokens,
-)
+from data_prep.bench import benchmark_text_prep
+from data_prep.geometry import ImageTransform, box_cells, cell_patches, image_transform
+from data_prep.preprocess import PreprocessConfig, VCRPreprocessor
+from data_prep.text import render_tokens
 from data_prep.synthetic import SyntheticVCR, generate_synthetic_vcr
 from data_prep.tokenizer import build_word_tokenizer
 from data_prep.vcr import (

@@ -32,15 +32,10 @@ from PIL import Image
 
 from data_prep.constants import CLIP_MEAN, CLIP_STD, GEOMETRY_MODES, PERSON_NAMES
 from data_prep.dataset import VCRDataset
-from data_prep.preprocess import (
-    VCRPreprocessor,
-    _truncated_lengths,
-    benchmark_text_prep,
-    box_cells,
-    cell_patches,
-    image_transform,
-    render_tokens,
-)
+from data_prep.bench import benchmark_text_prep
+from data_prep.geometry import box_cells, cell_patches, image_transform
+from data_prep.preprocess import VCRPreprocessor
+from data_prep.text import deterministic_person_names, longest_first_lengths, render_tokens
 from data_prep.vcr import read_vcr
 
 GOLDEN = Path(__file__).parent / "golden" / "preprocess_golden.json"
@@ -106,9 +101,7 @@ def tokenizers(records: list[dict[str, Any]], tmp_path_factory: pytest.TempPathF
 
 
 def _person_map(record: dict[str, Any]) -> dict[int, str]:
-    from data_prep.preprocess import _deterministic_person_names
-
-    return _deterministic_person_names(record)
+    return deterministic_person_names(record)
 
 
 def stand_in_metadata(record: dict[str, Any]) -> dict[str, Any]:
@@ -250,17 +243,11 @@ def test_deterministic_names_follow_first_mention(records: list[dict[str, Any]])
     assert [mapping[i] for i in range(17, -1, -1)] == [PERSON_NAMES[i % 15] for i in range(18)]  # cycles past 15
 
 
-def test_names_identical_across_calls_in_deterministic_mode_and_not_in_vle_mode(records: list[dict[str, Any]], tokenizers: dict[str, Any]) -> None:
+def test_names_identical_across_calls_in_the_default_mode(records: list[dict[str, Any]], tokenizers: dict[str, Any]) -> None:
     tokenizer = tokenizers["bert-fast"]
     record, metadata = records[0], stand_in_metadata(records[0])
     deterministic = VCRPreprocessor(tokenizer)
     assert deterministic.prepare_text(record, metadata=metadata) == deterministic.prepare_text(record, metadata=metadata)
-    vle = VCRPreprocessor(tokenizer, names="vle")
-    first, second = (vle.prepare_text(record, metadata=metadata) for _ in range(2))
-    assert first["input_ids"] != second["input_ids"]
-    assert first["object_ids"] == second["object_ids"]  # the same objects, under other names
-    for example in (first, second):
-        check_example(example, record, tokenizer, max_length=80, names=False)
 
 
 def test_and_carries_no_tag(records: list[dict[str, Any]], tokenizers: dict[str, Any]) -> None:
@@ -304,16 +291,19 @@ def test_a_mention_cut_by_truncation_refers_to_no_object(tokenizers: dict[str, A
 
 
 def test_truncation_matches_the_longest_first_loop() -> None:
-    def reference(first: int, second: int, budget: int) -> tuple[int, int]:
-        while first + second > budget:  # Hugging Face's longest_first: ties cut the second part
-            if first > second:
-                first -= 1
-            else:
-                second -= 1
-        return first, second
+    def reference(lengths: tuple[int, ...], budget: int) -> list[int]:
+        kept = list(lengths)
+        while sum(kept) > budget:  # Hugging Face's longest_first: ties cut the later part
+            longest = max(kept)
+            kept[len(kept) - 1 - kept[::-1].index(longest)] -= 1
+        return kept
 
     for first, second, budget in itertools.product(range(12), range(12), range(2, 20)):
-        assert _truncated_lengths(first, second, budget) == reference(first, second, budget)
+        assert longest_first_lengths([first, second], budget) == reference((first, second), budget)
+    for lengths in itertools.product(range(1, 9), repeat=3):
+        for budget in range(3, 20):
+            kept = longest_first_lengths(lengths, budget)
+            assert kept == reference(lengths, budget) and min(kept) >= 1
 
 
 def test_lone_word_boundary_piece_belongs_to_the_name(records: list[dict[str, Any]], tokenizers: dict[str, Any]) -> None:
@@ -503,7 +493,9 @@ def test_collate_errors(records: list[dict[str, Any]], tokenizers: dict[str, Any
     [
         ({"task": "q2ar"}, "task='q2ar' is not supported; choose one of 'q2a', 'qa2r'"),
         ({"geometry": "crop"}, "geometry='crop' is not supported"),
-        ({"names": "random"}, "names='random' is not supported"),
+        ({"compat": "official"}, "compat='official' is not supported; choose one of 'none', 'vle'"),
+        ({"compat": "vle", "geometry": "squash"}, "compat='vle' reproduces the official pipeline, whose geometry is 'vle-compat'"),
+        ({"task": "qa2r", "max_length": 6}, "use at least 7"),
         ({"image_size": 225}, "not a multiple of patch_size=16"),
         ({"patch_size": 0}, "patch_size must be a positive int"),
         ({"max_length": 4}, "use at least 5"),
