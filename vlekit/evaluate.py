@@ -34,6 +34,7 @@ class TrainedModel:
     model: VCRModel
     tokenizer: Any
     data: dict[str, Any]
+    official: bool = False  # an official VLE VCR task checkpoint (fed compat="vle" by default)
 
     @property
     def task(self) -> str:
@@ -46,7 +47,14 @@ def load_trained(folder: str | Path) -> TrainedModel:
 
     from vlekit.train import DATA_FILE
 
+    from vlekit.vle_checkpoint import from_vle_pretrained, official_vcr_task
+
     folder = Path(folder)
+    official_task = official_vcr_task(folder)
+    if official_task is not None:
+        print(f"{folder}: an official VLE VCR checkpoint, fed the official pipeline's inputs (compat='vle')", file=sys.stderr)
+        return TrainedModel(folder=folder, model=from_vle_pretrained(folder), tokenizer=AutoTokenizer.from_pretrained(folder),
+                            data={"task": official_task, "compat": "vle"}, official=True)
     if not (folder / CONFIG_FILE).is_file() and (folder / "model" / CONFIG_FILE).is_file():
         folder = folder / "model"
     if not (folder / CONFIG_FILE).is_file():
@@ -105,11 +113,15 @@ def bootstrap_interval(correct: np.ndarray, *, resamples: int = 1000, seed: int 
 
 
 def _loader(trained: TrainedModel, records: list[dict], *, images: str, batch_size: int, num_workers: int,
-            expand_answers: bool = False) -> DataLoader:
+            expand_answers: bool = False, compat: str | None = None) -> DataLoader:
     from data_prep.dataset import VCRDataset
     from vlekit.train import make_preprocessor
+    from vlekit.vle_checkpoint import warn_unofficial_inputs
 
-    preprocessor = make_preprocessor(trained.tokenizer, trained.model, images_root=images, **trained.data)
+    data = {**trained.data, **({"compat": compat} if compat is not None else {})}
+    if trained.official:
+        warn_unofficial_inputs(trained.folder, data["compat"])
+    preprocessor = make_preprocessor(trained.tokenizer, trained.model, images_root=images, **data)
     dataset = VCRDataset(records, preprocessor, expand_answers=expand_answers)
     return DataLoader(dataset, batch_size=batch_size, collate_fn=dataset.collate, num_workers=num_workers)
 
@@ -117,6 +129,7 @@ def _loader(trained: TrainedModel, records: list[dict], *, images: str, batch_si
 def evaluate(
     checkpoints: list[str | Path], *, annotations: str | Path, images: str | Path, out: str | Path | None = None,
     batch_size: int = 32, num_workers: int = 2, progress: bool = True, resamples: int = 1000,
+    compat: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate one Q->A and/or one QA->R checkpoint on a VCR split; Q->AR when both are given.
 
@@ -136,7 +149,7 @@ def evaluate(
     records = read_vcr(annotations)
     labelled = all(r.get("answer_label") is not None for r in records)
     out_dir = Path(out) if out is not None else None
-    options = dict(images=str(images), batch_size=batch_size, num_workers=num_workers)
+    options = dict(images=str(images), batch_size=batch_size, num_workers=num_workers, compat=compat)
     answer_probs = rationale_probs = None
     per_question: dict[str, np.ndarray] = {}
     predictions: list[dict[str, Any]] = [{"annot_id": r["annot_id"]} for r in records]
@@ -213,6 +226,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="where to write metrics.json, predictions.jsonl, leaderboard.csv")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--num-workers", type=int, default=2)
+    parser.add_argument("--compat", choices=["none", "vle"],
+                        help="preprocessing mode (default: the checkpoint's own; 'vle' for official VLE VCR checkpoints)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -220,7 +235,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         result = evaluate(args.checkpoint, annotations=args.annotations, images=args.images, out=args.out,
-                          batch_size=args.batch_size, num_workers=args.num_workers)
+                          batch_size=args.batch_size, num_workers=args.num_workers, compat=args.compat)
     except (VCRFormatError, FileNotFoundError, ValueError) as error:
         print(f"vlekit eval: {error}", file=sys.stderr)
         return 2

@@ -25,7 +25,11 @@ class DataConfig:
 
     tokenizer: a hub name, a local folder, or ``auto`` (build a word-level tokenizer from the
         training text; for tiny random-init models).
-    geometry: how boxes follow the pixels (``squash``, ``letterbox``, ``center-crop``, ``vle-compat``).
+    compat: ``none`` (vlekit's deterministic preprocessing) or ``vle`` (the official VLE VCR
+        pipeline, exactly; for official VCR task checkpoints; fine-tuning from ``hfl/vle-base`` may
+        use either). See ``data_prep.preprocess``.
+    geometry: how boxes follow the pixels (``squash``, ``letterbox``, ``center-crop``, ``vle-compat``);
+        unset: the mode's own (``squash``, or ``vle-compat`` under ``compat: vle``).
     """
 
     task: str = "q2a"
@@ -33,9 +37,9 @@ class DataConfig:
     val_annotations: str | None = None
     images: str | None = None
     tokenizer: str = "auto"
-    geometry: str = "squash"
+    compat: str = "none"
+    geometry: str | None = None
     max_length: int = 80
-    names: str = "deterministic"
     num_workers: int = 2
     skip_bad: bool = False
 

@@ -133,14 +133,20 @@ def build_run_model(config: ExperimentConfig, tokenizer) -> VCRModel:
     ).train()
 
 
-def make_preprocessor(tokenizer, model: VCRModel, *, task: str, geometry: str, max_length: int, names: str,
-                      images_root: str | None):
-    """The data pipeline matching ``model``'s vision encoder (image size, patch grid)."""
+def make_preprocessor(tokenizer, model: VCRModel, *, task: str, images_root: str | None, compat: str = "none",
+                      geometry: str | None = None, max_length: int = 80):
+    """The data pipeline for ``model``: the model supplies image size, patch grid and pixel mean/std.
+
+    ``compat="vle"`` reproduces the official VLE VCR pipeline (for official VCR checkpoints);
+    ``geometry=None`` is the mode's own (``squash``, or ``vle-compat`` under ``compat="vle"``).
+    """
     from data_prep.preprocess import VCRPreprocessor
 
+    vision = model.vision_encoder
     return VCRPreprocessor(
-        tokenizer, task=task, image_size=model.vision_encoder.image_size, patch_size=model.vision_encoder.patch_size,
-        geometry=geometry, max_length=max_length, images_root=images_root, names=names,
+        tokenizer, task=task, compat=compat, image_size=vision.image_size, patch_size=vision.patch_size,
+        geometry=geometry, max_length=max_length, images_root=images_root,
+        image_mean=vision.image_mean, image_std=vision.image_std,
     )
 
 
@@ -240,7 +246,7 @@ def save_final_model(model: VCRModel, tokenizer, config: ExperimentConfig, folde
     model.save_pretrained(folder, state_dict=state_dict)
     tokenizer.save_pretrained(folder / "tokenizer")
     data = dataclasses.asdict(config.data)
-    (folder / DATA_FILE).write_text(json.dumps({k: data[k] for k in ("task", "geometry", "max_length", "names")}))
+    (folder / DATA_FILE).write_text(json.dumps({k: data[k] for k in ("task", "compat", "geometry", "max_length")}))
     config.save(folder / "config.yaml")
     return folder
 
@@ -347,7 +353,7 @@ def train(config: ExperimentConfig, *, resume: str | None = None, progress: bool
 
     preprocessor = make_preprocessor(
         tokenizer, model, task=data_cfg.task, geometry=data_cfg.geometry, max_length=data_cfg.max_length,
-        names=data_cfg.names, images_root=data_cfg.images,
+        compat=data_cfg.compat, images_root=data_cfg.images,
     )
     records = read_vcr(data_cfg.train_annotations, skip_bad=data_cfg.skip_bad)
     dataset = VCRDataset(records, preprocessor)
@@ -457,6 +463,7 @@ def train(config: ExperimentConfig, *, resume: str | None = None, progress: bool
 _FLAGS = {  # flag -> dotted config key
     "task": "data.task", "train_annotations": "data.train_annotations", "val_annotations": "data.val_annotations",
     "images": "data.images", "tokenizer": "data.tokenizer", "geometry": "data.geometry",
+    "compat": "data.compat",
     "text_encoder": "model.text_encoder", "vision_encoder": "model.vision_encoder", "fusion": "model.fusion",
     "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr", "out": "train.out",
     "seed": "train.seed", "keep": "train.keep", "save_every_steps": "train.save_every_steps",
