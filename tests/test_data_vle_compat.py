@@ -276,3 +276,17 @@ def test_val1_compat_pixels_and_boxes(vcr_fixtures: Path, real_records: list[dic
             cols = range(max(int(x1 // (width / 24)), 0), min(int(x2 // (width / 24)) + 1, 24))
             rows = range(max(int(y1 // (height / 24)), 0), min(int(y2 // (height / 24)) + 1, 24))
             assert patch_list == [24 * r + c for r in rows for c in cols]
+
+
+def test_dataset_prepares_compat_text_once_in_item_order(vcr_fixtures: Path, real_records: list[dict[str, Any]], sp_tokenizer: Any) -> None:
+    from data_prep.dataset import VCRDataset
+
+    images = vcr_fixtures / "vcr1images"
+    records = [real_records[0]] * 3
+    dataset = VCRDataset(records, VCRPreprocessor(sp_tokenizer, compat="vle", images_root=images))
+    expected = VCRPreprocessor(sp_tokenizer, compat="vle", images_root=images).prepare_many(records)
+    # Any access order (shuffling, workers) gives the examples of one official pass in item order.
+    for index in (2, 0, 1, 2):
+        example = dataset[index]
+        assert {k: v for k, v in example.items() if k != "pixel_values"} == expected[index]
+    assert expected[0]["input_ids"] != expected[1]["input_ids"]  # the counter moved on: other names
