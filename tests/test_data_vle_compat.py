@@ -290,3 +290,16 @@ def test_dataset_prepares_compat_text_once_in_item_order(vcr_fixtures: Path, rea
         example = dataset[index]
         assert {k: v for k, v in example.items() if k != "pixel_values"} == expected[index]
     assert expected[0]["input_ids"] != expected[1]["input_ids"]  # the counter moved on: other names
+
+
+def test_mode_table_and_sentencepiece_builder(real_records: list[dict[str, Any]]) -> None:
+    from data_prep.compare import mode_types_table
+    from data_prep.tokenizer import build_sentencepiece_tokenizer
+
+    tokenizer = build_sentencepiece_tokenizer(real_records)
+    assert tokenizer.tokenize(" and Casey") == ["\u2581and", "\u2581Casey"] and tokenizer.convert_tokens_to_ids("\u2581Quinn") != tokenizer.unk_token_id
+    rec = next(r for r in real_records if r["annot_id"] == "val-433")
+    rows = mode_types_table(rec, tokenizer, metadata=metadata_for(rec))
+    # Gold answer: objects 1 and 8 (persons); first mention 1, 8; the set gives 8 (slot 0) before 1 (slot 1).
+    assert [(r["object"], r["type (default)"], r["type (compat=vle)"]) for r in rows] == [(1, 2, 3), (8, 3, 2)]
+    assert [r["name (default)"] for r in rows] == ["Casey", "Riley"]
