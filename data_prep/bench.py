@@ -41,7 +41,7 @@ def benchmark_text_prep(
     Returns:
         ``{"questions", "seconds", "questions_per_s", "questions_per_cpu_s", "task", "tokenizer", "fast"}``.
     """
-    preprocessor = VCRPreprocessor(tokenizer, task=task, images_root=images_root, **options)
+    preprocessor = VCRPreprocessor.build(tokenizer, task=task, images_root=images_root, **options)
     metadata = None if images_root is not None else [_stand_in_metadata(r) for r in records]
     answers = None
     if task == "qa2r":

@@ -41,7 +41,7 @@ def mode_types_table(
     if choice is None:
         choice = record["answer_label"] if task == "q2a" else record["rationale_label"]
     examples = {
-        mode: VCRPreprocessor(tokenizer, task=task, compat=mode, images_root=images_root).prepare_text(record, metadata=metadata)
+        mode: VCRPreprocessor.build(tokenizer, task=task, compat=mode, images_root=images_root).prepare_text(record, metadata=metadata)
         for mode in ("none", "vle")
     }
     names = {mode: _mentions(example, choice, tokenizer) for mode, example in examples.items()}

@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         return _fail(f"cannot load tokenizer {args.tokenizer!r}: {exc}")
     try:
-        preprocessor = VCRPreprocessor.from_config(tokenizer, config, images_root=args.images)
+        preprocessor = VCRPreprocessor(tokenizer, config=config, images_root=args.images)
     except ValueError as exc:  # a tokenizer without cls/sep/pad tokens
         return _fail(f"cannot use tokenizer {args.tokenizer!r}: {exc}")
 

@@ -60,7 +60,7 @@ from data_prep.vle_text import (
     vle_word_pieces,
 )
 
-__all__ = ["PreprocessConfig", "VCRPreprocessor"]
+__all__ = ["MODEL_OPTIONS", "PreprocessConfig", "RUN_OPTIONS", "VCRPreprocessor"]
 
 
 @dataclass(frozen=True)
@@ -148,15 +148,20 @@ class PreprocessConfig:
         return self.grid * self.grid
 
 
+# The options the model owns (its vision encoder's input); the run's config sets the others.
+MODEL_OPTIONS: tuple[str, ...] = ("image_size", "patch_size", "image_mean", "image_std")
+RUN_OPTIONS: tuple[str, ...] = tuple(n for n in PreprocessConfig.option_names() if n not in MODEL_OPTIONS)
+
+
 class VCRPreprocessor:
     """Turns VCR records into multiple-choice examples and batches (DESIGN.md section 3).
 
     Args:
         tokenizer: any Hugging Face tokenizer (fast or slow) with cls, sep and pad tokens;
             ``compat="vle"`` needs a SentencePiece one (DeBERTa-v3, as VLE ships).
+        config: every option (:class:`PreprocessConfig`); :meth:`build` takes them as keywords.
         images_root: the ``vcr1images`` folder (for metadata and pixels); may be omitted when every
             call passes ``metadata=`` and pixels are not needed.
-        Other options: see :class:`PreprocessConfig`.
 
     Under ``compat="vle"`` the preprocessor holds VLE's name counter (``vle_names``): every
     ``prepare_text`` / ``__call__`` advances it, as every official call does, so call a fresh
@@ -164,32 +169,13 @@ class VCRPreprocessor:
     the text of all its items in order, once, so DataLoader workers do not each count on their own).
     """
 
-    def __init__(
-        self,
-        tokenizer: Any,
-        *,
-        task: str = "q2a",
-        compat: str = "none",
-        image_size: int = 224,
-        patch_size: int = 16,
-        geometry: str | None = None,
-        max_length: int = 80,
-        images_root: str | Path | None = None,
-        image_mean: Sequence[float] = CLIP_MEAN,
-        image_std: Sequence[float] = CLIP_STD,
-        pad_to_multiple_of: int | None = 8,
-    ) -> None:
-        self.config = PreprocessConfig(
-            task=task,
-            compat=compat,
-            image_size=image_size,
-            patch_size=patch_size,
-            geometry=geometry,
-            max_length=max_length,
-            image_mean=tuple(image_mean),
-            image_std=tuple(image_std),
-            pad_to_multiple_of=pad_to_multiple_of,
-        )
+    def __init__(self, tokenizer: Any, *, config: PreprocessConfig, images_root: str | Path | None = None) -> None:
+        if not isinstance(config, PreprocessConfig):
+            raise TypeError(
+                f"config must be a PreprocessConfig, got {type(config).__name__}; build one with "
+                f"VCRPreprocessor.build(tokenizer, task=..., ...) to pass the options directly"
+            )
+        self.config = config
         for attribute in ("cls_token_id", "sep_token_id", "pad_token_id"):
             if getattr(tokenizer, attribute, None) is None:
                 raise ValueError(
@@ -209,11 +195,13 @@ class VCRPreprocessor:
         self._pieces: dict[str, list[str]] = {}  # tokenize() of one word: a pure function, cached
 
     @classmethod
-    def from_config(
-        cls, tokenizer: Any, config: PreprocessConfig, *, images_root: str | Path | None = None
-    ) -> VCRPreprocessor:
-        """A preprocessor with the options of ``config``."""
-        return cls(tokenizer, images_root=images_root, **asdict(config))
+    def build(cls, tokenizer: Any, *, images_root: str | Path | None = None, **options: Any) -> VCRPreprocessor:
+        """``VCRPreprocessor(tokenizer, config=PreprocessConfig(**options), images_root=...)``."""
+        if "image_mean" in options:
+            options["image_mean"] = tuple(options["image_mean"])
+        if "image_std" in options:
+            options["image_std"] = tuple(options["image_std"])
+        return cls(tokenizer, config=PreprocessConfig(**options), images_root=images_root)
 
     def __repr__(self) -> str:
         return f"VCRPreprocessor({type(self.tokenizer).__name__}, {self.config}, images_root={self.images_root})"

@@ -79,8 +79,8 @@ def test_numbering_in_an_example_compat_vs_default(sp_tokenizer: Any) -> None:
     objects = ["dog"] * 10
     rec = record(["what", "is", [3], "and", [1], "near", [9], "?"], [[[1]], [[3]], [[9], "at", [1]], ["it"]],
                  objects=objects)
-    compat = VCRPreprocessor(sp_tokenizer, compat="vle").prepare_text(rec, metadata=metadata_for(rec))
-    default = VCRPreprocessor(sp_tokenizer).prepare_text(rec, metadata=metadata_for(rec))
+    compat = VCRPreprocessor.build(sp_tokenizer, compat="vle").prepare_text(rec, metadata=metadata_for(rec))
+    default = VCRPreprocessor.build(sp_tokenizer).prepare_text(rec, metadata=metadata_for(rec))
     # Set filled with 3, 1, 9: 3 in slot 3, 1 in slot 1, 9 collides with 1 and is re-probed to slot 6.
     assert compat["object_ids"] == [[1, 3, 9]] * 4
     assert default["object_ids"] == [[3, 1, 9]] * 4  # first mention
@@ -119,7 +119,7 @@ def test_qa2r_truncation_branches() -> None:
 def test_a_shorter_question_leaves_the_cut_to_the_answer(sp_tokenizer: Any) -> None:
     # Question 20 words, answer 1 is 70: the answer is longer, so it pops until 20 + 57 = 77.
     rec = record(["why"] * 20, [["it"], ["it"] * 70, ["so"], ["he"]], objects=["dog"])
-    compat = VCRPreprocessor(sp_tokenizer, compat="vle").prepare_text(rec, metadata=metadata_for(rec))
+    compat = VCRPreprocessor.build(sp_tokenizer, compat="vle").prepare_text(rec, metadata=metadata_for(rec))
     assert [ids.index(sp_tokenizer.sep_token_id) - 1 for ids in compat["input_ids"]] == [20] * 4
     assert len(compat["input_ids"][1]) == 80 and compat["truncated"] == [False, True, False, False]
 
@@ -128,11 +128,11 @@ def test_shared_question_cut_reaches_every_choice(sp_tokenizer: Any) -> None:
     # Question 60 words, answer 1 is 40: the question pops down to 40 for it (longer), then they tie
     # and alternate until 60 + 40 -> 77 (question 39, answer 38); the other choices keep 39 too.
     rec = record(["why"] * 60, [["it"], ["so"] * 40, ["he"], ["she"]], objects=["dog"])
-    compat = VCRPreprocessor(sp_tokenizer, compat="vle").prepare_text(rec, metadata=metadata_for(rec))
+    compat = VCRPreprocessor.build(sp_tokenizer, compat="vle").prepare_text(rec, metadata=metadata_for(rec))
     sep = sp_tokenizer.sep_token_id
     assert [ids.index(sep) - 1 for ids in compat["input_ids"]] == [39] * 4
     assert len(compat["input_ids"][1]) == 1 + 39 + 1 + 38 + 1
-    default = VCRPreprocessor(sp_tokenizer).prepare_text(rec, metadata=metadata_for(rec))
+    default = VCRPreprocessor.build(sp_tokenizer).prepare_text(rec, metadata=metadata_for(rec))
     assert [ids.index(sep) - 1 for ids in default["input_ids"]] == [60, 39, 60, 60]
 
 
@@ -140,7 +140,7 @@ def test_default_qa2r_truncation_keeps_every_separator_and_part() -> None:
     """The 76-token question / 3-token answer / 3-token rationale case (it used to lose the answer)."""
     rec = record(["why"] * 76, [["it", "is", "so"]] * 4, [["because", "it", "is"]] * 4, objects=["dog"])
     tokenizer = build_word_tokenizer([rec])
-    example = VCRPreprocessor(tokenizer, task="qa2r").prepare_text(rec, metadata=metadata_for(rec))
+    example = VCRPreprocessor.build(tokenizer, task="qa2r").prepare_text(rec, metadata=metadata_for(rec))
     for ids in example["input_ids"]:
         tokens = tokenizer.convert_ids_to_tokens(ids)
         assert len(ids) == 80 and tokens.count("[SEP]") == 3
@@ -155,7 +155,7 @@ def test_default_qa2r_truncation_keeps_every_separator_and_part() -> None:
 def test_the_name_counter_runs_across_records_and_never_resets(sp_tokenizer: Any) -> None:
     first = record([[0], "and", [2], "?"], [[[2], "is", "at", [1]]] * 4, objects=["person", "dog", "person"])
     second = record([[0], "?"], [["it"]] * 4, objects=["person"], annot_id="rule-2")
-    preprocessor = VCRPreprocessor(sp_tokenizer, compat="vle")
+    preprocessor = VCRPreprocessor.build(sp_tokenizer, compat="vle")
     a = preprocessor.prepare_text(first, metadata=metadata_for(first))
     b = preprocessor.prepare_text(second, metadata=metadata_for(second))
     again = preprocessor.prepare_text(first, metadata=metadata_for(first))
@@ -164,9 +164,9 @@ def test_the_name_counter_runs_across_records_and_never_resets(sp_tokenizer: Any
     assert words(sp_tokenizer, b["input_ids"][0])[1] == "Jessie"
     assert words(sp_tokenizer, again["input_ids"][0])[1:4] == ["Jackie", "and", "Avery"]
     assert preprocessor.vle_names.position == 5
-    fresh = VCRPreprocessor(sp_tokenizer, compat="vle").prepare_text(first, metadata=metadata_for(first))
+    fresh = VCRPreprocessor.build(sp_tokenizer, compat="vle").prepare_text(first, metadata=metadata_for(first))
     assert fresh == a  # a fresh preprocessor starts where a fresh official pipeline does
-    default = VCRPreprocessor(sp_tokenizer)
+    default = VCRPreprocessor.build(sp_tokenizer)
     assert default.prepare_text(first, metadata=metadata_for(first)) == default.prepare_text(first, metadata=metadata_for(first))
 
 
@@ -179,9 +179,9 @@ def test_the_counter_wraps_after_fifteen_names() -> None:
 def test_private_use_words_are_dropped_only_in_compat(sp_tokenizer: Any) -> None:
     with_co = record(["what", "is", "x\ue000y", "it", "?"], [["it"]] * 4, objects=["dog"])
     without = record(["what", "is", "it", "?"], [["it"]] * 4, objects=["dog"])
-    compat = VCRPreprocessor(sp_tokenizer, compat="vle")
+    compat = VCRPreprocessor.build(sp_tokenizer, compat="vle")
     assert compat.prepare_text(with_co, metadata=metadata_for(with_co)) == compat.prepare_text(without, metadata=metadata_for(without))
-    default = VCRPreprocessor(sp_tokenizer)
+    default = VCRPreprocessor.build(sp_tokenizer)
     kept = default.prepare_text(with_co, metadata=metadata_for(with_co))
     assert len(kept["input_ids"][0]) > len(default.prepare_text(without, metadata=metadata_for(without))["input_ids"][0])
 
@@ -189,7 +189,7 @@ def test_private_use_words_are_dropped_only_in_compat(sp_tokenizer: Any) -> None
 def test_compat_needs_a_sentencepiece_tokenizer() -> None:
     rec = record(["what"], [["it"]] * 4, objects=["dog"])
     with pytest.raises(ValueError, match="SentencePiece"):
-        VCRPreprocessor(build_word_tokenizer([rec]), compat="vle")
+        VCRPreprocessor.build(build_word_tokenizer([rec]), compat="vle")
 
 
 # --- every pair: real fixtures and long synthetic records ----------------------------------------
@@ -228,7 +228,7 @@ def long_records(count: int, seed: int = 0) -> list[dict[str, Any]]:
 @pytest.mark.parametrize("task", ["q2a", "qa2r"])
 def test_long_synthetic_records_follow_the_rules(task: str, sp_tokenizer: Any) -> None:
     records = long_records(40)
-    preprocessor = VCRPreprocessor(sp_tokenizer, task=task, compat="vle")
+    preprocessor = VCRPreprocessor.build(sp_tokenizer, task=task, compat="vle")
     examples = preprocessor.prepare_many(records, metadata=[metadata_for(r) for r in records])
     assert sum(any(e["truncated"]) for e in examples) > 10
     for example in examples:
@@ -247,8 +247,8 @@ def test_real_records_follow_the_rules_and_differ_from_the_default_numbering(
     task: str, real_records: list[dict[str, Any]], sp_tokenizer: Any
 ) -> None:
     metadata = [metadata_for(r) for r in real_records]
-    compat = VCRPreprocessor(sp_tokenizer, task=task, compat="vle").prepare_many(real_records, metadata=metadata)
-    default = VCRPreprocessor(sp_tokenizer, task=task).prepare_many(real_records, metadata=metadata)
+    compat = VCRPreprocessor.build(sp_tokenizer, task=task, compat="vle").prepare_many(real_records, metadata=metadata)
+    default = VCRPreprocessor.build(sp_tokenizer, task=task).prepare_many(real_records, metadata=metadata)
     differing = 0
     for c, d, rec in zip(compat, default, real_records):
         check_compat_rules(c, sp_tokenizer)
@@ -261,8 +261,8 @@ def test_real_records_follow_the_rules_and_differ_from_the_default_numbering(
 
 def test_val1_compat_pixels_and_boxes(vcr_fixtures: Path, real_records: list[dict[str, Any]], sp_tokenizer: Any) -> None:
     rec = real_records[0]
-    compat = VCRPreprocessor(sp_tokenizer, compat="vle", image_size=384, images_root=vcr_fixtures / "vcr1images")
-    crop = VCRPreprocessor(sp_tokenizer, geometry="center-crop", image_size=384, images_root=vcr_fixtures / "vcr1images")
+    compat = VCRPreprocessor.build(sp_tokenizer, compat="vle", image_size=384, images_root=vcr_fixtures / "vcr1images")
+    crop = VCRPreprocessor.build(sp_tokenizer, geometry="center-crop", image_size=384, images_root=vcr_fixtures / "vcr1images")
     example = compat(rec)
     assert example["pixel_values"].shape == (3, 384, 384)
     assert example["pixel_values"].equal(crop.load_pixels(rec))  # CLIP's processor: short side, centre crop
@@ -283,8 +283,8 @@ def test_dataset_prepares_compat_text_once_in_item_order(vcr_fixtures: Path, rea
 
     images = vcr_fixtures / "vcr1images"
     records = [real_records[0]] * 3
-    dataset = VCRDataset(records, VCRPreprocessor(sp_tokenizer, compat="vle", images_root=images))
-    expected = VCRPreprocessor(sp_tokenizer, compat="vle", images_root=images).prepare_many(records)
+    dataset = VCRDataset(records, VCRPreprocessor.build(sp_tokenizer, compat="vle", images_root=images))
+    expected = VCRPreprocessor.build(sp_tokenizer, compat="vle", images_root=images).prepare_many(records)
     # Any access order (shuffling, workers) gives the examples of one official pass in item order.
     for index in (2, 0, 1, 2):
         example = dataset[index]

@@ -133,21 +133,25 @@ def build_run_model(config: ExperimentConfig, tokenizer) -> VCRModel:
     ).train()
 
 
-def make_preprocessor(tokenizer, model: VCRModel, *, task: str, images_root: str | None, compat: str = "none",
-                      geometry: str | None = None, max_length: int = 80):
+def make_preprocessor(tokenizer, model: VCRModel, *, images_root: str | None, **options):
     """The data pipeline for ``model``: the model supplies image size, patch grid and pixel mean/std.
 
-    ``compat="vle"`` reproduces the official VLE VCR pipeline (for official VCR checkpoints);
-    ``geometry=None`` is the mode's own (``squash``, or ``vle-compat`` under ``compat="vle"``).
+    ``options``: the run's ``PreprocessConfig`` fields (``data_prep.preprocess.RUN_OPTIONS``: task,
+    compat, geometry, max_length, pad_to_multiple_of), as ``DataConfig.preprocess_options()`` gives.
     """
-    from data_prep.preprocess import VCRPreprocessor
+    from data_prep.constants import CLIP_MEAN, CLIP_STD
+    from data_prep.preprocess import MODEL_OPTIONS, PreprocessConfig, VCRPreprocessor
 
+    owned = sorted(set(options) & set(MODEL_OPTIONS))
+    if owned:
+        raise TypeError(f"make_preprocessor: {', '.join(owned)} come from the model's vision encoder, not the run's config")
     vision = model.vision_encoder
-    return VCRPreprocessor(
-        tokenizer, task=task, compat=compat, image_size=vision.image_size, patch_size=vision.patch_size,
-        geometry=geometry, max_length=max_length, images_root=images_root,
-        image_mean=vision.image_mean, image_std=vision.image_std,
-    )
+    # An encoder that does not state its pixel normalisation (a plugin written before image_mean /
+    # image_std) gets CLIP's, what the preprocessor always used.
+    mean, std = getattr(vision, "image_mean", CLIP_MEAN), getattr(vision, "image_std", CLIP_STD)
+    config = PreprocessConfig(**options, image_size=vision.image_size, patch_size=vision.patch_size,
+                              image_mean=tuple(mean), image_std=tuple(std))
+    return VCRPreprocessor(tokenizer, config=config, images_root=images_root)
 
 
 def make_optimizer(model: VCRModel, config: ExperimentConfig) -> torch.optim.Optimizer:
@@ -245,8 +249,7 @@ def save_final_model(model: VCRModel, tokenizer, config: ExperimentConfig, folde
     """The evaluable model: weights + resolved config + tokenizer + the data options it was trained with."""
     model.save_pretrained(folder, state_dict=state_dict)
     tokenizer.save_pretrained(folder / "tokenizer")
-    data = dataclasses.asdict(config.data)
-    (folder / DATA_FILE).write_text(json.dumps({k: data[k] for k in ("task", "compat", "geometry", "max_length")}))
+    (folder / DATA_FILE).write_text(json.dumps(config.data.preprocess_options()))
     config.save(folder / "config.yaml")
     return folder
 
@@ -351,10 +354,7 @@ def train(config: ExperimentConfig, *, resume: str | None = None, progress: bool
         model.text_encoder.compile()
         model.vision_encoder.compile()
 
-    preprocessor = make_preprocessor(
-        tokenizer, model, task=data_cfg.task, geometry=data_cfg.geometry, max_length=data_cfg.max_length,
-        compat=data_cfg.compat, images_root=data_cfg.images,
-    )
+    preprocessor = make_preprocessor(tokenizer, model, images_root=data_cfg.images, **data_cfg.preprocess_options())
     records = read_vcr(data_cfg.train_annotations, skip_bad=data_cfg.skip_bad)
     dataset = VCRDataset(records, preprocessor)
     sampler = EpochShuffleSampler(len(dataset), seed=train_cfg.seed)

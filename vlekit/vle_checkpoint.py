@@ -772,7 +772,7 @@ def vle_preprocessor(
     elif official_task is not None:
         warn_unofficial_inputs(name_or_path, compat)
     tokenizer = AutoTokenizer.from_pretrained(str(directory))
-    return VCRPreprocessor(
+    return VCRPreprocessor.build(
         tokenizer,
         task=task,
         compat=compat,
