@@ -1,4 +1,6 @@
-"""Throughput of text preparation (``benchmark_text_prep``): a measurement, not a test.
+"""Throughput of text preparation (``benchmark_text_prep``) and image loading (``benchmark_pixels``).
+
+Measurements, not tests.
 
 ``vlekit bench`` and notebooks call it; timing lives here so the preprocessing modules hold none.
 """
@@ -9,9 +11,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from data_prep.preprocess import VCRPreprocessor
+from data_prep.pixels import load_pixels
+from data_prep.preprocess import PreprocessConfig, VCRPreprocessor
 
-__all__ = ["benchmark_text_prep"]
+__all__ = ["benchmark_pixels", "benchmark_text_prep"]
 
 
 def _stand_in_metadata(record: Mapping[str, Any]) -> dict[str, Any]:
@@ -61,4 +64,32 @@ def benchmark_text_prep(
         "task": task,
         "tokenizer": type(tokenizer).__name__,
         "fast": bool(getattr(tokenizer, "is_fast", False)),
+    }
+
+
+def benchmark_pixels(
+    images_root: str | Path, record: Mapping[str, Any], *, image_size: int = 384, geometry: str = "letterbox",
+    jpeg_draft: bool = False, repeat: int = 20,
+) -> dict[str, Any]:
+    """Examples per second of ``VCRPreprocessor.load_pixels`` on one record's frame, in this process.
+
+    Returns:
+        ``{"examples", "seconds", "examples_per_s", "examples_per_cpu_s", "image_size", "geometry", "jpeg_draft"}``.
+    """
+    config = PreprocessConfig(image_size=image_size, geometry=geometry, jpeg_draft=jpeg_draft)
+    path = Path(images_root) / record["img_fn"]
+
+    def one() -> Any:
+        return load_pixels(path, image_size=image_size, geometry=geometry, mean=config.image_mean,
+                           std=config.image_std, draft=jpeg_draft)
+
+    one()  # warm-up
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in range(repeat):
+        one()
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return {
+        "examples": repeat, "seconds": wall, "examples_per_s": repeat / wall,
+        "examples_per_cpu_s": repeat / cpu if cpu > 0 else float("inf"),
+        "image_size": image_size, "geometry": geometry, "jpeg_draft": jpeg_draft,
     }

@@ -23,11 +23,12 @@ __all__ = ["load_pixels"]
 
 def load_pixels(
     path: Path, *, image_size: int, geometry: str, mean: Sequence[float], std: Sequence[float],
-    annot_id: Any = None,
+    draft: bool = False, annot_id: Any = None,
 ) -> torch.Tensor:
     """Decode, transform and normalise one image file.
 
     Args:
+        draft: let a JPEG decode at 1/2, 1/4 or 1/8 scale, never below the resize target.
         annot_id: names the record in error messages.
 
     Returns:
@@ -35,6 +36,9 @@ def load_pixels(
     """
     try:
         with Image.open(path) as opened:
+            transform = image_transform(opened.width, opened.height, image_size=image_size, geometry=geometry)
+            if draft:
+                opened.draft("RGB", transform.resized)
             image = opened.convert("RGB")
     except FileNotFoundError:
         raise VCRFormatError(
@@ -47,7 +51,6 @@ def load_pixels(
             expected="a readable image", got=f"{type(exc).__name__}: {exc}",
         ) from None
     size = image_size
-    transform = image_transform(image.width, image.height, image_size=size, geometry=geometry)
     image = image.resize(transform.resized, Image.Resampling.BICUBIC)
     if image.width > size or image.height > size:  # centre crop (negative offset)
         left, top = -transform.offset[0], -transform.offset[1]

@@ -72,7 +72,9 @@ def _config_flags() -> dict[str, dict[str, Any]]:
             continue
         default = getattr(defaults, field.name)
         kwargs: dict[str, Any] = {"default": None}
-        if isinstance(default, tuple):
+        if isinstance(default, bool):
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif isinstance(default, tuple):
             kwargs.update(type=float, nargs=len(default), metavar=("R", "G", "B"))
         elif field.name in _CHOICES:
             kwargs["choices"] = _CHOICES[field.name]

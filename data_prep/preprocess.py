@@ -79,6 +79,10 @@ class PreprocessConfig:
         max_length: longest text sequence, special tokens included.
         image_mean, image_std: per-channel pixel normalisation (RGB, on 0..1 values).
         pad_to_multiple_of: ``collate`` pads L up to a multiple of this (None: no rounding).
+        jpeg_draft: decode JPEGs at a reduced scale (PIL's ``Image.draft``: 1/2, 1/4 or 1/8, never
+            below the resize target) before the bicubic resize; faster on large frames, pixels
+            differ slightly from a full decode. Not with ``compat="vle"`` (the official processor
+            decodes in full).
     """
 
     task: str = "q2a"
@@ -90,6 +94,7 @@ class PreprocessConfig:
     image_mean: tuple[float, float, float] = CLIP_MEAN
     image_std: tuple[float, float, float] = CLIP_STD
     pad_to_multiple_of: int | None = 8
+    jpeg_draft: bool = False
 
     def __post_init__(self) -> None:
         if self.geometry is None:  # frozen: resolve the mode's geometry once, here
@@ -106,6 +111,8 @@ class PreprocessConfig:
                 f"compat='vle' reproduces the official pipeline, whose geometry is 'vle-compat', not "
                 f"{self.geometry!r}: leave geometry unset (or 'vle-compat'), or use compat='none'"
             )
+        if self.compat == "vle" and self.jpeg_draft:
+            raise ValueError("jpeg_draft=True changes the pixels; compat='vle' reproduces the official full decode")
         for name in ("image_size", "patch_size", "max_length"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -426,7 +433,7 @@ class VCRPreprocessor:
         config = self.config
         return load_pixels(
             self.images_root / record["img_fn"], image_size=config.image_size, geometry=config.geometry,
-            mean=config.image_mean, std=config.image_std, annot_id=record.get("annot_id"),
+            mean=config.image_mean, std=config.image_std, draft=config.jpeg_draft, annot_id=record.get("annot_id"),
         )
 
     def __call__(

@@ -45,6 +45,7 @@ class DataConfig:
     geometry: str | None = None
     max_length: int = 80
     pad_to_multiple_of: int | None = 8
+    jpeg_draft: bool = False
     num_workers: int = 2
     skip_bad: bool = False
 
