@@ -1,27 +1,28 @@
 """data_prep: VCR records -> RACE-style multiple-choice examples in vlekit's batch contract.
 
     records = read_vcr("val.jsonl", images_root="vcr1images")
-    preprocessor = VCRPreprocessor(tokenizer, task="q2a", image_size=384, patch_size=16, geometry="letterbox",
-                                   images_root="vcr1images")
+    config = PreprocessConfig(task="q2a", image_size=384, patch_size=16, geometry="letterbox")
+    preprocessor = VCRPreprocessor(tokenizer, config=config, images_root="vcr1images")
     batch = preprocessor.collate([preprocessor(r) for r in records[:8]])
 
-Also: a synthetic VCR-format dataset where grounding matters (``generate_synthetic_vcr``) and a
-word-level tokenizer built from a dataset's text for tiny models (``build_word_tokenizer``).
+``compat="vle"`` reproduces the official VLE VCR pipeline exactly (for official checkpoints).
+
+Modules, one job each: ``vcr`` (reading and validating records), ``preprocess`` (PreprocessConfig and
+VCRPreprocessor), ``text`` (default-mode names, rendering, truncation, numbering), ``vle_text`` (the
+official pipeline's text rules), ``geometry`` (boxes on the patch grid), ``pixels`` (decoding and
+normalisation), ``collate`` (batches), ``dataset`` (the torch Dataset), ``prep`` (the ``vlekit prep``
+cache), ``compare`` (the two modes side by side), ``bench`` (text throughput), ``synthetic`` (a
+synthetic VCR-format dataset where grounding matters), ``tokenizer`` (offline word-level and
+SentencePiece tokenizers built from a dataset's text).
 """
 from data_prep.dataset import VCRDataset
 from data_prep.prep import PreparedExamples, load_prepared
-from data_prep.preprocess import (
-    ImageTransform,
-    PreprocessConfig,
-    VCRPreprocessor,
-    benchmark_text_prep,
-    box_cells,
-    cell_patches,
-    image_transform,
-    render_tokens,
-)
+from data_prep.bench import benchmark_text_prep
+from data_prep.geometry import ImageTransform, box_cells, cell_patches, image_transform
+from data_prep.preprocess import PreprocessConfig, VCRPreprocessor
+from data_prep.text import render_tokens
 from data_prep.synthetic import SyntheticVCR, generate_synthetic_vcr
-from data_prep.tokenizer import build_word_tokenizer
+from data_prep.tokenizer import build_sentencepiece_tokenizer, build_word_tokenizer
 from data_prep.vcr import (
     ImageGeometry,
     VCRFormatError,
@@ -34,7 +35,7 @@ from data_prep.vcr import (
 
 __all__ = [
     "ImageGeometry", "ImageTransform", "PreparedExamples", "PreprocessConfig", "SyntheticVCR", "VCRDataset",
-    "VCRFormatError", "VCRPreprocessor", "VCRRecords", "benchmark_text_prep", "box_cells", "build_word_tokenizer",
+    "VCRFormatError", "VCRPreprocessor", "VCRRecords", "benchmark_text_prep", "box_cells", "build_sentencepiece_tokenizer", "build_word_tokenizer",
     "cell_patches", "generate_synthetic_vcr", "geometry_from_metadata", "image_transform", "load_geometry",
     "load_metadata", "load_prepared", "read_vcr", "render_tokens",
 ]

@@ -14,5 +14,5 @@ NUM_CHOICES = 4
 GEOMETRY_MODES: tuple[str, ...] = ("squash", "letterbox", "center-crop", "vle-compat")
 TASKS: tuple[str, ...] = ("q2a", "qa2r")
 
-# How persons are named: one mapping per example (ours) or VLE's never-reset counter.
-NAME_MODES: tuple[str, ...] = ("deterministic", "vle")
+# Preprocessing modes: vlekit's own ("none") or the official VLE VCR pipeline reproduced ("vle").
+COMPAT_MODES: tuple[str, ...] = ("none", "vle")

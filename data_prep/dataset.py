@@ -13,19 +13,21 @@ import torch
 from torch.utils.data import Dataset
 
 from data_prep.constants import NUM_CHOICES
-from data_prep.preprocess import VCRPreprocessor
+from data_prep.preprocess import PreprocessConfig, VCRPreprocessor
 
 __all__ = ["VCRDataset"]
 
-# Options that change a prepared text example; cached examples must agree with the preprocessor on them.
-_TEXT_OPTIONS = ("task", "image_size", "patch_size", "geometry", "max_length", "names")
+# Options that only change the pixels or the batching: cached text examples need not agree on them.
+_NOT_TEXT_OPTIONS = frozenset({"image_mean", "image_std", "pad_to_multiple_of", "jpeg_draft"})
 
 
 class VCRDataset(Dataset):
     """VCR examples for one task: ``dataset[i]`` is an example dict with ``pixel_values``.
 
-    Built from records (text prepared on access, so ``names="vle"`` renames on every access as
-    VLE does) or, with :meth:`from_prepared`, from cached text examples (only pixels on access).
+    Built from records (text prepared on access) or, with :meth:`from_prepared`, from cached text
+    examples (only pixels on access). Under ``compat="vle"`` the text of every item is prepared
+    here, once, in item order: VLE's name counter then advances as in one official pass over the
+    records, whatever the DataLoader's order and workers.
 
     Args:
         records: VCR records (e.g. from ``read_vcr``).
@@ -62,6 +64,13 @@ class VCRDataset(Dataset):
         self.preprocessor = preprocessor
         self.expand_answers = expand_answers
         self._prepared: Sequence[Mapping[str, Any]] | None = None
+        if preprocessor.config.compat == "vle" and records:
+            if expand_answers:
+                items = [r for r in records for _ in range(NUM_CHOICES)]
+                answers = [a for _ in records for a in range(NUM_CHOICES)]
+                self._prepared = preprocessor.prepare_many(items, answer_indices=answers)
+            else:
+                self._prepared = preprocessor.prepare_many(records)
 
     @classmethod
     def from_prepared(cls, examples: Sequence[Mapping[str, Any]], preprocessor: VCRPreprocessor) -> VCRDataset:
@@ -74,7 +83,8 @@ class VCRDataset(Dataset):
         if prepared_config is not None:
             ours = asdict(preprocessor.config)
             differing = [f"{k}: prepared {prepared_config.get(k)!r}, preprocessor {ours[k]!r}"
-                         for k in _TEXT_OPTIONS if prepared_config.get(k) != ours[k]]
+                         for k in PreprocessConfig.option_names()
+                         if k not in _NOT_TEXT_OPTIONS and prepared_config.get(k) != ours[k]]
             if differing:
                 raise ValueError("the prepared examples do not match the preprocessor (" + "; ".join(differing)
                                  + "): create the preprocessor with the prepared options or prepare again")

@@ -7,8 +7,10 @@ writes ``prepared/val.q2a.npz`` (the examples, as flat arrays) and ``prepared/va
 manifest: cache key, options, summary, ids). The key hashes the annotation file's contents, the
 tokenizer's identity (name or path, class, vocabulary size) and every option, so a re-run with the
 same inputs only says "cached". qa2r records without ``answer_label`` (the test split) give one
-example per candidate answer. Names are always deterministic here: VLE's per-call renaming
-(``names="vle"``) cannot be cached. Bad input exits with status 2 and the error message only.
+example per candidate answer. The preprocessing flags (``--compat``, ``--geometry``, ``--image-size``,
+...) are derived from ``PreprocessConfig``'s fields. ``--compat vle`` caches what a fresh official
+VLE pipeline gives on the file's records in file order (its name counter included). Bad input
+exits with status 2 and the error message only.
 
 ``load_prepared(path)`` reads the examples back (a sequence of example dicts, see
 ``data_prep.preprocess``), ready for ``VCRDataset.from_prepared``.
@@ -21,14 +23,14 @@ import json
 import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from data_prep.constants import GEOMETRY_MODES, NUM_CHOICES, TASKS
+from data_prep.constants import COMPAT_MODES, GEOMETRY_MODES, NUM_CHOICES, TASKS
 from data_prep.preprocess import PreprocessConfig, VCRPreprocessor
 from data_prep.vcr import VCRFormatError, VCRRecords, read_vcr
 
@@ -50,16 +52,44 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--tokenizer", required=True, help="Hugging Face tokenizer name or local path")
     parser.add_argument("--out", required=True, type=Path, help="folder for the cached examples")
-    parser.add_argument(
-        "--geometry", default="squash", choices=GEOMETRY_MODES,
-        help="how images and boxes map to the square input (default: squash)",
-    )
-    parser.add_argument("--image-size", type=int, default=224, help="side of the square model input (default: 224)")
-    parser.add_argument("--patch-size", type=int, default=16, help="vision patch size (default: 16)")
-    parser.add_argument("--max-length", type=int, default=80, help="longest text sequence in tokens (default: 80)")
+    for name, kwargs in _config_flags().items():
+        parser.add_argument("--" + name.replace("_", "-"), **kwargs)
     parser.add_argument(
         "--skip-bad", action="store_true", help="skip invalid records (reported in the summary) instead of stopping"
     )
+
+
+# Choices of the string options of PreprocessConfig (the dataclass validates every value).
+_CHOICES = {"compat": COMPAT_MODES, "geometry": GEOMETRY_MODES}
+
+
+def _config_flags() -> dict[str, dict[str, Any]]:
+    """``argparse`` options for every ``PreprocessConfig`` field but ``task`` (a required flag of its own)."""
+    defaults = PreprocessConfig()
+    flags: dict[str, dict[str, Any]] = {}
+    for field in fields(PreprocessConfig):
+        if field.name == "task":
+            continue
+        default = getattr(defaults, field.name)
+        kwargs: dict[str, Any] = {"default": None}
+        if isinstance(default, bool):
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif isinstance(default, tuple):
+            kwargs.update(type=float, nargs=len(default), metavar=("R", "G", "B"))
+        elif field.name in _CHOICES:
+            kwargs["choices"] = _CHOICES[field.name]
+        else:
+            kwargs["type"] = int
+        shown = "the mode's own" if field.name == "geometry" else default
+        kwargs["help"] = f"PreprocessConfig.{field.name} (default: {shown})"
+        flags[field.name] = kwargs
+    return flags
+
+
+def _config_from_args(args: argparse.Namespace) -> PreprocessConfig:
+    options = {name: getattr(args, name) for name in _config_flags() if getattr(args, name) is not None}
+    options = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
+    return PreprocessConfig(task=args.task, **options)
 
 
 def _fail(message: str) -> int:
@@ -70,8 +100,7 @@ def _fail(message: str) -> int:
 def run(args: argparse.Namespace) -> int:
     """Run ``vlekit prep``; returns the exit status (0 done or cached, 2 bad input)."""
     try:
-        config = PreprocessConfig(task=args.task, image_size=args.image_size, patch_size=args.patch_size,
-                                  geometry=args.geometry, max_length=args.max_length)
+        config = _config_from_args(args)
     except ValueError as exc:
         return _fail(f"invalid option: {exc}")
     if not args.annotations.is_file():
@@ -85,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         return _fail(f"cannot load tokenizer {args.tokenizer!r}: {exc}")
     try:
-        preprocessor = VCRPreprocessor.from_config(tokenizer, config, images_root=args.images)
+        preprocessor = VCRPreprocessor(tokenizer, config=config, images_root=args.images)
     except ValueError as exc:  # a tokenizer without cls/sep/pad tokens
         return _fail(f"cannot use tokenizer {args.tokenizer!r}: {exc}")
 

@@ -1,68 +1,66 @@
 """VCR records -> RACE-style multiple-choice examples (DESIGN.md sections 3 and 4).
 
+Owns ``PreprocessConfig`` (every option that changes a prepared example) and ``VCRPreprocessor``,
+which runs the steps of the other modules: text (``data_prep.text``, or ``data_prep.vle_text``
+under ``compat="vle"``), geometry (``data_prep.geometry``), pixels (``data_prep.pixels``) and
+batching (``data_prep.collate``).
+
 One record gives one example: C = 4 text sequences (one per choice) that share one image.
 
-Text. A VCR token is a word or a list of object indices; ``[i, j]`` renders as "name_i and name_j".
-Persons are named from ``PERSON_NAMES``, other objects by their class name. By default one mapping
-per record names persons in order of first mention (question, answers, rationales); ``names="vle"``
-keeps VLE's official quirk, a never-reset counter, so a record is named differently on every call.
-Layouts:
+Two modes:
 
-- ``q2a``:  ``[CLS] question [SEP] answer_i [SEP]``
-- ``qa2r``: ``[CLS] question [SEP] answer [SEP] rationale_i [SEP]``; "question [SEP] answer" is the
-  first part, the rationale the second.
-
-Truncation to ``max_length`` removes tokens one at a time from the end of the longer part (the
-second on a tie, like Hugging Face's ``longest_first``). A name with any sub-token cut refers to no
-object. Alignment of names to sub-tokens is exact: fast tokenizers map the names' character spans
-through the offsets of the whole text; slow tokenizers encode the text piece by piece at the name
-boundaries (which are spaces), so the pieces are the tokens by construction.
-
-Objects. The referenced objects of a (question, choice) pair are the distinct objects named in its
-surviving text, numbered k = 0, 1, ... in order of first mention; every sub-token of a name gets
-``k + 2``, and slot k covers the grid cells its box touches on the model's S x S canvas. Boxes go
-through the same resize/pad/crop as the pixels (``image_transform``), except in ``vle-compat``.
+- ``compat="none"`` (default): deterministic and readable. Persons are named per record by first
+  mention, referenced objects numbered by first mention, truncation is longest-first and never
+  removes a [SEP] or a whole part; boxes follow the pixels (``geometry``, default ``squash``).
+- ``compat="vle"``: the official VLE VCR pipeline, exactly (for official VCR checkpoints). A fresh
+  preprocessor called on records in some order gives the input ids, type ids, object slots and
+  pixels a fresh official pipeline gives on them in that order: person names from a counter that
+  this preprocessor holds and never resets, set-order object numbering, the official truncation
+  shared by the choices, private-use words dropped, and the ``vle-compat`` geometry.
 
 Example dict (``prepare_text``; ``__call__`` adds ``pixel_values``), C = 4, K_c slots in choice c:
 
 - ``annot_id`` str, ``img_fn`` str, ``label`` int | None (answer label for q2a, rationale label for
   qa2r), ``answer_index`` int | None (qa2r: the answer in the query; None for q2a)
 - ``input_ids``, ``text_type_ids``: C lists of L_c ints; ``truncated``: C bools
-- ``object_ids``: C lists of K_c VCR object indices; ``object_patches``: C lists of K_c sorted lists
-  of row-major patch indices in ``0 .. grid**2 - 1``
+- ``object_ids``: C lists of K_c VCR object indices, slot k tagged ``k + 2``; ``object_patches``:
+  C lists of K_c sorted lists of row-major patch indices in ``0 .. grid**2 - 1``
 - ``pixel_values``: float32 tensor ``[3, S, S]``
 """
 from __future__ import annotations
 
-import itertools
-import math
-import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
-from data_prep.constants import CLIP_MEAN, CLIP_STD, GEOMETRY_MODES, NAME_MODES, NUM_CHOICES, PERSON_NAMES, TASKS
+from data_prep.collate import collate_examples
+from data_prep.constants import CLIP_MEAN, CLIP_STD, COMPAT_MODES, GEOMETRY_MODES, NUM_CHOICES, TASKS
+from data_prep.geometry import box_cells, cell_patches
+from data_prep.pixels import load_pixels
+from data_prep.text import (
+    NameSpan,
+    assemble_texts,
+    deterministic_person_names,
+    render_tokens,
+    tokenize_rendered,
+)
 from data_prep.vcr import ImageGeometry, VCRFormatError, geometry_from_metadata, load_geometry
+from data_prep.vle_text import (
+    NO_OBJECT,
+    VLENameCounter,
+    check_vle_tokenizer,
+    reencode,
+    set_order_numbering,
+    truncate_q2a,
+    truncate_qa2r,
+    vle_word_pieces,
+)
 
-__all__ = [
-    "PreprocessConfig",
-    "VCRPreprocessor",
-    "ImageTransform",
-    "image_transform",
-    "box_cells",
-    "cell_patches",
-    "render_tokens",
-    "benchmark_text_prep",
-]
-
-# ---------------------------------------------------------------------------------------------
-# Configuration
-# ---------------------------------------------------------------------------------------------
+__all__ = ["MODEL_OPTIONS", "PreprocessConfig", "RUN_OPTIONS", "VCRPreprocessor"]
 
 
 @dataclass(frozen=True)
@@ -71,35 +69,50 @@ class PreprocessConfig:
 
     Attributes:
         task: ``"q2a"`` or ``"qa2r"``.
+        compat: ``"none"`` (vlekit's deterministic rules) or ``"vle"`` (the official VLE VCR
+            pipeline, exactly: for official VCR checkpoints; see the module docstring).
         image_size: side S of the square model input.
         patch_size: vision patch size; the grid is ``g = S // patch_size`` and ``P = g * g``.
-        geometry: ``squash``, ``letterbox``, ``center-crop`` or ``vle-compat`` (see ``image_transform``).
+        geometry: ``squash``, ``letterbox``, ``center-crop`` or ``vle-compat`` (see
+            ``data_prep.geometry.image_transform``); None picks the mode's own: ``squash``, or
+            ``vle-compat`` under ``compat="vle"`` (the only geometry that mode accepts).
         max_length: longest text sequence, special tokens included.
-        names: ``deterministic`` (one person-name mapping per record, by first mention) or ``vle``:
-            VLE's official quirk, a never-reset counter advanced per person mention, so the same
-            record gets other names on every call; only for reproducing VLE.
         image_mean, image_std: per-channel pixel normalisation (RGB, on 0..1 values).
         pad_to_multiple_of: ``collate`` pads L up to a multiple of this (None: no rounding).
+        jpeg_draft: decode JPEGs at a reduced scale (PIL's ``Image.draft``: 1/2, 1/4 or 1/8, never
+            below the resize target) before the bicubic resize; faster on large frames, pixels
+            differ slightly from a full decode. Not with ``compat="vle"`` (the official processor
+            decodes in full).
     """
 
     task: str = "q2a"
+    compat: str = "none"
     image_size: int = 224
     patch_size: int = 16
-    geometry: str = "squash"
+    geometry: str | None = None
     max_length: int = 80
-    names: str = "deterministic"
     image_mean: tuple[float, float, float] = CLIP_MEAN
     image_std: tuple[float, float, float] = CLIP_STD
     pad_to_multiple_of: int | None = 8
+    jpeg_draft: bool = False
 
     def __post_init__(self) -> None:
+        if self.geometry is None:  # frozen: resolve the mode's geometry once, here
+            object.__setattr__(self, "geometry", "vle-compat" if self.compat == "vle" else "squash")
         for name, value, allowed in (
             ("task", self.task, TASKS),
+            ("compat", self.compat, COMPAT_MODES),
             ("geometry", self.geometry, GEOMETRY_MODES),
-            ("names", self.names, NAME_MODES),
         ):
             if value not in allowed:
                 raise ValueError(f"{name}={value!r} is not supported; choose one of {', '.join(map(repr, allowed))}")
+        if self.compat == "vle" and self.geometry != "vle-compat":
+            raise ValueError(
+                f"compat='vle' reproduces the official pipeline, whose geometry is 'vle-compat', not "
+                f"{self.geometry!r}: leave geometry unset (or 'vle-compat'), or use compat='none'"
+            )
+        if self.compat == "vle" and self.jpeg_draft:
+            raise ValueError("jpeg_draft=True changes the pixels; compat='vle' reproduces the official full decode")
         for name in ("image_size", "patch_size", "max_length"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -109,8 +122,8 @@ class PreprocessConfig:
                 f"image_size={self.image_size} is not a multiple of patch_size={self.patch_size}; "
                 f"the patch grid must tile the image (e.g. 224/16, 224/32, 336/14)"
             )
-        # Room for the special tokens (3, plus the middle [SEP] of qa2r's first part) and a text token per part.
-        min_length = 5 if self.task == "q2a" else 6
+        # Room for the special tokens (one [CLS], a [SEP] per part) and a text token per part.
+        min_length = 5 if self.task == "q2a" else 7
         if self.max_length < min_length:
             raise ValueError(
                 f"max_length={self.max_length} is too short for {self.task}; use at least {min_length} (VLE uses 80)"
@@ -126,6 +139,11 @@ class PreprocessConfig:
         ):
             raise ValueError(f"pad_to_multiple_of must be a positive int or None, got {self.pad_to_multiple_of!r}")
 
+    @classmethod
+    def option_names(cls) -> tuple[str, ...]:
+        """The option names, in declaration order (the single list other code derives from)."""
+        return tuple(f.name for f in fields(cls))
+
     @property
     def grid(self) -> int:
         """Patches per side, g."""
@@ -137,228 +155,34 @@ class PreprocessConfig:
         return self.grid * self.grid
 
 
-# ---------------------------------------------------------------------------------------------
-# Geometry: one transform for pixels and boxes
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ImageTransform:
-    """Where an image of size ``(width, height)`` lands on the ``S x S`` canvas.
-
-    Pixels: resize to ``resized`` (bicubic), then place its top-left corner at ``offset`` on the
-    canvas (a negative offset crops, a positive one pads). Boxes: ``x' = x * box_scale[0] +
-    box_offset[0]`` (same for y), the pixel map itself in every mode but ``vle-compat``.
-    """
-
-    image_size: int
-    resized: tuple[int, int]
-    offset: tuple[int, int]
-    box_scale: tuple[float, float]
-    box_offset: tuple[float, float]
-
-
-def image_transform(width: int, height: int, *, image_size: int, geometry: str) -> ImageTransform:
-    """The pixel and box transform of one image under a geometry mode.
-
-    Modes:
-        squash: resize to ``S x S``.
-        letterbox: scale by ``S / max(W, H)``, centre on the canvas; the padding normalises to 0.
-        center-crop: scale the short side to ``S`` (long side ``int(S * long / short)``, as CLIP's
-            processor does), centre crop; boxes are shifted with the crop.
-        vle-compat: pixels as ``center-crop``, boxes as ``squash``: VLE's own mismatch, on wide
-            frames the boxes then point at the wrong pixels. Only for reproducing VLE.
-    """
-    size = image_size
-    if geometry == "squash":
-        resized, offset = (size, size), (0, 0)
-    elif geometry == "letterbox":
-        scale = size / max(width, height)
-        resized = (max(1, round(width * scale)), max(1, round(height * scale)))
-        offset = ((size - resized[0]) // 2, (size - resized[1]) // 2)
-    elif geometry in ("center-crop", "vle-compat"):
-        resized = (size, int(size * height / width)) if width <= height else (int(size * width / height), size)
-        offset = (-((resized[0] - size) // 2), -((resized[1] - size) // 2))
-    else:
-        choices = ", ".join(map(repr, GEOMETRY_MODES))
-        raise ValueError(f"geometry={geometry!r} is not supported; choose one of {choices}")
-    if geometry == "vle-compat":
-        box_scale, box_offset = (size / width, size / height), (0.0, 0.0)
-    else:
-        box_scale = (resized[0] / width, resized[1] / height)
-        box_offset = (float(offset[0]), float(offset[1]))
-    return ImageTransform(image_size=size, resized=resized, offset=offset, box_scale=box_scale, box_offset=box_offset)
-
-
-def box_cells(
-    boxes: np.ndarray, *, width: int, height: int, image_size: int, patch_size: int, geometry: str
-) -> np.ndarray:
-    """The rectangle of grid cells each box touches on the model canvas.
-
-    Boxes go through ``image_transform``; box ``[x1, y1, x2, y2]`` on the canvas covers columns
-    ``floor(x1 / cw) .. floor(x2 / cw)`` clipped to ``[0, g - 1]`` (``cw = S / g``), rows likewise,
-    with no coverage threshold. A box entirely outside the canvas (cropped away) covers nothing.
-
-    Args:
-        boxes: ``[N, 4]`` (or ``[N, 5]`` with scores) in image pixels.
-
-    Returns:
-        int64 ``[N, 4]``: ``col0, row0, col1, row1`` (inclusive), all -1 for a box covering nothing.
-    """
-    transform = image_transform(width, height, image_size=image_size, geometry=geometry)
-    grid = image_size // patch_size
-    boxes = np.asarray(boxes, dtype=np.float64)
-    boxes = boxes.reshape(0, 4) if boxes.size == 0 else boxes[:, :4]
-    scale, offset = transform.box_scale, transform.box_offset
-    canvas = boxes * np.array(scale + scale) + np.array(offset + offset)
-    low, high = canvas[:, :2], canvas[:, 2:]
-    outside = ((high < 0) | (low > image_size) | (high < low)).any(axis=1)
-    # The cell width S / g is exactly patch_size (S is a multiple of it).
-    cells = np.clip(np.floor(canvas / patch_size), 0, grid - 1).astype(np.int64)
-    cells[outside] = -1
-    return cells
-
-
-def cell_patches(cells: Sequence[int], grid: int) -> list[int]:
-    """Sorted row-major patch indices ``row * g + col`` of one ``(col0, row0, col1, row1)`` rectangle."""
-    col0, row0, col1, row1 = cells
-    if col0 < 0:
-        return []
-    rows = (range(r * grid + col0, r * grid + col1 + 1) for r in range(row0, row1 + 1))
-    return list(itertools.chain.from_iterable(rows))
-
-
-# ---------------------------------------------------------------------------------------------
-# Text: names, rendering, exact sub-token alignment
-# ---------------------------------------------------------------------------------------------
-
-# VLE's pipeline draws person names from one counter that is never reset, so the same record is
-# named differently on every call (and per DataLoader worker). Kept only for `names="vle"`.
-_VLE_NAME_COUNTER = itertools.count()
-
-
-def _deterministic_person_names(record: Mapping[str, Any]) -> dict[int, str]:
-    """Person object index -> name, in order of first mention (question, answers, rationales)."""
-    objects = record["objects"]
-    names: dict[int, str] = {}
-    for tokens in (record["question"], *record["answer_choices"], *record["rationale_choices"]):
-        for token in tokens:
-            if isinstance(token, str):
-                continue
-            for index in token:
-                if index not in names and objects[index] == "person":
-                    names[index] = PERSON_NAMES[len(names) % len(PERSON_NAMES)]
-    return names
-
-
-# A name's characters in rendered text: (space_start, start, end, object index); space_start
-# includes the space before the name (if any), end is exclusive. Plain tuples: this is the hot path.
-_NameSpan = tuple[int, int, int, int]
-
-
-def render_tokens(
-    tokens: Sequence[str | Sequence[int]], objects: Sequence[str], person_names: Mapping[int, str] | None
-) -> tuple[str, list[_NameSpan]]:
-    """Render VCR tokens to space-joined text and the character spans of the object names.
-
-    Args:
-        tokens: words and lists of object indices.
-        objects: the record's object class names.
-        person_names: person index -> name; None draws from VLE's never-reset counter per mention.
-
-    Returns:
-        ``(text, spans)``: spans in text order, one per named object, each
-        ``(space_start, start, end, object_index)`` (``end`` exclusive).
-    """
-    words: list[str] = []
-    named: list[tuple[int, int]] = []  # (word position, object index) of every name
-    for token in tokens:
-        if isinstance(token, str):
-            words.append(token)
-            continue
-        for j, index in enumerate(token):
-            if j:
-                words.append("and")
-            if objects[index] != "person":
-                name = objects[index]
-            elif person_names is None:
-                name = PERSON_NAMES[next(_VLE_NAME_COUNTER) % len(PERSON_NAMES)]
-            else:
-                name = person_names[index]
-            named.append((len(words), index))
-            words.append(name)
-    if not named:
-        return " ".join(words), []
-    starts = list(itertools.accumulate((len(word) + 1 for word in words), initial=0))
-    spans = [(starts[w] - 1 if w else 0, starts[w], starts[w] + len(words[w]), index) for w, index in named]
-    return " ".join(words), spans
-
-
-class _Tokenized(NamedTuple):
-    ids: list[int]
-    mentions: list[tuple[int, int, int]]  # (first token, end token (exclusive), object index), in order
-
-
-def _truncated_lengths(first: int, second: int, budget: int) -> tuple[int, int]:
-    """Part lengths after removing tokens one at a time from the end of the longer part.
-
-    Equivalent to Hugging Face's ``longest_first`` loop (ties remove from the second part), in
-    closed form: shorten the longer part to the other's length, then alternate, second first.
-    """
-    excess = first + second - budget
-    if excess <= 0:
-        return first, second
-    if first > second:
-        cut = min(excess, first - second)
-        first -= cut
-    else:
-        cut = min(excess, second - first)
-        second -= cut
-    excess -= cut
-    return first - excess // 2, second - (excess + 1) // 2
-
-
-# ---------------------------------------------------------------------------------------------
-# The preprocessor
-# ---------------------------------------------------------------------------------------------
+# The options the model owns (its vision encoder's input); the run's config sets the others.
+MODEL_OPTIONS: tuple[str, ...] = ("image_size", "patch_size", "image_mean", "image_std")
+RUN_OPTIONS: tuple[str, ...] = tuple(n for n in PreprocessConfig.option_names() if n not in MODEL_OPTIONS)
 
 
 class VCRPreprocessor:
     """Turns VCR records into multiple-choice examples and batches (DESIGN.md section 3).
 
     Args:
-        tokenizer: any Hugging Face tokenizer (fast or slow) with cls, sep and pad tokens.
+        tokenizer: any Hugging Face tokenizer (fast or slow) with cls, sep and pad tokens;
+            ``compat="vle"`` needs a SentencePiece one (DeBERTa-v3, as VLE ships).
+        config: every option (:class:`PreprocessConfig`); :meth:`build` takes them as keywords.
         images_root: the ``vcr1images`` folder (for metadata and pixels); may be omitted when every
             call passes ``metadata=`` and pixels are not needed.
-        Other options: see :class:`PreprocessConfig`.
+
+    Under ``compat="vle"`` the preprocessor holds VLE's name counter (``vle_names``): every
+    ``prepare_text`` / ``__call__`` advances it, as every official call does, so call a fresh
+    preprocessor in the order the official pipeline would see the records (``VCRDataset`` prepares
+    the text of all its items in order, once, so DataLoader workers do not each count on their own).
     """
 
-    def __init__(
-        self,
-        tokenizer: Any,
-        *,
-        task: str = "q2a",
-        image_size: int = 224,
-        patch_size: int = 16,
-        geometry: str = "squash",
-        max_length: int = 80,
-        images_root: str | Path | None = None,
-        names: str = "deterministic",
-        image_mean: Sequence[float] = CLIP_MEAN,
-        image_std: Sequence[float] = CLIP_STD,
-        pad_to_multiple_of: int | None = 8,
-    ) -> None:
-        self.config = PreprocessConfig(
-            task=task,
-            image_size=image_size,
-            patch_size=patch_size,
-            geometry=geometry,
-            max_length=max_length,
-            names=names,
-            image_mean=tuple(image_mean),
-            image_std=tuple(image_std),
-            pad_to_multiple_of=pad_to_multiple_of,
-        )
+    def __init__(self, tokenizer: Any, *, config: PreprocessConfig, images_root: str | Path | None = None) -> None:
+        if not isinstance(config, PreprocessConfig):
+            raise TypeError(
+                f"config must be a PreprocessConfig, got {type(config).__name__}; build one with "
+                f"VCRPreprocessor.build(tokenizer, task=..., ...) to pass the options directly"
+            )
+        self.config = config
         for attribute in ("cls_token_id", "sep_token_id", "pad_token_id"):
             if getattr(tokenizer, attribute, None) is None:
                 raise ValueError(
@@ -366,21 +190,25 @@ class VCRPreprocessor:
                     f"[CLS] question [SEP] choice [SEP] and padding need cls, sep and pad tokens; add them with "
                     f"tokenizer.add_special_tokens({{'cls_token': ..., 'sep_token': ..., 'pad_token': ...}})"
                 )
+        if self.config.compat == "vle":
+            check_vle_tokenizer(tokenizer)
         self.tokenizer = tokenizer
         # Read once: attribute access on Hugging Face tokenizers is slow in the hot path.
         self._cls_id, self._sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
         self._pad_id = tokenizer.pad_token_id
         self.images_root = Path(images_root) if images_root is not None else None
         self._is_fast = bool(getattr(tokenizer, "is_fast", False))
-        self._mean = np.asarray(self.config.image_mean, dtype=np.float32)
-        self._std = np.asarray(self.config.image_std, dtype=np.float32)
+        self.vle_names = VLENameCounter()
+        self._pieces: dict[str, list[str]] = {}  # tokenize() of one word: a pure function, cached
 
     @classmethod
-    def from_config(
-        cls, tokenizer: Any, config: PreprocessConfig, *, images_root: str | Path | None = None
-    ) -> VCRPreprocessor:
-        """A preprocessor with the options of ``config``."""
-        return cls(tokenizer, images_root=images_root, **asdict(config))
+    def build(cls, tokenizer: Any, *, images_root: str | Path | None = None, **options: Any) -> VCRPreprocessor:
+        """``VCRPreprocessor(tokenizer, config=PreprocessConfig(**options), images_root=...)``."""
+        if "image_mean" in options:
+            options["image_mean"] = tuple(options["image_mean"])
+        if "image_std" in options:
+            options["image_std"] = tuple(options["image_std"])
+        return cls(tokenizer, config=PreprocessConfig(**options), images_root=images_root)
 
     def __repr__(self) -> str:
         return f"VCRPreprocessor({type(self.tokenizer).__name__}, {self.config}, images_root={self.images_root})"
@@ -417,7 +245,7 @@ class VCRPreprocessor:
         metadata: Sequence[Mapping[str, Any]] | None = None,
         chunk_size: int = 512,
     ) -> list[dict[str, Any]]:
-        """``prepare_text`` for many records, tokenizing each chunk of records in one batch.
+        """``prepare_text`` for many records (in order), tokenizing each chunk of records in one batch.
 
         ``answer_indices`` and ``metadata`` (optional) align with ``records``.
         """
@@ -462,73 +290,83 @@ class VCRPreprocessor:
         metadata: Sequence[Mapping[str, Any]] | None,
     ) -> list[dict[str, Any]]:
         queries = [self._query_answer(record, index) for record, index in zip(records, answer_indices)]
-        rendered: list[tuple[str, list[_NameSpan]]] = []
+        if self.config.compat == "vle":
+            texts_per_record = [self._vle_texts(record, answer) for record, answer in zip(records, queries)]
+        else:
+            texts_per_record = self._default_texts(records, queries)
+        examples = []
+        for i, (record, answer) in enumerate(zip(records, queries)):
+            geometry = self._geometry(record, None if metadata is None else metadata[i])
+            examples.append(self._example(record, answer, texts_per_record[i], geometry))
+        return examples
+
+    def _default_texts(
+        self, records: Sequence[Mapping[str, Any]], queries: Sequence[int | None]
+    ) -> list[list[tuple[list[int], list[int], list[int], bool]]]:
+        """Per record, per choice ``(input_ids, text_type_ids, object_ids, truncated)`` (default mode)."""
+        rendered: list[tuple[str, list[NameSpan]]] = []
         for record, answer in zip(records, queries):
-            persons = _deterministic_person_names(record) if self.config.names == "deterministic" else None
+            persons = deterministic_person_names(record)
             objects = record["objects"]
             texts = [record["question"]]
             if answer is not None:
                 texts.append(record["answer_choices"][answer])
             texts += record["answer_choices"] if answer is None else record["rationale_choices"]
             rendered += [render_tokens(tokens, objects, persons) for tokens in texts]
-        tokenized = self._tokenize_fast(rendered) if self._is_fast else self._tokenize_slow(rendered)
-
-        examples = []
-        per_record = 1 + NUM_CHOICES + (1 if self.config.task == "qa2r" else 0)  # question (+ answer) + choices
-        for i, (record, answer) in enumerate(zip(records, queries)):
-            texts = tokenized[i * per_record : (i + 1) * per_record]
-            geometry = self._geometry(record, None if metadata is None else metadata[i])
-            examples.append(self._assemble(record, answer, texts, geometry))
-        return examples
-
-    def _tokenize_fast(self, rendered: list[tuple[str, list[_NameSpan]]]) -> list[_Tokenized]:
-        """Tokenize whole texts in one batch; map name character spans through the offsets."""
-        batch = self.tokenizer(
-            [text for text, _ in rendered],
-            add_special_tokens=False,
-            return_attention_mask=False,
-            return_token_type_ids=False,
-        )
+        tokenized = tokenize_rendered(self.tokenizer, rendered)
         result = []
-        for (_, spans), encoding in zip(rendered, batch.encodings):
-            mentions = []
-            if spans:
-                offsets = encoding.offsets
-                for space_start, start, end, obj in spans:
-                    first = encoding.char_to_token(start)
-                    last = encoding.char_to_token(end - 1)
-                    if first is None or last is None:  # the normaliser removed the name: nothing to tag
-                        continue
-                    # A piece holding only the word-boundary marker before the name (SentencePiece's
-                    # lone "▁") covers the space: it is a sub-token of the name.
-                    if first > 0 and offsets[first - 1][1] > space_start:
-                        first -= 1
-                    mentions.append((first, last + 1, obj))
-            result.append(_Tokenized(encoding.ids, mentions))
+        start = 0
+        for answer in queries:
+            num_parts = 1 if answer is None else 2
+            parts = tokenized[start : start + num_parts]
+            choices = tokenized[start + num_parts : start + num_parts + NUM_CHOICES]
+            start += num_parts + NUM_CHOICES
+            result.append(assemble_texts(parts, choices, cls=self._cls_id, sep=self._sep_id,
+                                         max_length=self.config.max_length))
         return result
 
-    def _tokenize_slow(self, rendered: list[tuple[str, list[_NameSpan]]]) -> list[_Tokenized]:
-        """Encode each text piece by piece, cutting at name boundaries (always at a space)."""
+    def _tokenize_word(self, text: str) -> list[str]:
+        pieces = self._pieces.get(text)
+        if pieces is None:
+            pieces = self._pieces[text] = self.tokenizer.tokenize(text)
+        return pieces
 
-        def encode(piece: str) -> list[int]:
-            return self.tokenizer.encode(piece, add_special_tokens=False)
+    def _vle_texts(
+        self, record: Mapping[str, Any], answer: int | None
+    ) -> list[tuple[list[int], list[int], list[int], bool]]:
+        """Per choice ``(input_ids, text_type_ids, object_ids, truncated)``: one official call."""
+        max_length = self.config.max_length
+        names = self.vle_names.names(record["objects"])
 
+        def pieces(tokens: Sequence[Any]) -> list[tuple[str, int, int]]:
+            return vle_word_pieces(tokens, names, self._tokenize_word, self.tokenizer.convert_tokens_to_ids)
+
+        question = pieces(record["question"])
+        if answer is None:
+            parts, choices = [question], [pieces(c) for c in record["answer_choices"]]
+            before = [len(question) + len(c) for c in choices]
+            truncate_q2a(question, choices, max_length=max_length)
+        else:
+            query_answer = pieces(record["answer_choices"][answer])
+            parts, choices = [question, query_answer], [pieces(c) for c in record["rationale_choices"]]
+            before = [len(question) + len(query_answer) + len(c) for c in choices]
+            truncate_qa2r(question, query_answer, choices, max_length=max_length)
         result = []
-        for text, spans in rendered:
-            ids: list[int] = []
-            mentions = []
-            position = 0
-            for space_start, _, end, obj in spans:
-                if space_start > position:
-                    ids += encode(text[position:space_start])
-                name_ids = encode(text[space_start:end])
-                if name_ids:
-                    mentions.append((len(ids), len(ids) + len(name_ids), obj))
-                ids += name_ids
-                position = end
-            if position < len(text):
-                ids += encode(text[position:])
-            result.append(_Tokenized(ids, mentions))
+        for choice, length_before in zip(choices, before):
+            ids, tags = [], [NO_OBJECT]  # the official tags hold the [CLS] and [SEP] as "no object"
+            for part in (*parts, choice):
+                if ids:
+                    ids.append(self._sep_id)
+                    tags.append(NO_OBJECT)
+                ids += [piece_id for _, piece_id, _ in part]
+                tags += [tag for _, _, tag in part]
+            tags.append(NO_OBJECT)
+            input_ids = reencode(self.tokenizer, ids, max_length=max_length)
+            numbering = set_order_numbering(tags)
+            # The official model pads the type ids with 0 to the text length (or they run past it).
+            type_ids = ([numbering[t] if t != NO_OBJECT else 0 for t in tags] + [0] * len(input_ids))[: len(input_ids)]
+            truncated = sum(map(len, parts)) + len(choice) < length_before
+            result.append((input_ids, type_ids, list(numbering), truncated))
         return result
 
     def _geometry(self, record: Mapping[str, Any], metadata: Mapping[str, Any] | None) -> ImageGeometry:
@@ -552,70 +390,38 @@ class VCRPreprocessor:
             )
         return geometry
 
-    def _assemble(
-        self, record: Mapping[str, Any], answer: int | None, texts: list[_Tokenized], geometry: ImageGeometry
+    def _example(
+        self, record: Mapping[str, Any], answer: int | None,
+        texts: list[tuple[list[int], list[int], list[int], bool]], geometry: ImageGeometry,
     ) -> dict[str, Any]:
         config = self.config
-        cls, sep = self._cls_id, self._sep_id
-        question, choices = texts[0], texts[1:]
-        if answer is None:
-            first = question
-        else:  # qa2r: "question [SEP] answer" is the first part
-            query_answer, choices = choices[0], choices[1:]
-            shift = len(question.ids) + 1
-            first = _Tokenized(
-                question.ids + [sep] + query_answer.ids,
-                question.mentions + [(s + shift, e + shift, obj) for s, e, obj in query_answer.mentions],
-            )
-        budget = config.max_length - 3
         cells = box_cells(
-            geometry.boxes,
-            width=geometry.width,
-            height=geometry.height,
-            image_size=config.image_size,
-            patch_size=config.patch_size,
-            geometry=config.geometry,
+            geometry.boxes, width=geometry.width, height=geometry.height, image_size=config.image_size,
+            patch_size=config.patch_size, geometry=config.geometry,
         ).tolist()
         patch_lists: dict[int, list[int]] = {}
-
-        input_ids, text_type_ids, object_ids, object_patches, truncated = [], [], [], [], []
-        for choice in choices:
-            kept_first, kept_second = _truncated_lengths(len(first.ids), len(choice.ids), budget)
-            ids = [cls, *first.ids[:kept_first], sep, *choice.ids[:kept_second], sep]
-            tags = [0] * len(ids)
-            slot_of: dict[int, int] = {}
-            parts = ((1, first.mentions, kept_first), (kept_first + 2, choice.mentions, kept_second))
-            for base, mentions, kept in parts:  # base: where the part starts in ids
-                for start, end, obj in mentions:
-                    if end > kept:  # cut (partly or wholly) by truncation, and so is every later mention
-                        break
-                    slot = slot_of.setdefault(obj, len(slot_of))
-                    tags[base + start : base + end] = [slot + 2] * (end - start)
-            for obj in slot_of:
+        object_patches = []
+        for _, _, objects, _ in texts:
+            for obj in objects:
                 if obj not in patch_lists:
                     patch_lists[obj] = cell_patches(cells[obj], config.grid)
-            input_ids.append(ids)
-            text_type_ids.append(tags)
-            object_ids.append(list(slot_of))
-            object_patches.append([patch_lists[obj] for obj in slot_of])
-            truncated.append(kept_first + kept_second < len(first.ids) + len(choice.ids))
-
+            object_patches.append([patch_lists[obj] for obj in objects])
         return {
             "annot_id": record["annot_id"],
             "img_fn": record["img_fn"],
             "label": record.get("answer_label" if config.task == "q2a" else "rationale_label"),
             "answer_index": answer,
-            "input_ids": input_ids,
-            "text_type_ids": text_type_ids,
-            "object_ids": object_ids,
+            "input_ids": [ids for ids, _, _, _ in texts],
+            "text_type_ids": [tags for _, tags, _, _ in texts],
+            "object_ids": [objects for _, _, objects, _ in texts],
             "object_patches": object_patches,
-            "truncated": truncated,
+            "truncated": [cut for _, _, _, cut in texts],
         }
 
     # -- pixels ---------------------------------------------------------------------------------
 
     def load_pixels(self, record: Mapping[str, Any]) -> torch.Tensor:
-        """Decode, transform and normalise ``images_root / record["img_fn"]``.
+        """Decode, transform and normalise ``images_root / record["img_fn"]`` (``data_prep.pixels``).
 
         Returns:
             float32 tensor ``[3, S, S]``; letterbox padding is exactly 0 (the mean colour).
@@ -624,31 +430,11 @@ class VCRPreprocessor:
             raise ValueError(
                 "load_pixels needs the images: create the preprocessor with images_root= (the vcr1images folder)"
             )
-        path = self.images_root / record["img_fn"]
-        try:
-            with Image.open(path) as opened:
-                image = opened.convert("RGB")
-        except FileNotFoundError:
-            raise VCRFormatError(
-                file=path, line=None, annot_id=record.get("annot_id"), field="img_fn",
-                expected="an existing image file under images_root", got=f"no file {path}",
-            ) from None
-        except OSError as exc:
-            raise VCRFormatError(
-                file=path, line=None, annot_id=record.get("annot_id"), field="img_fn",
-                expected="a readable image", got=f"{type(exc).__name__}: {exc}",
-            ) from None
-        size = self.config.image_size
-        transform = image_transform(image.width, image.height, image_size=size, geometry=self.config.geometry)
-        image = image.resize(transform.resized, Image.Resampling.BICUBIC)
-        if image.width > size or image.height > size:  # centre crop (negative offset)
-            left, top = -transform.offset[0], -transform.offset[1]
-            image = image.crop((left, top, left + size, top + size))
-        content = (np.asarray(image, dtype=np.float32) * (1.0 / 255.0) - self._mean) / self._std
-        pixels = torch.zeros(3, size, size, dtype=torch.float32)  # 0 = the mean colour after normalising
-        x0, y0 = max(0, transform.offset[0]), max(0, transform.offset[1])
-        pixels[:, y0 : y0 + content.shape[0], x0 : x0 + content.shape[1]] = torch.from_numpy(content).permute(2, 0, 1)
-        return pixels
+        config = self.config
+        return load_pixels(
+            self.images_root / record["img_fn"], image_size=config.image_size, geometry=config.geometry,
+            mean=config.image_mean, std=config.image_std, draft=config.jpeg_draft, annot_id=record.get("annot_id"),
+        )
 
     def __call__(
         self,
@@ -665,147 +451,6 @@ class VCRPreprocessor:
     # -- batching -------------------------------------------------------------------------------
 
     def collate(self, examples: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
-        """Stack examples into the VCR batch contract (DESIGN.md section 3).
-
-        Returns:
-            ``input_ids``, ``attention_mask``, ``text_type_ids``: long ``[B, C, L]``, L the longest
-            sequence rounded up to ``pad_to_multiple_of``; ``pixel_values`` float ``[B, 3, S, S]``;
-            ``object_patch_mask`` bool ``[B, C, K, P]`` (K the most slots of any choice, at least 1);
-            ``object_type_ids`` long ``[B, C, K]`` (``k + 2``, 0 on padding); ``object_mask`` long
-            ``[B, C, K]``; ``labels`` long ``[B]`` only when every example has a label.
-        """
-        config = self.config
-        if not examples:
-            raise ValueError("collate needs at least one example")
-        size, num_patches = config.image_size, config.num_patches
-        for i, example in enumerate(examples):
-            for key in ("input_ids", "text_type_ids", "object_ids", "object_patches"):
-                if len(example[key]) != NUM_CHOICES:
-                    raise ValueError(
-                        f"example {i} ({example.get('annot_id')}): '{key}' has {len(example[key])} choices, "
-                        f"expected {NUM_CHOICES}"
-                    )
-            if "pixel_values" not in example:
-                raise ValueError(
-                    f"example {i} ({example.get('annot_id')}) has no 'pixel_values': collate the output of "
-                    f"the preprocessor's __call__ (or VCRDataset), not of prepare_text"
-                )
-            if tuple(example["pixel_values"].shape) != (3, size, size):
-                raise ValueError(
-                    f"example {i} ({example.get('annot_id')}): pixel_values has shape "
-                    f"{tuple(example['pixel_values'].shape)}, expected (3, {size}, {size}) for image_size={size}"
-                )
-        sequences = [ids for example in examples for ids in example["input_ids"]]
-        tags = [t for example in examples for t in example["text_type_ids"]]
-        slot_objects = [objs for example in examples for objs in example["object_ids"]]
-        slot_patches = [p for example in examples for p in example["object_patches"]]
-        batch, rows = len(examples), len(sequences)
-
-        length = max(len(ids) for ids in sequences)
-        if config.pad_to_multiple_of:
-            length = math.ceil(length / config.pad_to_multiple_of) * config.pad_to_multiple_of
-        input_ids = np.full((rows, length), self._pad_id, dtype=np.int64)
-        text_type_ids = np.zeros((rows, length), dtype=np.int64)
-        attention_mask = np.zeros((rows, length), dtype=np.int64)
-        for row, (ids, row_tags) in enumerate(zip(sequences, tags)):
-            if len(row_tags) != len(ids):
-                raise ValueError(
-                    f"example {row // NUM_CHOICES} choice {row % NUM_CHOICES}: {len(row_tags)} text_type_ids "
-                    f"for {len(ids)} input_ids; they must align token by token"
-                )
-            input_ids[row, : len(ids)] = ids
-            text_type_ids[row, : len(ids)] = row_tags
-            attention_mask[row, : len(ids)] = 1
-
-        slots_per_row = np.array([len(objs) for objs in slot_objects], dtype=np.int64)
-        if any(len(p) != n for p, n in zip(slot_patches, slots_per_row.tolist())):
-            raise ValueError("object_patches and object_ids disagree on the number of slots")
-        num_slots = max(1, int(slots_per_row.max()))
-        object_mask = (np.arange(num_slots)[None, :] < slots_per_row[:, None]).astype(np.int64)
-        object_type_ids = object_mask * (np.arange(num_slots)[None, :] + 2)
-
-        # Scatter every (row, slot, patch) triple at once: flat patch indices + repeated slot ids.
-        flat_slots = [p for row_patches in slot_patches for p in row_patches]
-        counts = np.array([len(p) for p in flat_slots], dtype=np.int64)
-        patch_index = np.fromiter(itertools.chain.from_iterable(flat_slots), dtype=np.int64, count=int(counts.sum()))
-        if patch_index.size and (patch_index.min() < 0 or patch_index.max() >= num_patches):
-            raise ValueError(
-                f"object patch index {int(patch_index.max())} is outside the {config.grid}x{config.grid} grid: "
-                f"the examples were prepared with another image_size/patch_size than this preprocessor's"
-            )
-        row_index = np.repeat(np.arange(rows), slots_per_row)
-        slot_index = np.arange(len(flat_slots)) - np.repeat(np.cumsum(slots_per_row) - slots_per_row, slots_per_row)
-        patch_mask = np.zeros((rows, num_slots, num_patches), dtype=bool)
-        patch_mask[np.repeat(row_index, counts), np.repeat(slot_index, counts), patch_index] = True
-
-        def per_choice(array: np.ndarray) -> torch.Tensor:
-            return torch.from_numpy(array).reshape(batch, NUM_CHOICES, *array.shape[1:])
-
-        out = {
-            "input_ids": per_choice(input_ids),
-            "attention_mask": per_choice(attention_mask),
-            "text_type_ids": per_choice(text_type_ids),
-            "pixel_values": torch.stack([torch.as_tensor(example["pixel_values"]) for example in examples]),
-            "object_patch_mask": per_choice(patch_mask),
-            "object_type_ids": per_choice(object_type_ids),
-            "object_mask": per_choice(object_mask),
-        }
-        labels = [example["label"] for example in examples]
-        if all(label is not None for label in labels):
-            out["labels"] = torch.tensor(labels, dtype=torch.long)
-        return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Throughput
-# ---------------------------------------------------------------------------------------------
-
-
-def _stand_in_metadata(record: Mapping[str, Any]) -> dict[str, Any]:
-    """Boxes tiling a 1920x800 frame, one per object: geometry work without disk reads."""
-    count = len(record["objects"])
-    corners = [((i % 4) * 480.0, (i // 4 % 2) * 400.0) for i in range(count)]
-    boxes = [[x, y, x + 600.0, y + 500.0, 1.0] for x, y in corners]
-    return {"width": 1920, "height": 800, "boxes": boxes}
-
-
-def benchmark_text_prep(
-    records: Sequence[Mapping[str, Any]],
-    tokenizer: Any,
-    *,
-    task: str = "q2a",
-    repeat: int = 5,
-    images_root: str | Path | None = None,
-    **options: Any,
-) -> dict[str, Any]:
-    """Measure ``prepare_many`` throughput (questions per second) in this process.
-
-    Without ``images_root`` each record gets stand-in boxes (prepared before timing), so the figure
-    covers text and box-to-patch work, not metadata reads. ``questions_per_cpu_s`` divides by
-    process CPU time (all threads), the one-core figure even when the tokenizer uses threads.
-    Unlabeled qa2r records use answer 0.
-
-    Returns:
-        ``{"questions", "seconds", "questions_per_s", "questions_per_cpu_s", "task", "tokenizer", "fast"}``.
-    """
-    preprocessor = VCRPreprocessor(tokenizer, task=task, images_root=images_root, **options)
-    metadata = None if images_root is not None else [_stand_in_metadata(r) for r in records]
-    answers = None
-    if task == "qa2r":
-        answers = [None if r.get("answer_label") is not None else 0 for r in records]
-    preprocessor.prepare_many(records[:8], answer_indices=None if answers is None else answers[:8],
-                              metadata=None if metadata is None else metadata[:8])  # warm-up
-    wall, cpu = time.perf_counter(), time.process_time()
-    for _ in range(repeat):
-        preprocessor.prepare_many(records, answer_indices=answers, metadata=metadata)
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    questions = len(records) * repeat
-    return {
-        "questions": questions,
-        "seconds": wall,
-        "questions_per_s": questions / wall,
-        "questions_per_cpu_s": questions / cpu if cpu > 0 else float("inf"),
-        "task": task,
-        "tokenizer": type(tokenizer).__name__,
-        "fast": preprocessor._is_fast,
-    }
+        """Stack examples into the VCR batch contract (``data_prep.collate.collate_examples``)."""
+        return collate_examples(examples, image_size=self.config.image_size, grid=self.config.grid,
+                                pad_to_multiple_of=self.config.pad_to_multiple_of, pad_id=self._pad_id)

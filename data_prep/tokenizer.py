@@ -6,6 +6,10 @@ word of the VCR records, plus every name the VCR text rendering can produce (the
 names, VCR's person names and the "and" that joins index lists). It is an ordinary
 `transformers.PreTrainedTokenizerFast`: it pads, gives offsets, builds ``[CLS] A [SEP] B [SEP]``
 pairs, saves with ``save_pretrained`` and loads back with ``AutoTokenizer.from_pretrained``.
+
+`build_sentencepiece_tokenizer` makes a DeBERTa-v3-style one instead (SentencePiece pieces with the
+"▁" word mark, DeBERTa's special ids): what ``compat="vle"`` needs, since the official VLE
+pipeline joins pieces and encodes them again.
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ from transformers import PreTrainedTokenizerFast
 
 from data_prep.constants import PERSON_NAMES
 
-__all__ = ["SPECIAL_TOKENS", "build_word_tokenizer"]
+__all__ = ["SPECIAL_TOKENS", "build_sentencepiece_tokenizer", "build_word_tokenizer"]
 
 # Order fixes the ids: [PAD] = 0, as embedding tables with padding_idx=0 expect.
 SPECIAL_TOKENS: tuple[str, ...] = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
@@ -95,6 +99,38 @@ def build_word_tokenizer(
     if out_dir is not None:
         tokenizer.save_pretrained(str(out_dir))
     return tokenizer
+
+
+def build_sentencepiece_tokenizer(
+    sources: RecordSource | Iterable[RecordSource], *, out_dir: str | Path | None = None
+) -> Any:
+    """A DeBERTa-v3-style SentencePiece tokenizer (one piece per word) trained on the records' text.
+
+    Ids as DeBERTa-v3: ``[PAD]`` 0, ``[CLS]`` 1, ``[SEP]`` 2, ``[UNK]`` 3. The vocabulary covers the
+    records' words, their object class names and VCR's person names. Saved to ``out_dir`` (a
+    temporary folder when None) and loaded back as ``DebertaV2Tokenizer``.
+    """
+    import tempfile
+
+    import sentencepiece
+    from transformers import DebertaV2Tokenizer
+
+    # The names are never in the text (it holds object indices): frequent lines keep them in the vocabulary.
+    lines: list[str] = [" ".join((*PERSON_NAMES, _LIST_JOINER))] * 100
+    for record in _iter_records(sources):
+        lines += list(_record_strings(record))
+        lines.append(" ".join(record.get("objects", ())))
+    if len(lines) == 100:
+        raise ValueError("build_sentencepiece_tokenizer got no records: pass VCR .jsonl paths or record dicts")
+    folder = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix="vlekit-spm-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    num_words = len({word for line in lines for word in line.split()})
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines), model_prefix=str(folder / "spm"), vocab_size=num_words + 16, model_type="word",
+        pad_id=0, bos_id=1, eos_id=2, unk_id=3, pad_piece="[PAD]", bos_piece="[CLS]", eos_piece="[SEP]",
+        unk_piece="[UNK]", user_defined_symbols=["[MASK]"], hard_vocab_limit=False, num_threads=1, minloglevel=2,
+    )
+    return DebertaV2Tokenizer.from_pretrained(str(folder))
 
 
 def _iter_records(sources: RecordSource | Iterable[RecordSource]) -> Iterator[Mapping[str, Any]]:

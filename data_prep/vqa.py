@@ -29,10 +29,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
 from data_prep.constants import CLIP_MEAN, CLIP_STD
+from data_prep.geometry import image_transform
+from data_prep.pixels import load_pixels
+from data_prep.vcr import VCRFormatError
 
 __all__ = [
     "ANSWERS_PER_QUESTION",
@@ -520,7 +522,7 @@ class VQADataset(Dataset):
 
     The default geometry, ``center-crop`` (short side to S, centre crop), is what VLE's processor
     does; VQA has no boxes, so nothing else depends on it. Other modes as in
-    ``data_prep.preprocess.image_transform``.
+    ``data_prep.geometry.image_transform``.
     """
 
     def __init__(
@@ -535,8 +537,6 @@ class VQADataset(Dataset):
         image_mean: Sequence[float] = CLIP_MEAN,
         image_std: Sequence[float] = CLIP_STD,
     ) -> None:
-        from data_prep.preprocess import image_transform
-
         image_transform(1, 1, image_size=image_size, geometry=geometry)  # fails fast on an unknown mode
         if tokenizer.pad_token_id is None:
             raise ValueError("VQADataset: the tokenizer has no pad token; set tokenizer.pad_token before batching")
@@ -570,26 +570,13 @@ class VQADataset(Dataset):
 
     def load_pixels(self, example: VQAExample) -> torch.Tensor:
         """Decode, transform and normalise the example's image -> float32 ``[3, S, S]``."""
-        from data_prep.preprocess import image_transform
-
         try:
-            with Image.open(example.image_path) as opened:
-                image = opened.convert("RGB")
-        except OSError as error:
+            return load_pixels(Path(example.image_path), image_size=self.image_size, geometry=self.geometry,
+                               mean=self._mean, std=self._std)
+        except VCRFormatError as error:
             raise VQAFormatError(file=example.image_path, question_id=example.question_id, field="image_id",
                                  expected="a readable image at the path image_dir / image_pattern gives",
-                                 got=f"{type(error).__name__}: {error}") from None
-        size = self.image_size
-        transform = image_transform(image.width, image.height, image_size=size, geometry=self.geometry)
-        image = image.resize(transform.resized, Image.Resampling.BICUBIC)
-        if image.width > size or image.height > size:  # centre crop (negative offset)
-            left, top = -transform.offset[0], -transform.offset[1]
-            image = image.crop((left, top, left + size, top + size))
-        content = (np.asarray(image, dtype=np.float32) * (1.0 / 255.0) - self._mean) / self._std
-        pixels = torch.zeros(3, size, size, dtype=torch.float32)  # letterbox padding: 0, the mean colour
-        x0, y0 = max(0, transform.offset[0]), max(0, transform.offset[1])
-        pixels[:, y0 : y0 + content.shape[0], x0 : x0 + content.shape[1]] = torch.from_numpy(content).permute(2, 0, 1)
-        return pixels
+                                 got=error.got) from None
 
     def collate(self, items: Sequence[Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         """Stack items: ``input_ids, attention_mask`` long ``[B, L]`` (L the longest question),

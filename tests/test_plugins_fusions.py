@@ -210,7 +210,7 @@ def test_every_variant_trains_inside_a_vcr_model(name: str, synthetic_vcr) -> No
                                vision_encoder="tiny-clip", fusion={"name": name, **FUSIONS.get(name).tiny})
     assert model.config.use_object_tokens and model.config.use_object_types
     assert model.head[0].in_features == model.fusion.pooled_size
-    preprocessor = VCRPreprocessor(tokenizer, task="q2a", image_size=model.vision_encoder.image_size,
+    preprocessor = VCRPreprocessor.build(tokenizer, task="q2a", image_size=model.vision_encoder.image_size,
                                    patch_size=model.vision_encoder.patch_size, images_root=data.images_root)
     batch = preprocessor.collate([preprocessor(record) for record in records])
     assert batch["object_mask"].sum() > 0 and (batch["text_type_ids"] >= 2).any()

@@ -95,7 +95,7 @@ def test_prepared_examples_load_back_exactly(annotations: Path, vcr_fixtures: Pa
     # The unlabeled record is expanded over its 4 answers.
     assert [(e["annot_id"], e["answer_index"], e["label"]) for e in prepared] == [
         ("val-1", 2, 3), ("val-1-copy", 2, 3), ("test-1", 0, None), ("test-1", 1, None), ("test-1", 2, None), ("test-1", 3, None)]
-    preprocessor = VCRPreprocessor(AutoTokenizer.from_pretrained(str(tokenizer_dir)), task="qa2r", geometry="letterbox", images_root=images)
+    preprocessor = VCRPreprocessor.build(AutoTokenizer.from_pretrained(str(tokenizer_dir)), task="qa2r", geometry="letterbox", images_root=images)
     records = read_vcr(annotations)
     direct = preprocessor.prepare_many([records[0], records[1], *[records[2]] * 4], answer_indices=[None, None, 0, 1, 2, 3])
     assert list(prepared) == direct
@@ -106,7 +106,7 @@ def test_prepared_examples_load_back_exactly(annotations: Path, vcr_fixtures: Pa
     assert batch["pixel_values"].shape == (6, 3, 224, 224) and "labels" not in batch
     assert torch.equal(batch["pixel_values"][0], preprocessor.load_pixels(records[0]))
     with pytest.raises(ValueError, match="geometry: prepared 'letterbox', preprocessor 'squash'"):
-        VCRDataset.from_prepared(prepared, VCRPreprocessor(preprocessor.tokenizer, task="qa2r", images_root=images))
+        VCRDataset.from_prepared(prepared, VCRPreprocessor.build(preprocessor.tokenizer, task="qa2r", images_root=images))
 
 
 def test_load_prepared_needs_one_set(annotations: Path, vcr_fixtures: Path, tokenizer_dir: Path, tmp_path: Path) -> None:

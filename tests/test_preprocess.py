@@ -32,15 +32,10 @@ from PIL import Image
 
 from data_prep.constants import CLIP_MEAN, CLIP_STD, GEOMETRY_MODES, PERSON_NAMES
 from data_prep.dataset import VCRDataset
-from data_prep.preprocess import (
-    VCRPreprocessor,
-    _truncated_lengths,
-    benchmark_text_prep,
-    box_cells,
-    cell_patches,
-    image_transform,
-    render_tokens,
-)
+from data_prep.bench import benchmark_text_prep
+from data_prep.geometry import box_cells, cell_patches, image_transform
+from data_prep.preprocess import VCRPreprocessor
+from data_prep.text import deterministic_person_names, longest_first_lengths, render_tokens
 from data_prep.vcr import read_vcr
 
 GOLDEN = Path(__file__).parent / "golden" / "preprocess_golden.json"
@@ -106,9 +101,7 @@ def tokenizers(records: list[dict[str, Any]], tmp_path_factory: pytest.TempPathF
 
 
 def _person_map(record: dict[str, Any]) -> dict[int, str]:
-    from data_prep.preprocess import _deterministic_person_names
-
-    return _deterministic_person_names(record)
+    return deterministic_person_names(record)
 
 
 def stand_in_metadata(record: dict[str, Any]) -> dict[str, Any]:
@@ -175,7 +168,7 @@ def check_example(example: dict[str, Any], record: dict[str, Any], tokenizer: An
 @pytest.mark.parametrize("task", ["q2a", "qa2r"])
 def test_every_fixture_record_prepares(kind: str, task: str, records: list[dict[str, Any]], tokenizers: dict[str, Any]) -> None:
     tokenizer = tokenizers[kind]
-    preprocessor = VCRPreprocessor(tokenizer, task=task)
+    preprocessor = VCRPreprocessor.build(tokenizer, task=task)
     examples = prepare_all(preprocessor, records)
     assert [e["annot_id"] for e in examples] == [r["annot_id"] for r in records]
     for example, record in zip(examples, records):
@@ -188,25 +181,25 @@ def test_every_fixture_record_prepares(kind: str, task: str, records: list[dict[
 def test_unlabeled_records_prepare(kind: str, records: list[dict[str, Any]], tokenizers: dict[str, Any]) -> None:
     tokenizer = tokenizers[kind]
     test_records = [unlabeled(r) for r in records]
-    for example, record in zip(prepare_all(VCRPreprocessor(tokenizer, task="q2a"), test_records), test_records):
+    for example, record in zip(prepare_all(VCRPreprocessor.build(tokenizer, task="q2a"), test_records), test_records):
         check_example(example, record, tokenizer, max_length=80)
         assert example["label"] is None
     expanded = [r for r in test_records for _ in range(4)]
-    qa2r = prepare_all(VCRPreprocessor(tokenizer, task="qa2r"), expanded, answer_indices=[a for _ in test_records for a in range(4)])
+    qa2r = prepare_all(VCRPreprocessor.build(tokenizer, task="qa2r"), expanded, answer_indices=[a for _ in test_records for a in range(4)])
     assert [e["answer_index"] for e in qa2r[:8]] == [0, 1, 2, 3, 0, 1, 2, 3]
     for example, record in zip(qa2r, expanded):
         check_example(example, record, tokenizer, max_length=80)
         assert example["label"] is None
     with pytest.raises(ValueError, match="expand_answers=True"):
-        VCRPreprocessor(tokenizer, task="qa2r").prepare_text(test_records[0], metadata=stand_in_metadata(test_records[0]))
+        VCRPreprocessor.build(tokenizer, task="qa2r").prepare_text(test_records[0], metadata=stand_in_metadata(test_records[0]))
 
 
 @pytest.mark.parametrize("family", ["bert", "sp"])
 @pytest.mark.parametrize("task", ["q2a", "qa2r"])
 @pytest.mark.parametrize("max_length", [80, 24])
 def test_fast_and_slow_tokenizers_agree(family: str, task: str, max_length: int, records: list[dict[str, Any]], tokenizers: dict[str, Any]) -> None:
-    fast = prepare_all(VCRPreprocessor(tokenizers[f"{family}-fast"], task=task, max_length=max_length), records)
-    slow = prepare_all(VCRPreprocessor(tokenizers[f"{family}-slow"], task=task, max_length=max_length), records)
+    fast = prepare_all(VCRPreprocessor.build(tokenizers[f"{family}-fast"], task=task, max_length=max_length), records)
+    slow = prepare_all(VCRPreprocessor.build(tokenizers[f"{family}-slow"], task=task, max_length=max_length), records)
     assert fast == slow
     if max_length == 24:
         assert sum(sum(e["truncated"]) for e in fast) > 100
@@ -214,7 +207,7 @@ def test_fast_and_slow_tokenizers_agree(family: str, task: str, max_length: int,
 
 def test_layout_matches_the_tokenizers_own_pair_encoding(records: list[dict[str, Any]], tokenizers: dict[str, Any]) -> None:
     tokenizer = tokenizers["sp-fast"]
-    examples = prepare_all(VCRPreprocessor(tokenizer, task="q2a"), records)
+    examples = prepare_all(VCRPreprocessor.build(tokenizer, task="q2a"), records)
     for example, record in zip(examples, records):
         names = _person_map(record)
         question = render_tokens(record["question"], record["objects"], names)[0]
@@ -226,7 +219,7 @@ def test_layout_matches_the_tokenizers_own_pair_encoding(records: list[dict[str,
 def test_qa2r_layout(records: list[dict[str, Any]], tokenizers: dict[str, Any]) -> None:
     tokenizer = tokenizers["bert-fast"]
     record = records[0]
-    example = VCRPreprocessor(tokenizer, task="qa2r").prepare_text(record, answer_index=1, metadata=stand_in_metadata(record))
+    example = VCRPreprocessor.build(tokenizer, task="qa2r").prepare_text(record, answer_index=1, metadata=stand_in_metadata(record))
     names = _person_map(record)
 
     def ids(tokens: list[Any]) -> list[int]:
@@ -250,24 +243,18 @@ def test_deterministic_names_follow_first_mention(records: list[dict[str, Any]])
     assert [mapping[i] for i in range(17, -1, -1)] == [PERSON_NAMES[i % 15] for i in range(18)]  # cycles past 15
 
 
-def test_names_identical_across_calls_in_deterministic_mode_and_not_in_vle_mode(records: list[dict[str, Any]], tokenizers: dict[str, Any]) -> None:
+def test_names_identical_across_calls_in_the_default_mode(records: list[dict[str, Any]], tokenizers: dict[str, Any]) -> None:
     tokenizer = tokenizers["bert-fast"]
     record, metadata = records[0], stand_in_metadata(records[0])
-    deterministic = VCRPreprocessor(tokenizer)
+    deterministic = VCRPreprocessor.build(tokenizer)
     assert deterministic.prepare_text(record, metadata=metadata) == deterministic.prepare_text(record, metadata=metadata)
-    vle = VCRPreprocessor(tokenizer, names="vle")
-    first, second = (vle.prepare_text(record, metadata=metadata) for _ in range(2))
-    assert first["input_ids"] != second["input_ids"]
-    assert first["object_ids"] == second["object_ids"]  # the same objects, under other names
-    for example in (first, second):
-        check_example(example, record, tokenizer, max_length=80, names=False)
 
 
 def test_and_carries_no_tag(records: list[dict[str, Any]], tokenizers: dict[str, Any]) -> None:
     tokenizer = tokenizers["bert-fast"]
     record = next(r for r in records if r["annot_id"] == "val-6292")
     c = next(i for i, a in enumerate(record["answer_choices"]) if any(isinstance(t, list) and len(t) == 4 for t in a))
-    example = VCRPreprocessor(tokenizer).prepare_text(record, metadata=stand_in_metadata(record))
+    example = VCRPreprocessor.build(tokenizer).prepare_text(record, metadata=stand_in_metadata(record))
     tokens = tokenizer.convert_ids_to_tokens(example["input_ids"][c])
     tags = example["text_type_ids"][c]
     ands = [i for i, t in enumerate(tokens) if t == "and"]
@@ -290,12 +277,12 @@ def test_a_mention_cut_by_truncation_refers_to_no_object(tokenizers: dict[str, A
     tokenizer = tokenizers["bert-fast"]
     record = _cut_record()
     metadata = {"width": 100, "height": 100, "boxes": [[0, 0, 10, 10, 1], [50, 50, 60, 60, 1]]}
-    whole = VCRPreprocessor(tokenizer, max_length=11).prepare_text(record, metadata=metadata)
+    whole = VCRPreprocessor.build(tokenizer, max_length=11).prepare_text(record, metadata=metadata)
     assert tokenizer.convert_ids_to_tokens(whole["input_ids"][0]) == ["[CLS]", "what", "is", "this", "?", "[SEP]", "it", "is", "case", "##y", "[SEP]"]
     assert whole["text_type_ids"][0] == [0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 0] and whole["object_ids"][0] == [0]
     assert whole["truncated"] == [False] * 4
     # One token over: parts tie at 4, so the answer loses its last token, "##y" of "Casey".
-    cut = VCRPreprocessor(tokenizer, max_length=10).prepare_text(record, metadata=metadata)
+    cut = VCRPreprocessor.build(tokenizer, max_length=10).prepare_text(record, metadata=metadata)
     assert tokenizer.convert_ids_to_tokens(cut["input_ids"][0]) == ["[CLS]", "what", "is", "this", "?", "[SEP]", "it", "is", "case", "[SEP]"]
     assert cut["text_type_ids"][0] == [0] * 10
     assert cut["object_ids"][0] == [] and cut["object_patches"][0] == []
@@ -304,16 +291,19 @@ def test_a_mention_cut_by_truncation_refers_to_no_object(tokenizers: dict[str, A
 
 
 def test_truncation_matches_the_longest_first_loop() -> None:
-    def reference(first: int, second: int, budget: int) -> tuple[int, int]:
-        while first + second > budget:  # Hugging Face's longest_first: ties cut the second part
-            if first > second:
-                first -= 1
-            else:
-                second -= 1
-        return first, second
+    def reference(lengths: tuple[int, ...], budget: int) -> list[int]:
+        kept = list(lengths)
+        while sum(kept) > budget:  # Hugging Face's longest_first: ties cut the later part
+            longest = max(kept)
+            kept[len(kept) - 1 - kept[::-1].index(longest)] -= 1
+        return kept
 
     for first, second, budget in itertools.product(range(12), range(12), range(2, 20)):
-        assert _truncated_lengths(first, second, budget) == reference(first, second, budget)
+        assert longest_first_lengths([first, second], budget) == reference((first, second), budget)
+    for lengths in itertools.product(range(1, 9), repeat=3):
+        for budget in range(3, 20):
+            kept = longest_first_lengths(lengths, budget)
+            assert kept == reference(lengths, budget) and min(kept) >= 1
 
 
 def test_lone_word_boundary_piece_belongs_to_the_name(records: list[dict[str, Any]], tokenizers: dict[str, Any]) -> None:
@@ -322,8 +312,8 @@ def test_lone_word_boundary_piece_belongs_to_the_name(records: list[dict[str, An
     record["answer_choices"][0] = ["a", [3], "and", [0]]
     metadata = stand_in_metadata(record)
     fast, slow = tokenizers["sp-fast"], tokenizers["sp-slow"]
-    example = VCRPreprocessor(fast).prepare_text(record, metadata=metadata)
-    assert example == VCRPreprocessor(slow).prepare_text(record, metadata=metadata)
+    example = VCRPreprocessor.build(fast).prepare_text(record, metadata=metadata)
+    assert example == VCRPreprocessor.build(slow).prepare_text(record, metadata=metadata)
     tokens = fast.convert_ids_to_tokens(example["input_ids"][0])
     start = tokens.index("▁", tokens.index("[SEP]"))
     slot = example["object_ids"][0].index(3) + 2
@@ -368,7 +358,7 @@ def test_val1_patches_follow_the_box_rule(geometry: str, size: int, patch: int, 
     record, root = val1
     meta = json.loads((root / record["metadata_fn"]).read_text())
     for task in ("q2a", "qa2r"):
-        example = VCRPreprocessor(tokenizers["bert-fast"], task=task, geometry=geometry, image_size=size, patch_size=patch, images_root=root).prepare_text(record)
+        example = VCRPreprocessor.build(tokenizers["bert-fast"], task=task, geometry=geometry, image_size=size, patch_size=patch, images_root=root).prepare_text(record)
         seen = set()
         for objects, patches in zip(example["object_ids"], example["object_patches"]):
             for obj, patch_list in zip(objects, patches):
@@ -412,7 +402,7 @@ def _normalise(image: Image.Image) -> torch.Tensor:
 def test_val1_pixels_under_each_geometry(val1: tuple[dict[str, Any], Path], tokenizers: dict[str, Any]) -> None:
     record, root = val1
     image = Image.open(root / record["img_fn"]).convert("RGB")
-    pixels = {g: VCRPreprocessor(tokenizers["bert-fast"], geometry=g, images_root=root).load_pixels(record) for g in GEOMETRY_MODES}
+    pixels = {g: VCRPreprocessor.build(tokenizers["bert-fast"], geometry=g, images_root=root).load_pixels(record) for g in GEOMETRY_MODES}
     for tensor in pixels.values():
         assert tensor.shape == (3, 224, 224) and tensor.dtype == torch.float32
     assert torch.allclose(pixels["squash"], _normalise(image.resize((224, 224), Image.Resampling.BICUBIC)), atol=1e-5)
@@ -433,7 +423,7 @@ def _with_pixels(examples: list[dict[str, Any]], size: int = 224) -> list[dict[s
 
 def test_collate_shapes_dtypes_and_padding(records: list[dict[str, Any]], tokenizers: dict[str, Any]) -> None:
     tokenizer = tokenizers["bert-fast"]
-    preprocessor = VCRPreprocessor(tokenizer)
+    preprocessor = VCRPreprocessor.build(tokenizer)
     examples = _with_pixels(prepare_all(preprocessor, records[:6]))
     batch = preprocessor.collate(examples)
     longest = max(len(ids) for e in examples for ids in e["input_ids"])
@@ -474,7 +464,7 @@ def test_collate_unlabeled_no_objects_and_no_rounding(tokenizers: dict[str, Any]
     record = {**_cut_record(), "objects": ["dog"], "answer_choices": [["it", "is", "a", "dog"]] * 4}
     del record["answer_label"]
     metadata = {"width": 100, "height": 100, "boxes": [[0, 0, 10, 10, 1]]}
-    preprocessor = VCRPreprocessor(tokenizer, pad_to_multiple_of=None)
+    preprocessor = VCRPreprocessor.build(tokenizer, pad_to_multiple_of=None)
     batch = preprocessor.collate(_with_pixels([preprocessor.prepare_text(record, metadata=metadata)]))
     assert "labels" not in batch
     assert batch["input_ids"].shape == (1, 4, 11)  # [CLS] what is this ? [SEP] it is a dog [SEP]
@@ -483,14 +473,14 @@ def test_collate_unlabeled_no_objects_and_no_rounding(tokenizers: dict[str, Any]
 
 
 def test_collate_errors(records: list[dict[str, Any]], tokenizers: dict[str, Any]) -> None:
-    preprocessor = VCRPreprocessor(tokenizers["bert-fast"])
+    preprocessor = VCRPreprocessor.build(tokenizers["bert-fast"])
     examples = prepare_all(preprocessor, records[:2])
     with pytest.raises(ValueError, match="has no 'pixel_values'"):
         preprocessor.collate(examples)
     with pytest.raises(ValueError, match=r"expected \(3, 224, 224\)"):
         preprocessor.collate(_with_pixels(examples, size=112))
     with pytest.raises(ValueError, match="outside the 7x7 grid"):
-        VCRPreprocessor(tokenizers["bert-fast"], patch_size=32).collate(_with_pixels(examples))
+        VCRPreprocessor.build(tokenizers["bert-fast"], patch_size=32).collate(_with_pixels(examples))
     with pytest.raises(ValueError, match="at least one example"):
         preprocessor.collate([])
 
@@ -503,7 +493,9 @@ def test_collate_errors(records: list[dict[str, Any]], tokenizers: dict[str, Any
     [
         ({"task": "q2ar"}, "task='q2ar' is not supported; choose one of 'q2a', 'qa2r'"),
         ({"geometry": "crop"}, "geometry='crop' is not supported"),
-        ({"names": "random"}, "names='random' is not supported"),
+        ({"compat": "official"}, "compat='official' is not supported; choose one of 'none', 'vle'"),
+        ({"compat": "vle", "geometry": "squash"}, "compat='vle' reproduces the official pipeline, whose geometry is 'vle-compat'"),
+        ({"task": "qa2r", "max_length": 6}, "use at least 7"),
         ({"image_size": 225}, "not a multiple of patch_size=16"),
         ({"patch_size": 0}, "patch_size must be a positive int"),
         ({"max_length": 4}, "use at least 5"),
@@ -514,7 +506,7 @@ def test_collate_errors(records: list[dict[str, Any]], tokenizers: dict[str, Any
 )
 def test_invalid_options(options: dict[str, Any], message: str, tokenizers: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):
-        VCRPreprocessor(tokenizers["bert-fast"], **options)
+        VCRPreprocessor.build(tokenizers["bert-fast"], **options)
 
 
 def test_tokenizer_without_cls_is_rejected(tokenizers: dict[str, Any], records: list[dict[str, Any]]) -> None:
@@ -522,17 +514,17 @@ def test_tokenizer_without_cls_is_rejected(tokenizers: dict[str, Any], records: 
 
     bare = BertTokenizer(vocab={p: i for i, p in enumerate(wordpiece_vocab(records))}, cls_token=None)
     with pytest.raises(ValueError, match="has no cls_token"):
-        VCRPreprocessor(bare)
+        VCRPreprocessor.build(bare)
 
 
 def test_missing_metadata_and_misused_answer_index(records: list[dict[str, Any]], tokenizers: dict[str, Any]) -> None:
-    preprocessor = VCRPreprocessor(tokenizers["bert-fast"])
+    preprocessor = VCRPreprocessor.build(tokenizers["bert-fast"])
     with pytest.raises(ValueError, match="images_root="):
         preprocessor.prepare_text(records[0])
     with pytest.raises(ValueError, match="only meaningful for task='qa2r'"):
         preprocessor.prepare_text(records[0], answer_index=1, metadata=stand_in_metadata(records[0]))
     with pytest.raises(ValueError, match="answer_index must be an int in 0..3"):
-        VCRPreprocessor(tokenizers["bert-fast"], task="qa2r").prepare_text(records[0], answer_index=4, metadata=stand_in_metadata(records[0]))
+        VCRPreprocessor.build(tokenizers["bert-fast"], task="qa2r").prepare_text(records[0], answer_index=4, metadata=stand_in_metadata(records[0]))
 
 
 # --- full examples and the dataset on the real image --------------------------------------------
@@ -540,7 +532,7 @@ def test_missing_metadata_and_misused_answer_index(records: list[dict[str, Any]]
 
 def test_call_and_dataset_on_val1(val1: tuple[dict[str, Any], Path], tokenizers: dict[str, Any]) -> None:
     record, root = val1
-    preprocessor = VCRPreprocessor(tokenizers["bert-fast"], task="qa2r", images_root=root, geometry="letterbox")
+    preprocessor = VCRPreprocessor.build(tokenizers["bert-fast"], task="qa2r", images_root=root, geometry="letterbox")
     example = preprocessor(record)
     assert example["pixel_values"].shape == (3, 224, 224)
     dataset = VCRDataset([unlabeled(record)], preprocessor, expand_answers=True)
@@ -553,12 +545,12 @@ def test_call_and_dataset_on_val1(val1: tuple[dict[str, Any], Path], tokenizers:
     with pytest.raises(ValueError, match="expand_answers=True"):
         VCRDataset([unlabeled(record)], preprocessor)
     with pytest.raises(ValueError, match="only applies to task='qa2r'"):
-        VCRDataset([record], VCRPreprocessor(tokenizers["bert-fast"], images_root=root), expand_answers=True)
+        VCRDataset([record], VCRPreprocessor.build(tokenizers["bert-fast"], images_root=root), expand_answers=True)
 
 
 def test_dataset_from_prepared_examples(val1: tuple[dict[str, Any], Path], tokenizers: dict[str, Any]) -> None:
     record, root = val1
-    preprocessor = VCRPreprocessor(tokenizers["bert-fast"], images_root=root)
+    preprocessor = VCRPreprocessor.build(tokenizers["bert-fast"], images_root=root)
     dataset = VCRDataset.from_prepared(preprocessor.prepare_many([record]), preprocessor)
     item = dataset[0]
     assert torch.equal(item["pixel_values"], preprocessor.load_pixels(record))
@@ -625,21 +617,21 @@ def _golden_cases(records: list[dict[str, Any]], val1: tuple[dict[str, Any], Pat
     record, root = val1
     by_id = {r["annot_id"]: r for r in records}
     synthetic = {
-        "synthetic/q2a/squash": VCRPreprocessor(tokenizer).prepare_text(SYNTHETIC, metadata=SYNTHETIC_METADATA),
-        "synthetic/qa2r/max-length-24": VCRPreprocessor(tokenizer, task="qa2r", max_length=24).prepare_text(SYNTHETIC, metadata=SYNTHETIC_METADATA),
-        "synthetic/qa2r/answer-3/center-crop": VCRPreprocessor(tokenizer, task="qa2r", geometry="center-crop").prepare_text(
+        "synthetic/q2a/squash": VCRPreprocessor.build(tokenizer).prepare_text(SYNTHETIC, metadata=SYNTHETIC_METADATA),
+        "synthetic/qa2r/max-length-24": VCRPreprocessor.build(tokenizer, task="qa2r", max_length=24).prepare_text(SYNTHETIC, metadata=SYNTHETIC_METADATA),
+        "synthetic/qa2r/answer-3/center-crop": VCRPreprocessor.build(tokenizer, task="qa2r", geometry="center-crop").prepare_text(
             SYNTHETIC, answer_index=3, metadata=SYNTHETIC_METADATA),
-        "synthetic/q2a/letterbox-336-14": VCRPreprocessor(tokenizer, geometry="letterbox", image_size=336, patch_size=14).prepare_text(
+        "synthetic/q2a/letterbox-336-14": VCRPreprocessor.build(tokenizer, geometry="letterbox", image_size=336, patch_size=14).prepare_text(
             SYNTHETIC, metadata=SYNTHETIC_METADATA),
     }
     real = {}
     for task in ("q2a", "qa2r"):
-        real[f"val-1/{task}/squash"] = VCRPreprocessor(tokenizer, task=task, images_root=root).prepare_text(record)
+        real[f"val-1/{task}/squash"] = VCRPreprocessor.build(tokenizer, task=task, images_root=root).prepare_text(record)
         for annot_id in ("val-6292", "val-41"):
-            real[f"{annot_id}/{task}/stand-in"] = VCRPreprocessor(tokenizer, task=task).prepare_text(
+            real[f"{annot_id}/{task}/stand-in"] = VCRPreprocessor.build(tokenizer, task=task).prepare_text(
                 by_id[annot_id], metadata=stand_in_metadata(by_id[annot_id]))
-    real["val-1/q2a/center-crop"] = VCRPreprocessor(tokenizer, geometry="center-crop", images_root=root).prepare_text(record)
-    real["val-1/qa2r/answer-0"] = VCRPreprocessor(tokenizer, task="qa2r", images_root=root).prepare_text(record, answer_index=0)
+    real["val-1/q2a/center-crop"] = VCRPreprocessor.build(tokenizer, geometry="center-crop", images_root=root).prepare_text(record)
+    real["val-1/qa2r/answer-0"] = VCRPreprocessor.build(tokenizer, task="qa2r", images_root=root).prepare_text(record, answer_index=0)
     return {
         **{name: _golden_view(example, tokenizer, text=True) for name, example in synthetic.items()},
         **{name: _golden_view(example, tokenizer, text=False) for name, example in real.items()},

@@ -86,10 +86,10 @@ def bootstrap_interval(correct: np.ndarray, *, resamples: int = 1000, seed: int 
 
 
 def _loader(trained: TrainedModel, records: list[dict], *, images: str, batch_size: int, num_workers: int,
-            expand_answers: bool = False) -> DataLoader:
+            expand_answers: bool = False, compat: str | None = None) -> DataLoader:
     from data_prep.dataset import VCRDataset
 
-    dataset = VCRDataset(records, trained.preprocessor(images_root=images), expand_answers=expand_answers)
+    dataset = VCRDataset(records, trained.preprocessor(images_root=images, compat=compat), expand_answers=expand_answers)
     return DataLoader(dataset, batch_size=batch_size, collate_fn=dataset.collate, num_workers=num_workers)
 
 
@@ -97,6 +97,7 @@ def evaluate(
     checkpoints: list[str | Path], *, annotations: str | Path, images: str | Path, out: str | Path | None = None,
     batch_size: int = 32, num_workers: int = 2, progress: bool = True, resamples: int = 1000,
     precision: str | None = None,
+    compat: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate one Q->A and/or one QA->R checkpoint on a VCR split; Q->AR when both are given.
 
@@ -125,7 +126,7 @@ def evaluate(
     records = read_vcr(annotations)
     labelled = all(r.get("answer_label") is not None for r in records)
     out_dir = Path(out) if out is not None else None
-    options = dict(images=str(images), batch_size=batch_size, num_workers=num_workers)
+    options = dict(images=str(images), batch_size=batch_size, num_workers=num_workers, compat=compat)
     answer_probs = rationale_probs = None
     per_question: dict[str, np.ndarray] = {}
     predictions: list[dict[str, Any]] = [{"annot_id": r["annot_id"]} for r in records]
@@ -195,6 +196,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--precision", choices=PRECISIONS,
                         help="autocast for every model (default: each run's train.mixed_precision)")
+    parser.add_argument("--compat", choices=["none", "vle"],
+                        help="preprocessing mode (default: the checkpoint's own; 'vle' for official VLE VCR checkpoints)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -202,7 +205,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         result = evaluate(args.checkpoint, annotations=args.annotations, images=args.images, out=args.out,
-                          batch_size=args.batch_size, num_workers=args.num_workers, precision=args.precision)
+                          batch_size=args.batch_size, num_workers=args.num_workers, precision=args.precision,
+                          compat=args.compat)
     except (VCRFormatError, FileNotFoundError, ValueError) as error:
         print(f"vlekit eval: {error}", file=sys.stderr)
         return 2

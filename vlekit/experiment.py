@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from data_prep.preprocess import RUN_OPTIONS, PreprocessConfig
 from vlekit.model import VCRModelConfig, component_spec
 from vlekit.registry import import_plugins, make_config
 
@@ -23,9 +24,16 @@ from vlekit.registry import import_plugins, make_config
 class DataConfig:
     """Where the VCR data is and how it becomes multiple-choice examples.
 
+    The preprocessing fields are ``data_prep.preprocess.PreprocessConfig``'s run-side options
+    (``RUN_OPTIONS``), checked by it on construction; the model supplies the rest.
+
     tokenizer: a hub name, a local folder, or ``auto`` (build a word-level tokenizer from the
         training text; for tiny random-init models).
-    geometry: how boxes follow the pixels (``squash``, ``letterbox``, ``center-crop``, ``vle-compat``).
+    compat: ``none`` (vlekit's deterministic preprocessing) or ``vle`` (the official VLE VCR
+        pipeline, exactly; for official VCR task checkpoints; fine-tuning from ``hfl/vle-base`` may
+        use either). See ``data_prep.preprocess``.
+    geometry: how boxes follow the pixels (``squash``, ``letterbox``, ``center-crop``, ``vle-compat``);
+        unset: the mode's own (``squash``, or ``vle-compat`` under ``compat: vle``).
     """
 
     task: str = "q2a"
@@ -33,11 +41,23 @@ class DataConfig:
     val_annotations: str | None = None
     images: str | None = None
     tokenizer: str = "auto"
-    geometry: str = "squash"
+    compat: str = "none"
+    geometry: str | None = None
     max_length: int = 80
-    names: str = "deterministic"
+    pad_to_multiple_of: int | None = 8
+    jpeg_draft: bool = False
     num_workers: int = 2
     skip_bad: bool = False
+
+    def __post_init__(self) -> None:
+        missing = sorted(set(RUN_OPTIONS) - {f.name for f in dataclasses.fields(self)})
+        if missing:
+            raise TypeError(f"DataConfig lacks the preprocessing options {missing} of data_prep's PreprocessConfig")
+        PreprocessConfig(**self.preprocess_options())  # fail at load time on a bad option, with its message
+
+    def preprocess_options(self) -> dict[str, Any]:
+        """The run's ``PreprocessConfig`` options (the model supplies image size, patch size, mean, std)."""
+        return {name: getattr(self, name) for name in RUN_OPTIONS}
 
 
 @dataclass(frozen=True)

@@ -20,16 +20,19 @@ that into a predictor. Sits above the model and the data pipeline and below trai
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from data_prep.preprocess import VCRPreprocessor
+from data_prep.constants import CLIP_MEAN, CLIP_STD
+from data_prep.preprocess import MODEL_OPTIONS, PreprocessConfig, VCRPreprocessor
 from vlekit.experiment import ExperimentConfig, load_experiment
 from vlekit.model import CONFIG_FILE as MODEL_CONFIG_FILE
 from vlekit.model import VCRModel
+from vlekit.vle_checkpoint import from_vle_pretrained, official_vcr_task, warn_unofficial_inputs
 
 EXPERIMENT_FILE = "config.yaml"
 TOKENIZER_DIR = "tokenizer"
@@ -96,13 +99,22 @@ def find_model_dir(path: str | Path) -> Path:
     )
 
 
-def make_preprocessor(tokenizer, model: VCRModel, *, task: str, geometry: str, max_length: int, names: str,
-                      images_root: str | Path | None) -> VCRPreprocessor:
-    """The data pipeline matching ``model``'s vision encoder (image size, patch grid)."""
-    return VCRPreprocessor(
-        tokenizer, task=task, image_size=model.vision_encoder.image_size, patch_size=model.vision_encoder.patch_size,
-        geometry=geometry, max_length=max_length, images_root=images_root, names=names,
-    )
+def make_preprocessor(tokenizer, model: VCRModel, *, images_root: str | Path | None, **options) -> VCRPreprocessor:
+    """The data pipeline for ``model``: the model supplies image size, patch grid and pixel mean/std.
+
+    ``options``: the run's ``PreprocessConfig`` fields (``data_prep.preprocess.RUN_OPTIONS``: task,
+    compat, geometry, max_length, pad_to_multiple_of), as ``DataConfig.preprocess_options()`` gives.
+    """
+    owned = sorted(set(options) & set(MODEL_OPTIONS))
+    if owned:
+        raise TypeError(f"make_preprocessor: {', '.join(owned)} come from the model's vision encoder, not the run's config")
+    vision = model.vision_encoder
+    # An encoder that does not state its pixel normalisation (a plugin written before image_mean /
+    # image_std) gets CLIP's, what the preprocessor always used.
+    mean, std = getattr(vision, "image_mean", CLIP_MEAN), getattr(vision, "image_std", CLIP_STD)
+    config = PreprocessConfig(**options, image_size=vision.image_size, patch_size=vision.patch_size,
+                              image_mean=tuple(mean), image_std=tuple(std))
+    return VCRPreprocessor(tokenizer, config=config, images_root=images_root)
 
 
 @dataclass
@@ -114,20 +126,32 @@ class TrainedModel:
     tokenizer: Any
     data: dict[str, Any]
     mixed_precision: str | None  # the run's train.mixed_precision (None: the folder has no config.yaml)
+    official: bool = False  # an official VLE VCR task checkpoint (fed compat="vle" by default)
 
     @property
     def task(self) -> str:
         return self.data["task"]
 
-    def preprocessor(self, *, images_root: str | Path | None = None) -> VCRPreprocessor:
-        """The data pipeline this model was trained with, reading images under ``images_root``."""
-        return make_preprocessor(self.tokenizer, self.model, images_root=images_root, **self.data)
+    def preprocessor(self, *, images_root: str | Path | None = None, compat: str | None = None) -> VCRPreprocessor:
+        """The data pipeline this model was trained with, reading images under ``images_root``;
+        ``compat`` overrides the trained mode (an official checkpoint fed another mode warns once)."""
+        data = {**self.data, **({"compat": compat} if compat is not None else {})}
+        if self.official:
+            warn_unofficial_inputs(self.folder, data["compat"])
+        return make_preprocessor(self.tokenizer, self.model, images_root=images_root, **data)
 
 
 def load_trained(folder: str | Path) -> TrainedModel:
-    """Load ``RUN/model`` (or a run folder ``RUN`` that contains it)."""
+    """Load ``RUN/model`` (or a run folder ``RUN`` that contains it), or an official VLE VCR task
+    checkpoint folder (then fed the official pipeline's inputs, ``compat="vle"``, in fp32 as the
+    official pipeline runs)."""
     from transformers import AutoTokenizer  # transformers' tokenizer machinery: only when a run is loaded
 
+    official_task = official_vcr_task(folder)
+    if official_task is not None:
+        print(f"{folder}: an official VLE VCR checkpoint, fed the official pipeline's inputs (compat='vle')", file=sys.stderr)
+        return TrainedModel(folder=Path(folder), model=from_vle_pretrained(folder), tokenizer=AutoTokenizer.from_pretrained(folder),
+                            data={"task": official_task, "compat": "vle"}, mixed_precision="fp32", official=True)
     folder = find_model_dir(folder)
     preprocess_file = folder / PREPROCESS_FILE
     if not preprocess_file.is_file():

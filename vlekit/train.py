@@ -355,8 +355,7 @@ def save_final_model(model: VCRModel, tokenizer, config: ExperimentConfig, folde
     """The evaluable model: weights + resolved config + tokenizer + the data options it was trained with."""
     model.save_pretrained(folder, state_dict=state_dict)
     tokenizer.save_pretrained(folder / TOKENIZER_DIR)
-    data = dataclasses.asdict(config.data)
-    (folder / PREPROCESS_FILE).write_text(json.dumps({k: data[k] for k in ("task", "geometry", "max_length", "names")}))
+    (folder / PREPROCESS_FILE).write_text(json.dumps(config.data.preprocess_options()))
     config.save(folder / EXPERIMENT_FILE)
     return folder
 
@@ -483,10 +482,7 @@ def train(config: ExperimentConfig, *, resume: str | None = None, progress: bool
         model.text_encoder.compile()
         model.vision_encoder.compile()
 
-    preprocessor = make_preprocessor(
-        tokenizer, model, task=data_cfg.task, geometry=data_cfg.geometry, max_length=data_cfg.max_length,
-        names=data_cfg.names, images_root=data_cfg.images,
-    )
+    preprocessor = make_preprocessor(tokenizer, model, images_root=data_cfg.images, **data_cfg.preprocess_options())
     records = read_vcr(data_cfg.train_annotations, skip_bad=data_cfg.skip_bad)
     dataset = VCRDataset(records, preprocessor)
     sampler = EpochShuffleSampler(len(dataset), seed=train_cfg.seed)
@@ -594,6 +590,7 @@ def train(config: ExperimentConfig, *, resume: str | None = None, progress: bool
 _FLAGS = {  # flag -> dotted config key
     "task": "data.task", "train_annotations": "data.train_annotations", "val_annotations": "data.val_annotations",
     "images": "data.images", "tokenizer": "data.tokenizer", "geometry": "data.geometry",
+    "compat": "data.compat",
     "text_encoder": "model.text_encoder", "vision_encoder": "model.vision_encoder", "fusion": "model.fusion",
     "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr", "out": "train.out",
     "seed": "train.seed", "keep": "train.keep", "save_every_steps": "train.save_every_steps",

@@ -11,6 +11,7 @@ from einops import rearrange
 from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
+from data_prep.constants import CLIP_MEAN, CLIP_STD
 from vlekit.interfaces import VisionEncoder, check_shape
 from vlekit.registry import VISION_ENCODERS, register_vision_encoder
 from vlekit.text_encoders import hf_config_dict
@@ -74,6 +75,9 @@ class CLIPVisionEncoder(VisionEncoder):
         self.patch_size: int = self.model.config.patch_size
         self.image_size: int = self.model.config.image_size
         self.grid: int = self.image_size // self.patch_size
+        # CLIP's pixel normalisation: the preprocessor takes it from the encoder it feeds.
+        self.image_mean: tuple[float, float, float] = CLIP_MEAN
+        self.image_std: tuple[float, float, float] = CLIP_STD
 
     @property
     def transformer(self) -> nn.Module:

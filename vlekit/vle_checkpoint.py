@@ -26,6 +26,7 @@ import dataclasses
 import json
 import logging
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,9 +58,12 @@ __all__ = [
     "to_vle_pretrained",
     "vcr_model_from_vle_config",
     "vle_config_dict",
+    "official_vcr_task",
     "vle_preprocessor",
+    "vle_preprocessor_config",
     "vle_state_dict",
     "vlekit_to_official_key",
+    "warn_unofficial_inputs",
 ]
 
 logger = logging.getLogger(__name__)
@@ -611,15 +615,42 @@ def vle_state_dict(model: VCRModel, *, task: str | None = None) -> dict[str, tor
     return {key: tensor.detach().cpu().contiguous() for key, tensor in state.items()}
 
 
-def to_vle_pretrained(
-    model: VCRModel, directory: str | Path, *, task: str | None = None, safe_serialization: bool = True
-) -> Path:
-    """Write ``model`` as an official VLE checkpoint: ``config.json`` plus ``model.safetensors`` (or ``pytorch_model.bin``).
+def vle_preprocessor_config(model: VCRModel) -> dict[str, Any]:
+    """The official ``preprocessor_config.json`` for ``model``: CLIPImageProcessor settings, VLEProcessor.
 
-    ``task="vcr_q2a"`` / ``"vcr_qa2r"`` writes a ``VLEForVCRQ2A`` / ``VLEForVCRQA2R`` checkpoint (``vle.``
-    prefix, head); ``task=None`` a bare ``VLEModel`` (no head). Only hf-text (deberta-v2) + clip-vision
-    + co-attention models with object tokens and types are accepted. The tokenizer and
-    ``preprocessor_config.json`` are not written: copy them from the VLE checkpoint the model came from.
+    Short side resized to S then a centre crop of S (bicubic), CLIP's rescale and the vision
+    encoder's mean / std: what ``VLEProcessor.from_pretrained`` (and :func:`vle_preprocessor`) read.
+    """
+    vision = model.vision_encoder
+    return {
+        "processor_class": "VLEProcessor",
+        "image_processor_type": "CLIPImageProcessor",
+        "do_resize": True,
+        "size": {"shortest_edge": vision.image_size},
+        "resample": 3,
+        "do_center_crop": True,
+        "crop_size": {"height": vision.image_size, "width": vision.image_size},
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": list(vision.image_mean),
+        "image_std": list(vision.image_std),
+        "do_convert_rgb": True,
+    }
+
+
+def to_vle_pretrained(
+    model: VCRModel, directory: str | Path, *, task: str | None = None, tokenizer: Any = None,
+    safe_serialization: bool = True,
+) -> Path:
+    """Write ``model`` as an official VLE checkpoint folder.
+
+    Writes ``config.json``, ``model.safetensors`` (or ``pytorch_model.bin``), ``preprocessor_config.json``
+    (:func:`vle_preprocessor_config`) and, given ``tokenizer``, the tokenizer's files, so the
+    official ``VLEProcessor.from_pretrained`` and :func:`vle_preprocessor` both read the folder.
+    ``task="vcr_q2a"`` / ``"vcr_qa2r"`` writes a ``VLEForVCRQ2A`` / ``VLEForVCRQA2R`` checkpoint
+    (``vle.`` prefix, head); ``task=None`` a bare ``VLEModel`` (no head). Only hf-text (deberta-v2) +
+    clip-vision + co-attention models with object tokens and types are accepted.
     """
     config = vle_config_dict(model, task=task)
     state = vle_state_dict(model, task=task)
@@ -630,6 +661,9 @@ def to_vle_pretrained(
         save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
     else:
         torch.save(state, directory / "pytorch_model.bin")
+    (directory / PREPROCESSOR_FILE).write_text(json.dumps(vle_preprocessor_config(model), indent=2) + "\n")
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(directory))
     return directory
 
 
@@ -652,9 +686,39 @@ def _square_size(value: Any, *, name: str, where: str) -> int:
 
 _PREPROCESSOR_FROM_CHECKPOINT = ("image_size", "patch_size", "image_mean", "image_std")
 
+# What a VCR task checkpoint's architecture says its task is (the preprocessing task names).
+_ARCHITECTURE_TASKS = {"VLEForVCRQ2A": "q2a", "VLEForVCRQA2R": "qa2r"}
+
+
+def official_vcr_task(directory: str | Path) -> str | None:
+    """``"q2a"`` / ``"qa2r"`` when ``directory`` is an official VLE VCR task checkpoint, else None."""
+    path = Path(directory) / CONFIG_FILE
+    if not path.is_file():
+        return None
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+    if config.get("model_type") != VLE_MODEL_TYPE:
+        return None
+    return next((_ARCHITECTURE_TASKS[a] for a in config.get("architectures") or [] if a in _ARCHITECTURE_TASKS), None)
+
+
+def warn_unofficial_inputs(source: Any, compat: str) -> None:
+    """Warn (once per source, through ``warnings``) that an official VCR checkpoint gets other inputs."""
+    if compat != "vle":
+        warnings.warn(
+            f"{source} is an official VLE VCR checkpoint, trained on the official pipeline's inputs, but it is fed "
+            f"compat={compat!r} examples (other names, object numbering and truncation): its accuracy is not the "
+            f"official one. Use compat='vle' to reproduce it.",
+            UserWarning,
+            stacklevel=3,
+        )
+
 
 def vle_preprocessor(
-    name_or_path: str | Path, *, task: str = "q2a", geometry: str = "squash", revision: str | None = None, **options: Any
+    name_or_path: str | Path, *, task: str | None = None, compat: str | None = None, revision: str | None = None,
+    **options: Any,
 ) -> VCRPreprocessor:
     """A ``data_prep.preprocess.VCRPreprocessor`` matching a VLE checkpoint.
 
@@ -662,11 +726,15 @@ def vle_preprocessor(
     ``spm.model`` and ``tokenizer_config.json``). Image side S: ``crop_size`` (else ``size``) of
     ``preprocessor_config.json``, which must equal the vision tower's ``image_size``; patch size from
     ``config.json``; ``image_mean`` / ``image_std`` from the preprocessor config (CLIP's when absent,
-    as CLIPImageProcessor does). ``geometry="vle-compat"`` reproduces VLE's crop/box mismatch.
+    as CLIPImageProcessor does).
 
     Args:
-        task: ``"q2a"`` or ``"qa2r"``.
-        options: other VCRPreprocessor options (``max_length``, ``images_root``, ``names``, ``pad_to_multiple_of``).
+        task: ``"q2a"`` or ``"qa2r"``; None: the task checkpoint's own (required for a bare model).
+        compat: None picks ``"vle"`` for an official VCR task checkpoint (it was trained on the
+            official pipeline's inputs; logged) and ``"none"`` otherwise (``hfl/vle-base``: its type
+            rows 2..82 are new, either mode fine-tunes). Another mode on a task checkpoint warns.
+        options: other VCRPreprocessor options (``max_length``, ``images_root``, ``geometry``,
+            ``pad_to_multiple_of``).
     """
     from data_prep.constants import CLIP_MEAN, CLIP_STD
     from data_prep.preprocess import VCRPreprocessor
@@ -692,13 +760,24 @@ def vle_preprocessor(
             f"{path} makes {image_size} px images, but the vision tower in {directory / CONFIG_FILE} takes "
             f"{vision.image_size} px; the patch grid of the data must be the model's"
         )
+    official_task = official_vcr_task(directory)
+    if task is None:
+        if official_task is None:
+            raise ValueError(f"vle_preprocessor: {name_or_path} is not a VCR task checkpoint; pass task='q2a' or 'qa2r'")
+        task = official_task
+    if compat is None:
+        compat = "vle" if official_task is not None else "none"
+        if official_task is not None:
+            logger.info("%s is an official VLE VCR checkpoint: compat='vle' (the official pipeline's inputs)", name_or_path)
+    elif official_task is not None:
+        warn_unofficial_inputs(name_or_path, compat)
     tokenizer = AutoTokenizer.from_pretrained(str(directory))
-    return VCRPreprocessor(
+    return VCRPreprocessor.build(
         tokenizer,
         task=task,
+        compat=compat,
         image_size=image_size,
         patch_size=vision.patch_size,
-        geometry=geometry,
         image_mean=tuple(processor.get("image_mean", CLIP_MEAN)),
         image_std=tuple(processor.get("image_std", CLIP_STD)),
         **options,
