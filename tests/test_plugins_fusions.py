@@ -7,6 +7,7 @@ what it is.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -192,27 +193,44 @@ def test_gradient_checkpointing_changes_memory_not_results(name: str) -> None:
 # -- inside a VCR model -----------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def synthetic_vcr(tmp_path_factory):
-    """Eight synthetic VCR questions (real layout, boxes, names) and their word-level tokenizer."""
-    from data_prep import build_word_tokenizer, generate_synthetic_vcr, read_vcr
+    """Eight synthetic VCR questions (real layout, boxes, names) that can be memorised from their text.
 
-    data = generate_synthetic_vcr(tmp_path_factory.mktemp("synthetic"), num_train=8, num_val=1, seed=5)
-    return data, read_vcr(data.train), build_word_tokenizer([data.train])
+    The generator repeats question and answer texts whose correct choice depends on the image alone
+    (three "Who is in the spotlight?" with the same names, each with another answer). A random-init
+    tiny model learns that grounding slowly and unevenly, so whether the loss fell then depended on the
+    kernels' summation order. Keeping only questions whose four (question, answer) texts appear nowhere
+    else makes the task pure memorisation, which every variant reaches well within the steps.
+    """
+    from data_prep import VCRPreprocessor, build_word_tokenizer, generate_synthetic_vcr, read_vcr
+
+    data = generate_synthetic_vcr(tmp_path_factory.mktemp("synthetic"), num_train=48, num_val=1, seed=5)
+    records, tokenizer = read_vcr(data.train), build_word_tokenizer([data.train])
+    # Image and patch size of the tiny-clip every variant is built with.
+    preprocessor = VCRPreprocessor(tokenizer, task="q2a", image_size=64, patch_size=8, images_root=data.images_root)
+    examples, seen = [], set()
+    for example in map(preprocessor, records):
+        texts = {tuple(ids) for ids in example["input_ids"]}
+        if len(texts) == len(example["input_ids"]) and not texts & seen:
+            examples.append(example)
+            seen |= texts
+    assert len(examples) >= 8, f"only {len(examples)} synthetic questions with unique texts"
+    return preprocessor.collate(examples[:8]), len(tokenizer)
 
 
 @pytest.mark.parametrize("name", VARIANTS)
 def test_every_variant_trains_inside_a_vcr_model(name: str, synthetic_vcr) -> None:
-    """On synthetic VCR questions, with object tokens and token types on, the loss falls."""
-    from data_prep import VCRPreprocessor
+    """On synthetic VCR questions, with object tokens and token types on, the loss falls far below chance.
 
-    data, records, tokenizer = synthetic_vcr
+    Measured (60 steps, seeds 0-2, every variant): the mean of the last ten losses is at most 0.53,
+    against ln 4 = 1.386 at the start; the bound below is 0.83.
+    """
+    batch, vocab_size = synthetic_vcr
     torch.manual_seed(0)
-    model = vlekit.build_model(text_encoder={"name": "tiny-deberta", "vocab_size": len(tokenizer)},
+    model = vlekit.build_model(text_encoder={"name": "tiny-deberta", "vocab_size": vocab_size},
                                vision_encoder="tiny-clip", fusion={"name": name, **FUSIONS.get(name).tiny})
     assert model.config.use_object_tokens and model.config.use_object_types
     assert model.head[0].in_features == model.fusion.pooled_size
-    preprocessor = VCRPreprocessor(tokenizer, task="q2a", image_size=model.vision_encoder.image_size,
-                                   patch_size=model.vision_encoder.patch_size, images_root=data.images_root)
-    batch = preprocessor.collate([preprocessor(record) for record in records])
+    assert (model.vision_encoder.image_size, model.vision_encoder.patch_size) == (64, 8)
     assert batch["object_mask"].sum() > 0 and (batch["text_type_ids"] >= 2).any()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     model.eval()  # dropout off: memorising eight questions is then deterministic and quick
@@ -223,7 +241,10 @@ def test_every_variant_trains_inside_a_vcr_model(name: str, synthetic_vcr) -> No
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-    assert losses[-1] < 0.75 * losses[0], f"{name}: loss did not fall: {losses[0]:.3f} -> {losses[-1]:.3f}"
+    # Adam's steps make single losses jump; the mean of the last ten does not hinge on one of them.
+    final = sum(losses[-10:]) / 10
+    assert losses[0] == pytest.approx(math.log(4), abs=0.05), f"{name}: not at chance at the start: {losses[0]:.3f}"
+    assert final < 0.6 * math.log(4), f"{name}: loss did not fall: {losses[0]:.3f} -> {final:.3f} (last ten)"
     # The resolved config names the base component and rebuilds the same architecture.
     assert model.resolved_config.fusion["name"] == name
     rebuilt = vlekit.VCRModel(config=model.resolved_config)
