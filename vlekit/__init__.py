@@ -4,8 +4,11 @@ Public API::
 
     from vlekit import build_model, list_components, register_fusion
     model = build_model(text_encoder="tiny-deberta", vision_encoder="tiny-clip", fusion="tiny-co-attention")
+
+Plugins build on this package, :mod:`vlekit.layers` (shared transformer blocks) and
+:mod:`vlekit.interfaces` (the component contracts) only; the other modules are internal.
 """
-from vlekit import fusions, text_encoders, vision_encoders  # noqa: F401  (register the core components)
+from vlekit import fusions, layers, text_encoders, vision_encoders  # noqa: F401  (register the core components)
 from vlekit.interfaces import Fusion, FusionOutput, TextEncoder, VisionEncoder
 from vlekit.model import VCRModel, VCRModelConfig, build_model, load_model_config
 from vlekit.vle_checkpoint import from_vle_pretrained, to_vle_pretrained, vle_preprocessor
@@ -29,5 +32,5 @@ __all__ = [
     "FUSIONS", "TEXT_ENCODERS", "VISION_ENCODERS", "Fusion", "FusionOutput", "RegistryError", "TextEncoder",
     "VCRModel", "VCRModelConfig", "VisionEncoder", "build_model", "import_plugins", "list_components",
     "load_model_config", "make_config", "register_fusion", "register_text_encoder", "register_vision_encoder",
-    "registry_for", "from_vle_pretrained", "to_vle_pretrained", "vle_preprocessor",
+    "layers", "registry_for", "from_vle_pretrained", "to_vle_pretrained", "vle_preprocessor",
 ]

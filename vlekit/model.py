@@ -31,8 +31,8 @@ from einops import rearrange, repeat
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from vlekit.fusions import init_bert_style
 from vlekit.interfaces import check_shape
+from vlekit.layers import init_bert_style, masked_mean
 from vlekit.registry import FUSIONS, TEXT_ENCODERS, VISION_ENCODERS, Registry, freeze, make_config
 
 CONFIG_FILE = "vlekit_config.json"
@@ -95,7 +95,7 @@ class VCRHead(nn.Sequential):
     The LayerNorm keeps PyTorch's default eps (1e-5), as VLE's ``nn.LayerNorm(2H)`` does.
     """
 
-    def __init__(self, width: int, *, eps: float = 1e-5) -> None:
+    def __init__(self, *, width: int, eps: float = 1e-5) -> None:
         super().__init__(nn.Linear(width, width), nn.LayerNorm(width, eps=eps), nn.GELU(), nn.Linear(width, 1))
 
 
@@ -119,7 +119,7 @@ class VCRModel(nn.Module):
         self.text_projection = nn.Linear(self.text_encoder.hidden_size, width)
         self.image_projection = nn.Linear(self.vision_encoder.hidden_size, width)
         self.token_type_embeddings = nn.Embedding(config.num_token_types, width)
-        self.head = VCRHead(self.fusion.pooled_size)
+        self.head = VCRHead(width=self.fusion.pooled_size)
         for module in (self.text_projection, self.image_projection, self.token_type_embeddings, self.head):
             init_bert_style(module, std=config.initializer_range)
         self._fusion_takes_pooled_only = "pooled_only" in inspect.signature(self.fusion.forward).parameters
@@ -246,11 +246,10 @@ class VCRModel(nn.Module):
     def object_tokens(patches: torch.Tensor, object_patch_mask: torch.Tensor) -> torch.Tensor:
         """Mean of ``patches [B, P, D]`` under ``object_patch_mask [B, C, K, P]`` -> ``[B, C, K, D]``.
 
-        One batched matmul; an empty patch set (box cropped away) gives a zero vector.
+        One batched matmul (:func:`vlekit.layers.masked_mean`); an empty patch set (box cropped away)
+        gives a zero vector.
         """
-        weights = object_patch_mask.to(patches.dtype)
-        weights = weights / weights.sum(dim=-1, keepdim=True).clamp(min=1)
-        return torch.einsum("bckp,bpd->bckd", weights, patches)
+        return masked_mean(patches, object_patch_mask)
 
     # -- persistence ----------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path, *, state_dict: Mapping[str, torch.Tensor] | None = None) -> Path:

@@ -212,7 +212,7 @@ def _check_type(value: Any, hint: Any, *, where: str) -> None:
 class Registry:
     """Named components of one kind, with presets, entry-point plugins and strict configs."""
 
-    def __init__(self, kind: str, *, entry_point_group: str) -> None:
+    def __init__(self, *, kind: str, entry_point_group: str) -> None:
         self.kind = kind
         self.entry_point_group = entry_point_group
         self._entries: dict[str, Entry] = {}
@@ -380,9 +380,9 @@ def _import_path(path: str, *, kind: str) -> type[nn.Module]:
         raise RegistryError(f"{kind} {path!r}: cannot import it ({error}); expected 'package.module:ClassName'") from error
 
 
-TEXT_ENCODERS = Registry("text_encoder", entry_point_group="vlekit.text_encoders")
-VISION_ENCODERS = Registry("vision_encoder", entry_point_group="vlekit.vision_encoders")
-FUSIONS = Registry("fusion", entry_point_group="vlekit.fusions")
+TEXT_ENCODERS = Registry(kind="text_encoder", entry_point_group="vlekit.text_encoders")
+VISION_ENCODERS = Registry(kind="vision_encoder", entry_point_group="vlekit.vision_encoders")
+FUSIONS = Registry(kind="fusion", entry_point_group="vlekit.fusions")
 REGISTRIES: dict[str, Registry] = {r.kind: r for r in (TEXT_ENCODERS, VISION_ENCODERS, FUSIONS)}
 
 register_text_encoder = TEXT_ENCODERS.register

@@ -22,8 +22,8 @@ import timm
 import torch
 from torch import nn
 
+from vlekit import VISION_ENCODERS, register_vision_encoder
 from vlekit.interfaces import VisionEncoder, check_shape
-from vlekit.registry import VISION_ENCODERS, register_vision_encoder
 
 CLS_TOKEN_CHOICES = ("model", "mean")
 # create_model arguments this encoder sets itself from its own options.
