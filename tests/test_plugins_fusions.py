@@ -43,6 +43,11 @@ def with_image_token(inputs: dict[str, torch.Tensor], sample: int, token: int) -
     return {**inputs, "image": image}
 
 
+def tanh_linear(layer: torch.nn.Linear, vector: torch.Tensor) -> torch.Tensor:
+    """``tanh(W vector + b)`` with ``layer``'s weights: what a pooler computes, written out."""
+    return torch.tanh(F.linear(vector, layer.weight, layer.bias))
+
+
 @torch.no_grad()
 def run(fusion: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> vlekit.FusionOutput:
     return fusion(**inputs)
@@ -73,7 +78,7 @@ def test_merged_attention_runs_one_sequence_over_both_modalities() -> None:
     reference = run(fusion, inputs)
     assert seen == [torch.Size([N, L + S, D])]
     assert fusion.pooled_size == fusion.hidden_size == D
-    torch.testing.assert_close(reference.pooled, torch.tanh(F.linear(reference.text[:, 0], fusion.pooler.weight, fusion.pooler.bias)))
+    torch.testing.assert_close(reference.pooled, tanh_linear(fusion.pooler, reference.text[:, 0]))
     # A real image token reaches every text token in the same stack.
     changed = run(fusion, with_image_token(inputs, sample=0, token=2))
     assert not torch.allclose(changed.text[0], reference.text[0], atol=1e-4)
@@ -132,7 +137,7 @@ def test_projection_concat_prepends_the_projected_image_as_a_prefix() -> None:
         torch.testing.assert_close(sequence[:, :S], fusion.projector(inputs["image"]))
     torch.testing.assert_close(sequence[:, S:], inputs["text"])
     assert out.image.shape == (N, S, D) and out.text.shape == (N, L, D)
-    torch.testing.assert_close(out.pooled, torch.tanh(F.linear(out.text[:, 0], fusion.pooler.weight, fusion.pooler.bias)))
+    torch.testing.assert_close(out.pooled, tanh_linear(fusion.pooler, out.text[:, 0]))
     assert not torch.allclose(run(fusion, with_image_token(inputs, 0, 1)).pooled[0], out.pooled[0], atol=1e-4)
 
 
@@ -149,7 +154,7 @@ def test_dual_encoder_has_no_cross_modal_interaction_in_its_streams() -> None:
     assert fusion.pooled_size == 3 * D
     t, v, product = reference.pooled.split(D, dim=-1)
     torch.testing.assert_close(product, t * v)
-    torch.testing.assert_close(t, torch.tanh(F.linear(reference.text[:, 0], fusion.text_pooler.weight, fusion.text_pooler.bias)))
+    torch.testing.assert_close(t, tanh_linear(fusion.text_pooler, reference.text[:, 0]))
     assert not torch.allclose(other_image.pooled, reference.pooled, atol=1e-4)
 
 
@@ -159,7 +164,7 @@ def test_dual_encoder_pools_the_mean_of_the_valid_image_tokens_including_objects
     out = run(fusion, inputs)
     mask = inputs["image_mask"].unsqueeze(-1).float()
     mean = (out.image * mask).sum(1) / mask.sum(1)
-    torch.testing.assert_close(out.pooled[:, D:2 * D], torch.tanh(F.linear(mean, fusion.image_pooler.weight, fusion.image_pooler.bias)))
+    torch.testing.assert_close(out.pooled[:, D:2 * D], tanh_linear(fusion.image_pooler, mean))
     # The last valid token (where the core appends object tokens) counts.
     changed = run(fusion, with_image_token(inputs, sample=0, token=S - 1))
     assert not torch.allclose(changed.pooled[0, D:2 * D], out.pooled[0, D:2 * D], atol=1e-4)
