@@ -22,7 +22,7 @@ from vlekit import VCRModel, build_model
 from vlekit.model import CONFIG_FILE
 from vlekit.registry import FrozenDict, make_config, thaw
 from vlekit.text_encoders import _TINY_DEBERTA
-from vlekit.vision_encoders import CLIP_MEAN, CLIP_STD
+from vlekit.vision_encoders import _TINY_CLIP, CLIP_MEAN, CLIP_STD, CLIPVisionEncoder
 
 from test_model import make_batch
 
@@ -178,3 +178,24 @@ def test_a_loose_vcr_model_load_reports_both_lists(model: VCRModel, tmp_path: Pa
     assert "fusion.image_layers.1.output_norm.bias" in info["unexpected_keys"]
     assert all(key.startswith(("fusion.text_layers.1.", "fusion.image_layers.1.")) for key in info["unexpected_keys"])
     assert len(loose.fusion.text_layers) == 1
+
+
+
+class LegacyEncoder(CLIPVisionEncoder):
+    """A vision encoder written before ``image_mean`` / ``image_std`` joined the interface."""
+
+    def __init__(self, *, config) -> None:
+        super().__init__(config=config)
+        del self.image_mean, self.image_std
+
+
+def test_an_encoder_without_declared_normalisation_takes_float_pixels_and_refuses_uint8(model: VCRModel) -> None:
+    torch.manual_seed(0)
+    legacy = build_model(vision_encoder={"name": "test_options:LegacyEncoder", "hf_config": _TINY_CLIP}).eval()
+    assert legacy.pixel_mean is None and legacy.pixel_std is None
+    batch = make_batch(legacy, seed=5)
+    with torch.no_grad():
+        assert legacy(**batch)["logits"].shape == (2, 4)
+    with pytest.raises(ValueError, match=r"uint8 pixel_values need the vision encoder's image_mean and image_std, "
+                                         r"which LegacyEncoder does not declare"):
+        legacy(**dict(batch, pixel_values=batch["pixel_values"].to(torch.uint8)))

@@ -32,7 +32,8 @@ class VisionEncoder(nn.Module):
     ``image_std``: the per-channel (R, G, B) mean and standard deviation of pixels scaled to [0, 1]
     that the encoder's weights were trained with (3-tuples of floats). ``pixel_values`` are
     ``(pixels / 255 - image_mean) / image_std``; the preprocessor and ``VCRModel`` (for uint8 input)
-    normalise with them, so an encoder with other weights declares its own.
+    normalise with them, so an encoder with other weights declares its own (one that declares
+    none still runs on float pixels, and uint8 input is then refused with a message).
     """
 
     hidden_size: int

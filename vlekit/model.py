@@ -124,8 +124,11 @@ class VCRModel(nn.Module):
             init_bert_style(module, std=config.initializer_range)
         self._fusion_takes_pooled_only = "pooled_only" in inspect.signature(self.fusion.forward).parameters
         # For uint8 pixels, normalised on the model's device; not saved (the encoder declares them).
-        for name, values in (("pixel_mean", self.vision_encoder.image_mean), ("pixel_std", self.vision_encoder.image_std)):
-            self.register_buffer(name, torch.tensor(values, dtype=torch.float32).view(3, 1, 1), persistent=False)
+        # An encoder written before image_mean / image_std joined the interface still takes float pixels.
+        for buffer, attribute in (("pixel_mean", "image_mean"), ("pixel_std", "image_std")):
+            values = getattr(self.vision_encoder, attribute, None)
+            tensor = None if values is None else torch.tensor(values, dtype=torch.float32).view(3, 1, 1)
+            self.register_buffer(buffer, tensor, persistent=False)
 
     @property
     def num_patches(self) -> int:
@@ -219,6 +222,12 @@ class VCRModel(nn.Module):
         if pixel_values.dtype != torch.uint8:
             raise ValueError(
                 f"VCRModel: pixel_values has dtype {pixel_values.dtype}; expected normalised floats or uint8 pixels (0..255)"
+            )
+        if self.pixel_mean is None or self.pixel_std is None:
+            raise ValueError(
+                f"VCRModel: uint8 pixel_values need the vision encoder's image_mean and image_std, which "
+                f"{type(self.vision_encoder).__name__} does not declare (see vlekit.interfaces.VisionEncoder); "
+                "declare them, or pass normalised float pixels"
             )
         return (pixel_values.to(self.pixel_mean.dtype) / 255 - self.pixel_mean) / self.pixel_std
 
