@@ -121,6 +121,11 @@ def test_tiny_forward_shapes_and_interface(entry: Entry) -> None:
         for attribute in ("hidden_size", "patch_size", "image_size", "grid"):
             assert isinstance(getattr(module, attribute), int), f"missing int attribute {attribute!r}"
         assert module.grid == module.image_size // module.patch_size
+        for attribute in ("image_mean", "image_std"):  # the pixel normalisation its weights expect
+            values = getattr(module, attribute)
+            assert isinstance(values, tuple) and len(values) == 3, f"{attribute} must be a 3-tuple, got {values!r}"
+            assert all(isinstance(v, float) and 0 <= v <= 1 for v in values), f"{attribute}: {values!r}"
+        assert min(module.image_std) > 0
         assert out.shape == (B, 1 + module.grid**2, module.hidden_size)
     else:
         assert isinstance(module.hidden_size, int) and isinstance(module.pooled_size, int)

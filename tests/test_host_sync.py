@@ -48,7 +48,12 @@ class HostSyncCounter(TorchFunctionMode):
         if name == "repeat_interleave" and kwargs.get("output_size") is not None:
             syncing = False
         if syncing:
-            frames = [f for f in traceback.extract_stack()[:-1]
+            stack = traceback.extract_stack()[:-1]
+            # VCRModel's type-id range check reads the ids on the CPU only (exact message); on a GPU the
+            # same check is queued with torch._assert_async and waits for nothing.
+            if any(f.name == "_check_type_ids" and f.filename.endswith("vlekit/model.py") for f in stack):
+                return func(*args, **kwargs)
+            frames = [f for f in stack
                       if ("vlekit" in f.filename or "transformers" in f.filename) and "test_host_sync" not in f.filename]
             where = f"{frames[-1].filename.split('site-packages/')[-1]}:{frames[-1].lineno}" if frames else "?"
             self.found[f"{name} @ {where}"] += 1

@@ -50,6 +50,23 @@ def test_patch_size_and_grid_are_read_from_the_model_not_its_name() -> None:
 
 
 @pytest.mark.parametrize(
+    ("model_name", "mean", "std"),
+    [
+        ("vit_tiny_patch16_224", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),  # augreg weights
+        ("deit_tiny_patch16_224", (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # ImageNet
+        ("vit_base_patch16_clip_224.openai", (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
+    ],
+)
+def test_pixel_mean_and_std_come_from_the_models_pretrained_cfg(model_name: str, mean: tuple, std: tuple) -> None:
+    encoder = build(model_name=model_name, model_kwargs={"embed_dim": 64, "num_heads": 2})
+    assert encoder.image_mean == tuple(encoder.model.pretrained_cfg["mean"]) == pytest.approx(mean)
+    assert encoder.image_std == tuple(encoder.model.pretrained_cfg["std"]) == pytest.approx(std)
+    model = vlekit.build_model(vision_encoder={"name": "timm-vit", **TINY, "model_name": model_name,
+                                               "model_kwargs": {"depth": 1, "embed_dim": 64, "num_heads": 2}})
+    torch.testing.assert_close(model.pixel_mean.flatten(), torch.tensor(mean))  # uint8 input uses them
+
+
+@pytest.mark.parametrize(
     ("model_name", "model_kwargs", "prefix"),
     [
         ("vit_tiny_patch16_224", {"reg_tokens": 4, "no_embed_class": True}, 5),  # CLS + 4 registers

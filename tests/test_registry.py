@@ -82,7 +82,7 @@ def one_distribution_scan(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def registry() -> Registry:
-    return Registry("fusion", entry_point_group="vlekit.tests.no-such-group")
+    return Registry(kind="fusion", entry_point_group="vlekit.tests.no-such-group")
 
 
 # -- registration -------------------------------------------------------------------------------
@@ -580,7 +580,7 @@ def test_cli_list_kind_filter(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_a_preset_follows_its_base_when_a_notebook_cell_re_registers_it() -> None:
-    registry = Registry("fusion", entry_point_group="vlekit.tests.none")
+    registry = Registry(kind="fusion", entry_point_group="vlekit.tests.none")
 
     def define(version: int):
         @dataclass(frozen=True)

@@ -5,8 +5,11 @@ Public API::
     from vlekit import build_model, list_components, register_fusion
     model = build_model(text_encoder="tiny-deberta", vision_encoder="tiny-clip", fusion="tiny-co-attention")
     predictor = load_run("runs/demo/q2a")   # a trained run folder -> model + its data pipeline
+
+Plugins build on this package, :mod:`vlekit.layers` (shared transformer blocks) and
+:mod:`vlekit.interfaces` (the component contracts) only; the other modules are internal.
 """
-from vlekit import fusions, text_encoders, vision_encoders  # noqa: F401  (register the core components)
+from vlekit import fusions, layers, text_encoders, vision_encoders  # noqa: F401  (register the core components)
 from vlekit.interfaces import Fusion, FusionOutput, TextEncoder, VisionEncoder
 from vlekit.model import VCRModel, VCRModelConfig, build_model, load_model_config
 from vlekit.predict import Predictor, load_run
@@ -31,5 +34,5 @@ __all__ = [
     "FUSIONS", "TEXT_ENCODERS", "VISION_ENCODERS", "Fusion", "FusionOutput", "Predictor", "RegistryError",
     "TextEncoder", "VCRModel", "VCRModelConfig", "VisionEncoder", "build_model", "import_plugins", "list_components",
     "load_model_config", "load_run", "make_config", "register_fusion", "register_text_encoder",
-    "register_vision_encoder", "registry_for", "from_vle_pretrained", "to_vle_pretrained", "vle_preprocessor",
+    "register_vision_encoder", "layers", "registry_for", "from_vle_pretrained", "to_vle_pretrained", "vle_preprocessor",
 ]

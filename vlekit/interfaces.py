@@ -28,13 +28,20 @@ class VisionEncoder(nn.Module):
     """Pixels to a CLS token followed by a row-major ``grid x grid`` patch grid.
 
     ``forward(pixel_values [B, 3, image_size, image_size]) -> tokens [B, 1 + grid**2, hidden_size]``.
-    Attributes ``hidden_size``, ``patch_size``, ``image_size`` and ``grid``.
+    Attributes ``hidden_size``, ``patch_size``, ``image_size`` and ``grid`` (ints), and ``image_mean``,
+    ``image_std``: the per-channel (R, G, B) mean and standard deviation of pixels scaled to [0, 1]
+    that the encoder's weights were trained with (3-tuples of floats). ``pixel_values`` are
+    ``(pixels / 255 - image_mean) / image_std``; the preprocessor and ``VCRModel`` (for uint8 input)
+    normalise with them, so an encoder with other weights declares its own (one that declares
+    none still runs on float pixels, and uint8 input is then refused with a message).
     """
 
     hidden_size: int
     patch_size: int
     image_size: int
     grid: int
+    image_mean: tuple[float, float, float]
+    image_std: tuple[float, float, float]
 
     def resolved_config(self) -> Any:
         return self.config

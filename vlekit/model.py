@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,9 +31,9 @@ from einops import rearrange, repeat
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from vlekit.fusions import init_bert_style
 from vlekit.interfaces import check_shape
-from vlekit.registry import FUSIONS, TEXT_ENCODERS, VISION_ENCODERS, Registry, make_config
+from vlekit.layers import init_bert_style, masked_mean
+from vlekit.registry import FUSIONS, TEXT_ENCODERS, VISION_ENCODERS, Registry, freeze, make_config
 
 CONFIG_FILE = "vlekit_config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -57,7 +58,9 @@ def component_spec(value: str | Mapping[str, Any]) -> dict[str, Any]:
 class VCRModelConfig:
     """Everything that defines a VCR model; saved with every checkpoint.
 
-    text_encoder / vision_encoder / fusion: ``{"name": registered name or module:Class, **options}``.
+    text_encoder / vision_encoder / fusion: ``{"name": registered name or module:Class, **options}``,
+        immutable once built (:class:`vlekit.registry.FrozenDict`; it compares and serialises as a dict).
+    num_token_types: rows of the token-type table; ``forward`` rejects ids outside ``[0, num_token_types)``.
     use_object_tokens: append object tokens after the image tokens (VLE's VCR adaptation).
     use_object_types: tie mentions and object tokens with types ``k + 2`` (else text 0, objects 1).
     """
@@ -69,6 +72,11 @@ class VCRModelConfig:
     use_object_tokens: bool = True
     use_object_types: bool = True
     initializer_range: float = 0.02
+
+    def __post_init__(self) -> None:
+        # Also when built by dataclasses.replace, which does not pass through make_config.
+        for kind in ("text_encoder", "vision_encoder", "fusion"):
+            object.__setattr__(self, kind, freeze(getattr(self, kind)))
 
 
 def _build_component(registry: Registry, spec: Mapping[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
@@ -87,7 +95,7 @@ class VCRHead(nn.Sequential):
     The LayerNorm keeps PyTorch's default eps (1e-5), as VLE's ``nn.LayerNorm(2H)`` does.
     """
 
-    def __init__(self, width: int, *, eps: float = 1e-5) -> None:
+    def __init__(self, *, width: int, eps: float = 1e-5) -> None:
         super().__init__(nn.Linear(width, width), nn.LayerNorm(width, eps=eps), nn.GELU(), nn.Linear(width, 1))
 
 
@@ -111,10 +119,16 @@ class VCRModel(nn.Module):
         self.text_projection = nn.Linear(self.text_encoder.hidden_size, width)
         self.image_projection = nn.Linear(self.vision_encoder.hidden_size, width)
         self.token_type_embeddings = nn.Embedding(config.num_token_types, width)
-        self.head = VCRHead(self.fusion.pooled_size)
+        self.head = VCRHead(width=self.fusion.pooled_size)
         for module in (self.text_projection, self.image_projection, self.token_type_embeddings, self.head):
             init_bert_style(module, std=config.initializer_range)
         self._fusion_takes_pooled_only = "pooled_only" in inspect.signature(self.fusion.forward).parameters
+        # For uint8 pixels, normalised on the model's device; not saved (the encoder declares them).
+        # An encoder written before image_mean / image_std joined the interface still takes float pixels.
+        for buffer, attribute in (("pixel_mean", "image_mean"), ("pixel_std", "image_std")):
+            values = getattr(self.vision_encoder, attribute, None)
+            tensor = None if values is None else torch.tensor(values, dtype=torch.float32).view(3, 1, 1)
+            self.register_buffer(buffer, tensor, persistent=False)
 
     @property
     def num_patches(self) -> int:
@@ -147,6 +161,10 @@ class VCRModel(nn.Module):
         Shapes: ``input_ids, attention_mask, text_type_ids [B, C, L]``; ``pixel_values [B, 3, H, W]``;
         ``object_patch_mask [B, C, K, P]`` (bool); ``object_type_ids, object_mask [B, C, K]``;
         ``labels [B]``. Returns ``logits [B, C]`` and, with labels, the scalar ``loss``.
+
+        ``pixel_values``: normalised floats, or raw uint8 pixels (0..255), which are normalised here,
+        on their device, with the vision encoder's ``image_mean`` / ``image_std`` (a quarter of the
+        host-to-device traffic of float32). Type ids must lie in ``[0, num_token_types)``.
         """
         where = "VCRModel"
         check_shape(input_ids, ("B", "C", "L"), name="input_ids", where=where)
@@ -160,9 +178,13 @@ class VCRModel(nn.Module):
         check_shape(object_mask, (batch, choices, slots), name="object_mask", where=where)
         if labels is not None:
             check_shape(labels, (batch,), name="labels", where=where)
+        if self.config.use_object_types:
+            self._check_type_ids(text_type_ids, name="text_type_ids")
+            if self.config.use_object_tokens:
+                self._check_type_ids(object_type_ids, name="object_type_ids")
 
         # Image: once per question, shared by its choices.
-        image = self.image_projection(self.vision_encoder(pixel_values))  # [B, 1+P, D]
+        image = self.image_projection(self.vision_encoder(self.normalise_pixels(pixel_values)))  # [B, 1+P, D]
 
         # Text: choices folded into the batch.
         text = self.text_encoder(rearrange(input_ids, "b c l -> (b c) l"), rearrange(attention_mask, "b c l -> (b c) l"))
@@ -192,15 +214,51 @@ class VCRModel(nn.Module):
             output["loss"] = F.cross_entropy(logits.float(), labels)
         return output
 
+    def normalise_pixels(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """uint8 ``[B, 3, H, W]`` -> ``(x / 255 - image_mean) / image_std`` in the model's float dtype;
+        floating-point input is taken as already normalised and returned as it is."""
+        if pixel_values.is_floating_point():
+            return pixel_values
+        if pixel_values.dtype != torch.uint8:
+            raise ValueError(
+                f"VCRModel: pixel_values has dtype {pixel_values.dtype}; expected normalised floats or uint8 pixels (0..255)"
+            )
+        if self.pixel_mean is None or self.pixel_std is None:
+            raise ValueError(
+                f"VCRModel: uint8 pixel_values need the vision encoder's image_mean and image_std, which "
+                f"{type(self.vision_encoder).__name__} does not declare (see vlekit.interfaces.VisionEncoder); "
+                "declare them, or pass normalised float pixels"
+            )
+        return (pixel_values.to(self.pixel_mean.dtype) / 255 - self.pixel_mean) / self.pixel_std
+
+    def _check_type_ids(self, type_ids: torch.Tensor, *, name: str) -> None:
+        """Type ids index a table of ``num_token_types`` rows; an id outside it is an error with a message.
+
+        On the CPU the check is exact and immediate. On an accelerator an immediate check would wait
+        for the device every step, so ``torch._assert_async`` queues it instead: no host sync, and a
+        bad id stops the run at the next synchronisation as a device-side assertion (rerun on the CPU,
+        or with ``CUDA_LAUNCH_BLOCKING=1``, for this message).
+        """
+        limit = self.config.num_token_types
+        message = (
+            f"VCRModel: {name} must lie in [0, num_token_types={limit}): type k + 2 marks the k-th referenced "
+            f"object, so a batch with more than {limit - 2} objects needs a larger num_token_types "
+            f"(or fewer objects per question)"
+        )
+        if type_ids.device.type == "cpu":
+            if type_ids.numel() and (int(type_ids.min()) < 0 or int(type_ids.max()) >= limit):
+                raise ValueError(f"{message}; got ids from {int(type_ids.min())} to {int(type_ids.max())}")
+        else:
+            torch._assert_async(((type_ids >= 0) & (type_ids < limit)).all(), message)
+
     @staticmethod
     def object_tokens(patches: torch.Tensor, object_patch_mask: torch.Tensor) -> torch.Tensor:
         """Mean of ``patches [B, P, D]`` under ``object_patch_mask [B, C, K, P]`` -> ``[B, C, K, D]``.
 
-        One batched matmul; an empty patch set (box cropped away) gives a zero vector.
+        One batched matmul (:func:`vlekit.layers.masked_mean`); an empty patch set (box cropped away)
+        gives a zero vector.
         """
-        weights = object_patch_mask.to(patches.dtype)
-        weights = weights / weights.sum(dim=-1, keepdim=True).clamp(min=1)
-        return torch.einsum("bckp,bpd->bckd", weights, patches)
+        return masked_mean(patches, object_patch_mask)
 
     # -- persistence ----------------------------------------------------------------------------
     def save_pretrained(self, directory: str | Path, *, state_dict: Mapping[str, torch.Tensor] | None = None) -> Path:
@@ -219,19 +277,30 @@ class VCRModel(nn.Module):
         return directory
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, *, strict: bool = True) -> VCRModel:
-        """Rebuild from ``save_pretrained`` output (offline: configs hold the full architectures)."""
+    def from_pretrained(
+        cls, directory: str | Path, *, strict: bool = True, output_loading_info: bool = False
+    ) -> VCRModel | tuple[VCRModel, dict[str, list[str]]]:
+        """Rebuild from ``save_pretrained`` output (offline: configs hold the full architectures).
+
+        strict: weights missing from the file, or in the file but not in the model, are an error.
+            ``False`` loads what matches and warns with both lists.
+        output_loading_info: also return ``{"missing_keys": [...], "unexpected_keys": [...]}``.
+        """
         directory = Path(directory)
         config = load_model_config(directory)
         model = cls(config=config)
         state = load_file(str(directory / WEIGHTS_FILE))
         result = model.load_state_dict(state, strict=False)
-        if strict and (result.missing_keys or result.unexpected_keys):
-            raise ValueError(
+        info = {"missing_keys": list(result.missing_keys), "unexpected_keys": list(result.unexpected_keys)}
+        if info["missing_keys"] or info["unexpected_keys"]:
+            message = (
                 f"{directory / WEIGHTS_FILE}: weights do not match the config; "
-                f"missing {result.missing_keys[:10]}, unexpected {result.unexpected_keys[:10]}"
+                f"missing {info['missing_keys']}, unexpected {info['unexpected_keys']}"
             )
-        return model
+            if strict:
+                raise ValueError(f"{message}. Pass strict=False to load what matches.")
+            warnings.warn(message, stacklevel=2)
+        return (model, info) if output_loading_info else model
 
 
 def load_model_config(directory: str | Path) -> VCRModelConfig:

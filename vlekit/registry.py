@@ -27,6 +27,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
+import yaml
 from torch import nn
 
 KINDS: tuple[str, ...] = ("text_encoder", "vision_encoder", "fusion")
@@ -90,9 +91,75 @@ def _first_line(text: str | None) -> str:
     return (text or "").strip().splitlines()[0].strip() if (text or "").strip() else ""
 
 
+class FrozenDict(dict):
+    """A dict that refuses changes: the nested options of a frozen config stay what was built.
+
+    A ``dict`` subclass, so it compares equal to a plain dict and ``json.dumps`` writes it as one;
+    ``yaml.safe_dump`` does too (representers registered below). Copies and pickles are frozen again.
+    """
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError(
+            "config options are immutable; build a new config instead "
+            "(dataclasses.replace(config, field={**config.field, key: value}))"
+        )
+
+    __setitem__ = __delitem__ = __ior__ = _refuse  # type: ignore[assignment]
+    clear = pop = popitem = setdefault = update = _refuse  # type: ignore[assignment]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (dict(self),))
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(tuple(sorted(self.items(), key=lambda item: str(item[0]))))
+
+
+class FrozenList(list):
+    """A list that refuses changes (the list-valued options inside a :class:`FrozenDict`)."""
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("config options are immutable; build a new config instead")
+
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _refuse  # type: ignore[assignment]
+    append = clear = extend = insert = pop = remove = reverse = sort = _refuse  # type: ignore[assignment]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (list(self),))
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(tuple(self))
+
+
+for _dumper in (yaml.SafeDumper, yaml.Dumper):
+    _dumper.add_representer(FrozenDict, yaml.representer.SafeRepresenter.represent_dict)
+    _dumper.add_representer(FrozenList, yaml.representer.SafeRepresenter.represent_list)
+
+
+def freeze(value: Any) -> Any:
+    """``value`` with every nested dict and list made immutable (:class:`FrozenDict`, :class:`FrozenList`).
+
+    Tuples become frozen lists too: JSON and YAML read them back as lists, which then compare equal.
+    """
+    if isinstance(value, Mapping):
+        return FrozenDict({key: freeze(item) for key, item in value.items()})
+    if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):  # named tuples keep their type
+        return FrozenList(freeze(item) for item in value)
+    return value
+
+
+def thaw(value: Any) -> Any:
+    """A plain, mutable deep copy of a frozen value (for libraries that may change what they are given)."""
+    if isinstance(value, Mapping):
+        return {key: thaw(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [thaw(item) for item in value]
+    return value
+
+
 def make_config(config_class: type, options: Mapping[str, Any], *, where: str) -> Any:
     """Build a frozen dataclass config, rejecting unknown options and wrong basic types.
 
+    Dict and list options are frozen too (:func:`freeze`), so no option changes after the build.
     ``where`` names the component in error messages (e.g. ``"fusion 'co-attention'"``).
     """
     if not dataclasses.is_dataclass(config_class):
@@ -110,7 +177,7 @@ def make_config(config_class: type, options: Mapping[str, Any], *, where: str) -
     options = {key: _coerce_float(value, hints.get(key)) for key, value in options.items()}
     for key, value in options.items():
         _check_type(value, hints.get(key), where=f"{where}: option {key!r}")
-    return config_class(**options)
+    return config_class(**{key: freeze(value) for key, value in options.items()})
 
 
 def _coerce_float(value: Any, hint: Any) -> Any:
@@ -145,7 +212,7 @@ def _check_type(value: Any, hint: Any, *, where: str) -> None:
 class Registry:
     """Named components of one kind, with presets, entry-point plugins and strict configs."""
 
-    def __init__(self, kind: str, *, entry_point_group: str) -> None:
+    def __init__(self, *, kind: str, entry_point_group: str) -> None:
         self.kind = kind
         self.entry_point_group = entry_point_group
         self._entries: dict[str, Entry] = {}
@@ -175,7 +242,7 @@ class Registry:
                     source=_source_of(cls.__module__),
                     description=description or _first_line(cls.__doc__),
                     defining_module=f"{cls.__module__}.{cls.__qualname__}",
-                    tiny=dict(tiny or {}),
+                    tiny=freeze(tiny or {}),
                 )
             )
             cls.config_class = config  # set only once the registration stood
@@ -199,7 +266,7 @@ class Registry:
                 source=_source_of(frame_module),
                 defining_module=f"{frame_module}:preset:{name}",
                 preset_of=base,
-                preset_options=dict(options),
+                preset_options=freeze(options),
             )
         )
 
@@ -313,9 +380,9 @@ def _import_path(path: str, *, kind: str) -> type[nn.Module]:
         raise RegistryError(f"{kind} {path!r}: cannot import it ({error}); expected 'package.module:ClassName'") from error
 
 
-TEXT_ENCODERS = Registry("text_encoder", entry_point_group="vlekit.text_encoders")
-VISION_ENCODERS = Registry("vision_encoder", entry_point_group="vlekit.vision_encoders")
-FUSIONS = Registry("fusion", entry_point_group="vlekit.fusions")
+TEXT_ENCODERS = Registry(kind="text_encoder", entry_point_group="vlekit.text_encoders")
+VISION_ENCODERS = Registry(kind="vision_encoder", entry_point_group="vlekit.vision_encoders")
+FUSIONS = Registry(kind="fusion", entry_point_group="vlekit.fusions")
 REGISTRIES: dict[str, Registry] = {r.kind: r for r in (TEXT_ENCODERS, VISION_ENCODERS, FUSIONS)}
 
 register_text_encoder = TEXT_ENCODERS.register

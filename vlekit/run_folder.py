@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,9 +110,12 @@ def make_preprocessor(tokenizer, model: VCRModel, *, images_root: str | Path | N
     if owned:
         raise TypeError(f"make_preprocessor: {', '.join(owned)} come from the model's vision encoder, not the run's config")
     vision = model.vision_encoder
-    # An encoder that does not state its pixel normalisation (a plugin written before image_mean /
-    # image_std) gets CLIP's, what the preprocessor always used.
-    mean, std = getattr(vision, "image_mean", CLIP_MEAN), getattr(vision, "image_std", CLIP_STD)
+    mean, std = getattr(vision, "image_mean", None), getattr(vision, "image_std", None)
+    if mean is None or std is None:  # a plugin written before the interface had them: say what it gets
+        warnings.warn(f"{type(vision).__name__} declares no image_mean / image_std: its pixels are normalised "
+                      f"with CLIP's; set both attributes to the statistics its weights were trained with",
+                      UserWarning, stacklevel=2)
+        mean, std = CLIP_MEAN, CLIP_STD
     config = PreprocessConfig(**options, image_size=vision.image_size, patch_size=vision.patch_size,
                               image_mean=tuple(mean), image_std=tuple(std))
     return VCRPreprocessor(tokenizer, config=config, images_root=images_root)

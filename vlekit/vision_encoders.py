@@ -1,4 +1,8 @@
-"""Vision encoders: the Hugging Face CLIP vision tower (VLE's), CLS + patch grid after post-LayerNorm."""
+"""Vision encoders: the Hugging Face CLIP vision tower (VLE's), CLS + patch grid after post-LayerNorm.
+
+Pixels are normalised with CLIP's mean and std (those of ``CLIPImageProcessor``), declared as the
+encoder's ``image_mean`` / ``image_std``.
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -10,11 +14,17 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel
+from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
-from data_prep.constants import CLIP_MEAN, CLIP_STD
 from vlekit.interfaces import VisionEncoder, check_shape
-from vlekit.registry import VISION_ENCODERS, register_vision_encoder
-from vlekit.text_encoders import hf_config_dict
+from vlekit.registry import VISION_ENCODERS, register_vision_encoder, thaw
+from vlekit.text_encoders import check_hf_config_keys, hf_config_dict, load_pretrained_strictly
+
+# CLIPImageProcessor's defaults: every OpenAI CLIP checkpoint (and VLE) was trained with them.
+CLIP_MEAN: tuple[float, float, float] = tuple(OPENAI_CLIP_MEAN)
+CLIP_STD: tuple[float, float, float] = tuple(OPENAI_CLIP_STD)
+# What a full CLIP checkpoint holds besides the vision tower.
+_CLIP_TEXT_SIDE = ("text_model.", "text_projection.", "visual_projection.", "logit_scale")
 
 
 def interpolate_position_embeddings(weight: torch.Tensor, new_grid: int) -> torch.Tensor:
@@ -40,7 +50,10 @@ class CLIPVisionEncoderConfig:
 
     model_name: hub name or local directory of a CLIP (or CLIP vision) checkpoint; with ``pretrained``
         its weights are loaded. ``None`` builds from ``hf_config`` alone (random init).
+    hf_config: ``CLIPVisionConfig`` fields, overriding the named model's (unknown keys are errors).
     image_size: run at another resolution; position embeddings are interpolated once at build time.
+    strict / ignore_unexpected: as for ``hf-text``; the presets ignore the text side of a full CLIP
+        checkpoint.
     """
 
     model_name: str | None = None
@@ -48,6 +61,8 @@ class CLIPVisionEncoderConfig:
     hf_config: dict[str, Any] = field(default_factory=dict)
     image_size: int | None = None
     gradient_checkpointing: bool = False
+    strict: bool = True
+    ignore_unexpected: tuple[str, ...] = ()
 
 
 _TINY_CLIP = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
@@ -61,12 +76,18 @@ class CLIPVisionEncoder(VisionEncoder):
     def __init__(self, *, config: CLIPVisionEncoderConfig) -> None:
         super().__init__()
         self.config = config
-        if config.model_name is not None and config.pretrained:
-            self.model = CLIPVisionModel.from_pretrained(config.model_name, **config.hf_config)
-        elif config.model_name is not None:
-            self.model = CLIPVisionModel(CLIPVisionConfig.from_pretrained(config.model_name, **config.hf_config))
+        check_hf_config_keys(CLIPVisionConfig, config.hf_config, model_class=CLIPVisionModel, where="clip-vision")
+        if config.model_name is not None:
+            vision_config = CLIPVisionConfig.from_pretrained(config.model_name, **thaw(config.hf_config))
         else:
-            self.model = CLIPVisionModel(CLIPVisionConfig(**config.hf_config))
+            vision_config = CLIPVisionConfig(**thaw(config.hf_config))
+        if config.model_name is not None and config.pretrained:
+            self.model = load_pretrained_strictly(
+                CLIPVisionModel, config.model_name, config=vision_config, strict=config.strict,
+                ignore_unexpected=config.ignore_unexpected, where="clip-vision",
+            )
+        else:
+            self.model = CLIPVisionModel(vision_config)
         if config.image_size is not None and config.image_size != self.model.config.image_size:
             self._resize_positions(config.image_size)
         if config.gradient_checkpointing:
@@ -111,11 +132,11 @@ class CLIPVisionEncoder(VisionEncoder):
 
 
 VISION_ENCODERS.register_preset(
-    "clip-vit-b16", base="clip-vision", model_name="openai/clip-vit-base-patch16",
+    "clip-vit-b16", base="clip-vision", model_name="openai/clip-vit-base-patch16", ignore_unexpected=_CLIP_TEXT_SIDE,
     description="CLIP ViT-B/16 (VLE-base's vision encoder; VLE runs it at 384 px)",
 )
 VISION_ENCODERS.register_preset(
-    "clip-vit-l14", base="clip-vision", model_name="openai/clip-vit-large-patch14",
+    "clip-vit-l14", base="clip-vision", model_name="openai/clip-vit-large-patch14", ignore_unexpected=_CLIP_TEXT_SIDE,
     description="CLIP ViT-L/14 (VLE-large's vision encoder; VLE runs it at 336 px)",
 )
 VISION_ENCODERS.register_preset(

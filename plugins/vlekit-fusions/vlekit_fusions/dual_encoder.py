@@ -16,14 +16,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
-from vlekit.fusions import check_transformer_config, init_bert_style
+from vlekit import FUSIONS, register_fusion
 from vlekit.interfaces import Fusion, FusionOutput, check_shape
-from vlekit.registry import FUSIONS, register_fusion
-from vlekit_fusions.post_norm_layers import (
-    TINY_STACK, FirstTokenPooler, PostNormStack, PostNormStackConfig,
-)
+from vlekit.layers import Pooler, check_transformer_config, init_bert_style, masked_mean
+from vlekit_fusions.post_norm_layers import TINY_STACK, PostNormStack, PostNormStackConfig
 
 
 @dataclass(frozen=True)
@@ -43,8 +40,8 @@ class DualEncoderFusion(Fusion):
         self.pooled_size = 3 * config.hidden_size
         self.text_stack = PostNormStack(config=config)
         self.image_stack = PostNormStack(config=config)
-        self.text_pooler = FirstTokenPooler(config.hidden_size)
-        self.image_pooler = nn.Linear(config.hidden_size, config.hidden_size)
+        self.text_pooler = Pooler(size=config.hidden_size)
+        self.image_pooler = Pooler(size=config.hidden_size)
         init_bert_style(self)
 
     def forward(
@@ -59,10 +56,8 @@ class DualEncoderFusion(Fusion):
         check_shape(image, (text.shape[0], "S", self.hidden_size), name="image", where="dual-encoder")
         text = self.text_stack(text, text_mask)
         image = self.image_stack(image, image_mask)
-        weights = image_mask.to(image.dtype)
-        image_mean = torch.einsum("ns,nsd->nd", weights, image) / weights.sum(dim=1, keepdim=True).clamp(min=1)
-        text_vector = self.text_pooler(text)
-        image_vector = torch.tanh(self.image_pooler(image_mean))
+        text_vector = self.text_pooler(text[:, 0])
+        image_vector = self.image_pooler(masked_mean(image, image_mask))
         pooled = torch.cat([text_vector, image_vector, text_vector * image_vector], dim=-1)
         return FusionOutput(text=text, image=image, pooled=pooled)
 

@@ -19,12 +19,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from vlekit.fusions import check_transformer_config, init_bert_style, key_padding_mask, run_layer
+from vlekit import FUSIONS, register_fusion
 from vlekit.interfaces import Fusion, FusionOutput, check_shape
-from vlekit.registry import FUSIONS, register_fusion
-from vlekit_fusions.post_norm_layers import (
-    TINY_STACK, FeedForward, FirstTokenPooler, PostNormLayer, PostNormStackConfig,
+from vlekit.layers import (
+    FeedForward, Pooler, PostNormLayer, check_transformer_config, init_bert_style, key_padding_mask, run_layer,
 )
+from vlekit_fusions.post_norm_layers import TINY_STACK, PostNormStackConfig
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ class GatedCrossAttentionFusion(Fusion):
             GatedCrossAttentionBlock(config=config)
             for _ in range(0, config.num_hidden_layers, config.cross_attention_every)
         )
-        self.pooler = FirstTokenPooler(config.hidden_size)
+        self.pooler = Pooler(size=config.hidden_size)
         init_bert_style(self)
         for block in self.cross_attention:  # nn.MultiheadAttention keeps its input projection as a bare Parameter
             nn.init.normal_(block.attention.in_proj_weight, std=0.02)
@@ -113,7 +113,7 @@ class GatedCrossAttentionFusion(Fusion):
                 block = self.cross_attention[index // self.config.cross_attention_every]
                 text = run_layer(block, text, image, image_padding, checkpointing=checkpointing)
             text = run_layer(layer, text, text_keys, checkpointing=checkpointing)
-        return FusionOutput(text=text, image=image, pooled=self.pooler(text))
+        return FusionOutput(text=text, image=image, pooled=self.pooler(text[:, 0]))
 
 
 FUSIONS.register_preset(

@@ -12,12 +12,10 @@ from dataclasses import dataclass
 
 import torch
 
-from vlekit.fusions import check_transformer_config, init_bert_style
+from vlekit import FUSIONS, register_fusion
 from vlekit.interfaces import Fusion, FusionOutput, check_shape
-from vlekit.registry import FUSIONS, register_fusion
-from vlekit_fusions.post_norm_layers import (
-    TINY_STACK, FirstTokenPooler, PostNormStack, PostNormStackConfig,
-)
+from vlekit.layers import Pooler, check_transformer_config, init_bert_style
+from vlekit_fusions.post_norm_layers import TINY_STACK, PostNormStack, PostNormStackConfig
 
 
 @dataclass(frozen=True)
@@ -37,7 +35,7 @@ class MergedAttentionFusion(Fusion):
         # One pooler on the text [CLS], as VisualBERT / ViLT: the pooled width is hidden_size, not 2H.
         self.pooled_size = config.hidden_size
         self.stack = PostNormStack(config=config)
-        self.pooler = FirstTokenPooler(config.hidden_size)
+        self.pooler = Pooler(size=config.hidden_size)
         init_bert_style(self)
 
     def forward(
@@ -53,7 +51,7 @@ class MergedAttentionFusion(Fusion):
         length = text.shape[1]
         joint = self.stack(torch.cat([text, image], dim=1), torch.cat([text_mask, image_mask.to(text_mask.dtype)], dim=1))
         text, image = joint[:, :length], joint[:, length:]
-        return FusionOutput(text=text, image=image, pooled=self.pooler(text))
+        return FusionOutput(text=text, image=image, pooled=self.pooler(text[:, 0]))
 
 
 FUSIONS.register_preset(

@@ -15,12 +15,10 @@ import torch
 from torch import nn
 from transformers.activations import ACT2FN
 
-from vlekit.fusions import check_transformer_config, init_bert_style
+from vlekit import FUSIONS, register_fusion
 from vlekit.interfaces import Fusion, FusionOutput, check_shape
-from vlekit.registry import FUSIONS, register_fusion
-from vlekit_fusions.post_norm_layers import (
-    TINY_STACK, FirstTokenPooler, PostNormStack, PostNormStackConfig,
-)
+from vlekit.layers import Pooler, check_transformer_config, init_bert_style
+from vlekit_fusions.post_norm_layers import TINY_STACK, PostNormStack, PostNormStackConfig
 
 
 @dataclass(frozen=True)
@@ -45,7 +43,7 @@ class ProjectionConcatFusion(Fusion):
             nn.Linear(config.hidden_size, config.hidden_size),
         )
         self.stack = PostNormStack(config=config)
-        self.pooler = FirstTokenPooler(config.hidden_size)
+        self.pooler = Pooler(size=config.hidden_size)
         init_bert_style(self)
 
     def forward(
@@ -64,7 +62,7 @@ class ProjectionConcatFusion(Fusion):
         mask = torch.cat([image_mask.to(text_mask.dtype), text_mask], dim=1)
         sequence = self.stack(sequence, mask)
         image, text = sequence[:, :prefix_length], sequence[:, prefix_length:]
-        return FusionOutput(text=text, image=image, pooled=self.pooler(text))
+        return FusionOutput(text=text, image=image, pooled=self.pooler(text[:, 0]))
 
 
 FUSIONS.register_preset(

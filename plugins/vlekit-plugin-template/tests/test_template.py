@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 import vlekit
 from vlekit.registry import FUSIONS
@@ -24,7 +25,7 @@ def test_pooled_is_the_masked_means_through_linear_tanh() -> None:
     assert out.pooled.shape == (3, fusion.pooled_size) == (3, 16)
     assert torch.equal(out.text, text) and torch.equal(out.image, image)
     means = torch.cat([text[:, :3].mean(1), image[:, :6].mean(1)], dim=-1)
-    torch.testing.assert_close(out.pooled, torch.tanh(fusion.pooler(means)))
+    torch.testing.assert_close(out.pooled, torch.tanh(F.linear(means, fusion.pooler.weight, fusion.pooler.bias)))
     # Padding changes nothing.
     text[:, 3:], image[:, 6:] = 100.0, -100.0
     torch.testing.assert_close(fusion(text, text_mask, image, image_mask).pooled, out.pooled)

@@ -8,10 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
+from vlekit import register_fusion
 from vlekit.interfaces import Fusion, FusionOutput, check_shape
-from vlekit.registry import register_fusion
+from vlekit.layers import Pooler, masked_mean
 
 
 # Step 1: the config, a frozen dataclass. Its fields are the options; unknown options are rejected.
@@ -20,12 +20,6 @@ class MeanPoolFusionConfig:
     """Options of ``template/mean-pool-fusion``."""
 
     hidden_size: int = 768
-
-
-def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of ``tokens [N, S, D]`` over the positions where ``mask [N, S]`` is 1 -> ``[N, D]``."""
-    weights = mask.to(tokens.dtype)
-    return torch.einsum("ns,nsd->nd", weights, tokens) / weights.sum(dim=1, keepdim=True).clamp(min=1)
 
 
 # Step 2: the module (keyword-only config, the fusion interface, hidden_size and pooled_size attributes).
@@ -39,7 +33,7 @@ class MeanPoolFusion(Fusion):
         self.config = config
         self.hidden_size = config.hidden_size
         self.pooled_size = 2 * config.hidden_size
-        self.pooler = nn.Linear(self.pooled_size, self.pooled_size)
+        self.pooler = Pooler(size=self.pooled_size)  # Linear + tanh
 
     def forward(
         self, text: torch.Tensor, text_mask: torch.Tensor, image: torch.Tensor, image_mask: torch.Tensor
@@ -48,4 +42,4 @@ class MeanPoolFusion(Fusion):
         check_shape(text, ("N", "L", self.hidden_size), name="text", where="template/mean-pool-fusion")
         check_shape(image, (text.shape[0], "S", self.hidden_size), name="image", where="template/mean-pool-fusion")
         means = torch.cat([masked_mean(text, text_mask), masked_mean(image, image_mask)], dim=-1)
-        return FusionOutput(text=text, image=image, pooled=torch.tanh(self.pooler(means)))
+        return FusionOutput(text=text, image=image, pooled=self.pooler(means))

@@ -22,8 +22,8 @@ import timm
 import torch
 from torch import nn
 
+from vlekit import VISION_ENCODERS, register_vision_encoder
 from vlekit.interfaces import VisionEncoder, check_shape
-from vlekit.registry import VISION_ENCODERS, register_vision_encoder
 
 CLS_TOKEN_CHOICES = ("model", "mean")
 # create_model arguments this encoder sets itself from its own options.
@@ -62,6 +62,14 @@ def _square(value: Any, *, what: str, model_name: str) -> int:
     return int(pair[0])
 
 
+def _channels(pretrained_cfg: dict[str, Any], key: str, model_name: str) -> tuple[float, float, float]:
+    """The per-channel pixel ``mean`` or ``std`` of timm's ``pretrained_cfg`` as a 3-tuple of floats."""
+    value = tuple(float(v) for v in (pretrained_cfg or {}).get(key, ()))
+    if len(value) != 3:
+        raise ValueError(f"timm-vit: {model_name}'s pretrained_cfg has no 3-channel {key!r} ({value}); vlekit needs RGB")
+    return value  # type: ignore[return-value]
+
+
 _TINY_TIMM_VIT = dict(model_name="vit_tiny_patch16_224", pretrained=False, image_size=64, model_kwargs=dict(depth=2))
 
 
@@ -89,6 +97,9 @@ class TimmViTEncoder(VisionEncoder):
         self.grid: int = _square(patch_embed.grid_size, what="patch grid", model_name=config.model_name)
         self.image_size: int = _square(patch_embed.img_size, what="image size", model_name=config.model_name)
         self.hidden_size: int = self.model.num_features
+        # The normalisation the weights were trained with (ImageNet, CLIP, SigLIP's 0.5, ...).
+        self.image_mean: tuple[float, float, float] = _channels(self.model.pretrained_cfg, "mean", config.model_name)
+        self.image_std: tuple[float, float, float] = _channels(self.model.pretrained_cfg, "std", config.model_name)
         self.num_prefix_tokens: int = self.model.num_prefix_tokens
         self.has_class_token: bool = getattr(self.model, "cls_token", None) is not None
         if config.cls_token == "model" and not self.has_class_token:
