@@ -69,7 +69,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 VLE_MODEL_TYPE = "vle"
-CONFIG_FILE = "config.json"
+VLE_CONFIG_FILE = "config.json"
 PREPROCESSOR_FILE = "preprocessor_config.json"
 BACKBONE_PREFIX = "vle."
 
@@ -182,11 +182,11 @@ class VLECheckpointError(ValueError):
 # -- reading ------------------------------------------------------------------------------------------
 
 _MODEL_FILES = (
-    CONFIG_FILE, "model.safetensors", "model.safetensors.index.json", "model-*.safetensors",
+    VLE_CONFIG_FILE, "model.safetensors", "model.safetensors.index.json", "model-*.safetensors",
     "pytorch_model.bin", "pytorch_model.bin.index.json", "pytorch_model-*.bin",
 )
 _PROCESSOR_FILES = (
-    CONFIG_FILE, PREPROCESSOR_FILE, "spm.model", "tokenizer.json", "tokenizer_config.json",
+    VLE_CONFIG_FILE, PREPROCESSOR_FILE, "spm.model", "tokenizer.json", "tokenizer_config.json",
     "special_tokens_map.json", "added_tokens.json",
 )
 
@@ -210,7 +210,7 @@ def _local_directory(name_or_path: str | Path, *, files: Sequence[str], revision
 
 def read_vle_config(directory: str | Path) -> dict[str, Any]:
     """``config.json`` of a VLE checkpoint folder; anything but ``model_type: "vle"`` is refused."""
-    path = Path(directory) / CONFIG_FILE
+    path = Path(directory) / VLE_CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: a VLE checkpoint folder has config.json with model_type 'vle'")
     config = json.loads(path.read_text())
@@ -521,7 +521,7 @@ def from_vle_pretrained(
     _check_task(task)
     directory = _local_directory(name_or_path, files=_MODEL_FILES, revision=revision)
     config = read_vle_config(directory)
-    where = str(directory / CONFIG_FILE)
+    where = str(directory / VLE_CONFIG_FILE)
     file_types = config.get("num_token_types", 2)
     if num_token_types is not None and num_token_types < file_types:
         raise ValueError(f"num_token_types={num_token_types} would drop rows of the checkpoint's {file_types}-row token-type table; use {file_types} or more")
@@ -656,7 +656,7 @@ def to_vle_pretrained(
     state = vle_state_dict(model, task=task)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    (directory / VLE_CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     if safe_serialization:
         save_file(state, str(directory / "model.safetensors"), metadata={"format": "pt"})
     else:
@@ -692,7 +692,7 @@ _ARCHITECTURE_TASKS = {"VLEForVCRQ2A": "q2a", "VLEForVCRQA2R": "qa2r"}
 
 def official_vcr_task(directory: str | Path) -> str | None:
     """``"q2a"`` / ``"qa2r"`` when ``directory`` is an official VLE VCR task checkpoint, else None."""
-    path = Path(directory) / CONFIG_FILE
+    path = Path(directory) / VLE_CONFIG_FILE
     if not path.is_file():
         return None
     try:
@@ -744,7 +744,7 @@ def vle_preprocessor(
         raise TypeError(f"vle_preprocessor: {', '.join(clashing)} come from the checkpoint and cannot be overridden")
     directory = _local_directory(name_or_path, files=_PROCESSOR_FILES, revision=revision)
     config = read_vle_config(directory)
-    vision = CLIPVisionConfig(**_hf_config_options(_vision_tower_config(config, where=str(directory / CONFIG_FILE))))
+    vision = CLIPVisionConfig(**_hf_config_options(_vision_tower_config(config, where=str(directory / VLE_CONFIG_FILE))))
     path = directory / PREPROCESSOR_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: VLE checkpoints ship it (CLIPImageProcessor settings)")
@@ -757,7 +757,7 @@ def vle_preprocessor(
         raise ValueError(f"{path}: neither crop_size nor size is set")
     if image_size != vision.image_size:
         raise ValueError(
-            f"{path} makes {image_size} px images, but the vision tower in {directory / CONFIG_FILE} takes "
+            f"{path} makes {image_size} px images, but the vision tower in {directory / VLE_CONFIG_FILE} takes "
             f"{vision.image_size} px; the patch grid of the data must be the model's"
         )
     official_task = official_vcr_task(directory)
