@@ -13,7 +13,7 @@ from transformers import AutoModel, CLIPVisionConfig, CLIPVisionModel, DebertaV2
 
 import vlekit
 from vlekit import VCRModel, build_model
-from vlekit.model import BATCH_KEYS, CONFIG_FILE, WEIGHTS_FILE, load_model_config
+from vlekit.model import BATCH_KEYS, MODEL_CONFIG_FILE, WEIGHTS_FILE, load_model_config
 from vlekit.text_encoders import _TINY_DEBERTA
 
 B, C, L, K = 2, 4, 12, 3
@@ -300,8 +300,8 @@ def test_wrong_image_size_is_a_clear_error(model: VCRModel) -> None:
 def test_save_pretrained_round_trip(model: VCRModel, tmp_path: Path) -> None:
     batch = make_batch(model, seed=10)
     model.save_pretrained(tmp_path / "ckpt")
-    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == sorted([CONFIG_FILE, WEIGHTS_FILE])
-    saved = json.loads((tmp_path / "ckpt" / CONFIG_FILE).read_text())
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == sorted([MODEL_CONFIG_FILE, WEIGHTS_FILE])
+    saved = json.loads((tmp_path / "ckpt" / MODEL_CONFIG_FILE).read_text())
     # The resolved component configs, not the preset names: the folder rebuilds the architecture.
     assert saved["text_encoder"]["name"] == "hf-text"
     assert saved["text_encoder"]["model_name"] is None and saved["text_encoder"]["pretrained"] is False
@@ -312,7 +312,7 @@ def test_save_pretrained_round_trip(model: VCRModel, tmp_path: Path) -> None:
     assert saved["fusion"]["hidden_size"] == 64 and saved["fusion"]["num_hidden_layers"] == 2
     assert saved["num_token_types"] == 83 and saved["use_object_tokens"] is True
     as_json = lambda config: json.loads(json.dumps(dataclasses.asdict(config)))  # noqa: E731
-    assert as_json(load_model_config(tmp_path / "ckpt")) == as_json(model.resolved_config)
+    assert as_json(load_model_config(tmp_path / "ckpt")) == as_json(model.resolved_config())
     loaded = VCRModel.from_pretrained(tmp_path / "ckpt").eval()
     assert torch.equal(logits_of(loaded, batch), logits_of(model, batch))
 
@@ -349,9 +349,9 @@ def test_from_pretrained_works_offline_from_the_folder_alone(tmp_path: Path, mon
 
 def test_from_pretrained_is_strict(model: VCRModel, tmp_path: Path) -> None:
     model.save_pretrained(tmp_path)
-    config = json.loads((tmp_path / CONFIG_FILE).read_text())
+    config = json.loads((tmp_path / MODEL_CONFIG_FILE).read_text())
     config["fusion"]["num_hidden_layers"] = 3
-    (tmp_path / CONFIG_FILE).write_text(json.dumps(config))
+    (tmp_path / MODEL_CONFIG_FILE).write_text(json.dumps(config))
     with pytest.raises(ValueError, match=r"weights do not match the config; missing \['fusion.text_layers.2"):
         VCRModel.from_pretrained(tmp_path)
     loose = VCRModel.from_pretrained(tmp_path, strict=False)
@@ -374,7 +374,7 @@ def test_components_by_module_class_path(tmp_path: Path) -> None:
                 "num_attention_heads": 2, "intermediate_size": 64},
     ).eval()
     assert type(model.fusion).__name__ == "CoAttentionFusion" and model.num_patches == 4
-    assert model.resolved_config.fusion["name"] == "vlekit.fusions:CoAttentionFusion"
+    assert model.resolved_config().fusion["name"] == "vlekit.fusions:CoAttentionFusion"
     batch = make_batch(model, seed=12)
     assert logits_of(model, batch).shape == (B, C)
     model.save_pretrained(tmp_path)

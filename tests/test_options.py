@@ -19,7 +19,7 @@ from transformers import CLIPConfig, CLIPModel, DebertaV2Config, DebertaV2ForMas
 
 import vlekit
 from vlekit import VCRModel, build_model
-from vlekit.model import CONFIG_FILE
+from vlekit.model import MODEL_CONFIG_FILE
 from vlekit.registry import FrozenDict, make_config, thaw
 from vlekit.text_encoders import _TINY_DEBERTA
 from vlekit.vision_encoders import _TINY_CLIP, CLIP_MEAN, CLIP_STD, CLIPVisionEncoder
@@ -56,9 +56,9 @@ def test_nested_configs_cannot_be_changed_in_place(model: VCRModel) -> None:
     with pytest.raises(TypeError, match="config options are immutable"):
         model.config.text_encoder["name"] = "x"
     with pytest.raises(TypeError, match="config options are immutable"):
-        model.resolved_config.text_encoder["hf_config"]["hidden_size"] = 1
+        model.resolved_config().text_encoder["hf_config"]["hidden_size"] = 1
     with pytest.raises(TypeError, match="config options are immutable"):
-        model.resolved_config.text_encoder["hf_config"]["pos_att_type"].append("p2p")
+        model.resolved_config().text_encoder["hf_config"]["pos_att_type"].append("p2p")
     with pytest.raises(TypeError, match="config options are immutable"):
         model.text_encoder.config.hf_config.update(hidden_size=1)
     assert model.config.text_encoder == {"name": "tiny-deberta"}
@@ -68,7 +68,7 @@ def test_nested_configs_cannot_be_changed_in_place(model: VCRModel) -> None:
 
 
 def test_frozen_configs_serialise_and_compare_as_plain_ones(model: VCRModel) -> None:
-    config = model.resolved_config
+    config = model.resolved_config()
     raw = dataclasses.asdict(config)
     assert isinstance(raw["text_encoder"]["hf_config"], FrozenDict)
     plain = thaw(raw)
@@ -167,9 +167,9 @@ def test_clip_presets_ignore_the_text_side_of_a_full_clip_checkpoint(tmp_path: P
 
 def test_a_loose_vcr_model_load_reports_both_lists(model: VCRModel, tmp_path: Path) -> None:
     model.save_pretrained(tmp_path)
-    config = json.loads((tmp_path / CONFIG_FILE).read_text())
+    config = json.loads((tmp_path / MODEL_CONFIG_FILE).read_text())
     config["fusion"]["num_hidden_layers"] = 1
-    (tmp_path / CONFIG_FILE).write_text(json.dumps(config))
+    (tmp_path / MODEL_CONFIG_FILE).write_text(json.dumps(config))
     with pytest.raises(ValueError, match=r"missing \[\], unexpected \['fusion.text_layers.1.*Pass strict=False"):
         VCRModel.from_pretrained(tmp_path)
     with pytest.warns(UserWarning, match=r"missing \[\], unexpected \['fusion.text_layers.1.cross_attention.dense.bias'"):

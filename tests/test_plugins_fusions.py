@@ -252,7 +252,7 @@ def test_every_variant_trains_inside_a_vcr_model(name: str, synthetic_vcr) -> No
     assert losses[0] == pytest.approx(math.log(4), abs=0.05), f"{name}: not at chance at the start: {losses[0]:.3f}"
     assert final < 0.6 * math.log(4), f"{name}: loss did not fall: {losses[0]:.3f} -> {final:.3f} (last ten)"
     # The resolved config names the base component and rebuilds the same architecture.
-    assert model.resolved_config.fusion["name"] == name
-    rebuilt = vlekit.VCRModel(config=model.resolved_config)
+    assert model.resolved_config().fusion["name"] == name
+    rebuilt = vlekit.VCRModel(config=model.resolved_config())
     rebuilt.load_state_dict(model.state_dict(), strict=True)
     assert dataclasses.asdict(rebuilt.fusion.config) == dataclasses.asdict(model.fusion.config)

@@ -393,7 +393,7 @@ def test_import_plugins_registers_components_from_config_modules(plugin_module: 
     out = fusion(torch.randn(2, 3, 8), torch.ones(2, 3), torch.randn(2, 5, 8), torch.ones(2, 5))
     assert out.pooled.shape == (2, 16)
     model = vlekit.build_model(fusion={"name": component_name, "hidden_size": 16})
-    assert model.resolved_config.fusion == {"name": component_name, "hidden_size": 16}
+    assert model.resolved_config().fusion == {"name": component_name, "hidden_size": 16}
 
 
 def test_import_plugins_error_names_the_module() -> None:

@@ -35,7 +35,7 @@ from vlekit.interfaces import check_shape
 from vlekit.layers import init_bert_style, masked_mean
 from vlekit.registry import FUSIONS, TEXT_ENCODERS, VISION_ENCODERS, Registry, freeze, make_config
 
-CONFIG_FILE = "vlekit_config.json"
+MODEL_CONFIG_FILE = "vlekit_config.json"
 WEIGHTS_FILE = "model.safetensors"
 TEXT_TYPE, IMAGE_TYPE = 0, 1
 
@@ -112,7 +112,7 @@ class VCRModel(nn.Module):
         self.vision_encoder, vision_spec = _build_component(VISION_ENCODERS, config.vision_encoder)
         self.fusion, fusion_spec = _build_component(FUSIONS, config.fusion)
         self.config = config
-        self.resolved_config = dataclasses.replace(
+        self._resolved_config = dataclasses.replace(
             config, text_encoder=text_spec, vision_encoder=vision_spec, fusion=fusion_spec
         )
         width = self.fusion.hidden_size
@@ -129,6 +129,12 @@ class VCRModel(nn.Module):
             values = getattr(self.vision_encoder, attribute, None)
             tensor = None if values is None else torch.tensor(values, dtype=torch.float32).view(3, 1, 1)
             self.register_buffer(buffer, tensor, persistent=False)
+
+    def resolved_config(self) -> VCRModelConfig:
+        """The config that rebuilds this model offline (no weight download): every component spec
+        with all its options filled in, as written to ``vlekit_config.json``; a method, as on the
+        components (``vlekit.interfaces``)."""
+        return self._resolved_config
 
     @property
     def num_patches(self) -> int:
@@ -269,8 +275,8 @@ class VCRModel(nn.Module):
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        config = {"format": "vlekit", "version": 1, **dataclasses.asdict(self.resolved_config)}
-        (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
+        config = {"format": "vlekit", "version": 1, **dataclasses.asdict(self.resolved_config())}
+        (directory / MODEL_CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
         weights = self.state_dict() if state_dict is None else state_dict
         state = {k: v.detach().contiguous().cpu() for k, v in weights.items()}
         save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
@@ -305,7 +311,7 @@ class VCRModel(nn.Module):
 
 def load_model_config(directory: str | Path) -> VCRModelConfig:
     """Read ``vlekit_config.json`` from a checkpoint or run folder."""
-    path = Path(directory) / CONFIG_FILE
+    path = Path(directory) / MODEL_CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: expected a folder written by VCRModel.save_pretrained")
     raw = json.loads(path.read_text())
