@@ -8,8 +8,9 @@ import math
 import numpy as np
 import pytest
 
-from vlekit.ablation import (BOOTSTRAP_TEST, RunResult, compare, format_results_table, paired_bootstrap, report,
-                             summarize, write_summary)
+from vlekit.ablation_stats import (BOOTSTRAP_TEST, RunResult, compare, paired_bootstrap, report, summarize,
+                                   write_summary)
+from vlekit.tables import format_results_table
 
 
 def run_result(variant: str, seed: int, correct: list[bool] | np.ndarray, *, task: str = "q2a") -> RunResult:

@@ -9,14 +9,14 @@ import pytest
 import yaml
 
 from data_prep.synthetic import SyntheticVCR, generate_synthetic_vcr
-from vlekit import ablation
+from vlekit import ablation, ablation_stats
 from vlekit.cli import main as cli_main
 from vlekit.demo import DemoConfig, demo_experiment
 
 
 def test_the_demo_grid_file_runs_the_demos_experiment_on_the_grid_device():
     grid = ablation.demo_grid(out="/tmp/grid")
-    assert [v.name for v in grid.variants][:2] == [ablation.REFERENCE, ablation.NO_OBJECT_TOKENS]
+    assert [v.name for v in grid.variants][:2] == [ablation_stats.REFERENCE, ablation_stats.NO_OBJECT_TOKENS]
     assert grid.seeds == (0, 1, 2) and grid.synthetic_data == ablation.SyntheticData(num_train=2000, num_val=300, seed=0)
     root = Path("/tmp/grid/data")
     data = SyntheticVCR(root, root / "vcr1images", root / "train.jsonl", root / "val.jsonl", root / "test.jsonl")
@@ -62,17 +62,17 @@ def test_vlekit_ablate_runs_a_grid_file_over_any_experiment_and_resumes(experime
     assert cli_main(args) == 0
     printed = capsys.readouterr().out
     assert "2 variants x 1 seeds" in printed and "| base | 1 |" in printed and "| letterbox | 1 |" in printed
-    results = {r.variant: r for r in ablation.load_results(out)}
+    results = {r.variant: r for r in ablation_stats.load_results(out)}
     assert set(results) == {"base", "letterbox"} and all(r.steps == 1 and len(r.correct) == 8 for r in results.values())
-    saved = json.loads((out / "runs" / "letterbox" / "seed-0" / ablation.RESULT_FILE).read_text())["config"]
+    saved = json.loads((out / "runs" / "letterbox" / "seed-0" / ablation_stats.RESULT_FILE).read_text())["config"]
     assert saved["data"]["geometry"] == "letterbox" and saved["train"]["max_steps"] == 1
     assert saved["data"]["tokenizer"] == str(out / "tokenizer")  # tokenizer=auto: built once, shared
     assert saved["synthetic_data"] is None and not (out / "data").exists()  # the experiment's own data
 
-    stamp = (out / "runs" / "base" / "seed-0" / ablation.RESULT_FILE).stat().st_mtime_ns
+    stamp = (out / "runs" / "base" / "seed-0" / ablation_stats.RESULT_FILE).stat().st_mtime_ns
     assert cli_main(args) == 0  # finished runs are loaded, not trained again
-    assert (out / "runs" / "base" / "seed-0" / ablation.RESULT_FILE).stat().st_mtime_ns == stamp
-    assert {r.variant: r for r in ablation.load_results(out)} == results
+    assert (out / "runs" / "base" / "seed-0" / ablation_stats.RESULT_FILE).stat().st_mtime_ns == stamp
+    assert {r.variant: r for r in ablation_stats.load_results(out)} == results
 
 
 def test_grid_files_and_flags_that_do_not_fit_say_why(experiment, tmp_path, capsys):

@@ -106,6 +106,7 @@ def test_the_import_graph_of_vlekit_and_data_prep_has_no_cycle():
 @pytest.mark.parametrize(("lower", "upper"), [
     ("vlekit.evaluate", "vlekit.train"),   # train evaluates while it trains, never the other way
     ("vlekit.ablation", "vlekit.demo"),    # a grid runs any experiment, not only the demo's
+    ("vlekit.ablation_stats", "vlekit.ablation"),  # the statistics read results, whoever ran the grid
     ("vlekit.plots", "vlekit.train"),      # plots read run folders; training knows nothing of them
     ("vlekit.run_folder", "vlekit.train"),
 ])

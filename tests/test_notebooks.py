@@ -94,9 +94,9 @@ def test_a_notebook_runs_as_a_plain_script_without_jupyter(tmp_path):
     assert result.returncode == 1 and "boom 7" in result.stderr and "cell 1 failed" in result.stderr
 
 
-# -- the library functions the notebooks added (vlekit.ablation, vlekit.plots) --------------------
+# -- the library functions the notebooks added (vlekit.ablation, vlekit.ablation_stats, vlekit.plots) --------------------
 def run_result(variant: str, seed: int, correct: list[bool]):
-    from vlekit.ablation import RunResult
+    from vlekit.ablation_stats import RunResult
 
     return RunResult(variant=variant, seed=seed, task="q2a", accuracy=sum(correct) / len(correct),
                      annot_ids=tuple(f"val-{i}" for i in range(len(correct))), correct=tuple(correct),
@@ -120,8 +120,9 @@ def test_variant_changes_are_applied_and_checked():
 def test_summary_and_paired_tests():
     import math
 
-    from vlekit.ablation import (best_variant, breakdown_by, compare, format_results_table, mcnemar_exact,
-                                 paired_bootstrap, summarize, welch_t_test)
+    from vlekit.ablation_stats import (best_variant, breakdown_by, compare, mcnemar_exact, paired_bootstrap,
+                                       summarize, welch_t_test)
+    from vlekit.tables import format_results_table
 
     ref = [run_result("vle", s, [True] * 8 + [False] * 2) for s in (0, 1)]
     base = [run_result("none", s, [True] * 2 + [False] * 8) for s in (0, 1)]
@@ -149,12 +150,12 @@ def test_summary_and_paired_tests():
 def test_a_grid_reuses_finished_runs_unless_what_they_depend_on_changed(tmp_path):
     import dataclasses
 
-    from vlekit import ablation
+    from vlekit import ablation, ablation_stats
 
     grid = ablation.smoke_grid(tmp_path)
-    variant = [v for v in ablation.smoke_variants() if v.name == ablation.REFERENCE]
+    variant = [v for v in ablation.smoke_variants() if v.name == ablation_stats.REFERENCE]
     first = ablation.run_grid(grid, variant, log=lambda _: None)[0]
-    result_file = Path(first.folder) / ablation.RESULT_FILE
+    result_file = Path(first.folder) / ablation_stats.RESULT_FILE
     stamp = result_file.stat().st_mtime_ns
     again = ablation.run_grid(dataclasses.replace(grid, num_workers=1), variant, log=lambda _: None)[0]
     assert result_file.stat().st_mtime_ns == stamp and again == first  # workers: loaded, not re-run
@@ -163,7 +164,7 @@ def test_a_grid_reuses_finished_runs_unless_what_they_depend_on_changed(tmp_path
 
 
 def test_chance_loss_note_tells_an_unlearnable_variant_from_a_short_run():
-    from vlekit.ablation import chance_loss_note
+    from vlekit.ablation_stats import chance_loss_note
 
     learnt, stuck = {"train_loss": 0.6}, {"train_loss": 1.385}
     assert chance_loss_note([{"variant": "vle", **learnt}, {"variant": "b", **learnt}]) is None

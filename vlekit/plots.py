@@ -176,7 +176,7 @@ def plot_patch_grid(image, *, grid: int, patches: Sequence[Sequence[int]], label
 
 def plot_outcome_breakdown(breakdown: Mapping[str, Mapping], png: str | Path | None = None, *,
                            title: str = "outcomes by question type") -> Figure:
-    """Stacked bars, one per group, of the joint outcomes in ``vlekit.ablation.breakdown_by`` output
+    """Stacked bars, one per group, of the joint outcomes in ``vlekit.ablation_stats.breakdown_by`` output
     (e.g. Q->A right / QA->R wrong), as shares of the group's questions."""
     groups = list(breakdown)
     outcomes = list(dict.fromkeys(o for entry in breakdown.values() for o in entry.get("joint", {})))

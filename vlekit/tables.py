@@ -74,7 +74,7 @@ def format_metrics_table(metrics: Mapping[str, Mapping[str, Any]], *, markdown: 
 
 
 def format_results_table(rows: Sequence[Mapping[str, Any]], *, markdown: bool = False, metric: str | None = None) -> str:
-    """Ablation summary rows (``vlekit.ablation.summarize``: variant, task, seeds, mean, std, min, max,
+    """Ablation summary rows (``vlekit.ablation_stats.summarize``: variant, task, seeds, mean, std, min, max,
     delta, train_loss) as a table, accuracies in percent; a single seed has no std (``n/a``). ``metric``
     (the accuracy column's name) defaults to the rows' task (``Q->A``, ``QA->R``)."""
     if metric is None:
