@@ -10,13 +10,12 @@
 Modules, one job each: ``vcr`` (reading and validating records), ``preprocess`` (PreprocessConfig and
 VCRPreprocessor), ``text`` (default-mode names, rendering, truncation, numbering), ``vle_text`` (the
 official pipeline's text rules), ``geometry`` (boxes on the patch grid), ``pixels`` (decoding and
-normalisation), ``collate`` (batches), ``dataset`` (the torch Dataset), ``prep`` (the ``vlekit prep``
-cache), ``compare`` (the two modes side by side), ``bench`` (text throughput), ``synthetic`` (a
+normalisation), ``collate`` (batches), ``dataset`` (the torch Dataset), ``check`` (``vlekit check-data``:
+validation and statistics), ``compare`` (the two modes side by side), ``bench`` (text throughput), ``synthetic`` (a
 synthetic VCR-format dataset where grounding matters), ``tokenizer`` (offline word-level and
 SentencePiece tokenizers built from a dataset's text).
 """
 from data_prep.dataset import VCRDataset
-from data_prep.prep import PreparedExamples, load_prepared
 from data_prep.bench import benchmark_text_prep
 from data_prep.geometry import ImageTransform, box_cells, cell_patches, image_transform
 from data_prep.preprocess import PreprocessConfig, VCRPreprocessor
@@ -34,8 +33,8 @@ from data_prep.vcr import (
 )
 
 __all__ = [
-    "ImageGeometry", "ImageTransform", "PreparedExamples", "PreprocessConfig", "SyntheticVCR", "VCRDataset",
+    "ImageGeometry", "ImageTransform", "PreprocessConfig", "SyntheticVCR", "VCRDataset",
     "VCRFormatError", "VCRPreprocessor", "VCRRecords", "benchmark_text_prep", "box_cells", "build_sentencepiece_tokenizer", "build_word_tokenizer",
     "cell_patches", "generate_synthetic_vcr", "geometry_from_metadata", "image_transform", "load_geometry",
-    "load_metadata", "load_prepared", "read_vcr", "render_tokens",
+    "load_metadata", "read_vcr", "render_tokens",
 ]

@@ -6,28 +6,22 @@ so that workers decode and transform the images and the main process only receiv
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
 from typing import Any, Callable
 
 import torch
 from torch.utils.data import Dataset
 
 from data_prep.constants import NUM_CHOICES
-from data_prep.preprocess import PreprocessConfig, VCRPreprocessor
+from data_prep.preprocess import VCRPreprocessor
 
 __all__ = ["VCRDataset"]
-
-# Options that only change the pixels or the batching: cached text examples need not agree on them.
-_NOT_TEXT_OPTIONS = frozenset({"image_mean", "image_std", "pad_to_multiple_of", "jpeg_draft"})
-
 
 class VCRDataset(Dataset):
     """VCR examples for one task: ``dataset[i]`` is an example dict with ``pixel_values``.
 
-    Built from records (text prepared on access) or, with :meth:`from_prepared`, from cached text
-    examples (only pixels on access). Under ``compat="vle"`` the text of every item is prepared
-    here, once, in item order: VLE's name counter then advances as in one official pass over the
-    records, whatever the DataLoader's order and workers.
+    The text of an item is prepared on access, from its record; under ``compat="vle"`` the text of
+    every item is prepared here instead, once, in item order: VLE's name counter then advances as in
+    one official pass over the records, whatever the DataLoader's order and workers.
 
     Args:
         records: VCR records (e.g. from ``read_vcr``).
@@ -71,26 +65,6 @@ class VCRDataset(Dataset):
                 self._prepared = preprocessor.prepare_many(items, answer_indices=answers)
             else:
                 self._prepared = preprocessor.prepare_many(records)
-
-    @classmethod
-    def from_prepared(cls, examples: Sequence[Mapping[str, Any]], preprocessor: VCRPreprocessor) -> VCRDataset:
-        """A dataset over cached text examples (``load_prepared`` or ``prepare_many`` output).
-
-        When ``examples`` carries the options it was prepared with (``examples.config``, as
-        ``load_prepared`` gives), they must match the preprocessor's.
-        """
-        prepared_config = getattr(examples, "config", None)
-        if prepared_config is not None:
-            ours = asdict(preprocessor.config)
-            differing = [f"{k}: prepared {prepared_config.get(k)!r}, preprocessor {ours[k]!r}"
-                         for k in PreprocessConfig.option_names()
-                         if k not in _NOT_TEXT_OPTIONS and prepared_config.get(k) != ours[k]]
-            if differing:
-                raise ValueError("the prepared examples do not match the preprocessor (" + "; ".join(differing)
-                                 + "): create the preprocessor with the prepared options or prepare again")
-        dataset = cls([], preprocessor)
-        dataset._prepared = examples
-        return dataset
 
     def __len__(self) -> int:
         if self._prepared is not None:

@@ -548,15 +548,6 @@ def test_call_and_dataset_on_val1(val1: tuple[dict[str, Any], Path], tokenizers:
         VCRDataset([record], VCRPreprocessor.build(tokenizers["bert-fast"], images_root=root), expand_answers=True)
 
 
-def test_dataset_from_prepared_examples(val1: tuple[dict[str, Any], Path], tokenizers: dict[str, Any]) -> None:
-    record, root = val1
-    preprocessor = VCRPreprocessor.build(tokenizers["bert-fast"], images_root=root)
-    dataset = VCRDataset.from_prepared(preprocessor.prepare_many([record]), preprocessor)
-    item = dataset[0]
-    assert torch.equal(item["pixel_values"], preprocessor.load_pixels(record))
-    assert item["input_ids"] == preprocessor.prepare_text(record)["input_ids"]
-
-
 def test_benchmark_reports_throughput(records: list[dict[str, Any]], tokenizers: dict[str, Any]) -> None:
     result = benchmark_text_prep(records[:10], tokenizers["bert-fast"], task="qa2r", repeat=1)
     assert result["questions"] == 10 and result["questions_per_s"] > 0 and result["fast"] is True

@@ -17,7 +17,7 @@ from vlekit.tables import text_table
 COMMANDS: dict[str, tuple[str, str]] = {
     "list": ("vlekit.cli", "list registered components (core and plugins) with their source"),
     "synthetic": ("data_prep.synthetic", "write a synthetic VCR-format dataset (offline; grounding needed)"),
-    "prep": ("data_prep.prep", "VCR annotations -> cached multiple-choice examples"),
+    "check-data": ("data_prep.check", "validate VCR annotations; statistics of the examples they give"),
     "train": ("vlekit.train", "fine-tune a VCR model (Q->A or QA->R)"),
     "eval": ("vlekit.evaluate", "evaluate checkpoints: Q->A, QA->R, Q->AR, leaderboard CSV"),
     "predict": ("vlekit.predict", "score typed answers to a typed question about an image with a trained run"),
