@@ -7,13 +7,15 @@
 
 ``compat="vle"`` reproduces the official VLE VCR pipeline exactly (for official checkpoints).
 
-Modules, one job each: ``vcr`` (reading and validating records), ``preprocess`` (PreprocessConfig and
-VCRPreprocessor), ``text`` (default-mode names, rendering, truncation, numbering), ``vle_text`` (the
-official pipeline's text rules), ``geometry`` (boxes on the patch grid), ``pixels`` (decoding and
-normalisation), ``collate`` (batches), ``dataset`` (the torch Dataset), ``check`` (``vlekit check-data``:
-validation and statistics), ``compare`` (the two modes side by side), ``bench`` (text throughput), ``synthetic`` (a
-synthetic VCR-format dataset where grounding matters), ``tokenizer`` (offline word-level and
-SentencePiece tokenizers built from a dataset's text).
+Modules, one job each, each importing only those before it (and nothing of ``vlekit``):
+``constants``; ``vcr`` (reading and validating records); ``geometry`` (boxes on the patch grid);
+``pixels`` (decoding and normalisation); ``text`` (default-mode names, rendering, truncation,
+numbering); ``vle_text`` (the official pipeline's text rules); ``collate`` (batches); ``preprocess``
+(PreprocessConfig, the one preprocessing config, and VCRPreprocessor); ``dataset`` (the torch
+Dataset); ``check`` (``vlekit check-data``: validation and statistics); ``compare`` (the two modes
+side by side); ``bench`` (text and pixel throughput); ``synthetic`` (a synthetic VCR-format dataset
+where grounding matters); ``tokenizer`` (offline word-level and SentencePiece tokenizers built from a
+dataset's text); ``vqa`` (VQA v2 data for VLE's other tasks).
 """
 from data_prep.dataset import VCRDataset
 from data_prep.bench import benchmark_text_prep

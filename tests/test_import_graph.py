@@ -8,6 +8,7 @@ Importing ``pkg.mod`` is an edge to ``pkg.mod`` alone; the package's ``__init__`
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -129,3 +130,26 @@ def test_tables_import_nothing_of_the_project_and_no_module_picks_a_plotting_bac
             if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "use"
                     and isinstance(node.func.value, ast.Name) and node.func.value.id == "matplotlib"):
                 pytest.fail(f"{name} calls matplotlib.use (line {node.lineno}): the caller chooses the backend")
+
+
+def readme_layout() -> list[str]:
+    """The modules the README's Layout block lists, in its order (``pkg.mod``)."""
+    block = (REPO_ROOT / "README.md").read_text().split("## Layout", 1)[1].split("```")[1]
+    listed, package = [], None
+    for line in block.splitlines():
+        if re.match(r"^\w+/\s", line):
+            package = line.split("/")[0]
+        elif package in PACKAGES and (match := re.match(r"^  (\w+)\.py\b", line)):
+            listed.append(f"{package}.{match.group(1)}")
+    return listed
+
+
+def test_the_readme_layout_lists_every_module_in_dependency_order():
+    graph, listed = import_graph(), readme_layout()
+    modules = set(graph) - set(PACKAGES)
+    assert sorted(modules - set(listed)) == [] and sorted(set(listed) - modules) == [], "README Layout is out of date"
+    position = {name: i for i, name in enumerate(listed)}
+    upward = [f"{name} -> {target}" for name in listed for target in sorted(graph[name])
+              if target in position and position[target] > position[name]]
+    assert upward == [], "README Layout lists a module above one it imports: " + ", ".join(upward)
+    assert not [t for name in listed if name.startswith("data_prep") for t in graph[name] if t.startswith("vlekit")]
