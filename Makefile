@@ -58,7 +58,7 @@ bench: setup
 # JupyterLab from the locked environment, with its interpreter registered as the kernel `vlekit`.
 lab: setup
 	$(PYTHON) -m ipykernel install --sys-prefix --name vlekit --display-name "Python (vlekit)"
-	$(PYTHON) -m jupyterlab notebooks/
+	$(PYTHON) -m jupyterlab $(if $(filter 0,$(shell id -u)),--allow-root) notebooks/
 
 clean:
 	rm -rf .venv $(LATEST_ENV) runs .pytest_cache
