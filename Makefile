@@ -39,7 +39,7 @@ test: setup
 	$(PYTHON) -m pytest $(NO_TESTS_FAIL)
 
 # The newest releases pyproject.toml's ranges allow (torch stays at TORCH_SPEC), without the lock, in a
-# fresh $(LATEST_ENV). A maintainer runs `make lock` (which runs this first) to move the lock forward.
+# fresh $(LATEST_ENV). A maintainer runs `make lock` to move the lock forward to them.
 latest-env:
 	rm -rf $(LATEST_ENV)
 	python3 -m venv --upgrade-deps $(LATEST_ENV)
@@ -48,9 +48,11 @@ latest-env:
 test-latest: latest-env
 	$(LATEST_ENV)/bin/python -m pytest $(NO_TESTS_FAIL)
 
-# Freeze the environment test-latest has just passed in (editable project packages left out).
-lock: test-latest
+# Freeze the newest releases into the lock (editable project packages left out), then run the suite in that
+# very environment: the lock's own tests check the new lock, so they must run after it is written.
+lock: latest-env
 	$(LATEST_ENV)/bin/python scripts/lock.py freeze --extras $(EXTRAS) --output $(LOCK)
+	$(LATEST_ENV)/bin/python -m pytest || { status=$$?; echo "the suite failed (exit $$status) on the new $(LOCK): do not commit it (git checkout $(LOCK))" >&2; exit $$status; }
 
 bench: setup
 	$(PYTHON) -m vlekit.cli bench --preset tiny --device cpu

@@ -109,8 +109,10 @@ def test_make_setup_installs_with_the_lock_and_reinstalls_when_it_changes():
     assert any("$(TORCH_SPEC)" in line and "$(PROJECT)" in line for line in installs)
     latest = [line for line in recipe("latest-env") if "pip install" in line]
     assert latest and not any("-c" in line.split() for line in latest), "make test-latest must not use the lock"
-    assert recipe("lock")[-1].startswith("$(LATEST_ENV)/bin/python scripts/lock.py freeze")
-    assert re.search(r"^lock: test-latest$", MAKEFILE, re.MULTILINE), "make lock freezes only what test-latest passed"
+    assert re.search(r"^lock: latest-env$", MAKEFILE, re.MULTILINE), "make lock freezes a fresh environment"
+    freeze, suite = recipe("lock")
+    assert freeze.startswith("$(LATEST_ENV)/bin/python scripts/lock.py freeze --extras $(EXTRAS)")
+    assert suite.startswith("$(LATEST_ENV)/bin/python -m pytest ||"), "make lock runs the suite on what it froze"
 
 
 def test_environment_yml_installs_with_the_lock():
