@@ -3,8 +3,8 @@
     python scripts/lock.py freeze --extras dev,notebooks,tracking --output requirements.lock
     python scripts/lock.py check [--lock requirements.lock]
 
-``freeze`` runs in the environment to freeze (``make lock`` calls it with ``.venv-latest/bin/python``
-after ``make test-latest`` passed there) and writes every installed distribution as ``name==version``,
+``freeze`` runs in the environment to freeze (``make lock`` calls it with ``.venv-latest/bin/python``,
+a fresh environment of the newest releases, then runs the test-suite there on the new lock) and writes every installed distribution as ``name==version``,
 pip and setuptools included and the editable project packages (vlekit and plugins/*) left out, under
 a header that records the extras, the interpreter and the platform it was made on. The lock is a pip
 constraints file (``pip install -c requirements.lock ...``): it fixes the version of every package an
@@ -83,7 +83,7 @@ def freeze(extras: list[str], output: Path) -> None:
     today = datetime.date.today().isoformat()
     header = [
         "# The exact versions the vlekit test-suite was run with: a pip constraints file (pip install -c).",
-        "# Written by `make lock` (make test-latest, then scripts/lock.py freeze in that environment); do not edit.",
+        "# Written by `make lock` (scripts/lock.py freeze in a fresh environment, then the suite in it); do not edit.",
         f"# Made on {today} with CPython {platform.python_version()} on {platform.system()} {platform.machine()}.",
         f"{EXTRAS_HEADER}{','.join(extras)}",
     ]
