@@ -176,3 +176,10 @@ def test_a_local_path_is_never_taken_for_a_repo_id(tmp_path):
     assert resolve_folder(tmp_path) == tmp_path
     with pytest.raises(FileNotFoundError, match="no vlekit_config.json"):
         vlekit.load_run(tmp_path / "missing" / "run")
+
+
+def test_pushing_in_offline_mode_says_so_instead_of_trying(demo_run, offline, capsys):
+    """The real ``HfApi``: offline mode stops it before any request, and the command says why."""
+    _, run = demo_run
+    assert main(["push", "--run", str(run), "--repo", REPO]) == 2
+    assert f"cannot push to Hub repo {REPO}: huggingface_hub is in offline mode" in capsys.readouterr().err

@@ -6,7 +6,7 @@
 
 Downloads go through ``huggingface_hub.snapshot_download`` (its cache, ``revision``, ``token``,
 ``HF_HUB_OFFLINE``), uploads through ``HfApi.create_repo`` / ``HfApi.create_commit`` (one commit: the
-files and the card). The Hub's errors become ``FileNotFoundError`` / ``PermissionError`` that name the
+files and the card). The Hub's errors become ``FileNotFoundError`` / ``PermissionError`` / ``ConnectionError`` naming the
 repo and what to do. This module sits below the model: it knows files and dicts, not vlekit's classes.
 """
 from __future__ import annotations
@@ -82,7 +82,7 @@ def push_folder(folder: str | Path, repo_id: str, *, card: str, api: Any = None,
     private: a new repo's visibility (an existing repo keeps its own).
     """
     from huggingface_hub import CommitOperationAdd, HfApi
-    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError
 
     folder = Path(folder)
     files = sorted(path for path in folder.rglob("*") if path.is_file() and path.name != MODEL_CARD_FILE)
@@ -94,6 +94,9 @@ def push_folder(folder: str | Path, repo_id: str, *, card: str, api: Any = None,
         api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True, token=token)
         commit = api.create_commit(repo_id, operations, commit_message=commit_message, revision=revision,
                                    repo_type="model", token=token)
+    except OfflineModeIsEnabled as error:
+        raise ConnectionError(f"cannot push to Hub repo {repo_id}: huggingface_hub is in offline mode "
+                              f"(HF_HUB_OFFLINE=1); unset it to upload") from error
     except RepositoryNotFoundError as error:
         raise PermissionError(
             f"cannot write to Hub repo {repo_id}: it does not exist under an account you can write to, or your "

@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         url = push_run(args.run_dir, args.repo, metrics_file=args.metrics, token=args.token, private=args.private,
                        revision=args.revision)
-    except (FileNotFoundError, PermissionError, ValueError) as error:
+    except (FileNotFoundError, PermissionError, ConnectionError, ValueError) as error:
         print(f"vlekit push: {error}", file=sys.stderr)
         return 2
     print(f"pushed {args.run_dir} to {args.repo}: {url}\nload it with vlekit.load_run({args.repo!r})")
