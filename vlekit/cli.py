@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("vlekit.demo", "the built-in demo: synthetic VCR data, tiny model, train, evaluate"),
     "ablate": ("vlekit.ablation", "an ablation grid over any experiment (variants x seeds) with a report"),
     "bench": ("vlekit.bench", "measure training / inference speed, memory, FLOPs and MFU"),
+    "push": ("vlekit.push", "upload a trained run to the Hugging Face Hub with a model card"),
 }
 
 

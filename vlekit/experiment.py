@@ -71,6 +71,8 @@ class TrainConfig:
     init_from_vle: start from an official VLE checkpoint (hub name or folder, e.g. ``hfl/vle-base``);
         its architecture replaces the ``model`` section's components (``num_token_types`` and the
         object options still apply), and ``data.tokenizer`` should name the same checkpoint.
+    report_to: experiment trackers that also get the ``metrics.jsonl`` scalars and the resolved config
+        (Accelerate's: ``tensorboard``, ``wandb``, ``mlflow``, ...), logging under ``OUT/tracking/``.
     """
 
     out: str = "runs/vcr"
@@ -95,6 +97,7 @@ class TrainConfig:
     max_steps: int = 0
     cpu: bool = False
     init_from_vle: str | None = None
+    report_to: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import tempfile
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from einops import rearrange, repeat
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from vlekit.hub import model_card, push_folder, resolve_folder
 from vlekit.interfaces import check_shape
 from vlekit.layers import init_bert_style, masked_mean
 from vlekit.registry import FUSIONS, TEXT_ENCODERS, VISION_ENCODERS, Registry, freeze, make_config
@@ -284,15 +286,17 @@ class VCRModel(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, directory: str | Path, *, strict: bool = True, output_loading_info: bool = False
+        cls, directory: str | Path, *, strict: bool = True, output_loading_info: bool = False,
+        revision: str | None = None, cache_dir: str | Path | None = None, token: str | bool | None = None,
     ) -> VCRModel | tuple[VCRModel, dict[str, list[str]]]:
-        """Rebuild from ``save_pretrained`` output (offline: configs hold the full architectures).
+        """Rebuild from ``save_pretrained`` output (offline: configs hold the full architectures): a local
+        folder, or a Hub repo id with ``revision`` / ``cache_dir`` / ``token`` (:func:`vlekit.hub.resolve_folder`).
 
         strict: weights missing from the file, or in the file but not in the model, are an error.
             ``False`` loads what matches and warns with both lists.
         output_loading_info: also return ``{"missing_keys": [...], "unexpected_keys": [...]}``.
         """
-        directory = Path(directory)
+        directory = resolve_folder(directory, revision=revision, cache_dir=cache_dir, token=token)
         config = load_model_config(directory)
         model = cls(config=config)
         state = load_file(str(directory / WEIGHTS_FILE))
@@ -307,6 +311,14 @@ class VCRModel(nn.Module):
                 raise ValueError(f"{message}. Pass strict=False to load what matches.")
             warnings.warn(message, stacklevel=2)
         return (model, info) if output_loading_info else model
+
+    def push_to_hub(self, repo_id: str, **options: Any) -> str:
+        """Upload config + weights with a model card to the Hub repo ``repo_id``; ``options``: those of
+        :func:`vlekit.hub.push_folder` (token, private, revision, api). A trained run with its tokenizer
+        and preprocessing (what ``vlekit.load_run`` needs): ``vlekit push --run``. Returns the commit URL."""
+        with tempfile.TemporaryDirectory() as folder:
+            card = model_card(repo_id=repo_id, model_config=dataclasses.asdict(self.resolved_config()))
+            return push_folder(self.save_pretrained(folder), repo_id, card=card, **options)
 
 
 def load_model_config(directory: str | Path) -> VCRModelConfig:

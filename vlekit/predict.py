@@ -27,6 +27,7 @@ from PIL import Image
 
 from data_prep.constants import NUM_CHOICES
 from data_prep.vcr import VCRFormatError
+from vlekit.hub import resolve_folder
 from vlekit.model import BATCH_KEYS
 from vlekit.run_folder import TrainedModel, load_trained
 from vlekit.tables import METRIC_NAMES, text_table
@@ -177,8 +178,11 @@ def _image_metadata(image: Path, *, objects: Sequence[str], boxes: Sequence[Sequ
     return {"boxes": boxes, "names": list(objects), "width": width, "height": height}
 
 
-def load_run(folder: str | Path, *, device: str | torch.device | None = None, batch_size: int = 32) -> Predictor:
-    """The predictor of a trained run: ``RUN`` (as ``vlekit train`` writes it) or ``RUN/model``."""
+def load_run(folder: str | Path, *, device: str | torch.device | None = None, batch_size: int = 32,
+             revision: str | None = None, cache_dir: str | Path | None = None, token: str | bool | None = None) -> Predictor:
+    """The predictor of a trained run: ``RUN`` (as ``vlekit train`` writes it), ``RUN/model``, or a Hub repo
+    id it was pushed to (``vlekit push``; revision / cache_dir / token: :func:`vlekit.hub.resolve_folder`)."""
+    folder = resolve_folder(folder, revision=revision, cache_dir=cache_dir, token=token)
     return Predictor(trained=load_trained(folder), device=device, batch_size=batch_size)
 
 

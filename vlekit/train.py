@@ -8,6 +8,7 @@ Run folder layout (everything needed to reproduce, resume and evaluate; defined 
     OUT/checkpoints/step-N/      accelerate state (model, optimizer, scheduler, RNG) + trainer_state.json
     OUT/model/                   final model (vlekit_config.json, model.safetensors, tokenizer/, data.json)
     OUT/curve.png                training curve (``vlekit train`` draws it; ``train()`` leaves plotting to its caller)
+    OUT/tracking/OUT.name/       what ``train.report_to`` trackers write (TensorBoard events, W&B offline runs, ...)
 
 Checkpoints are written to ``step-N.tmp``, completed by a ``manifest.json`` (every file's size and
 SHA-256, written last) and renamed, so a kill, even SIGKILL in the middle of a save, never leaves a
@@ -36,7 +37,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import set_seed
+from accelerate.utils import ProjectConfiguration, set_seed
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
@@ -431,6 +432,51 @@ class MetricsLog:
         self.path.write_text("".join(line + "\n" for line in kept))
 
 
+# -- experiment trackers --------------------------------------------------------------------------
+TRACKING_DIR = "tracking"  # OUT/tracking/<run name>/: what file-based trackers (TensorBoard, ...) write
+
+
+def check_trackers(report_to: str | Iterable[str]) -> list[str]:
+    """``train.report_to`` as a list of Accelerate tracker names, each supported and installed."""
+    import importlib.util
+
+    from accelerate.tracking import LOGGER_TYPE_TO_CLASS
+
+    names = [report_to] if isinstance(report_to, str) else list(report_to)
+    for name in names:
+        if name not in LOGGER_TYPE_TO_CLASS:
+            raise ValueError(f"train.report_to: unknown tracker {name!r}; supported: {', '.join(sorted(LOGGER_TYPE_TO_CLASS))}")
+        # Accelerate skips a tracker whose package is missing with a log line: make it an error instead.
+        if importlib.util.find_spec(name) is None:
+            raise ValueError(f"train.report_to: tracker {name!r} needs its package: pip install {name.replace('_', '-')}")
+    return names
+
+
+def flat_hyperparameters(config: ExperimentConfig) -> dict[str, bool | int | float | str]:
+    """The resolved config as ``{"train.lr": 1e-5, "model.fusion.name": "co-attention", ...}``: the
+    scalar values trackers take as hyper-parameters (lists as JSON text, ``None`` as ``"None"``)."""
+    flat: dict[str, bool | int | float | str] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), item)
+        elif isinstance(value, (bool, int, float, str)):
+            flat[prefix] = value
+        else:
+            flat[prefix] = json.dumps(value) if isinstance(value, (list, tuple)) else str(value)
+
+    walk("", config.to_dict())
+    return flat
+
+
+def tracked_scalars(record: dict[str, Any]) -> dict[str, float]:
+    """A ``metrics.jsonl`` record as tracker scalars: ``train/loss``, ``train/lr``, ...,
+    ``val/accuracy`` (the step is the tracker's own axis)."""
+    return {("val/accuracy" if key == "val_accuracy" else f"train/{key}"): float(value)
+            for key, value in record.items() if key != "step" and isinstance(value, (int, float))}
+
+
 # -- the loop -------------------------------------------------------------------------------------
 @dataclass
 class TrainResult:
@@ -447,6 +493,8 @@ def train(config: ExperimentConfig, *, resume: str | None = None, progress: bool
     from data_prep.vcr import read_vcr
 
     train_cfg, data_cfg = config.train, config.data
+    trackers = check_trackers(train_cfg.report_to)
+    out = Path(train_cfg.out)
     # The schedule is counted in optimizer steps (``total_steps``) and stepped once per optimizer step
     # below. Stepped "with the optimizer", Accelerate's scheduler wrapper would instead step it once per
     # process at every optimizer step, running the schedule num_processes times too fast.
@@ -454,6 +502,8 @@ def train(config: ExperimentConfig, *, resume: str | None = None, progress: bool
         mixed_precision=resolve_mixed_precision(train_cfg.mixed_precision),
         gradient_accumulation_steps=train_cfg.gradient_accumulation_steps,
         cpu=train_cfg.cpu, step_scheduler_with_optimizer=False,
+        log_with=trackers or None,
+        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / TRACKING_DIR)),
     )
     micro, remainder = divmod(train_cfg.batch_size, train_cfg.gradient_accumulation_steps * accelerator.num_processes)
     if micro == 0 or remainder:
@@ -463,7 +513,6 @@ def train(config: ExperimentConfig, *, resume: str | None = None, progress: bool
         )
     if data_cfg.train_annotations is None:
         raise ValueError("data.train_annotations is not set (a VCR train.jsonl)")
-    out = Path(train_cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     checkpoint = resume_checkpoint(resume, out, report=accelerator.print)
     set_seed(train_cfg.seed)
@@ -519,6 +568,9 @@ def train(config: ExperimentConfig, *, resume: str | None = None, progress: bool
         accelerator.print(f"resumed from {checkpoint} (step {state.global_step}, epoch {state.epoch})")
 
     log = MetricsLog(out / METRICS_FILE, enabled=accelerator.is_main_process)
+    if trackers:
+        accelerator.init_trackers(out.name, config=flat_hyperparameters(config),
+                                  init_kwargs={"wandb": {"dir": str(out / TRACKING_DIR)}})
     if checkpoint is not None:
         log.rewind(state)
     bar = tqdm(total=total_steps, initial=state.global_step, disable=not (progress and accelerator.is_local_main_process),
@@ -529,6 +581,7 @@ def train(config: ExperimentConfig, *, resume: str | None = None, progress: bool
     def evaluate_now() -> float:
         accuracy = accuracy_on(model, val_loader, accelerator)
         log.write(step=state.global_step, epoch=state.epoch, val_accuracy=accuracy)
+        accelerator.log(tracked_scalars({"val_accuracy": accuracy}), step=state.global_step)
         bar.write(f"step {state.global_step} (epoch {state.epoch}): val accuracy {accuracy:.3f}")
         return accuracy
 
@@ -558,6 +611,7 @@ def train(config: ExperimentConfig, *, resume: str | None = None, progress: bool
                     record = window.flush(step=state.global_step, epoch=state.epoch + state.batches_in_epoch / len(loader),
                                           lr=step_lr, processes=accelerator.num_processes)
                     log.write(**record)
+                    accelerator.log(tracked_scalars(record), step=state.global_step)
                     bar.set_postfix(loss=f"{record['loss']:.3f}", qps=f"{record['questions_per_s']:.1f}")
                 if train_cfg.save_every_steps and state.global_step % train_cfg.save_every_steps == 0:
                     save_checkpoint(accelerator, out, state, config)
