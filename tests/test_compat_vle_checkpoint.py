@@ -43,9 +43,9 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
     sentences = [" ".join(w if isinstance(w, str) else "Casey and dog" for w in t)
                  for r in records for t in (r["question"], *r["answer_choices"], *r["rationale_choices"])]
     tokenizer = deberta_tokenizer(root / "tok", sentences * 20)
-    directory, _, _ = task_checkpoint(root, "vcr_q2a")
-    model = from_vle_pretrained(directory, "vcr_q2a")
-    folder = to_vle_pretrained(model, root / "exported", task="vcr_q2a", tokenizer=tokenizer)
+    directory, _, _ = task_checkpoint(root, "q2a")
+    model = from_vle_pretrained(directory, "q2a")
+    folder = to_vle_pretrained(model, root / "exported", task="q2a", tokenizer=tokenizer)
     return folder, data
 
 

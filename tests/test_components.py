@@ -60,6 +60,9 @@ def _inputs(entry: Entry, module: nn.Module, seed: int = 1) -> dict[str, torch.T
     if entry.kind == "vision_encoder":
         size = module.image_size
         return {"pixel_values": torch.randn(B, 3, size, size, generator=generator)}
+    if entry.kind == "head":  # the fusion output it reads: pooled [N, W] or the image stream [N, S, W]
+        shape = (N, module.input_size) if module.reads == "pooled" else (N, S, module.input_size)
+        return {module.reads: torch.randn(shape, generator=generator)}
     width = module.hidden_size
     text_mask = torch.ones(N, L, dtype=torch.long)
     text_mask[0, 4:] = 0
@@ -90,7 +93,7 @@ def _assert_same_outputs(first: list[torch.Tensor], second: list[torch.Tensor]) 
 
 
 def test_registries_are_populated_and_no_plugin_is_broken() -> None:
-    for kind in ("text_encoder", "vision_encoder", "fusion"):
+    for kind in ("text_encoder", "vision_encoder", "fusion", "head"):
         assert any(entry.kind == kind for entry in COMPONENTS), f"no {kind} registered"
     broken = [(registry.kind, plugin) for registry in REGISTRIES.values() for plugin in registry.broken]
     assert not broken, f"installed plugins failed to load: {broken}"
@@ -127,6 +130,12 @@ def test_tiny_forward_shapes_and_interface(entry: Entry) -> None:
             assert all(isinstance(v, float) and 0 <= v <= 1 for v in values), f"{attribute}: {values!r}"
         assert min(module.image_std) > 0
         assert out.shape == (B, 1 + module.grid**2, module.hidden_size)
+    elif entry.kind == "head":
+        assert module.reads in ("pooled", "image") and isinstance(module.multiple_choice, bool)
+        assert isinstance(module.input_size, int) and callable(module.loss)
+        assert out.shape[0] == N and out.dim() == (2 if module.reads == "pooled" else 3)
+        if module.reads == "image":  # one row per patch: the CLS token is dropped
+            assert out.shape[1] == S - 1
     else:
         assert isinstance(module.hidden_size, int) and isinstance(module.pooled_size, int)
         assert out.text.shape == (N, L, module.hidden_size)

@@ -5,6 +5,7 @@ import dataclasses
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -119,9 +120,10 @@ def test_padded_object_slots_change_nothing(model: VCRModel) -> None:
     padded["object_mask"] = torch.cat([batch["object_mask"], torch.zeros(B, C, extra, dtype=torch.long)], dim=2)
     reference = logits_of(model, batch)
     assert_close(logits_of(model, padded), reference)
-    # The same slots, switched on, do change the logits.
+    # The same slots, switched on, do change the logits: by ~1e-4 at this random init (two more keys
+    # among ~40 in the image stream), against < 1e-6 for the masked slots above.
     padded["object_mask"] = torch.cat([batch["object_mask"], torch.ones(B, C, extra, dtype=torch.long)], dim=2)
-    assert not torch.allclose(logits_of(model, padded), reference, atol=1e-4)
+    assert (logits_of(model, padded) - reference).abs().max() > 3e-5
 
 
 def test_padded_text_positions_change_nothing(model: VCRModel) -> None:
@@ -405,3 +407,84 @@ def test_parameter_groups_cover_every_parameter_exactly_once(model: VCRModel) ->
     assert all(n.startswith("vision_encoder.") for n in names["vision_encoder"])
     assert all(n.startswith("head.") for n in names["head"]) and names["head"]
     assert {"text_projection.weight", "image_projection.weight", "token_type_embeddings.weight"} <= names["fusion"]
+
+
+# -- the other tasks: one text per image, a registered head ---------------------------------------
+def single_batch(model: VCRModel, *, seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    size = model.vision_encoder.image_size
+    attention_mask = torch.ones(B, 6, dtype=torch.long)
+    attention_mask[1, 4:] = 0
+    return {
+        "input_ids": torch.randint(0, 100, (B, 6), generator=g),
+        "attention_mask": attention_mask,
+        "pixel_values": torch.randn(B, 3, size, size, generator=g),
+    }
+
+
+@pytest.mark.parametrize("head", [{"name": "vqa", "num_labels": 5}, "itm", "pbc"], ids=["vqa", "itm", "pbc"])
+def test_task_heads_give_their_logits_and_loss_and_every_parameter_learns(head: Any, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = build_model(head=head)
+    batch = single_batch(model, seed=1)
+    g = torch.Generator().manual_seed(2)
+    name = model.resolved_config().head["name"]
+    if name == "vqa":
+        shape, labels = (B, 5), torch.rand(B, 5, generator=g)
+    elif name == "itm":
+        shape, labels = (B, 2), torch.tensor([0, 1])
+    else:
+        shape, labels = (B, model.num_patches, 2), torch.randint(0, 2, (B, model.num_patches), generator=g)
+    output = model(**batch, labels=labels)
+    assert output["logits"].shape == shape
+    torch.testing.assert_close(output["loss"], model.head.loss(output["logits"], labels))
+    output["loss"].backward()
+    unused = [n for n, p in model.named_parameters() if p.grad is None]
+    if name == "pbc":  # it reads the fused image stream: the text side's last layer and both poolers go unused
+        last = model.fusion.config.num_hidden_layers - 1
+        assert unused and all(n.startswith((f"fusion.text_layers.{last}.", "fusion.text_pooler.", "fusion.image_pooler."))
+                              for n in unused), unused
+    else:
+        assert unused == []
+    # The widths came from the fusion and are saved: the folder rebuilds offline, to the same logits.
+    assert model.resolved_config().head["initializer_range"] == model.config.initializer_range
+    model.eval()
+    model.save_pretrained(tmp_path)
+    loaded = VCRModel.from_pretrained(tmp_path).eval()
+    assert loaded.resolved_config() == model.resolved_config()
+    with torch.no_grad():
+        assert_close(loaded(**batch)["logits"], model(**batch)["logits"])
+
+
+def test_task_head_model_refuses_the_vcr_batch_and_vice_versa() -> None:
+    torch.manual_seed(0)
+    vqa = build_model(head={"name": "vqa", "num_labels": 3}).eval()
+    vcr_batch = make_batch(vqa, seed=4)
+    with pytest.raises(TypeError, match="'vqa' head takes input_ids, attention_mask and pixel_values.*got text_type_ids"):
+        vqa(**vcr_batch)
+    batch = single_batch(vqa, seed=4)
+    with pytest.raises(TypeError, match="got no pixel_values"):
+        vqa(batch["input_ids"], batch["attention_mask"])
+    vcr = build_model().eval()
+    with pytest.raises(TypeError, match="missing text_type_ids, object_patch_mask, object_type_ids, object_mask"):
+        vcr(**batch)
+
+
+def test_head_width_that_disagrees_with_the_fusion_is_refused() -> None:
+    with pytest.raises(ValueError, match="head 'itm' takes inputs of width 10, but the fusion's pooled vector has width 128"):
+        build_model(head={"name": "itm", "pooled_size": 10})
+
+
+def test_default_head_is_the_vcr_head_and_old_configs_without_one_load(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = build_model().eval()
+    assert model.resolved_config().head["name"] == "vcr-multiple-choice"
+    assert {k for k in model.state_dict() if k.startswith("head.")} == {
+        f"head.{i}.{p}" for i in (0, 1, 3) for p in ("weight", "bias")}
+    model.save_pretrained(tmp_path)
+    config_path = tmp_path / "vlekit_config.json"
+    written = json.loads(config_path.read_text())
+    del written["head"]  # a folder written before heads were registered
+    config_path.write_text(json.dumps(written))
+    batch = make_batch(model, seed=5)
+    assert_close(logits_of(VCRModel.from_pretrained(tmp_path).eval(), batch), logits_of(model, batch))

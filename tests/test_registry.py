@@ -224,8 +224,8 @@ def test_unknown_name_without_close_match_still_lists_known(registry: Registry) 
 def test_registry_for_kinds() -> None:
     assert registry_for("fusion") is FUSIONS and registry_for("fusions") is FUSIONS
     assert registry_for("text-encoder") is TEXT_ENCODERS and registry_for("vision_encoders") is VISION_ENCODERS
-    with pytest.raises(RegistryError, match="unknown component kind 'head'.*text_encoder, vision_encoder, fusion"):
-        registry_for("head")
+    with pytest.raises(RegistryError, match="unknown component kind 'decoder'.*text_encoder, vision_encoder, fusion, head"):
+        registry_for("decoder")
 
 
 # -- presets -------------------------------------------------------------------------------------

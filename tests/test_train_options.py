@@ -81,7 +81,7 @@ def vle_checkpoint(tmp_path_factory, synthetic):
     """The default tiny model in VLE's official format, and a word tokenizer its vocabulary covers."""
     root = tmp_path_factory.mktemp("vle")
     torch.manual_seed(0)
-    folder = to_vle_pretrained(VCRModel(config=VCRModelConfig()), root / "vle", task="vcr_q2a")
+    folder = to_vle_pretrained(VCRModel(config=VCRModelConfig()), root / "vle", task="q2a")
     tokenizer = build_word_tokenizer([synthetic.train], out_dir=root / "tokenizer")
     assert len(tokenizer) <= 1024
     return Path(folder), root / "tokenizer"

@@ -165,14 +165,18 @@ def write_checkpoint(directory: Path, config: dict[str, Any], state: dict[str, t
     return directory
 
 
+# vlekit's VCR task names -> the official head attributes (VLEForVCRQ2A.vcr_q2a_logit, ...).
+OFFICIAL_HEADS = {"q2a": "vcr_q2a_logit", "qa2r": "vcr_qa2r_logit"}
+
+
 def task_checkpoint(tmp_path: Path, task: str, layout: str = "bin", *, nested_vision: bool = False, seed: int = 0,
                     position_ids: bool = False) -> tuple[Path, dict[str, Any], dict[str, torch.Tensor]]:
     text, vision = text_config(), vision_config()
     config = vle_config(text, vision, num_token_types=83, nested_vision=nested_vision)
-    config["architectures"] = ["VLEForVCRQ2A" if task == "vcr_q2a" else "VLEForVCRQA2R"]
-    state = randomised(OfficialVCR(config, text, vision, head=f"{task}_logit"), seed)
+    config["architectures"] = ["VLEForVCRQ2A" if task == "q2a" else "VLEForVCRQA2R"]
+    state = randomised(OfficialVCR(config, text, vision, head=OFFICIAL_HEADS[task]), seed)
     # Small pre-LayerNorm activations in the head make its eps (VLE: nn.LayerNorm's default 1e-5) visible in the logits.
-    state[f"{task}_logit.0.weight"] *= 0.1
+    state[f"{OFFICIAL_HEADS[task]}.0.weight"] *= 0.1
     if position_ids:  # what transformers < 4.31 saved
         state["vle.text_model.embeddings.position_ids"] = torch.arange(text.max_position_embeddings)[None]
         state["vle.vision_model.vision_model.embeddings.position_ids"] = torch.arange(NUM_PATCHES + 1)[None]
@@ -299,8 +303,8 @@ def one_thread():
 
 @pytest.mark.parametrize(
     ("task", "layout", "nested_vision"),
-    [("vcr_q2a", "bin", False), ("vcr_qa2r", "safetensors", True), ("vcr_q2a", "sharded-safetensors", False),
-     ("vcr_qa2r", "sharded-bin", False)],
+    [("q2a", "bin", False), ("qa2r", "safetensors", True), ("q2a", "sharded-safetensors", False),
+     ("qa2r", "sharded-bin", False)],
 )
 def test_task_checkpoint_gives_the_official_logits(tmp_path, task, layout, nested_vision):
     directory, config, state = task_checkpoint(tmp_path, task, layout, nested_vision=nested_vision, position_ids=layout == "bin")
@@ -314,13 +318,13 @@ def test_task_checkpoint_gives_the_official_logits(tmp_path, task, layout, neste
     logits = logits_of(model, batch)
     assert logits.shape == (2, 4)
     # Same maths, different kernels (SDPA, batched choices): agreement is ~1e-7.
-    torch.testing.assert_close(logits, reference_logits(state, config, batch, head=f"{task}_logit"), atol=2e-6, rtol=1e-5)
+    torch.testing.assert_close(logits, reference_logits(state, config, batch, head=OFFICIAL_HEADS[task]), atol=2e-6, rtol=1e-5)
 
 
 def test_round_trip_through_the_official_format(tmp_path):
-    directory, _, state = task_checkpoint(tmp_path, "vcr_q2a", "bin", position_ids=True)
-    model = from_vle_pretrained(directory, "vcr_q2a")
-    exported = to_vle_pretrained(model, tmp_path / "exported", task="vcr_q2a")
+    directory, _, state = task_checkpoint(tmp_path, "q2a", "bin", position_ids=True)
+    model = from_vle_pretrained(directory, "vcr_q2a")  # the official task name, accepted at this boundary
+    exported = to_vle_pretrained(model, tmp_path / "exported", task="q2a")
     written = load_file(str(exported / "model.safetensors"))
     assert written.keys() == {k for k in state if not k.endswith("position_ids")}
     assert all(torch.equal(written[k], state[k]) for k in written)
@@ -349,8 +353,8 @@ def test_round_trip_through_the_official_format(tmp_path):
 def test_a_vlekit_model_exports_and_other_models_are_refused(tmp_path):
     model = build_model(text_encoder="tiny-deberta", vision_encoder="tiny-clip", fusion="tiny-co-attention")
     assert model.head[1].eps == 1e-5  # VLE's head is nn.LayerNorm(2H): PyTorch's default eps
-    to_vle_pretrained(model, tmp_path / "qa2r", task="vcr_qa2r")
-    loaded = from_vle_pretrained(tmp_path / "qa2r", "vcr_qa2r")
+    to_vle_pretrained(model, tmp_path / "qa2r", task="qa2r")
+    loaded = from_vle_pretrained(tmp_path / "qa2r", "qa2r")
     original, reloaded = model.state_dict(), loaded.state_dict()
     assert original.keys() == reloaded.keys() and all(torch.equal(original[k], reloaded[k]) for k in original)
 
@@ -358,8 +362,10 @@ def test_a_vlekit_model_exports_and_other_models_are_refused(tmp_path):
         to_vle_pretrained(build_model(text_encoder="tiny-bert"), tmp_path / "bert")
     with pytest.raises(ValueError, match="use_object_tokens"):
         to_vle_pretrained(build_model(use_object_tokens=False), tmp_path / "ablation")
-    with pytest.raises(ValueError, match="vcr_q2a"):
-        to_vle_pretrained(model, tmp_path / "bad-task", task="q2a")
+    with pytest.raises(ValueError, match="task='vcr' is not a VLE task; choose one of 'q2a', 'qa2r', 'vqa', 'itm', 'pbc'"):
+        to_vle_pretrained(model, tmp_path / "bad-task", task="vcr")
+    with pytest.raises(ValueError, match="task='vqa' writes a VLEForVQA with a 'vqa' head, but the model has a 'vcr-multiple-choice'"):
+        to_vle_pretrained(model, tmp_path / "wrong-head", task="vqa")
 
 
 def test_pretrained_checkpoint_grows_the_token_table_and_skips_pretraining_heads(tmp_path):
@@ -374,9 +380,9 @@ def test_pretrained_checkpoint_grows_the_token_table_and_skips_pretraining_heads
     directory = write_checkpoint(tmp_path / "pretrained", config, state, "sharded-bin")
 
     with pytest.raises(ValueError, match="num_token_types=83"):
-        from_vle_pretrained(directory, "vcr_q2a")
-    model, report = from_vle_pretrained(directory, "vcr_q2a", num_token_types=83, output_loading_info=True)
-    assert report.ok and report.layout == "bare" and report.task == "vcr_q2a"
+        from_vle_pretrained(directory, "q2a")
+    model, report = from_vle_pretrained(directory, "q2a", num_token_types=83, output_loading_info=True)
+    assert report.ok and report.layout == "bare" and report.task == "q2a"
     assert sorted(report.ignored) == ["itm_score.fc.bias", "itm_score.fc.weight", "mlm_score.0.bias", "mlm_score.0.weight"]
     assert report.dropped == ["text_model.embeddings.position_ids"]
     assert any("rows 2..82" in item for item in report.initialised)
@@ -405,14 +411,14 @@ def test_vle_base_key_map_is_a_bijection_with_equal_shapes():
         target = official_to_vlekit_key(bare)
         assert target is not None, f"{key} is not in the key map"
         assert target not in mapped, f"{key} maps onto {target} twice"
-        assert vlekit_to_official_key(target, task="vcr_q2a") == bare
+        assert vlekit_to_official_key(target, task="q2a") == bare
         mapped[target] = shape
     assert mapped.keys() == ours.keys()
     assert {k: s for k, s in mapped.items() if ours[k] != s} == {}
 
 
 def test_loading_errors_name_the_file_and_the_keys(tmp_path):
-    _, config, state = task_checkpoint(tmp_path, "vcr_q2a", "bin")
+    _, config, state = task_checkpoint(tmp_path, "q2a", "bin")
 
     missing = {k: v for k, v in state.items() if k != "vle.cross_modal_text_layers.1.crossattention.self.key.weight"}
     directory = write_checkpoint(tmp_path / "missing", config, missing, "bin")
@@ -438,8 +444,8 @@ def test_loading_errors_name_the_file_and_the_keys(tmp_path):
     model, report = from_vle_pretrained(directory, strict=False, output_loading_info=True)
     assert not report.ok and len(report.mismatched) == 1 and report.loaded == len(model.state_dict()) - 1
 
-    with pytest.raises(VLECheckpointError, match="carries the vcr_q2a head: pass task='vcr_q2a'"):
-        from_vle_pretrained(tmp_path / "vcr_q2a-bin", "vcr_qa2r")
+    with pytest.raises(VLECheckpointError, match="carries the q2a head: pass task='q2a'"):
+        from_vle_pretrained(tmp_path / "q2a-bin", "qa2r")
 
     (tmp_path / "bert").mkdir()
     (tmp_path / "bert" / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 768}))

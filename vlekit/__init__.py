@@ -9,13 +9,14 @@ Public API::
 Plugins build on this package, :mod:`vlekit.layers` (shared transformer blocks) and
 :mod:`vlekit.interfaces` (the component contracts) only; the other modules are internal.
 """
-from vlekit import fusions, layers, text_encoders, vision_encoders  # noqa: F401  (register the core components)
+from vlekit import fusions, heads, layers, text_encoders, vision_encoders  # noqa: F401  (register the core components)
 from vlekit.interfaces import Fusion, FusionOutput, TextEncoder, VisionEncoder
 from vlekit.model import VCRModel, VCRModelConfig, build_model, load_model_config
 from vlekit.predict import Predictor, load_run
 from vlekit.vle_checkpoint import from_vle_pretrained, to_vle_pretrained, vle_preprocessor
 from vlekit.registry import (
     FUSIONS,
+    HEADS,
     TEXT_ENCODERS,
     VISION_ENCODERS,
     RegistryError,
@@ -23,6 +24,7 @@ from vlekit.registry import (
     list_components,
     make_config,
     register_fusion,
+    register_head,
     register_text_encoder,
     register_vision_encoder,
     registry_for,
@@ -31,8 +33,8 @@ from vlekit.registry import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "FUSIONS", "TEXT_ENCODERS", "VISION_ENCODERS", "Fusion", "FusionOutput", "Predictor", "RegistryError",
+    "FUSIONS", "HEADS", "TEXT_ENCODERS", "VISION_ENCODERS", "Fusion", "FusionOutput", "Predictor", "RegistryError",
     "TextEncoder", "VCRModel", "VCRModelConfig", "VisionEncoder", "build_model", "import_plugins", "list_components",
-    "load_model_config", "load_run", "make_config", "register_fusion", "register_text_encoder",
+    "load_model_config", "load_run", "make_config", "register_fusion", "register_head", "register_text_encoder",
     "register_vision_encoder", "layers", "registry_for", "from_vle_pretrained", "to_vle_pretrained", "vle_preprocessor",
 ]

@@ -1,11 +1,17 @@
-"""Task heads of VLE's other tasks: VQA, image-text matching (ITM) and patch-box classification (PBC).
+"""Task heads, a registered component kind: VCR multiple choice, VQA, image-text matching (ITM) and
+patch-box classification (PBC).
 
-Each head is an ``nn.Module`` built from a frozen dataclass config (``Head(config=...)``) that reads
-one output of the fusion (``FusionOutput``) and owns its loss:
+Each head is an ``nn.Module`` built from a frozen dataclass config (``Head(config=...)``), registered
+with :func:`vlekit.registry.register_head` (plugins: entry-point group ``vlekit.heads``), that reads
+one output of the fusion (``FusionOutput``) and owns its loss. A model is encoders + fusion + head;
+it fills a head's ``pooled_size`` / ``hidden_size`` from its fusion and ``initializer_range`` from
+its own config when the head spec leaves them out:
 
 ========  =====================================  ===================  =====================================
 head      reads                                  logits               loss
 ========  =====================================  ===================  =====================================
+VCRHead   ``pooled [B * C, 2H]`` (one row per    ``[B * C, 1]``,      cross-entropy over the C choices
+          question-choice pair)                  model: ``[B, C]``
 VQAHead   ``pooled [B, 2H]``                     ``[B, num_labels]``  BCE-with-logits (mean) x num_labels
                                                                       against soft scores (METER, BAN)
 ITMHead   ``pooled [B, 2H]``                     ``[B, 2]``           cross-entropy over {no match, match}
@@ -13,12 +19,14 @@ PBCHead   fused image tokens ``[B, 1 + P, H]``   ``[B, P, 2]``        per-patch 
           (CLS first, then the patch grid)                            patches a box covers
 ========  =====================================  ===================  =====================================
 
-``reads`` on each class says which ``FusionOutput`` field it takes (``"pooled"`` or ``"image"``);
+``reads`` on each class says which ``FusionOutput`` field it takes (``"pooled"`` or ``"image"``),
+``input_size`` its width, ``multiple_choice`` whether it scores VCR choices (the model then takes
+the VCR batch contract, DESIGN.md section 3);
 a PBC model must therefore ask the fusion for its streams (not ``pooled_only``), and feed an image
 stream without appended object tokens.
 
 The parameter names are the official ones below the head's own prefix, so a checkpoint maps with
-one prefix each: ``vqa_classifier.{0,1,3}.*`` -> ``VQAHead.{0,1,3}.*``, ``itm_score.fc.*`` ->
+one prefix each: ``vcr_q2a_logit.{0,1,3}.*`` / ``vcr_qa2r_logit.*`` -> ``VCRHead.{0,1,3}.*``, ``vqa_classifier.{0,1,3}.*`` -> ``VQAHead.{0,1,3}.*``, ``itm_score.fc.*`` ->
 ``ITMHead.fc.*``, ``pbc_classifier.{0,1,3}.*`` -> ``PBCHead.{0,1,3}.*``. The LayerNorms keep
 PyTorch's default eps (1e-5), as VLE's ``nn.LayerNorm`` do; weights start BERT-style (normal with
 ``initializer_range``, zero biases), as VLE's ``_init_weights``.
@@ -28,7 +36,7 @@ patches as the class dimension and fails; :meth:`PBCHead.loss` puts the class la
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
@@ -36,14 +44,17 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from vlekit.fusions import init_bert_style
 from vlekit.interfaces import check_shape
+from vlekit.layers import init_bert_style
+from vlekit.registry import register_head
 
 __all__ = [
     "ITMHead",
     "ITMHeadConfig",
     "PBCHead",
     "PBCHeadConfig",
+    "VCRHead",
+    "VCRHeadConfig",
     "VQAHead",
     "VQAHeadConfig",
     "box_patch_labels",
@@ -60,15 +71,64 @@ def _check_positive(where: str, **sizes: int) -> None:
 
 
 @dataclass(frozen=True)
-class VQAHeadConfig:
-    """pooled_size: the fusion's pooled width (2H for co-attention); num_labels: the answers."""
+class VCRHeadConfig:
+    """pooled_size: the fusion's pooled width (2H for co-attention)."""
 
     pooled_size: int
-    num_labels: int
     layer_norm_eps: float = 1e-5
     initializer_range: float = 0.02
 
 
+@register_head("vcr-multiple-choice", config=VCRHeadConfig, tiny={"pooled_size": 16})
+class VCRHead(nn.Sequential):
+    """VLE's VCR head: Linear(2H, 2H), LayerNorm, GELU, Linear(2H, 1), one score per choice.
+
+    ``forward(pooled [N, 2H]) -> [N, 1]`` with ``N = B * C`` question-choice pairs (the model folds
+    the choices into the batch and back); submodules ``0, 1, 3`` as in VLE's ``vcr_q2a_logit``.
+    """
+
+    reads: ClassVar[str] = "pooled"
+    multiple_choice: ClassVar[bool] = True
+
+    def __init__(self, *, config: VCRHeadConfig) -> None:
+        _check_positive("VCRHeadConfig", pooled_size=config.pooled_size)
+        width = config.pooled_size
+        super().__init__(nn.Linear(width, width), nn.LayerNorm(width, eps=config.layer_norm_eps), nn.GELU(), nn.Linear(width, 1))
+        self.config = config
+        init_bert_style(self, std=config.initializer_range)
+
+    @property
+    def input_size(self) -> int:
+        return self.config.pooled_size
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        check_shape(pooled, ("N", self.config.pooled_size), name="pooled", where="VCRHead")
+        return super().forward(pooled)
+
+    @staticmethod
+    def loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy over the choices: ``logits [B, C]``, ``labels [B]`` (the right choice)."""
+        check_shape(logits, ("B", "C"), name="logits", where="VCRHead.loss")
+        check_shape(labels, (logits.shape[0],), name="labels", where="VCRHead.loss")
+        return F.cross_entropy(logits.float(), labels.long())
+
+
+@dataclass(frozen=True)
+class VQAHeadConfig:
+    """pooled_size: the fusion's pooled width (2H for co-attention); num_labels: the answers.
+
+    answers: the answer of each label (an official checkpoint's ``id2label`` in id order), or empty
+    when the vocabulary lives elsewhere; when given, one per label.
+    """
+
+    pooled_size: int
+    num_labels: int
+    answers: tuple[str, ...] = field(default=())
+    layer_norm_eps: float = 1e-5
+    initializer_range: float = 0.02
+
+
+@register_head("vqa", config=VQAHeadConfig, tiny={"pooled_size": 16, "num_labels": 5})
 class VQAHead(nn.Sequential):
     """VLE's ``vqa_classifier``: Linear(2H, 2H), LayerNorm(2H), GELU, Linear(2H, num_labels).
 
@@ -76,9 +136,15 @@ class VQAHead(nn.Sequential):
     """
 
     reads: ClassVar[str] = "pooled"
+    multiple_choice: ClassVar[bool] = False
 
     def __init__(self, *, config: VQAHeadConfig) -> None:
         _check_positive("VQAHeadConfig", pooled_size=config.pooled_size, num_labels=config.num_labels)
+        if config.answers and len(config.answers) != config.num_labels:
+            raise ValueError(
+                f"VQAHeadConfig: {len(config.answers)} answers for num_labels={config.num_labels}; give one answer "
+                f"per label, or none"
+            )
         width = config.pooled_size
         super().__init__(
             nn.Linear(width, width), nn.LayerNorm(width, eps=config.layer_norm_eps), nn.GELU(),
@@ -86,6 +152,10 @@ class VQAHead(nn.Sequential):
         )
         self.config = config
         init_bert_style(self, std=config.initializer_range)
+
+    @property
+    def input_size(self) -> int:
+        return self.config.pooled_size
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         check_shape(pooled, ("B", self.config.pooled_size), name="pooled", where="VQAHead")
@@ -111,6 +181,7 @@ class ITMHeadConfig:
     initializer_range: float = 0.02
 
 
+@register_head("itm", config=ITMHeadConfig, tiny={"pooled_size": 16})
 class ITMHead(nn.Module):
     """VLE's ``itm_score``: one Linear(2H, 2) named ``fc``; class 1 means "the text matches the image".
 
@@ -118,6 +189,7 @@ class ITMHead(nn.Module):
     """
 
     reads: ClassVar[str] = "pooled"
+    multiple_choice: ClassVar[bool] = False
 
     def __init__(self, *, config: ITMHeadConfig) -> None:
         super().__init__()
@@ -125,6 +197,10 @@ class ITMHead(nn.Module):
         self.config = config
         self.fc = nn.Linear(config.pooled_size, 2)
         init_bert_style(self, std=config.initializer_range)
+
+    @property
+    def input_size(self) -> int:
+        return self.config.pooled_size
 
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         check_shape(pooled, ("B", self.config.pooled_size), name="pooled", where="ITMHead")
@@ -152,6 +228,7 @@ class PBCHeadConfig:
     initializer_range: float = 0.02
 
 
+@register_head("pbc", config=PBCHeadConfig, tiny={"hidden_size": 8})
 class PBCHead(nn.Sequential):
     """VLE's ``pbc_classifier``: Linear(H, H), LayerNorm(H), GELU, Linear(H, 2), on every patch.
 
@@ -161,6 +238,7 @@ class PBCHead(nn.Sequential):
     """
 
     reads: ClassVar[str] = "image"
+    multiple_choice: ClassVar[bool] = False
 
     def __init__(self, *, config: PBCHeadConfig) -> None:
         _check_positive("PBCHeadConfig", hidden_size=config.hidden_size)
@@ -170,6 +248,10 @@ class PBCHead(nn.Sequential):
         )
         self.config = config
         init_bert_style(self, std=config.initializer_range)
+
+    @property
+    def input_size(self) -> int:
+        return self.config.hidden_size
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         check_shape(image, ("B", "S", self.config.hidden_size), name="image", where="PBCHead")

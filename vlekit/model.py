@@ -1,4 +1,9 @@
-"""Model assembly: any registered text encoder + vision encoder + fusion -> a VCR multiple-choice model.
+"""Model assembly: any registered text encoder + vision encoder + fusion + head -> a task model.
+
+The head (a registered ``head``, :mod:`vlekit.heads`) decides the task: the default
+``vcr-multiple-choice`` head makes a VCR multiple-choice model over the batch contract (DESIGN.md
+section 3); ``vqa``, ``itm`` and ``pbc`` make VLE's other task models, which take one text per image
+(``input_ids, attention_mask [B, L]``, ``pixel_values [B, 3, H, W]``; text type 0, image type 1).
 
 The pieces VLE adds around its encoders live here once, for every component:
 
@@ -7,7 +12,7 @@ The pieces VLE adds around its encoders live here once, for every component:
   referenced object, on its text mention and on its object token (replacing the modality id);
 * object tokens: object k is the mean of the projected patch tokens its box covers, computed for all
   objects of the batch with one matmul over ``object_patch_mask``, appended after the image tokens;
-* the VCR head on the fusion's pooled vector: Linear(2H, 2H), LayerNorm, GELU, Linear(2H, 1).
+* the head, on the fusion's pooled vector (VCR, VQA, ITM) or its fused image stream (PBC).
 
 Speed without changing the mathematics: each image is encoded once per question and shared by its
 C choices; the choices are folded into the batch (``B * C``) for the text encoder and the fusion; a
@@ -27,19 +32,23 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange, repeat
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from vlekit.heads import VCRHead  # noqa: F401  (vlekit.model.VCRHead, where it lived before heads were registered)
 from vlekit.hub import model_card, push_folder, resolve_folder
 from vlekit.interfaces import check_shape
 from vlekit.layers import init_bert_style, masked_mean
-from vlekit.registry import FUSIONS, TEXT_ENCODERS, VISION_ENCODERS, Registry, freeze, make_config
+from vlekit.registry import FUSIONS, HEADS, TEXT_ENCODERS, VISION_ENCODERS, Registry, freeze, make_config
 
 MODEL_CONFIG_FILE = "vlekit_config.json"
 WEIGHTS_FILE = "model.safetensors"
 TEXT_TYPE, IMAGE_TYPE = 0, 1
+
+DEFAULT_HEAD = "vcr-multiple-choice"
+# Head options a model fills in from its fusion (same names) when the head spec leaves them out.
+_HEAD_WIDTHS = ("pooled_size", "hidden_size")
 
 BATCH_KEYS = (
     "input_ids", "attention_mask", "text_type_ids", "pixel_values",
@@ -58,18 +67,21 @@ def component_spec(value: str | Mapping[str, Any]) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class VCRModelConfig:
-    """Everything that defines a VCR model; saved with every checkpoint.
+    """Everything that defines a model (VCR by default, or any registered head's task); saved with every checkpoint.
 
-    text_encoder / vision_encoder / fusion: ``{"name": registered name or module:Class, **options}``,
+    text_encoder / vision_encoder / fusion / head: ``{"name": registered name or module:Class, **options}``,
         immutable once built (:class:`vlekit.registry.FrozenDict`; it compares and serialises as a dict).
+        The head's ``pooled_size`` / ``hidden_size`` default to the fusion's, its ``initializer_range``
+        to the model's.
     num_token_types: rows of the token-type table; ``forward`` rejects ids outside ``[0, num_token_types)``.
-    use_object_tokens: append object tokens after the image tokens (VLE's VCR adaptation).
+    use_object_tokens: append object tokens after the image tokens (VLE's VCR adaptation; VCR head only).
     use_object_types: tie mentions and object tokens with types ``k + 2`` (else text 0, objects 1).
     """
 
     text_encoder: dict[str, Any] = field(default_factory=lambda: {"name": "tiny-deberta"})
     vision_encoder: dict[str, Any] = field(default_factory=lambda: {"name": "tiny-clip"})
     fusion: dict[str, Any] = field(default_factory=lambda: {"name": "tiny-co-attention"})
+    head: dict[str, Any] = field(default_factory=lambda: {"name": DEFAULT_HEAD})
     num_token_types: int = 83
     use_object_tokens: bool = True
     use_object_types: bool = True
@@ -77,7 +89,7 @@ class VCRModelConfig:
 
     def __post_init__(self) -> None:
         # Also when built by dataclasses.replace, which does not pass through make_config.
-        for kind in ("text_encoder", "vision_encoder", "fusion"):
+        for kind in ("text_encoder", "vision_encoder", "fusion", "head"):
             object.__setattr__(self, kind, freeze(getattr(self, kind)))
 
 
@@ -91,21 +103,21 @@ def _build_component(registry: Registry, spec: Mapping[str, Any]) -> tuple[nn.Mo
     return module, {"name": base_name, **dataclasses.asdict(resolved)}
 
 
-class VCRHead(nn.Sequential):
-    """VLE's VCR head: Linear(2H, 2H), LayerNorm, GELU, Linear(2H, 1) (indices 0, 1, 3 as in VLE).
-
-    The LayerNorm keeps PyTorch's default eps (1e-5), as VLE's ``nn.LayerNorm(2H)`` does.
-    """
-
-    def __init__(self, *, width: int, eps: float = 1e-5) -> None:
-        super().__init__(nn.Linear(width, width), nn.LayerNorm(width, eps=eps), nn.GELU(), nn.Linear(width, 1))
+def _head_spec(spec: Mapping[str, Any], *, fusion: nn.Module, initializer_range: float) -> dict[str, Any]:
+    """The head spec with the widths it leaves out taken from ``fusion`` (and the model's init std)."""
+    spec = component_spec(spec)
+    fields = {f.name for f in dataclasses.fields(HEADS.config_class_of(spec["name"]))}
+    defaults = {**{name: getattr(fusion, name) for name in _HEAD_WIDTHS}, "initializer_range": initializer_range}
+    return {**{name: value for name, value in defaults.items() if name in fields}, **spec}
 
 
 class VCRModel(nn.Module):
-    """Multiple-choice VCR model over the batch contract (DESIGN.md section 3).
+    """Encoders + fusion + head. With the default ``vcr-multiple-choice`` head, the multiple-choice
+    VCR model over the batch contract (DESIGN.md section 3); with ``vqa`` / ``itm`` / ``pbc``, VLE's
+    other task models (one text per image). The name stays for the users of the VCR model.
 
-    ``forward(**batch)`` -> ``{"logits": [B, C]}`` plus ``"loss"`` (cross-entropy over the choices)
-    when ``labels [B]`` is given.
+    ``forward(**batch)`` -> ``{"logits": ...}`` plus ``"loss"`` when ``labels`` are given: see
+    :meth:`forward`.
     """
 
     def __init__(self, *, config: VCRModelConfig) -> None:
@@ -113,17 +125,19 @@ class VCRModel(nn.Module):
         self.text_encoder, text_spec = _build_component(TEXT_ENCODERS, config.text_encoder)
         self.vision_encoder, vision_spec = _build_component(VISION_ENCODERS, config.vision_encoder)
         self.fusion, fusion_spec = _build_component(FUSIONS, config.fusion)
-        self.config = config
-        self._resolved_config = dataclasses.replace(
-            config, text_encoder=text_spec, vision_encoder=vision_spec, fusion=fusion_spec
-        )
         width = self.fusion.hidden_size
         self.text_projection = nn.Linear(self.text_encoder.hidden_size, width)
         self.image_projection = nn.Linear(self.vision_encoder.hidden_size, width)
         self.token_type_embeddings = nn.Embedding(config.num_token_types, width)
-        self.head = VCRHead(width=self.fusion.pooled_size)
-        for module in (self.text_projection, self.image_projection, self.token_type_embeddings, self.head):
+        for module in (self.text_projection, self.image_projection, self.token_type_embeddings):
             init_bert_style(module, std=config.initializer_range)
+        head_spec = _head_spec(config.head, fusion=self.fusion, initializer_range=config.initializer_range)
+        self.head, head_spec = _build_component(HEADS, head_spec)  # initialises itself (its initializer_range)
+        self._check_head()
+        self.config = config
+        self._resolved_config = dataclasses.replace(
+            config, text_encoder=text_spec, vision_encoder=vision_spec, fusion=fusion_spec, head=head_spec
+        )
         self._fusion_takes_pooled_only = "pooled_only" in inspect.signature(self.fusion.forward).parameters
         # For uint8 pixels, normalised on the model's device; not saved (the encoder declares them).
         # An encoder written before image_mean / image_std joined the interface still takes float pixels.
@@ -137,6 +151,29 @@ class VCRModel(nn.Module):
         with all its options filled in, as written to ``vlekit_config.json``; a method, as on the
         components (``vlekit.interfaces``)."""
         return self._resolved_config
+
+    @property
+    def _head_name(self) -> str:
+        return getattr(self.head, "registered_name", type(self.head).__name__)
+
+    def _check_head(self) -> None:
+        """A head declares what it reads, whether it scores choices, its input width, and owns a loss."""
+        head, name = self.head, self._head_name
+        reads, multiple_choice = getattr(head, "reads", None), getattr(head, "multiple_choice", None)
+        if reads not in ("pooled", "image") or not isinstance(multiple_choice, bool) or not callable(getattr(head, "loss", None)):
+            raise TypeError(
+                f"head {name!r} ({type(head).__name__}) must declare reads = 'pooled' or 'image', multiple_choice "
+                f"(bool) and a loss(logits, labels) method; got reads={reads!r}, multiple_choice={multiple_choice!r}"
+            )
+        expected = self.fusion.pooled_size if reads == "pooled" else self.fusion.hidden_size
+        if getattr(head, "input_size", None) != expected:
+            raise ValueError(
+                f"head {name!r} takes inputs of width {getattr(head, 'input_size', None)}, but the fusion's "
+                f"{'pooled vector' if reads == 'pooled' else 'image stream'} has width {expected}; leave the "
+                f"head's width out of its spec and the model fills it in"
+            )
+        if multiple_choice and reads != "pooled":
+            raise ValueError(f"head {name!r}: a multiple-choice head scores the pooled vector of each choice (reads='pooled')")
 
     @property
     def num_patches(self) -> int:
@@ -156,24 +193,46 @@ class VCRModel(nn.Module):
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
-        text_type_ids: torch.Tensor,
-        pixel_values: torch.Tensor,
-        object_patch_mask: torch.Tensor,
-        object_type_ids: torch.Tensor,
-        object_mask: torch.Tensor,
+        text_type_ids: torch.Tensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        object_patch_mask: torch.Tensor | None = None,
+        object_type_ids: torch.Tensor | None = None,
+        object_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         **extra: Any,
     ) -> dict[str, torch.Tensor]:
-        """Score C choices per question.
+        """Score C choices per question (VCR head), or one text per image (VQA, ITM, PBC heads).
 
-        Shapes: ``input_ids, attention_mask, text_type_ids [B, C, L]``; ``pixel_values [B, 3, H, W]``;
-        ``object_patch_mask [B, C, K, P]`` (bool); ``object_type_ids, object_mask [B, C, K]``;
-        ``labels [B]``. Returns ``logits [B, C]`` and, with labels, the scalar ``loss``.
+        VCR (``multiple_choice`` head): ``input_ids, attention_mask, text_type_ids [B, C, L]``;
+        ``pixel_values [B, 3, H, W]``; ``object_patch_mask [B, C, K, P]`` (bool); ``object_type_ids,
+        object_mask [B, C, K]``; ``labels [B]``. Returns ``logits [B, C]`` and, with labels, the
+        scalar ``loss``. Type ids must lie in ``[0, num_token_types)``.
+
+        Other heads: ``input_ids, attention_mask [B, L]`` and ``pixel_values [B, 3, H, W]`` (by
+        keyword); no type ids or objects (text type 0, image type 1). Returns ``logits`` ``[B,
+        num_labels]`` (VQA; ``labels``: soft scores ``[B, num_labels]``), ``[B, 2]`` (ITM; ``labels
+        [B]``, 1 = match) or ``[B, P, 2]`` (PBC, one row per patch, CLS excluded; ``labels [B, P]``),
+        and with labels the head's ``loss``.
 
         ``pixel_values``: normalised floats, or raw uint8 pixels (0..255), which are normalised here,
         on their device, with the vision encoder's ``image_mean`` / ``image_std`` (a quarter of the
-        host-to-device traffic of float32). Type ids must lie in ``[0, num_token_types)``.
+        host-to-device traffic of float32).
         """
+        if not self.head.multiple_choice:
+            objects = {"text_type_ids": text_type_ids, "object_patch_mask": object_patch_mask,
+                       "object_type_ids": object_type_ids, "object_mask": object_mask}
+            given = [name for name, value in objects.items() if value is not None]
+            if given or pixel_values is None:
+                raise TypeError(
+                    f"VCRModel with the {self._head_name!r} head takes input_ids, attention_mask and "
+                    f"pixel_values (by keyword), without {', '.join(objects)}; got {', '.join(given) or 'no pixel_values'}"
+                )
+            return self._forward_single(input_ids, attention_mask, pixel_values, labels)
+        missing = [name for name, value in (("text_type_ids", text_type_ids), ("pixel_values", pixel_values),
+                   ("object_patch_mask", object_patch_mask), ("object_type_ids", object_type_ids),
+                   ("object_mask", object_mask)) if value is None]
+        if missing:
+            raise TypeError(f"VCRModel (VCR multiple-choice head): missing {', '.join(missing)} of the batch contract")
         where = "VCRModel"
         check_shape(input_ids, ("B", "C", "L"), name="input_ids", where=where)
         batch, choices, _ = input_ids.shape
@@ -219,7 +278,28 @@ class VCRModel(nn.Module):
         logits = rearrange(self.head(fused.pooled), "(b c) 1 -> b c", c=choices)
         output = {"logits": logits}
         if labels is not None:
-            output["loss"] = F.cross_entropy(logits.float(), labels)
+            output["loss"] = self.head.loss(logits, labels)
+        return output
+
+    def _forward_single(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor,
+        labels: torch.Tensor | None,
+    ) -> dict[str, torch.Tensor]:
+        """VLE's VLEModel + task head: one text per image, text type 0, image type 1, no object tokens."""
+        where = f"VCRModel ({self._head_name} head)"
+        check_shape(input_ids, ("B", "L"), name="input_ids", where=where)
+        check_shape(attention_mask, tuple(input_ids.shape), name="attention_mask", where=where)
+        check_shape(pixel_values, (input_ids.shape[0], 3, "H", "W"), name="pixel_values", where=where)
+        image = self.image_projection(self.vision_encoder(self.normalise_pixels(pixel_values)))  # [B, 1+P, D]
+        image = image + self.token_type_embeddings.weight[IMAGE_TYPE]
+        text = self.text_projection(self.text_encoder(input_ids, attention_mask)) + self.token_type_embeddings.weight[TEXT_TYPE]
+        image_mask = torch.ones(image.shape[:2], dtype=attention_mask.dtype, device=image.device)
+        options = {"pooled_only": True} if self._fusion_takes_pooled_only and self.head.reads == "pooled" else {}
+        fused = self.fusion(text, attention_mask, image, image_mask, **options)
+        logits = self.head(getattr(fused, self.head.reads))
+        output = {"logits": logits}
+        if labels is not None:
+            output["loss"] = self.head.loss(logits, labels)
         return output
 
     def normalise_pixels(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -336,10 +416,14 @@ def build_model(
     text_encoder: str | Mapping[str, Any] = "tiny-deberta",
     vision_encoder: str | Mapping[str, Any] = "tiny-clip",
     fusion: str | Mapping[str, Any] = "tiny-co-attention",
+    head: str | Mapping[str, Any] = DEFAULT_HEAD,
     num_token_types: int = 83,
     **options: Any,
 ) -> VCRModel:
-    """Build a VCR model from registered names (or ``module:Class`` paths, or ``{"name": .., **opts}``).
+    """Build a model from registered names (or ``module:Class`` paths, or ``{"name": .., **opts}``).
+
+    ``head``: the task (``vcr-multiple-choice``, ``vqa`` with ``num_labels``, ``itm``, ``pbc``, or a
+    plugin's); its widths come from the fusion.
 
     ``options`` are the other fields of :class:`VCRModelConfig` (``use_object_tokens``, ...).
     """
@@ -349,6 +433,7 @@ def build_model(
             text_encoder=component_spec(text_encoder),
             vision_encoder=component_spec(vision_encoder),
             fusion=component_spec(fusion),
+            head=component_spec(head),
             num_token_types=num_token_types,
             **options,
         ),

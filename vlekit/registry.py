@@ -8,7 +8,7 @@ the same in a module or in a notebook cell::
         def __init__(self, *, config: MyFusionConfig): ...
 
 Pip-installed plugins declare entry points in the groups ``vlekit.text_encoders``,
-``vlekit.vision_encoders`` and ``vlekit.fusions``; each entry point names a module (or object) whose
+``vlekit.vision_encoders``, ``vlekit.fusions`` and ``vlekit.heads``; each entry point names a module (or object) whose
 import registers its components. Entry points are imported lazily, on the first lookup or listing,
 each inside its own ``try`` so that one broken plugin is listed as broken and the rest still work.
 """
@@ -30,7 +30,7 @@ from typing import Any
 import yaml
 from torch import nn
 
-KINDS: tuple[str, ...] = ("text_encoder", "vision_encoder", "fusion")
+KINDS: tuple[str, ...] = ("text_encoder", "vision_encoder", "fusion", "head")
 
 # Set while an entry point is being imported, so registrations inside it know their package.
 _loading_package: ContextVar[str | None] = ContextVar("_loading_package", default=None)
@@ -357,6 +357,15 @@ class Registry:
             merged[key] = {**preset_value, **value} if isinstance(preset_value, dict) and isinstance(value, dict) else value
         return base.component, make_config(base.config_class, merged, where=f"{self.kind} {name!r}")
 
+    def config_class_of(self, name: str) -> type:
+        """The config dataclass of a registered name (a preset: its base's) or a ``module:Class`` path."""
+        if ":" in name:
+            config_class = getattr(_import_path(name, kind=self.kind), "config_class", None)
+            if config_class is None:
+                raise RegistryError(f"{self.kind} {name!r}: class has no 'config_class' attribute (a dataclass)")
+            return config_class
+        return self.get(name).config_class
+
     def build(self, name: str, **options: Any) -> nn.Module:
         """Build the component ``name`` (registered name or ``module:Class``) with ``options``."""
         cls, config = self.resolve(name, options)
@@ -383,15 +392,17 @@ def _import_path(path: str, *, kind: str) -> type[nn.Module]:
 TEXT_ENCODERS = Registry(kind="text_encoder", entry_point_group="vlekit.text_encoders")
 VISION_ENCODERS = Registry(kind="vision_encoder", entry_point_group="vlekit.vision_encoders")
 FUSIONS = Registry(kind="fusion", entry_point_group="vlekit.fusions")
-REGISTRIES: dict[str, Registry] = {r.kind: r for r in (TEXT_ENCODERS, VISION_ENCODERS, FUSIONS)}
+HEADS = Registry(kind="head", entry_point_group="vlekit.heads")
+REGISTRIES: dict[str, Registry] = {r.kind: r for r in (TEXT_ENCODERS, VISION_ENCODERS, FUSIONS, HEADS)}
 
 register_text_encoder = TEXT_ENCODERS.register
 register_vision_encoder = VISION_ENCODERS.register
 register_fusion = FUSIONS.register
+register_head = HEADS.register
 
 
 def registry_for(kind: str) -> Registry:
-    """The registry of ``kind`` (``text_encoder``, ``vision_encoder`` or ``fusion``; plurals accepted)."""
+    """The registry of ``kind`` (``text_encoder``, ``vision_encoder``, ``fusion`` or ``head``; plurals accepted)."""
     key = kind.replace("-", "_").rstrip("s")
     if key not in REGISTRIES:
         raise RegistryError(f"unknown component kind {kind!r}; expected one of {', '.join(KINDS)}")

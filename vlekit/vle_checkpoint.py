@@ -14,8 +14,16 @@ The official layout (``models/VLE`` in github.com/iflytek/VLE):
   ``intermediate_size``, ``hidden_act``, dropouts, ``layer_norm_eps``, ``initializer_range``) and
   ``num_token_types`` (2 in the pretrained models, 83 in the VCR ones);
 * weights in ``model.safetensors`` / ``pytorch_model.bin``, single or sharded with an index;
-* task models (``VLEForVCRQ2A`` / ``VLEForVCRQA2R``) put the backbone under ``vle.`` and the head in
-  ``vcr_q2a_logit`` / ``vcr_qa2r_logit``; a bare ``VLEModel`` has no prefix and no head.
+* task models put the backbone under ``vle.`` and the head next to it (:data:`VLE_TASKS`):
+  ``VLEForVCRQ2A`` / ``VLEForVCRQA2R`` in ``vcr_q2a_logit`` / ``vcr_qa2r_logit``, ``VLEForVQA`` in
+  ``vqa_classifier`` (its config's ``id2label`` / ``label2id`` hold the answers), ``VLEForITM`` in
+  ``itm_score.fc`` and ``VLEForPBC`` in ``pbc_classifier``; a bare ``VLEModel`` has no prefix and no head.
+
+Task names are vlekit's (``q2a``, ``qa2r``, ``vqa``, ``itm``, ``pbc``); the official ``vcr_q2a`` /
+``vcr_qa2r`` are accepted here, at the official-checkpoint boundary, and nowhere else. A checkpoint
+that runs at another resolution than its CLIP tower was built for (VQA: 576 px for base, 504 px for
+large) is built at the resolution of its ``preprocessor_config.json``, and position embeddings saved
+for another grid are interpolated on load (reported).
 
 Every key goes through one explicit map, :data:`VLE_KEY_MAP`; loads are strict (missing, unexpected
 and wrongly shaped keys are errors naming the file) unless ``strict=False``.
@@ -39,7 +47,7 @@ from transformers import AutoConfig, AutoTokenizer, CLIPVisionConfig
 from vlekit.fusions import CoAttentionFusion
 from vlekit.model import VCRModel, build_model
 from vlekit.text_encoders import HFTextEncoder, hf_config_dict
-from vlekit.vision_encoders import CLIPVisionEncoder
+from vlekit.vision_encoders import CLIPVisionEncoder, interpolate_position_embeddings
 
 if TYPE_CHECKING:
     from data_prep.preprocess import VCRPreprocessor
@@ -47,6 +55,8 @@ if TYPE_CHECKING:
 __all__ = [
     "PRETRAINING_HEAD_PREFIXES",
     "TASK_HEADS",
+    "VLE_TASKS",
+    "VLETask",
     "VLECheckpointError",
     "VLELoadReport",
     "VLE_KEY_MAP",
@@ -59,6 +69,7 @@ __all__ = [
     "vcr_model_from_vle_config",
     "vle_config_dict",
     "official_vcr_task",
+    "task_name",
     "vle_preprocessor",
     "vle_preprocessor_config",
     "vle_state_dict",
@@ -73,15 +84,41 @@ VLE_CONFIG_FILE = "config.json"
 PREPROCESSOR_FILE = "preprocessor_config.json"
 BACKBONE_PREFIX = "vle."
 
-# Task name -> the official head attribute (VLEForVCRQ2A.vcr_q2a_logit, VLEForVCRQA2R.vcr_qa2r_logit).
-TASK_HEADS: dict[str, str] = {"vcr_q2a": "vcr_q2a_logit", "vcr_qa2r": "vcr_qa2r_logit"}
-TASK_ARCHITECTURES: dict[str | None, str] = {None: "VLEModel", "vcr_q2a": "VLEForVCRQ2A", "vcr_qa2r": "VLEForVCRQA2R"}
 
-# Heads of the other official VLE classes, all top-level attributes next to ``vle``: VLEForITM.itm_score
-# (fc), VLEForMLM.mlm_score (transform Linear + DebertaV2OnlyMLMHead), VLEForPBC.pbc_classifier
-# (Linear, LayerNorm, GELU, Linear) and VLEForVQA.vqa_classifier. A VCR model has no use for them;
-# the strict check skips exactly these prefixes and reports every skipped key.
+
+@dataclass(frozen=True)
+class VLETask:
+    """One official task class: its head attribute (next to ``vle``), architecture name, the vlekit
+    head it loads into (a registered head) and the head's key map ``(official, vlekit)``."""
+
+    head_attribute: str
+    architecture: str
+    head: str
+    head_key_map: tuple[str, str]
+
+
+# vlekit task name -> the official task class. Head keys are never under ``vle.``.
+VLE_TASKS: dict[str, VLETask] = {
+    "q2a": VLETask("vcr_q2a_logit", "VLEForVCRQ2A", "vcr-multiple-choice", ("vcr_q2a_logit.{index}.{param}", "head.{index}.{param}")),
+    "qa2r": VLETask("vcr_qa2r_logit", "VLEForVCRQA2R", "vcr-multiple-choice", ("vcr_qa2r_logit.{index}.{param}", "head.{index}.{param}")),
+    "vqa": VLETask("vqa_classifier", "VLEForVQA", "vqa", ("vqa_classifier.{index}.{param}", "head.{index}.{param}")),
+    "itm": VLETask("itm_score", "VLEForITM", "itm", ("itm_score.fc.{param}", "head.fc.{param}")),
+    "pbc": VLETask("pbc_classifier", "VLEForPBC", "pbc", ("pbc_classifier.{index}.{param}", "head.{index}.{param}")),
+}
+VCR_TASKS: tuple[str, ...] = ("q2a", "qa2r")
+# The official task names, accepted for vlekit's at this boundary only.
+OFFICIAL_TASK_NAMES: dict[str, str] = {"vcr_q2a": "q2a", "vcr_qa2r": "qa2r"}
+# Task name -> the official head attribute; architecture names (None: a bare VLEModel).
+TASK_HEADS: dict[str, str] = {name: task.head_attribute for name, task in VLE_TASKS.items()}
+TASK_ARCHITECTURES: dict[str | None, str] = {None: "VLEModel", **{name: task.architecture for name, task in VLE_TASKS.items()}}
+_ARCHITECTURE_TO_TASK = {task.architecture: name for name, task in VLE_TASKS.items()}
+
+# Heads of the official classes other than the one loaded, all top-level attributes next to ``vle``:
+# VLEForITM.itm_score (fc), VLEForMLM.mlm_score (transform Linear + DebertaV2OnlyMLMHead),
+# VLEForPBC.pbc_classifier and VLEForVQA.vqa_classifier (pretraining checkpoints hold several). The
+# strict check skips exactly these prefixes, except the loaded task's own head, and reports every skipped key.
 PRETRAINING_HEAD_PREFIXES: tuple[str, ...] = ("itm_score.", "mlm_score.", "pbc_classifier.", "vqa_classifier.")
+POSITION_EMBEDDING_KEY = "vision_model.vision_model.embeddings.position_embedding.weight"
 
 # Buffers that transformers 4.x saved in older checkpoints; recomputed on load, so dropped.
 DROPPED_BUFFERS: tuple[str, ...] = (
@@ -127,13 +164,7 @@ VLE_KEY_MAP: tuple[tuple[str, str], ...] = (
     ("cross_modal_{stream}_layers.{layer}.output.LayerNorm.{param}", "fusion.{stream}_layers.{layer}.output_norm.{param}"),
     ("cross_modal_{stream}_pooler.dense.{param}", "fusion.{stream}_pooler.{param}"),
 )
-# The VCR head (Linear, LayerNorm, GELU, Linear): ``{head}`` is vcr_q2a_logit or vcr_qa2r_logit, never prefixed.
-VLE_HEAD_KEY_MAP: tuple[str, str] = ("{head}.{index}.{param}", "head.{index}.{param}")
-
-_FIELDS = {
-    "hf": r".+", "stream": r"text|image", "layer": r"\d+", "param": r"weight|bias", "index": r"0|1|3",
-    "head": "|".join(re.escape(h) for h in TASK_HEADS.values()),
-}
+_FIELDS = {"hf": r".+", "stream": r"text|image", "layer": r"\d+", "param": r"weight|bias", "index": r"0|1|3"}
 
 
 def _compile(template: str) -> re.Pattern[str]:
@@ -143,36 +174,44 @@ def _compile(template: str) -> re.Pattern[str]:
     ))
 
 
-_TO_VLEKIT = tuple((_compile(official), vlekit) for official, vlekit in (*VLE_KEY_MAP, VLE_HEAD_KEY_MAP))
+_TO_VLEKIT = tuple((_compile(official), vlekit) for official, vlekit in VLE_KEY_MAP)
 _TO_OFFICIAL = tuple((_compile(vlekit), official) for official, vlekit in VLE_KEY_MAP)
-_HEAD_TO_OFFICIAL = (_compile(VLE_HEAD_KEY_MAP[1]), VLE_HEAD_KEY_MAP[0])
+_HEAD_TO_VLEKIT = {name: (_compile(task.head_key_map[0]), task.head_key_map[1]) for name, task in VLE_TASKS.items()}
+_HEAD_TO_OFFICIAL = {name: (_compile(task.head_key_map[1]), task.head_key_map[0]) for name, task in VLE_TASKS.items()}
 
 
-def official_to_vlekit_key(key: str) -> str | None:
-    """The vlekit name of an official key (bare ``VLEModel`` naming, or a head key); None if unmapped."""
-    for pattern, target in _TO_VLEKIT:
+def _translate(key: str, rules: Sequence[tuple[re.Pattern[str], str]]) -> str | None:
+    for pattern, target in rules:
         match = pattern.fullmatch(key)
         if match:
             return target.format(**match.groupdict())
     return None
+
+
+def official_to_vlekit_key(key: str) -> str | None:
+    """The vlekit name of an official key (bare ``VLEModel`` naming, or any task's head key); None if unmapped."""
+    return _translate(key, (*_TO_VLEKIT, *_HEAD_TO_VLEKIT.values()))
 
 
 def vlekit_to_official_key(key: str, *, task: str | None = None) -> str | None:
     """The official name of a vlekit key (bare naming; head keys need ``task``); None if unmapped."""
-    for pattern, target in _TO_OFFICIAL:
-        match = pattern.fullmatch(key)
-        if match:
-            return target.format(**match.groupdict())
-    match = _HEAD_TO_OFFICIAL[0].fullmatch(key)
-    if match and task is not None:
-        return _HEAD_TO_OFFICIAL[1].format(head=TASK_HEADS[_check_task(task)], **match.groupdict())
-    return None
+    official = _translate(key, _TO_OFFICIAL)
+    if official is None and task is not None:
+        official = _translate(key, (_HEAD_TO_OFFICIAL[task_name(task)],))
+    return official
 
 
-def _check_task(task: str | None) -> str | None:
-    if task is not None and task not in TASK_HEADS:
-        raise ValueError(f"task={task!r} is not a VLE VCR task; choose 'vcr_q2a', 'vcr_qa2r' or None (no head)")
-    return task
+def task_name(task: str | None) -> str | None:
+    """vlekit's name of a task (``q2a``, ``qa2r``, ``vqa``, ``itm``, ``pbc``; the official ``vcr_q2a`` /
+    ``vcr_qa2r`` accepted for the first two), or None (no head)."""
+    if task is None or task in VLE_TASKS:
+        return task
+    if task in OFFICIAL_TASK_NAMES:
+        return OFFICIAL_TASK_NAMES[task]
+    raise ValueError(
+        f"task={task!r} is not a VLE task; choose one of {', '.join(map(repr, VLE_TASKS))} (or the official "
+        f"'vcr_q2a' / 'vcr_qa2r'), or None (no head)"
+    )
 
 
 class VLECheckpointError(ValueError):
@@ -291,23 +330,61 @@ def _vision_tower_config(config: Mapping[str, Any], *, where: str) -> dict[str, 
     return dict(vision)
 
 
+def vqa_answers(config: Mapping[str, Any], *, where: str = "config.json") -> list[str]:
+    """The answers of a ``VLEForVQA`` config in label order: ``id2label`` (ids 0..n-1), checked against ``label2id``."""
+    id2label = config.get("id2label")
+    if not isinstance(id2label, Mapping) or not id2label:
+        raise VLECheckpointError(f"{where}: a VQA checkpoint's config has id2label (label id -> answer); none found")
+    try:
+        by_id = {int(key): str(value) for key, value in id2label.items()}
+    except ValueError as error:
+        raise VLECheckpointError(f"{where}: id2label keys must be label ids (integers): {error}") from error
+    if sorted(by_id) != list(range(len(by_id))):
+        raise VLECheckpointError(f"{where}: id2label ids must be 0..{len(by_id) - 1}; got {_shorten([str(i) for i in sorted(by_id)])}")
+    answers = [by_id[i] for i in range(len(by_id))]
+    label2id = config.get("label2id")
+    if isinstance(label2id, Mapping) and label2id:
+        wrong = [answer for i, answer in enumerate(answers) if label2id.get(answer) != i]
+        if wrong or len(label2id) != len(answers):
+            raise VLECheckpointError(f"{where}: label2id disagrees with id2label (e.g. for {_shorten(wrong, 3) or 'its size'})")
+    return answers
+
+
+def _head_spec(task: str | None, answers: Sequence[str] | None) -> dict[str, Any]:
+    if task == "vqa":
+        if not answers:
+            raise ValueError("a VQA model needs its answers (the label vocabulary): pass answers=[...]")
+        return {"name": "vqa", "num_labels": len(answers), "answers": list(answers)}
+    if answers is not None:
+        raise TypeError(f"answers= is for task='vqa' only, not task={task!r}")
+    return {"name": VLE_TASKS[task].head if task is not None else VLE_TASKS["q2a"].head}
+
+
 def vcr_model_from_vle_config(
-    config: Mapping[str, Any], *, num_token_types: int | None = None, where: str = "config.json", **options: Any
+    config: Mapping[str, Any], *, num_token_types: int | None = None, where: str = "config.json",
+    task: str | None = None, image_size: int | None = None, answers: Sequence[str] | None = None, **options: Any
 ) -> VCRModel:
     """A randomly initialised :class:`VCRModel` with the architecture of a VLE ``config.json``.
 
     Built through the registry: ``hf-text`` (deberta-v2, ``text_config`` as ``hf_config``),
-    ``clip-vision`` (the vision tower's config) and ``co-attention`` (the fusion fields).
+    ``clip-vision`` (the vision tower's config) and ``co-attention`` (the fusion fields), and the
+    task's head (:data:`VLE_TASKS`; None: the VCR head).
 
     Args:
         config: the parsed ``config.json`` (``model_type`` must be ``"vle"``).
         num_token_types: rows of the token-type table (default: the config's ``num_token_types``).
         where: names the config in error messages.
+        task: ``q2a`` / ``qa2r`` / ``vqa`` / ``itm`` / ``pbc`` (or the official ``vcr_*``), or None.
+        image_size: build the vision tower at this resolution (default: its config's ``image_size``).
+        answers: the VQA head's answers (default for ``task="vqa"``: the config's ``id2label``).
         options: other :class:`~vlekit.model.VCRModelConfig` fields (``use_object_tokens``, ``use_object_types``).
     """
+    task = task_name(task)
+    if task == "vqa" and answers is None:
+        answers = vqa_answers(config, where=where)
     if config.get("model_type") != VLE_MODEL_TYPE:
         raise VLECheckpointError(f"{where}: model_type is {config.get('model_type')!r}, expected 'vle'")
-    reserved = sorted(set(options) & {"text_encoder", "vision_encoder", "fusion", "num_token_types", "initializer_range"})
+    reserved = sorted(set(options) & {"text_encoder", "vision_encoder", "fusion", "head", "num_token_types", "initializer_range"})
     if reserved:
         raise TypeError(
             f"{where}: {', '.join(reserved)} come from the VLE config.json; options may only set the other "
@@ -320,7 +397,10 @@ def vcr_model_from_vle_config(
             f"{where}: text_config has model_type {found!r}; VLE's text encoder is DeBERTa-v3 ('deberta-v2')"
         )
     text_config = AutoConfig.for_model(TEXT_MODEL_TYPE, **_hf_config_options(text))
-    vision_config = CLIPVisionConfig(**_hf_config_options(_vision_tower_config(config, where=where)))
+    vision_options = _hf_config_options(_vision_tower_config(config, where=where))
+    if image_size is not None:
+        vision_options["image_size"] = image_size
+    vision_config = CLIPVisionConfig(**vision_options)
     missing = [name for name in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size") if name not in config]
     if missing:
         raise VLECheckpointError(f"{where}: the fusion fields {', '.join(missing)} are missing")
@@ -329,6 +409,7 @@ def vcr_model_from_vle_config(
         text_encoder={"name": "hf-text", "model_type": TEXT_MODEL_TYPE, "hf_config": hf_config_dict(text_config)},
         vision_encoder={"name": "clip-vision", "hf_config": hf_config_dict(vision_config)},
         fusion=fusion,
+        head=_head_spec(task, answers),
         num_token_types=num_token_types if num_token_types is not None else config.get("num_token_types", 2),
         initializer_range=config.get("initializer_range", 0.02),
         **options,
@@ -353,6 +434,7 @@ class VLELoadReport:
     dropped: list[str] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)
     initialised: list[str] = field(default_factory=list)
+    interpolated: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -372,6 +454,7 @@ class VLELoadReport:
             ("dropped (position-id buffers)", self.dropped),
             ("ignored (pretraining heads)", self.ignored),
             ("initialised", self.initialised),
+            ("interpolated (position embeddings to the model's grid)", self.interpolated),
         ):
             if keys:
                 lines.append(f"  {title} ({len(keys)}): {_shorten(keys)}")
@@ -394,14 +477,15 @@ def load_vle_state_dict(
     files: Mapping[str, str] | None = None,
     source: str = "state dict",
 ) -> VLELoadReport:
-    """Copy an official VLE state dict into ``model`` through :data:`VLE_KEY_MAP`.
+    """Copy an official VLE state dict into ``model`` through :data:`VLE_KEY_MAP` and the task's head map.
 
     Layout: if any key starts with ``vle.`` every backbone key must (a task checkpoint); otherwise none
     may (a bare ``VLEModel``). Heads: ``task=None`` loads the checkpoint's VCR head if it has exactly
-    one; a checkpoint without a VCR head keeps the model's new head. Pretraining heads
-    (:data:`PRETRAINING_HEAD_PREFIXES`) are skipped and reported, position-id buffers dropped. A
-    token-type table with fewer rows than the model's fills the first rows (rows 0 and 1 of a
-    pretrained table); the other rows keep their initialisation.
+    one; a checkpoint without the task's head keeps the model's new head. The heads of the other
+    official classes (:data:`PRETRAINING_HEAD_PREFIXES`, but the task's own) are skipped and reported,
+    position-id buffers dropped. A token-type table with fewer rows than the model's fills the first
+    rows (rows 0 and 1 of a pretrained table); the other rows keep their initialisation. Position
+    embeddings saved for another patch grid are interpolated to the model's (bicubic, CLS row kept).
 
     Args:
         files: the file each key came from (error messages name it).
@@ -410,31 +494,38 @@ def load_vle_state_dict(
     Raises:
         VLECheckpointError: with ``strict``, listing every missing, unexpected or wrongly shaped key.
     """
-    _check_task(task)
+    task = task_name(task)
     files = files or {}
 
     def named(key: str) -> str:
         return f"{key} ({files[key]})" if key in files else key
 
     prefix = BACKBONE_PREFIX if any(key.startswith(BACKBONE_PREFIX) for key in state) else ""
-    heads_found = {name for name, head in TASK_HEADS.items() if any(key.startswith(head + ".") for key in state)}
+    heads_found = {name for name in VCR_TASKS if any(key.startswith(TASK_HEADS[name] + ".") for key in state)}
     if task is None and len(heads_found) > 1:
         raise VLECheckpointError(f"{source} has both VCR heads ({', '.join(sorted(heads_found))}); pass task= to choose one")
     if task is None and heads_found:
         task = next(iter(heads_found))
+    expected_head = VLE_TASKS[task].head if task is not None else VLE_TASKS["q2a"].head
+    if getattr(model.head, "registered_name", None) != expected_head:
+        raise VLECheckpointError(
+            f"{source}: task {task!r} loads into a {expected_head!r} head, but the model has a "
+            f"{getattr(model.head, 'registered_name', type(model.head).__name__)!r} head"
+        )
     report = VLELoadReport(source=source, layout="task (vle. prefix)" if prefix else "bare", task=task)
     head = TASK_HEADS[task] if task is not None else None
+    skipped_heads = tuple(p for p in PRETRAINING_HEAD_PREFIXES if p != f"{head}.")
 
     targets: dict[str, tuple[str, torch.Tensor]] = {}  # vlekit key -> (official key, tensor)
     for key, tensor in state.items():
-        if key.startswith(PRETRAINING_HEAD_PREFIXES):
+        if key.startswith(skipped_heads):
             report.ignored.append(key)
             continue
         if key.startswith(prefix) and key[len(prefix):] in DROPPED_BUFFERS:
             report.dropped.append(key)
             continue
         if head is not None and key.startswith(head + "."):
-            vlekit_key = official_to_vlekit_key(key)
+            vlekit_key = _translate(key, (_HEAD_TO_VLEKIT[task],))
         elif key.startswith(prefix):
             vlekit_key = official_to_vlekit_key(key[len(prefix):])
             # Head names map too; here (another task's head, or one under vle.) they are left over.
@@ -447,6 +538,7 @@ def load_vle_state_dict(
             targets[vlekit_key] = (key, tensor)
 
     model_state = model.state_dict()
+    positions = "vision_encoder.model." + POSITION_EMBEDDING_KEY.removeprefix("vision_model.vision_model.")
     loadable: dict[str, torch.Tensor] = {}
     for vlekit_key, (key, tensor) in targets.items():
         if vlekit_key not in model_state:
@@ -457,6 +549,16 @@ def load_vle_state_dict(
             vlekit_key == "token_type_embeddings.weight"
             and tensor.shape[0] < expected[0] and tensor.shape[1:] == expected[1:]
         )
+        if vlekit_key == positions and tensor.shape != expected and tensor.shape[1:] == expected[1:]:
+            new_grid = model.vision_encoder.grid
+            try:
+                resized = interpolate_position_embeddings(tensor, new_grid)
+            except ValueError:
+                resized = tensor  # not 1 + a square grid: reported as a wrong shape below
+            if resized.shape == expected:
+                report.interpolated.append(
+                    f"{named(key)}: {tensor.shape[0]} -> {expected[0]} rows ({new_grid}x{new_grid} patches)")
+                tensor = resized
         if tensor.shape != expected and not grows:
             report.mismatched.append(f"{named(key)} has shape {list(tensor.shape)}, the model ({vlekit_key}) has {list(expected)}")
             continue
@@ -465,7 +567,7 @@ def load_vle_state_dict(
         loadable[vlekit_key] = tensor
     new_head = not any(key.startswith("head.") for key in targets)
     if new_head:
-        report.initialised.append(f"head.* (new VCR head; {source} has no {head or 'VCR head'})")
+        report.initialised.append(f"head.* (new {expected_head} head; {source} has no {head or 'VCR head'})")
     for vlekit_key in model_state:
         if vlekit_key not in targets and not (new_head and vlekit_key.startswith("head.")):
             official = vlekit_to_official_key(vlekit_key, task=task)
@@ -496,42 +598,63 @@ def from_vle_pretrained(
     *,
     strict: bool = True,
     num_token_types: int | None = None,
+    image_size: int | None = None,
+    answers: Sequence[str] | None = None,
     revision: str | None = None,
     output_loading_info: bool = False,
     **options: Any,
 ) -> VCRModel | tuple[VCRModel, VLELoadReport]:
     """Load an official VLE checkpoint (hub name or local folder) as a :class:`VCRModel` in eval mode.
 
-    The returned model takes the batch contract (``input_ids, attention_mask, text_type_ids [B, C, L]``,
-    ``pixel_values [B, 3, S, S]``, ``object_patch_mask [B, C, K, P]``, ``object_type_ids,
-    object_mask [B, C, K]``) and returns ``logits [B, C]``: VLE's ``VLEForVCRQ2A`` / ``VLEForVCRQA2R``
-    scores, computed once per image and with the choices folded into the batch.
+    VCR (``q2a`` / ``qa2r``): the model takes the batch contract (``input_ids, attention_mask,
+    text_type_ids [B, C, L]``, ``pixel_values [B, 3, S, S]``, ``object_patch_mask [B, C, K, P]``,
+    ``object_type_ids, object_mask [B, C, K]``) and returns ``logits [B, C]``: VLE's ``VLEForVCRQ2A``
+    / ``VLEForVCRQA2R`` scores, computed once per image and with the choices folded into the batch.
+
+    ``vqa`` / ``itm`` / ``pbc``: the model takes ``input_ids, attention_mask [B, L]`` and
+    ``pixel_values [B, 3, S, S]`` and returns ``logits`` ``[B, num_labels]`` (``VLEForVQA``; the
+    answers in ``model.head.config.answers``), ``[B, 2]`` (``VLEForITM``) or ``[B, P, 2]``
+    (``VLEForPBC``, one row per patch, CLS excluded).
 
     Args:
         name_or_path: ``hfl/vle-base-for-vcr-q2a``-style hub name, or a folder with ``config.json`` and weights.
-        task: ``"vcr_q2a"`` / ``"vcr_qa2r"`` / None. None loads the checkpoint's VCR head if it has one;
-            a checkpoint without one (``hfl/vle-base``) gets a new head.
+        task: ``"q2a"`` / ``"qa2r"`` / ``"vqa"`` / ``"itm"`` / ``"pbc"`` (the official ``"vcr_q2a"`` /
+            ``"vcr_qa2r"`` too) / None. None: the task of the checkpoint's architecture
+            (``VLEForVQA``, ...), else its VCR head if it has one; a checkpoint without the task's head
+            (``hfl/vle-base``) gets a new head.
         strict: missing, unexpected or wrongly shaped keys are errors; ``False`` loads what matches and logs the report.
         num_token_types: grow the token-type table, e.g. 83 for VCR from a pretrained (2-row) table:
             rows 0 and 1 are kept, the new rows drawn from normal(0, initializer_range).
+        image_size: the resolution to run at; default: ``preprocessor_config.json``'s crop size (576
+            for ``hfl/vle-base-for-vqa``), else the vision config's. Saved position embeddings of
+            another grid are interpolated.
+        answers: VQA only: the answer vocabulary for a new VQA head (default: the config's ``id2label``).
         revision: hub revision (branch, tag or commit).
         output_loading_info: also return the :class:`VLELoadReport`.
-        options: other VCRModelConfig fields (``use_object_tokens``, ``use_object_types``).
+        options: other VCRModelConfig fields (``use_object_tokens``, ``use_object_types``; VCR only).
     """
-    _check_task(task)
-    directory = _local_directory(name_or_path, files=_MODEL_FILES, revision=revision)
+    task = task_name(task)
+    directory = _local_directory(name_or_path, files=(*_MODEL_FILES, PREPROCESSOR_FILE), revision=revision)
     config = read_vle_config(directory)
     where = str(directory / VLE_CONFIG_FILE)
+    if task is None:
+        task = next((_ARCHITECTURE_TO_TASK[a] for a in config.get("architectures") or []
+                     if _ARCHITECTURE_TO_TASK.get(a) not in (None, *VCR_TASKS)), None)
+    vcr = task is None or task in VCR_TASKS
+    if not vcr and options:
+        raise TypeError(f"from_vle_pretrained: {', '.join(sorted(options))} are VCR options; task {task!r} takes none")
     file_types = config.get("num_token_types", 2)
     if num_token_types is not None and num_token_types < file_types:
         raise ValueError(f"num_token_types={num_token_types} would drop rows of the checkpoint's {file_types}-row token-type table; use {file_types} or more")
     rows = num_token_types if num_token_types is not None else file_types
-    if options.get("use_object_types", True) and rows < VCR_NUM_TOKEN_TYPES:
+    if vcr and options.get("use_object_types", True) and rows < VCR_NUM_TOKEN_TYPES:
         raise ValueError(
             f"{where}: the token-type table has {rows} rows, but VCR object types need {VCR_NUM_TOKEN_TYPES} (text 0, image 1, "
             f"objects 2..82); pass num_token_types={VCR_NUM_TOKEN_TYPES} (rows 0..{file_types - 1} are kept, the new rows "
             f"initialised) or use_object_types=False"
         )
+    if task == "vqa" and answers is None and config.get("architectures") != [VLE_TASKS["vqa"].architecture]:
+        raise ValueError(f"{where} is not a VLEForVQA checkpoint (no answer vocabulary): pass answers=[...] for the new VQA head")
     state, files = read_vle_weights(directory)
     prefix = BACKBONE_PREFIX if any(key.startswith(BACKBONE_PREFIX) for key in state) else ""
     table = state.get(prefix + "token_type_embeddings.weight")
@@ -540,7 +663,11 @@ def from_vle_pretrained(
         raise VLECheckpointError(
             f"{where} says num_token_types={file_types}, but {key} in {files[key]} has {table.shape[0]} rows"
         )
-    model = vcr_model_from_vle_config(config, num_token_types=rows, where=where, **options)
+    if image_size is None:
+        image_size = _checkpoint_image_size(directory)
+    model = vcr_model_from_vle_config(
+        config, num_token_types=rows, where=where, task=task, image_size=image_size, answers=answers, **options
+    )
     weight_files = sorted(set(files.values()))
     report = load_vle_state_dict(
         model, state, task=task, strict=strict, files=files, source=f"{directory} ({', '.join(weight_files)})"
@@ -550,12 +677,35 @@ def from_vle_pretrained(
     return (model, report) if output_loading_info else model
 
 
+def _checkpoint_image_size(directory: Path) -> int | None:
+    """The crop size of ``preprocessor_config.json`` (the resolution the checkpoint runs at), if any."""
+    path = directory / PREPROCESSOR_FILE
+    if not path.is_file():
+        return None
+    processor = json.loads(path.read_text())
+    for name in ("crop_size", "size"):
+        if name in processor:
+            return _square_size(processor[name], name=name, where=str(path))
+    return None
+
+
 # -- writing ------------------------------------------------------------------------------------------
 
 
-def _check_exportable(model: VCRModel) -> None:
+def _check_exportable(model: VCRModel, task: str | None) -> None:
     if not isinstance(model, VCRModel):
         raise TypeError(f"to_vle_pretrained: expected a vlekit VCRModel, got {type(model).__name__}")
+    head = getattr(model.head, "registered_name", type(model.head).__name__)
+    if task is not None and head != VLE_TASKS[task].head:
+        raise ValueError(
+            f"to_vle_pretrained: task={task!r} writes a {VLE_TASKS[task].architecture} with a {VLE_TASKS[task].head!r} "
+            f"head, but the model has a {head!r} head; pass the model's task, or task=None for the backbone alone"
+        )
+    if task == "vqa" and not model.head.config.answers:
+        raise ValueError(
+            "to_vle_pretrained: a VLEForVQA config carries the answers (id2label); build the VQA head with "
+            "answers=[...] (one per label)"
+        )
     parts = {
         "text encoder": (model.text_encoder, HFTextEncoder, "hf-text with a deberta-v2 model"),
         "vision encoder": (model.vision_encoder, CLIPVisionEncoder, "clip-vision"),
@@ -572,7 +722,7 @@ def _check_exportable(model: VCRModel) -> None:
             f"to_vle_pretrained: the text encoder is a {model.text_encoder.model.config.model_type!r} model; VLE's "
             f"format holds DeBERTa ('deberta-v2') only. Save other models with model.save_pretrained (vlekit format)."
         )
-    if not (model.config.use_object_tokens and model.config.use_object_types):
+    if model.head.multiple_choice and not (model.config.use_object_tokens and model.config.use_object_types):
         raise ValueError(
             "to_vle_pretrained: VLE's VCR code always appends object tokens and tags them with types k+2; a model "
             "built with use_object_tokens=False or use_object_types=False would compute something else there. "
@@ -582,11 +732,16 @@ def _check_exportable(model: VCRModel) -> None:
 
 def vle_config_dict(model: VCRModel, *, task: str | None = None) -> dict[str, Any]:
     """The official ``config.json`` content for ``model`` (nested ``text_config`` / ``vision_config``)."""
-    _check_task(task)
-    _check_exportable(model)
+    task = task_name(task)
+    _check_exportable(model, task)
     fusion = dataclasses.asdict(model.fusion.config)
+    labels = {}
+    if task == "vqa":
+        answers = list(model.head.config.answers)
+        labels = {"id2label": {str(i): a for i, a in enumerate(answers)}, "label2id": {a: i for i, a in enumerate(answers)}}
     return {
         "architectures": [TASK_ARCHITECTURES[task]],
+        **labels,
         "model_type": VLE_MODEL_TYPE,
         **{name: fusion[name] for name in FUSION_FIELDS},
         "initializer_range": model.config.initializer_range,
@@ -599,8 +754,8 @@ def vle_config_dict(model: VCRModel, *, task: str | None = None) -> dict[str, An
 
 def vle_state_dict(model: VCRModel, *, task: str | None = None) -> dict[str, torch.Tensor]:
     """``model``'s weights under the official names: ``vle.``-prefixed plus the head for a task, bare without."""
-    _check_task(task)
-    _check_exportable(model)
+    task = task_name(task)
+    _check_exportable(model, task)
     prefix = BACKBONE_PREFIX if task is not None else ""
     state: dict[str, torch.Tensor] = {}
     for key, tensor in model.state_dict().items():
@@ -648,9 +803,11 @@ def to_vle_pretrained(
     Writes ``config.json``, ``model.safetensors`` (or ``pytorch_model.bin``), ``preprocessor_config.json``
     (:func:`vle_preprocessor_config`) and, given ``tokenizer``, the tokenizer's files, so the
     official ``VLEProcessor.from_pretrained`` and :func:`vle_preprocessor` both read the folder.
-    ``task="vcr_q2a"`` / ``"vcr_qa2r"`` writes a ``VLEForVCRQ2A`` / ``VLEForVCRQA2R`` checkpoint
-    (``vle.`` prefix, head); ``task=None`` a bare ``VLEModel`` (no head). Only hf-text (deberta-v2) +
-    clip-vision + co-attention models with object tokens and types are accepted.
+    ``task`` (``"q2a"``, ``"qa2r"``, ``"vqa"``, ``"itm"``, ``"pbc"``; the official ``"vcr_q2a"`` /
+    ``"vcr_qa2r"`` too) writes that class's checkpoint (``VLEForVCRQ2A``, ..., ``VLEForVQA`` with
+    ``id2label`` / ``label2id``; ``vle.`` prefix, head), and must be the task of the model's head;
+    ``task=None`` a bare ``VLEModel`` (no head). Only hf-text (deberta-v2) + clip-vision +
+    co-attention models are accepted, VCR ones with object tokens and types.
     """
     config = vle_config_dict(model, task=task)
     state = vle_state_dict(model, task=task)
