@@ -18,7 +18,7 @@ from data_prep.preprocess import PreprocessConfig, VCRPreprocessor
 __all__ = ["VCRDataset"]
 
 # Options that only change the pixels or the batching: cached text examples need not agree on them.
-_NOT_TEXT_OPTIONS = frozenset({"image_mean", "image_std", "pad_to_multiple_of", "jpeg_draft"})
+_NOT_TEXT_OPTIONS = frozenset({"image_mean", "image_std", "pad_to_multiple_of", "jpeg_draft", "pixel_dtype"})
 
 
 class VCRDataset(Dataset):
