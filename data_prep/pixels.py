@@ -75,12 +75,15 @@ def load_pixels(
         left, top = -transform.offset[0], -transform.offset[1]
         image = image.crop((left, top, left + size, top + size))
     # One 8-bit canvas for both dtypes, so float32 pixels are exactly the model's normalisation of
-    # the uint8 ones, padding included.
+    # the uint8 ones, padding included. Built channels-first in torch: no HWC canvas to transpose.
     x0, y0 = max(0, transform.offset[0]), max(0, transform.offset[1])
-    canvas = np.empty((size, size, 3), dtype=np.uint8)
-    canvas[...] = padding_colour(mean)
-    canvas[y0 : y0 + image.height, x0 : x0 + image.width] = np.asarray(image)
-    if dtype == "float32":
-        mean32, std32 = np.asarray(mean, dtype=np.float32), np.asarray(std, dtype=np.float32)
-        canvas = ((canvas.astype(np.float64) * (1.0 / 255.0)).astype(np.float32) - mean32) / std32
-    return torch.from_numpy(canvas).permute(2, 0, 1).contiguous()
+    content = torch.from_numpy(np.array(image)).permute(2, 0, 1)  # [3, h, w] uint8
+    canvas = torch.empty(3, size, size, dtype=torch.uint8)
+    if content.shape[1:] != (size, size):
+        canvas[:] = torch.tensor(padding_colour(mean), dtype=torch.uint8).view(3, 1, 1)
+    canvas[:, y0 : y0 + content.shape[1], x0 : x0 + content.shape[2]] = content
+    if dtype == "uint8":
+        return canvas
+    # CLIP's processor: rescale in float64, then (x - mean) / std in float32.
+    mean32, std32 = (torch.tensor(v, dtype=torch.float32).view(3, 1, 1) for v in (mean, std))
+    return ((canvas.to(torch.float64) * (1.0 / 255.0)).to(torch.float32) - mean32) / std32
