@@ -3,6 +3,7 @@
 Measurements, not tests.
 
 ``vlekit bench`` and notebooks call it; timing lives here so the preprocessing modules hold none.
+The image-loading table over ``PIXEL_VARIANTS`` is a command, ``python -m data_prep.bench_pixels``.
 """
 from __future__ import annotations
 
@@ -14,7 +15,10 @@ from typing import Any
 from data_prep.pixels import load_pixels
 from data_prep.preprocess import PreprocessConfig, VCRPreprocessor
 
-__all__ = ["benchmark_pixels", "benchmark_text_prep"]
+__all__ = ["PIXEL_VARIANTS", "benchmark_pixels", "benchmark_text_prep"]
+
+# (jpeg_draft, pixel_dtype) of the image-loading table's rows: today's default first.
+PIXEL_VARIANTS: tuple[tuple[bool, str], ...] = ((False, "float32"), (True, "float32"), (True, "uint8"))
 
 
 def _stand_in_metadata(record: Mapping[str, Any]) -> dict[str, Any]:
@@ -68,28 +72,37 @@ def benchmark_text_prep(
 
 
 def benchmark_pixels(
-    images_root: str | Path, record: Mapping[str, Any], *, image_size: int = 384, geometry: str = "letterbox",
-    jpeg_draft: bool = False, repeat: int = 20,
+    images_root: str | Path, records: Mapping[str, Any] | Sequence[Mapping[str, Any]], *, image_size: int = 384,
+    geometry: str = "letterbox", jpeg_draft: bool = False, pixel_dtype: str = "float32", repeat: int = 20,
 ) -> dict[str, Any]:
-    """Examples per second of ``VCRPreprocessor.load_pixels`` on one record's frame, in this process.
+    """Examples per second of ``data_prep.pixels.load_pixels`` (as ``VCRPreprocessor.load_pixels``
+    calls it) on the records' frames, each loaded ``repeat`` times, in this process.
+
+    ``examples_per_cpu_s`` divides by process CPU time: examples per core-second.
 
     Returns:
-        ``{"examples", "seconds", "examples_per_s", "examples_per_cpu_s", "image_size", "geometry", "jpeg_draft"}``.
+        ``{"examples", "seconds", "examples_per_s", "examples_per_cpu_s", "image_size", "geometry",
+        "jpeg_draft", "pixel_dtype"}``.
     """
-    config = PreprocessConfig(image_size=image_size, geometry=geometry, jpeg_draft=jpeg_draft)
-    path = Path(images_root) / record["img_fn"]
+    records = [records] if isinstance(records, Mapping) else list(records)
+    if not records:
+        raise ValueError("benchmark_pixels needs at least one record")
+    config = PreprocessConfig(image_size=image_size, geometry=geometry, jpeg_draft=jpeg_draft, pixel_dtype=pixel_dtype)
+    paths = [Path(images_root) / record["img_fn"] for record in records]
 
-    def one() -> Any:
+    def one(path: Path) -> Any:
         return load_pixels(path, image_size=image_size, geometry=geometry, mean=config.image_mean,
-                           std=config.image_std, draft=jpeg_draft)
+                           std=config.image_std, draft=jpeg_draft, dtype=pixel_dtype)
 
-    one()  # warm-up
+    one(paths[0])  # warm-up
     wall, cpu = time.perf_counter(), time.process_time()
     for _ in range(repeat):
-        one()
+        for path in paths:
+            one(path)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    examples = repeat * len(paths)
     return {
-        "examples": repeat, "seconds": wall, "examples_per_s": repeat / wall,
-        "examples_per_cpu_s": repeat / cpu if cpu > 0 else float("inf"),
-        "image_size": image_size, "geometry": geometry, "jpeg_draft": jpeg_draft,
+        "examples": examples, "seconds": wall, "examples_per_s": examples / wall,
+        "examples_per_cpu_s": examples / cpu if cpu > 0 else float("inf"),
+        "image_size": image_size, "geometry": geometry, "jpeg_draft": jpeg_draft, "pixel_dtype": pixel_dtype,
     }

@@ -26,7 +26,8 @@ def collate_examples(
 
     Returns:
         ``input_ids``, ``attention_mask``, ``text_type_ids``: long ``[B, C, L]``, L the longest
-        sequence rounded up to ``pad_to_multiple_of``; ``pixel_values`` float ``[B, 3, S, S]``;
+        sequence rounded up to ``pad_to_multiple_of``; ``pixel_values`` ``[B, 3, S, S]`` in the
+        examples' dtype (float32 normalised, or uint8 for the model to normalise);
         ``object_patch_mask`` bool ``[B, C, K, P]`` (K the most slots of any choice, at least 1);
         ``object_type_ids`` long ``[B, C, K]`` (``k + 2``, 0 on padding); ``object_mask`` long
         ``[B, C, K]``; ``labels`` long ``[B]`` only when every example has a label.
@@ -51,6 +52,12 @@ def collate_examples(
                 f"example {i} ({example.get('annot_id')}): pixel_values has shape "
                 f"{tuple(example['pixel_values'].shape)}, expected (3, {size}, {size}) for image_size={size}"
             )
+    pixel_dtypes = {torch.as_tensor(example["pixel_values"]).dtype for example in examples}
+    if len(pixel_dtypes) > 1:
+        raise ValueError(
+            f"pixel_values mix dtypes {sorted(map(str, pixel_dtypes))} in one batch: prepare every example "
+            f"with the same pixel_dtype (uint8 pixels are 0..255, float32 ones are already normalised)"
+        )
     sequences = [ids for example in examples for ids in example["input_ids"]]
     tags = [t for example in examples for t in example["text_type_ids"]]
     slot_objects = [objs for example in examples for objs in example["object_ids"]]

@@ -39,7 +39,8 @@ def image_transform(width: int, height: int, *, image_size: int, geometry: str) 
 
     Modes:
         squash: resize to ``S x S``.
-        letterbox: scale by ``S / max(W, H)``, centre on the canvas; the padding normalises to 0.
+        letterbox: scale by ``S / max(W, H)``, centre on the canvas; the padding is the 8-bit colour
+            nearest the normalisation mean (``data_prep.pixels.padding_colour``).
         center-crop: scale the short side to ``S`` (long side ``int(S * long / short)``, as CLIP's
             processor does), centre crop; boxes are shifted with the crop.
         vle-compat: pixels as ``center-crop``, boxes as ``squash``: VLE's own mismatch, on wide

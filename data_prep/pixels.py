@@ -4,6 +4,13 @@ Owns ``load_pixels``: the geometry's resize / crop / pad (``data_prep.geometry.i
 and the normalisation. The arithmetic follows CLIP's image processor step for step (bicubic PIL
 resize, rescale by 1/255 in float64 then float32, ``(x - mean) / std`` in float32), so
 ``center-crop`` and ``vle-compat`` pixels are the official VLE processor's, bit for bit.
+
+Both dtypes start from one 8-bit canvas: the resized (cropped) image, and letterbox padding in
+``padding_colour(mean)``, the 8-bit colour nearest the normalisation mean (an exact mean, 0 after
+normalising, is no 8-bit colour; CLIP's pads to (0.0033, 0.0038, -0.0013)). ``dtype="float32"``
+normalises the canvas here; ``dtype="uint8"`` returns it (a quarter of the bytes to pin and copy)
+for ``VCRModel`` to normalise on its device with the same mean and std. The two then differ by
+float rounding only (about 1e-7), padding included.
 """
 from __future__ import annotations
 
@@ -18,22 +25,34 @@ from PIL import Image
 from data_prep.geometry import image_transform
 from data_prep.vcr import VCRFormatError
 
-__all__ = ["load_pixels"]
+__all__ = ["PIXEL_DTYPES", "load_pixels", "padding_colour"]
+
+PIXEL_DTYPES: tuple[str, ...] = ("float32", "uint8")
+
+
+def padding_colour(mean: Sequence[float]) -> tuple[int, int, int]:
+    """The 8-bit RGB colour nearest the normalisation mean: the letterbox padding (of both dtypes)."""
+    return tuple(int(round(m * 255)) for m in mean)
 
 
 def load_pixels(
     path: Path, *, image_size: int, geometry: str, mean: Sequence[float], std: Sequence[float],
-    draft: bool = False, annot_id: Any = None,
+    draft: bool = False, dtype: str = "float32", annot_id: Any = None,
 ) -> torch.Tensor:
-    """Decode, transform and normalise one image file.
+    """Decode, transform and (for float32) normalise one image file.
 
     Args:
         draft: let a JPEG decode at 1/2, 1/4 or 1/8 scale, never below the resize target.
+        dtype: ``"float32"`` (normalised) or ``"uint8"`` (8-bit RGB, normalised by the model).
         annot_id: names the record in error messages.
 
     Returns:
-        float32 tensor ``[3, S, S]``; letterbox padding is exactly 0 (the mean colour).
+        ``[3, S, S]``: the canvas normalised (float32) or as it is (uint8); letterbox padding is
+        ``padding_colour(mean)``.
     """
+    if dtype not in PIXEL_DTYPES:
+        choices = ", ".join(map(repr, PIXEL_DTYPES))
+        raise ValueError(f"load_pixels: dtype={dtype!r} is not supported; choose one of {choices}")
     try:
         with Image.open(path) as opened:
             transform = image_transform(opened.width, opened.height, image_size=image_size, geometry=geometry)
@@ -55,9 +74,16 @@ def load_pixels(
     if image.width > size or image.height > size:  # centre crop (negative offset)
         left, top = -transform.offset[0], -transform.offset[1]
         image = image.crop((left, top, left + size, top + size))
-    mean32, std32 = np.asarray(mean, dtype=np.float32), np.asarray(std, dtype=np.float32)
-    content = ((np.asarray(image, dtype=np.float64) * (1.0 / 255.0)).astype(np.float32) - mean32) / std32
-    pixels = torch.zeros(3, size, size, dtype=torch.float32)  # 0 = the mean colour after normalising
+    # One 8-bit canvas for both dtypes, so float32 pixels are exactly the model's normalisation of
+    # the uint8 ones, padding included. Built channels-first in torch: no HWC canvas to transpose.
     x0, y0 = max(0, transform.offset[0]), max(0, transform.offset[1])
-    pixels[:, y0 : y0 + content.shape[0], x0 : x0 + content.shape[1]] = torch.from_numpy(content).permute(2, 0, 1)
-    return pixels
+    content = torch.from_numpy(np.array(image)).permute(2, 0, 1)  # [3, h, w] uint8
+    canvas = torch.empty(3, size, size, dtype=torch.uint8)
+    if content.shape[1:] != (size, size):
+        canvas[:] = torch.tensor(padding_colour(mean), dtype=torch.uint8).view(3, 1, 1)
+    canvas[:, y0 : y0 + content.shape[1], x0 : x0 + content.shape[2]] = content
+    if dtype == "uint8":
+        return canvas
+    # CLIP's processor: rescale in float64, then (x - mean) / std in float32.
+    mean32, std32 = (torch.tensor(v, dtype=torch.float32).view(3, 1, 1) for v in (mean, std))
+    return ((canvas.to(torch.float64) * (1.0 / 255.0)).to(torch.float32) - mean32) / std32

@@ -25,7 +25,7 @@ Example dict (``prepare_text``; ``__call__`` adds ``pixel_values``), C = 4, K_c 
 - ``input_ids``, ``text_type_ids``: C lists of L_c ints; ``truncated``: C bools
 - ``object_ids``: C lists of K_c VCR object indices, slot k tagged ``k + 2``; ``object_patches``:
   C lists of K_c sorted lists of row-major patch indices in ``0 .. grid**2 - 1``
-- ``pixel_values``: float32 tensor ``[3, S, S]``
+- ``pixel_values``: tensor ``[3, S, S]``, float32 normalised or uint8 (``pixel_dtype``)
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ import torch
 from data_prep.collate import collate_examples
 from data_prep.constants import CLIP_MEAN, CLIP_STD, COMPAT_MODES, GEOMETRY_MODES, NUM_CHOICES, TASKS
 from data_prep.geometry import box_cells, cell_patches
-from data_prep.pixels import load_pixels
+from data_prep.pixels import PIXEL_DTYPES, load_pixels
 from data_prep.text import (
     NameSpan,
     assemble_texts,
@@ -83,6 +83,10 @@ class PreprocessConfig:
             below the resize target) before the bicubic resize; faster on large frames, pixels
             differ slightly from a full decode. Not with ``compat="vle"`` (the official processor
             decodes in full).
+        pixel_dtype: ``"float32"`` (normalised here) or ``"uint8"`` (8-bit RGB, normalised by the
+            model on its device: a quarter of the bytes through the DataLoader and the host-to-device
+            copy); both give the same normalised pixels to float rounding (``data_prep.pixels``).
+            Not with ``compat="vle"``, whose float arithmetic is the official processor's, bit for bit.
     """
 
     task: str = "q2a"
@@ -95,6 +99,7 @@ class PreprocessConfig:
     image_std: tuple[float, float, float] = CLIP_STD
     pad_to_multiple_of: int | None = 8
     jpeg_draft: bool = False
+    pixel_dtype: str = "float32"
 
     def __post_init__(self) -> None:
         if self.geometry is None:  # frozen: resolve the mode's geometry once, here
@@ -103,6 +108,7 @@ class PreprocessConfig:
             ("task", self.task, TASKS),
             ("compat", self.compat, COMPAT_MODES),
             ("geometry", self.geometry, GEOMETRY_MODES),
+            ("pixel_dtype", self.pixel_dtype, PIXEL_DTYPES),
         ):
             if value not in allowed:
                 raise ValueError(f"{name}={value!r} is not supported; choose one of {', '.join(map(repr, allowed))}")
@@ -113,6 +119,11 @@ class PreprocessConfig:
             )
         if self.compat == "vle" and self.jpeg_draft:
             raise ValueError("jpeg_draft=True changes the pixels; compat='vle' reproduces the official full decode")
+        if self.compat == "vle" and self.pixel_dtype != "float32":
+            raise ValueError(
+                f"pixel_dtype={self.pixel_dtype!r} moves the normalisation to the model, whose float arithmetic "
+                f"is not the official processor's; compat='vle' needs pixel_dtype='float32'"
+            )
         for name in ("image_size", "patch_size", "max_length"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -424,7 +435,8 @@ class VCRPreprocessor:
         """Decode, transform and normalise ``images_root / record["img_fn"]`` (``data_prep.pixels``).
 
         Returns:
-            float32 tensor ``[3, S, S]``; letterbox padding is exactly 0 (the mean colour).
+            tensor ``[3, S, S]``, float32 normalised or uint8 (``pixel_dtype``); letterbox padding is
+            the 8-bit colour nearest the mean (``data_prep.pixels.padding_colour``).
         """
         if self.images_root is None:
             raise ValueError(
@@ -433,7 +445,8 @@ class VCRPreprocessor:
         config = self.config
         return load_pixels(
             self.images_root / record["img_fn"], image_size=config.image_size, geometry=config.geometry,
-            mean=config.image_mean, std=config.image_std, draft=config.jpeg_draft, annot_id=record.get("annot_id"),
+            mean=config.image_mean, std=config.image_std, draft=config.jpeg_draft, dtype=config.pixel_dtype,
+            annot_id=record.get("annot_id"),
         )
 
     def __call__(

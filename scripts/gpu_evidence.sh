@@ -65,7 +65,7 @@ if (( DRY_RUN )); then
   SIZES=(2 4) MAX_SIZES=(8) LARGE_SIZES=(2) PAD_SIZE=2 CKPT_SIZE=4 PROFILE_SIZE=2
   TRAIN_CONFIG=configs/demo-tiny.yaml TRAIN_BATCH=4
   TRAIN_SETTINGS=(train.cpu=true train.mixed_precision=fp32 train.max_steps=4 train.batch_size=$TRAIN_BATCH
-                  train.log_every_steps=2 data.num_workers=1)
+                  train.log_every_steps=2 data.num_workers=1 data.jpeg_draft=true data.pixel_dtype=uint8)
   NUM_TRAIN=32 NUM_VAL=8 FRAME_HEIGHT=64
 else
   BASE=(--preset vle-base --device cuda --dtype bf16 --steps 12 --warmup 4 --peak-tflops 790)

@@ -323,8 +323,10 @@ def test_dataset_items_and_batch(tmp_path: Path) -> None:
     letterbox = VQADataset(examples, tokenizer=tokenizer, vocabulary=None, image_size=32, geometry="letterbox")
     item = letterbox[0]
     assert "labels" not in item
-    pixels = item["pixel_values"]  # 48 x 32 -> 32 x 21, centred: rows 0..4 are padding (0)
-    assert pixels[:, :5].abs().max() == 0 and torch.allclose(pixels[:, 16, 16], expected, atol=1e-4)
+    pixels = item["pixel_values"]  # 48 x 32 -> 32 x 21, centred: rows 0..4 are padding (CLIP's mean in 8 bits)
+    padding = (torch.tensor((123, 117, 104)) / 255 - torch.tensor(CLIP_MEAN)) / torch.tensor(CLIP_STD)
+    assert torch.allclose(pixels[:, :5], padding[:, None, None].expand(3, 5, 32), atol=1e-6)
+    assert torch.allclose(pixels[:, 16, 16], expected, atol=1e-4)
     truncated = VQADataset(examples, tokenizer=tokenizer, vocabulary=vocab, image_size=32, max_length=4)
     assert len(truncated[0]["input_ids"]) == 4
 

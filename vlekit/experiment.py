@@ -46,6 +46,7 @@ class DataConfig:
     max_length: int = 80
     pad_to_multiple_of: int | None = 8
     jpeg_draft: bool = False
+    pixel_dtype: str = "float32"
     num_workers: int = 2
     skip_bad: bool = False
 

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import ProjectConfiguration, set_seed
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
@@ -504,6 +504,8 @@ def train(config: ExperimentConfig, *, resume: str | None = None, progress: bool
         cpu=train_cfg.cpu, step_scheduler_with_optimizer=False,
         log_with=trackers or None,
         project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / TRACKING_DIR)),
+        # The prepared loaders move each batch to the device: from pinned memory, without waiting.
+        dataloader_config=DataLoaderConfiguration(non_blocking=torch.cuda.is_available()),
     )
     micro, remainder = divmod(train_cfg.batch_size, train_cfg.gradient_accumulation_steps * accelerator.num_processes)
     if micro == 0 or remainder:
@@ -547,7 +549,7 @@ def train(config: ExperimentConfig, *, resume: str | None = None, progress: bool
     if data_cfg.val_annotations:
         val_set = VCRDataset(read_vcr(data_cfg.val_annotations, skip_bad=data_cfg.skip_bad), preprocessor)
         val_loader = DataLoader(val_set, batch_size=micro, collate_fn=val_set.collate, num_workers=data_cfg.num_workers,
-                                generator=torch.Generator().manual_seed(train_cfg.seed))
+                                pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(train_cfg.seed))
 
     steps_per_epoch = len(loader) // (train_cfg.gradient_accumulation_steps * accelerator.num_processes)
     if steps_per_epoch == 0:
