@@ -15,7 +15,8 @@ numbering); ``vle_text`` (the official pipeline's text rules); ``collate`` (batc
 Dataset); ``check`` (``vlekit check-data``: validation and statistics); ``compare`` (the two modes
 side by side); ``bench`` (text and pixel throughput); ``synthetic`` (a synthetic VCR-format dataset
 where grounding matters); ``tokenizer`` (offline word-level and SentencePiece tokenizers built from a
-dataset's text); ``vqa`` (VQA v2 data for VLE's other tasks).
+dataset's text); ``vqa_answers`` (VQA answer normalisation, vocabulary, soft scores); ``vqa`` (VQA v2
+data for VLE's other tasks).
 """
 from data_prep.dataset import VCRDataset
 from data_prep.bench import benchmark_text_prep

@@ -9,7 +9,7 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from data_prep.vqa import AnswerVocabulary
+from data_prep.vqa_answers import AnswerVocabulary
 from vlekit.llm_answer import (
     DEFAULT_TEMPLATE,
     AnswerCandidate,

@@ -1,5 +1,5 @@
-"""VQA v2 data (data_prep/vqa.py): official normalisation, reader, vocabulary, soft scores,
-submission file, and the easy-VQA conversion."""
+"""VQA v2 data (data_prep/vqa_answers.py, data_prep/vqa.py): official normalisation, reader,
+vocabulary, soft scores, submission file, and the easy-VQA conversion."""
 from __future__ import annotations
 
 import json
@@ -11,19 +11,15 @@ from typing import Any
 import pytest
 import torch
 
-from data_prep.vqa import (
+from data_prep.vqa import VQAExample, VQAFormatError, convert_easy_vqa, read_vqa, write_submission
+from data_prep.vqa_answers import (
     AnswerVocabulary,
-    VQAExample,
-    VQAFormatError,
-    convert_easy_vqa,
     normalize_answer,
     process_ground_truth,
     process_punctuation,
-    read_vqa,
     soft_score,
     soft_scores,
     soft_target_matrix,
-    write_submission,
 )
 from vlekit.task_metrics import vqa_accuracy
 

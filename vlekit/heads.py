@@ -165,7 +165,7 @@ class VQAHead(nn.Sequential):
         """``BCE_with_logits(logits, targets, mean) * num_labels`` (VLE, METER, BAN).
 
         ``logits, targets [B, num_labels]``; targets are soft scores in ``[0, 1]``
-        (``data_prep.vqa.soft_target_matrix``). The factor turns the mean over labels back into a
+        (``data_prep.vqa_answers.soft_target_matrix``). The factor turns the mean over labels back into a
         sum per question, averaged over the batch.
         """
         check_shape(logits, ("B", self.config.num_labels), name="logits", where="VQAHead.loss")

@@ -64,7 +64,7 @@ class AnswerCandidate:
 
 
 def _labels(id2label: Sequence[str] | Mapping[int, str] | Any) -> Sequence[str] | Mapping[int, str]:
-    # An AnswerVocabulary (data_prep.vqa) carries its labels in ``id2label``.
+    # An AnswerVocabulary (data_prep.vqa_answers) carries its labels in ``id2label``.
     return getattr(id2label, "id2label", id2label)
 
 

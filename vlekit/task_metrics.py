@@ -1,7 +1,7 @@
 """Metrics of VLE's other tasks: the official VQA accuracy and image-text retrieval recall@k.
 
 VQA accuracy follows the official evaluation script (GT-Vision-Lab/VQA, ``vqaEval.py``): the
-prediction is normalised (``data_prep.vqa.normalize_answer``), the ten human answers are
+prediction is normalised (``data_prep.vqa_answers.normalize_answer``), the ten human answers are
 punctuation-processed when they differ, and a question scores the average over the ten
 leave-one-out subsets of nine annotators of ``min(#matches / 3, 1)``. Reported figures are percent,
 as the evaluation server gives them (the server rounds to two decimals; we do not).
@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from data_prep.vqa import VQAExample, normalize_answer, process_ground_truth
+from data_prep.vqa import VQAExample
+from data_prep.vqa_answers import normalize_answer, process_ground_truth
 
 __all__ = [
     "RetrievalRecall",
@@ -101,7 +102,7 @@ def soft_accuracy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """METER / VLE's training-time VQA score: the soft target of each row's arg-max label, averaged.
 
     ``logits, targets [B, num_labels]`` -> scalar in ``[0, 1]``. With targets from
-    ``data_prep.vqa.soft_target_matrix`` and labels in normalised form it equals the official
+    ``data_prep.vqa_answers.soft_target_matrix`` and labels in normalised form it equals the official
     accuracy of the arg-max answers: a label's soft score is the accuracy of predicting it.
     """
     if logits.shape != targets.shape or logits.dim() != 2:
