@@ -19,7 +19,8 @@ from test_vle_checkpoint import IMAGE_SIZE, PATCH_SIZE, task_checkpoint
 from data_prep.constants import CLIP_MEAN, CLIP_STD
 from data_prep.synthetic import generate_synthetic_vcr
 from data_prep.vcr import read_vcr
-from vlekit.vle_checkpoint import from_vle_pretrained, official_vcr_task, to_vle_pretrained, vle_preprocessor
+from vlekit.vle_checkpoint import from_vle_pretrained, to_vle_pretrained
+from vlekit.vle_processor import official_vcr_task, vle_preprocessor
 
 
 def deberta_tokenizer(folder: Path, sentences: list[str]) -> Any:

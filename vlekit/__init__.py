@@ -13,7 +13,8 @@ from vlekit import fusions, heads, layers, text_encoders, vision_encoders  # noq
 from vlekit.interfaces import Fusion, FusionOutput, TextEncoder, VisionEncoder
 from vlekit.model import VCRModel, VCRModelConfig, build_model, load_model_config
 from vlekit.predict import Predictor, load_run
-from vlekit.vle_checkpoint import from_vle_pretrained, to_vle_pretrained, vle_preprocessor
+from vlekit.vle_checkpoint import from_vle_pretrained, to_vle_pretrained
+from vlekit.vle_processor import vle_preprocessor
 from vlekit.registry import (
     FUSIONS,
     HEADS,

@@ -32,7 +32,8 @@ from data_prep.constants import CLIP_MEAN, CLIP_STD
 from data_prep.preprocess import MODEL_OPTIONS, PreprocessConfig, VCRPreprocessor
 from vlekit.experiment import ExperimentConfig, load_experiment
 from vlekit.model import MODEL_CONFIG_FILE, VCRModel
-from vlekit.vle_checkpoint import from_vle_pretrained, official_vcr_task, warn_unofficial_inputs
+from vlekit.vle_checkpoint import from_vle_pretrained
+from vlekit.vle_processor import official_vcr_task, warn_unofficial_inputs
 
 EXPERIMENT_FILE = "config.yaml"
 TOKENIZER_DIR = "tokenizer"

@@ -2,9 +2,11 @@
 
 ``from_vle_pretrained`` reads a VLE repository (``hfl/vle-base``, ``hfl/vle-base-for-vcr-q2a``, ... or a
 local folder of the same layout) into a :class:`~vlekit.model.VCRModel` built through the registry
-(``hf-text`` DeBERTa-v2 + ``clip-vision`` + ``co-attention``); ``to_vle_pretrained`` writes a vlekit
-model back in the official layout; ``vle_preprocessor`` builds the data pipeline from the
-repository's tokenizer and ``preprocessor_config.json``.
+(``hf-text`` DeBERTa-v2 + ``clip-vision`` + ``co-attention``) and reports what the load did
+(:class:`VLELoadReport`); ``to_vle_pretrained`` writes a vlekit model back in the official layout.
+This module owns loading and export; the names and key map are :mod:`vlekit.vle_keys`'s, reading
+the folder and building the model from ``config.json`` :mod:`vlekit.vle_config`'s, and the official
+preprocessing (``vle_preprocessor``, ``preprocessor_config.json``) :mod:`vlekit.vle_processor`'s.
 
 The official layout (``models/VLE`` in github.com/iflytek/VLE):
 
@@ -19,11 +21,9 @@ The official layout (``models/VLE`` in github.com/iflytek/VLE):
   ``vqa_classifier`` (its config's ``id2label`` / ``label2id`` hold the answers), ``VLEForITM`` in
   ``itm_score.fc`` and ``VLEForPBC`` in ``pbc_classifier``; a bare ``VLEModel`` has no prefix and no head.
 
-Task names are vlekit's (``q2a``, ``qa2r``, ``vqa``, ``itm``, ``pbc``); the official ``vcr_q2a`` /
-``vcr_qa2r`` are accepted here, at the official-checkpoint boundary, and nowhere else. A checkpoint
-that runs at another resolution than its CLIP tower was built for (VQA: 576 px for base, 504 px for
-large) is built at the resolution of its ``preprocessor_config.json``, and position embeddings saved
-for another grid are interpolated on load (reported).
+A checkpoint that runs at another resolution than its CLIP tower was built for (VQA: 576 px for
+base, 504 px for large) is built at the resolution of its ``preprocessor_config.json``, and position
+embeddings saved for another grid are interpolated on load (reported).
 
 Every key goes through one explicit map, :data:`VLE_KEY_MAP`; loads are strict (missing, unexpected
 and wrongly shaped keys are errors naming the file) unless ``strict=False``.
@@ -33,389 +33,61 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import re
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
-from transformers import AutoConfig, AutoTokenizer, CLIPVisionConfig
+from safetensors.torch import save_file
 
 from vlekit.fusions import CoAttentionFusion
-from vlekit.model import VCRModel, build_model
-from vlekit.text_encoders import HFTextEncoder, hf_config_dict
+from vlekit.model import VCRModel
+from vlekit.text_encoders import HFTextEncoder
 from vlekit.vision_encoders import CLIPVisionEncoder, interpolate_position_embeddings
-
-if TYPE_CHECKING:
-    from data_prep.preprocess import VCRPreprocessor
+from vlekit.vle_config import (
+    _MODEL_FILES,
+    FUSION_FIELDS,
+    TEXT_MODEL_TYPE,
+    VCR_NUM_TOKEN_TYPES,
+    _local_directory,
+    read_vle_config,
+    read_vle_weights,
+    vcr_model_from_vle_config,
+)
+from vlekit.vle_keys import (
+    _ARCHITECTURE_TO_TASK,
+    _HEAD_TO_VLEKIT,
+    BACKBONE_PREFIX,
+    DROPPED_BUFFERS,
+    POSITION_EMBEDDING_KEY,
+    PREPROCESSOR_FILE,
+    PRETRAINING_HEAD_PREFIXES,
+    TASK_ARCHITECTURES,
+    TASK_HEADS,
+    VCR_TASKS,
+    VLE_CONFIG_FILE,
+    VLE_MODEL_TYPE,
+    VLE_TASKS,
+    VLECheckpointError,
+    _shorten,
+    _translate,
+    official_to_vlekit_key,
+    task_name,
+    vlekit_to_official_key,
+)
+from vlekit.vle_processor import _checkpoint_image_size, vle_preprocessor_config
 
 __all__ = [
-    "PRETRAINING_HEAD_PREFIXES",
-    "TASK_HEADS",
-    "VLE_TASKS",
-    "VLETask",
-    "VLECheckpointError",
     "VLELoadReport",
-    "VLE_KEY_MAP",
     "from_vle_pretrained",
     "load_vle_state_dict",
-    "official_to_vlekit_key",
-    "read_vle_config",
-    "read_vle_weights",
     "to_vle_pretrained",
-    "vcr_model_from_vle_config",
     "vle_config_dict",
-    "official_vcr_task",
-    "task_name",
-    "vle_preprocessor",
-    "vle_preprocessor_config",
     "vle_state_dict",
-    "vlekit_to_official_key",
-    "warn_unofficial_inputs",
 ]
 
 logger = logging.getLogger(__name__)
-
-VLE_MODEL_TYPE = "vle"
-VLE_CONFIG_FILE = "config.json"
-PREPROCESSOR_FILE = "preprocessor_config.json"
-BACKBONE_PREFIX = "vle."
-
-
-
-@dataclass(frozen=True)
-class VLETask:
-    """One official task class: its head attribute (next to ``vle``), architecture name, the vlekit
-    head it loads into (a registered head) and the head's key map ``(official, vlekit)``."""
-
-    head_attribute: str
-    architecture: str
-    head: str
-    head_key_map: tuple[str, str]
-
-
-# vlekit task name -> the official task class. Head keys are never under ``vle.``.
-VLE_TASKS: dict[str, VLETask] = {
-    "q2a": VLETask("vcr_q2a_logit", "VLEForVCRQ2A", "vcr-multiple-choice", ("vcr_q2a_logit.{index}.{param}", "head.{index}.{param}")),
-    "qa2r": VLETask("vcr_qa2r_logit", "VLEForVCRQA2R", "vcr-multiple-choice", ("vcr_qa2r_logit.{index}.{param}", "head.{index}.{param}")),
-    "vqa": VLETask("vqa_classifier", "VLEForVQA", "vqa", ("vqa_classifier.{index}.{param}", "head.{index}.{param}")),
-    "itm": VLETask("itm_score", "VLEForITM", "itm", ("itm_score.fc.{param}", "head.fc.{param}")),
-    "pbc": VLETask("pbc_classifier", "VLEForPBC", "pbc", ("pbc_classifier.{index}.{param}", "head.{index}.{param}")),
-}
-VCR_TASKS: tuple[str, ...] = ("q2a", "qa2r")
-# The official task names, accepted for vlekit's at this boundary only.
-OFFICIAL_TASK_NAMES: dict[str, str] = {"vcr_q2a": "q2a", "vcr_qa2r": "qa2r"}
-# Task name -> the official head attribute; architecture names (None: a bare VLEModel).
-TASK_HEADS: dict[str, str] = {name: task.head_attribute for name, task in VLE_TASKS.items()}
-TASK_ARCHITECTURES: dict[str | None, str] = {None: "VLEModel", **{name: task.architecture for name, task in VLE_TASKS.items()}}
-_ARCHITECTURE_TO_TASK = {task.architecture: name for name, task in VLE_TASKS.items()}
-
-# Heads of the official classes other than the one loaded, all top-level attributes next to ``vle``:
-# VLEForITM.itm_score (fc), VLEForMLM.mlm_score (transform Linear + DebertaV2OnlyMLMHead),
-# VLEForPBC.pbc_classifier and VLEForVQA.vqa_classifier (pretraining checkpoints hold several). The
-# strict check skips exactly these prefixes, except the loaded task's own head, and reports every skipped key.
-PRETRAINING_HEAD_PREFIXES: tuple[str, ...] = ("itm_score.", "mlm_score.", "pbc_classifier.", "vqa_classifier.")
-POSITION_EMBEDDING_KEY = "vision_model.vision_model.embeddings.position_embedding.weight"
-
-# Buffers that transformers 4.x saved in older checkpoints; recomputed on load, so dropped.
-DROPPED_BUFFERS: tuple[str, ...] = (
-    "text_model.embeddings.position_ids",
-    "vision_model.vision_model.embeddings.position_ids",
-)
-
-# Token types for VCR: text 0, image 1, referenced objects 2 .. 82 (VLE's VCR checkpoints).
-VCR_NUM_TOKEN_TYPES = 83
-
-TEXT_MODEL_TYPE = "deberta-v2"
-VISION_MODEL_TYPES = ("clip_vision_model", "clip")
-FUSION_FIELDS = (
-    "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "hidden_act",
-    "hidden_dropout_prob", "attention_probs_dropout_prob", "layer_norm_eps",
-)
-# Keys of a saved HF config that describe the file, not the architecture.
-_FILE_KEYS = ("_name_or_path", "_commit_hash", "architectures", "transformers_version", "model_type", "dtype", "torch_dtype")
-
-# -- the key map --------------------------------------------------------------------------------------
-# (official name in a bare VLEModel, vlekit name in VCRModel). Placeholders: {hf} any Hugging Face
-# parameter name (the encoders are HF models on both sides: DebertaV2Model, CLIPVisionModel; vlekit's
-# transformers 5 CLIPVisionModel has no inner ``vision_model.``), {stream} text|image, {layer} a
-# fusion layer, {param} weight|bias. Task checkpoints add ``vle.`` in front of every one of these.
-VLE_KEY_MAP: tuple[tuple[str, str], ...] = (
-    ("text_model.{hf}", "text_encoder.model.{hf}"),
-    ("vision_model.vision_model.{hf}", "vision_encoder.model.{hf}"),
-    ("text_projection_layer.{param}", "text_projection.{param}"),
-    ("image_projection_layer.{param}", "image_projection.{param}"),
-    ("token_type_embeddings.weight", "token_type_embeddings.weight"),
-    ("cross_modal_{stream}_layers.{layer}.attention.self.query.{param}", "fusion.{stream}_layers.{layer}.self_attention.query.{param}"),
-    ("cross_modal_{stream}_layers.{layer}.attention.self.key.{param}", "fusion.{stream}_layers.{layer}.self_attention.key.{param}"),
-    ("cross_modal_{stream}_layers.{layer}.attention.self.value.{param}", "fusion.{stream}_layers.{layer}.self_attention.value.{param}"),
-    ("cross_modal_{stream}_layers.{layer}.attention.output.dense.{param}", "fusion.{stream}_layers.{layer}.self_attention.dense.{param}"),
-    ("cross_modal_{stream}_layers.{layer}.attention.output.LayerNorm.{param}", "fusion.{stream}_layers.{layer}.self_attention.layer_norm.{param}"),
-    ("cross_modal_{stream}_layers.{layer}.crossattention.self.query.{param}", "fusion.{stream}_layers.{layer}.cross_attention.query.{param}"),
-    ("cross_modal_{stream}_layers.{layer}.crossattention.self.key.{param}", "fusion.{stream}_layers.{layer}.cross_attention.key.{param}"),
-    ("cross_modal_{stream}_layers.{layer}.crossattention.self.value.{param}", "fusion.{stream}_layers.{layer}.cross_attention.value.{param}"),
-    ("cross_modal_{stream}_layers.{layer}.crossattention.output.dense.{param}", "fusion.{stream}_layers.{layer}.cross_attention.dense.{param}"),
-    ("cross_modal_{stream}_layers.{layer}.crossattention.output.LayerNorm.{param}", "fusion.{stream}_layers.{layer}.cross_attention.layer_norm.{param}"),
-    ("cross_modal_{stream}_layers.{layer}.intermediate.dense.{param}", "fusion.{stream}_layers.{layer}.intermediate.{param}"),
-    ("cross_modal_{stream}_layers.{layer}.output.dense.{param}", "fusion.{stream}_layers.{layer}.output.{param}"),
-    ("cross_modal_{stream}_layers.{layer}.output.LayerNorm.{param}", "fusion.{stream}_layers.{layer}.output_norm.{param}"),
-    ("cross_modal_{stream}_pooler.dense.{param}", "fusion.{stream}_pooler.{param}"),
-)
-_FIELDS = {"hf": r".+", "stream": r"text|image", "layer": r"\d+", "param": r"weight|bias", "index": r"0|1|3"}
-
-
-def _compile(template: str) -> re.Pattern[str]:
-    parts = re.split(r"\{(\w+)\}", template)
-    return re.compile("".join(
-        re.escape(part) if i % 2 == 0 else f"(?P<{part}>{_FIELDS[part]})" for i, part in enumerate(parts)
-    ))
-
-
-_TO_VLEKIT = tuple((_compile(official), vlekit) for official, vlekit in VLE_KEY_MAP)
-_TO_OFFICIAL = tuple((_compile(vlekit), official) for official, vlekit in VLE_KEY_MAP)
-_HEAD_TO_VLEKIT = {name: (_compile(task.head_key_map[0]), task.head_key_map[1]) for name, task in VLE_TASKS.items()}
-_HEAD_TO_OFFICIAL = {name: (_compile(task.head_key_map[1]), task.head_key_map[0]) for name, task in VLE_TASKS.items()}
-
-
-def _translate(key: str, rules: Sequence[tuple[re.Pattern[str], str]]) -> str | None:
-    for pattern, target in rules:
-        match = pattern.fullmatch(key)
-        if match:
-            return target.format(**match.groupdict())
-    return None
-
-
-def official_to_vlekit_key(key: str) -> str | None:
-    """The vlekit name of an official key (bare ``VLEModel`` naming, or any task's head key); None if unmapped."""
-    return _translate(key, (*_TO_VLEKIT, *_HEAD_TO_VLEKIT.values()))
-
-
-def vlekit_to_official_key(key: str, *, task: str | None = None) -> str | None:
-    """The official name of a vlekit key (bare naming; head keys need ``task``); None if unmapped."""
-    official = _translate(key, _TO_OFFICIAL)
-    if official is None and task is not None:
-        official = _translate(key, (_HEAD_TO_OFFICIAL[task_name(task)],))
-    return official
-
-
-def task_name(task: str | None) -> str | None:
-    """vlekit's name of a task (``q2a``, ``qa2r``, ``vqa``, ``itm``, ``pbc``; the official ``vcr_q2a`` /
-    ``vcr_qa2r`` accepted for the first two), or None (no head)."""
-    if task is None or task in VLE_TASKS:
-        return task
-    if task in OFFICIAL_TASK_NAMES:
-        return OFFICIAL_TASK_NAMES[task]
-    raise ValueError(
-        f"task={task!r} is not a VLE task; choose one of {', '.join(map(repr, VLE_TASKS))} (or the official "
-        f"'vcr_q2a' / 'vcr_qa2r'), or None (no head)"
-    )
-
-
-class VLECheckpointError(ValueError):
-    """An official VLE checkpoint does not match what vlekit can build; the message lists every problem."""
-
-
-# -- reading ------------------------------------------------------------------------------------------
-
-_MODEL_FILES = (
-    VLE_CONFIG_FILE, "model.safetensors", "model.safetensors.index.json", "model-*.safetensors",
-    "pytorch_model.bin", "pytorch_model.bin.index.json", "pytorch_model-*.bin",
-)
-_PROCESSOR_FILES = (
-    VLE_CONFIG_FILE, PREPROCESSOR_FILE, "spm.model", "tokenizer.json", "tokenizer_config.json",
-    "special_tokens_map.json", "added_tokens.json",
-)
-
-
-def _local_directory(name_or_path: str | Path, *, files: Sequence[str], revision: str | None) -> Path:
-    """A local folder as it is, or a hub repository fetched with ``snapshot_download`` (only ``files``)."""
-    path = Path(name_or_path).expanduser()
-    if path.is_dir():
-        return path
-    if path.exists():
-        raise NotADirectoryError(f"{path} is a file; expected a VLE checkpoint folder (config.json + weights) or a hub name")
-    from huggingface_hub import snapshot_download
-
-    try:
-        return Path(snapshot_download(repo_id=str(name_or_path), revision=revision, allow_patterns=list(files)))
-    except (OSError, ValueError) as error:
-        raise OSError(
-            f"{name_or_path!r} is not a local folder, and fetching it from the Hugging Face hub failed: {error}"
-        ) from error
-
-
-def read_vle_config(directory: str | Path) -> dict[str, Any]:
-    """``config.json`` of a VLE checkpoint folder; anything but ``model_type: "vle"`` is refused."""
-    path = Path(directory) / VLE_CONFIG_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: a VLE checkpoint folder has config.json with model_type 'vle'")
-    config = json.loads(path.read_text())
-    found = config.get("model_type")
-    if found != VLE_MODEL_TYPE:
-        raise VLECheckpointError(
-            f"{path}: model_type is {found!r}, expected 'vle' (an official VLE checkpoint such as hfl/vle-base or "
-            f"hfl/vle-base-for-vcr-q2a). A vlekit checkpoint (vlekit_config.json) loads with VCRModel.from_pretrained."
-        )
-    return config
-
-
-def read_vle_weights(directory: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """All tensors of a checkpoint folder and, for each key, the file it came from.
-
-    Looks for ``model.safetensors``, ``model.safetensors.index.json`` (sharded), ``pytorch_model.bin``
-    and ``pytorch_model.bin.index.json``, in this order, and reads the first one found.
-    """
-    directory = Path(directory)
-    for name in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json"):
-        path = directory / name
-        if not path.is_file():
-            continue
-        if not name.endswith(".index.json"):
-            state = _read_weight_file(path)
-            return state, dict.fromkeys(state, name)
-        weight_map: dict[str, str] = json.loads(path.read_text())["weight_map"]
-        state, files = {}, {}
-        for shard in sorted(set(weight_map.values())):
-            shard_state = _read_weight_file(directory / shard)
-            listed = {key for key, file in weight_map.items() if file == shard}
-            if listed != set(shard_state):
-                raise VLECheckpointError(
-                    f"{path} lists {len(listed)} keys in {shard}, which holds {len(shard_state)}; "
-                    f"differences: {_shorten(sorted(listed ^ set(shard_state)))}"
-                )
-            state.update(shard_state)
-            files.update(dict.fromkeys(shard_state, shard))
-        return state, files
-    present = sorted(p.name for p in directory.iterdir()) if directory.is_dir() else []
-    raise FileNotFoundError(
-        f"{directory}: no VLE weights; expected model.safetensors, model.safetensors.index.json, pytorch_model.bin "
-        f"or pytorch_model.bin.index.json; found {present}"
-    )
-
-
-def _read_weight_file(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found (named by the checkpoint's index file)")
-    if path.suffix == ".safetensors":
-        return load_file(str(path))
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-# -- building -----------------------------------------------------------------------------------------
-
-
-def _hf_config_options(sub_config: Mapping[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in sub_config.items() if key not in _FILE_KEYS}
-
-
-def _vision_tower_config(config: Mapping[str, Any], *, where: str) -> dict[str, Any]:
-    """The CLIP vision tower's fields: ``vision_config`` itself, or the ``vision_config`` of a whole CLIP config."""
-    vision = config.get("vision_config")
-    if not isinstance(vision, Mapping):
-        raise VLECheckpointError(f"{where}: no 'vision_config' object; a VLE config nests the CLIP vision config there")
-    model_type = vision.get("model_type")
-    if model_type == "clip":
-        inner = vision.get("vision_config")
-        if not isinstance(inner, Mapping):
-            raise VLECheckpointError(f"{where}: vision_config is a whole CLIP config (model_type 'clip') without its own 'vision_config'")
-        vision = inner
-    elif model_type != "clip_vision_model":
-        raise VLECheckpointError(
-            f"{where}: vision_config has model_type {model_type!r}; vlekit reads VLE's CLIP towers "
-            f"({' or '.join(map(repr, VISION_MODEL_TYPES))})"
-        )
-    return dict(vision)
-
-
-def vqa_answers(config: Mapping[str, Any], *, where: str = "config.json") -> list[str]:
-    """The answers of a ``VLEForVQA`` config in label order: ``id2label`` (ids 0..n-1), checked against ``label2id``."""
-    id2label = config.get("id2label")
-    if not isinstance(id2label, Mapping) or not id2label:
-        raise VLECheckpointError(f"{where}: a VQA checkpoint's config has id2label (label id -> answer); none found")
-    try:
-        by_id = {int(key): str(value) for key, value in id2label.items()}
-    except ValueError as error:
-        raise VLECheckpointError(f"{where}: id2label keys must be label ids (integers): {error}") from error
-    if sorted(by_id) != list(range(len(by_id))):
-        raise VLECheckpointError(f"{where}: id2label ids must be 0..{len(by_id) - 1}; got {_shorten([str(i) for i in sorted(by_id)])}")
-    answers = [by_id[i] for i in range(len(by_id))]
-    label2id = config.get("label2id")
-    if isinstance(label2id, Mapping) and label2id:
-        wrong = [answer for i, answer in enumerate(answers) if label2id.get(answer) != i]
-        if wrong or len(label2id) != len(answers):
-            raise VLECheckpointError(f"{where}: label2id disagrees with id2label (e.g. for {_shorten(wrong, 3) or 'its size'})")
-    return answers
-
-
-def _head_spec(task: str | None, answers: Sequence[str] | None) -> dict[str, Any]:
-    if task == "vqa":
-        if not answers:
-            raise ValueError("a VQA model needs its answers (the label vocabulary): pass answers=[...]")
-        return {"name": "vqa", "num_labels": len(answers), "answers": list(answers)}
-    if answers is not None:
-        raise TypeError(f"answers= is for task='vqa' only, not task={task!r}")
-    return {"name": VLE_TASKS[task].head if task is not None else VLE_TASKS["q2a"].head}
-
-
-def vcr_model_from_vle_config(
-    config: Mapping[str, Any], *, num_token_types: int | None = None, where: str = "config.json",
-    task: str | None = None, image_size: int | None = None, answers: Sequence[str] | None = None, **options: Any
-) -> VCRModel:
-    """A randomly initialised :class:`VCRModel` with the architecture of a VLE ``config.json``.
-
-    Built through the registry: ``hf-text`` (deberta-v2, ``text_config`` as ``hf_config``),
-    ``clip-vision`` (the vision tower's config) and ``co-attention`` (the fusion fields), and the
-    task's head (:data:`VLE_TASKS`; None: the VCR head).
-
-    Args:
-        config: the parsed ``config.json`` (``model_type`` must be ``"vle"``).
-        num_token_types: rows of the token-type table (default: the config's ``num_token_types``).
-        where: names the config in error messages.
-        task: ``q2a`` / ``qa2r`` / ``vqa`` / ``itm`` / ``pbc`` (or the official ``vcr_*``), or None.
-        image_size: build the vision tower at this resolution (default: its config's ``image_size``).
-        answers: the VQA head's answers (default for ``task="vqa"``: the config's ``id2label``).
-        options: other :class:`~vlekit.model.VCRModelConfig` fields (``use_object_tokens``, ``use_object_types``).
-    """
-    task = task_name(task)
-    if task == "vqa" and answers is None:
-        answers = vqa_answers(config, where=where)
-    if config.get("model_type") != VLE_MODEL_TYPE:
-        raise VLECheckpointError(f"{where}: model_type is {config.get('model_type')!r}, expected 'vle'")
-    reserved = sorted(set(options) & {"text_encoder", "vision_encoder", "fusion", "head", "num_token_types", "initializer_range"})
-    if reserved:
-        raise TypeError(
-            f"{where}: {', '.join(reserved)} come from the VLE config.json; options may only set the other "
-            f"VCRModelConfig fields (use_object_tokens, use_object_types)"
-        )
-    text = config.get("text_config")
-    if not isinstance(text, Mapping) or text.get("model_type") != TEXT_MODEL_TYPE:
-        found = text.get("model_type") if isinstance(text, Mapping) else text
-        raise VLECheckpointError(
-            f"{where}: text_config has model_type {found!r}; VLE's text encoder is DeBERTa-v3 ('deberta-v2')"
-        )
-    text_config = AutoConfig.for_model(TEXT_MODEL_TYPE, **_hf_config_options(text))
-    vision_options = _hf_config_options(_vision_tower_config(config, where=where))
-    if image_size is not None:
-        vision_options["image_size"] = image_size
-    vision_config = CLIPVisionConfig(**vision_options)
-    missing = [name for name in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size") if name not in config]
-    if missing:
-        raise VLECheckpointError(f"{where}: the fusion fields {', '.join(missing)} are missing")
-    fusion = {"name": "co-attention", **{name: config[name] for name in FUSION_FIELDS if name in config}}
-    model = build_model(
-        text_encoder={"name": "hf-text", "model_type": TEXT_MODEL_TYPE, "hf_config": hf_config_dict(text_config)},
-        vision_encoder={"name": "clip-vision", "hf_config": hf_config_dict(vision_config)},
-        fusion=fusion,
-        head=_head_spec(task, answers),
-        num_token_types=num_token_types if num_token_types is not None else config.get("num_token_types", 2),
-        initializer_range=config.get("initializer_range", 0.02),
-        **options,
-    )
-    return model
-
 
 # -- loading ------------------------------------------------------------------------------------------
 
@@ -461,11 +133,6 @@ class VLELoadReport:
         if not self.ok:
             lines.append(self.problems())
         return "\n".join(lines)
-
-
-def _shorten(keys: Sequence[str], limit: int = 20) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown + (f", ... and {len(keys) - limit} more" if len(keys) > limit else "")
 
 
 def load_vle_state_dict(
@@ -677,18 +344,6 @@ def from_vle_pretrained(
     return (model, report) if output_loading_info else model
 
 
-def _checkpoint_image_size(directory: Path) -> int | None:
-    """The crop size of ``preprocessor_config.json`` (the resolution the checkpoint runs at), if any."""
-    path = directory / PREPROCESSOR_FILE
-    if not path.is_file():
-        return None
-    processor = json.loads(path.read_text())
-    for name in ("crop_size", "size"):
-        if name in processor:
-            return _square_size(processor[name], name=name, where=str(path))
-    return None
-
-
 # -- writing ------------------------------------------------------------------------------------------
 
 
@@ -770,30 +425,6 @@ def vle_state_dict(model: VCRModel, *, task: str | None = None) -> dict[str, tor
     return {key: tensor.detach().cpu().contiguous() for key, tensor in state.items()}
 
 
-def vle_preprocessor_config(model: VCRModel) -> dict[str, Any]:
-    """The official ``preprocessor_config.json`` for ``model``: CLIPImageProcessor settings, VLEProcessor.
-
-    Short side resized to S then a centre crop of S (bicubic), CLIP's rescale and the vision
-    encoder's mean / std: what ``VLEProcessor.from_pretrained`` (and :func:`vle_preprocessor`) read.
-    """
-    vision = model.vision_encoder
-    return {
-        "processor_class": "VLEProcessor",
-        "image_processor_type": "CLIPImageProcessor",
-        "do_resize": True,
-        "size": {"shortest_edge": vision.image_size},
-        "resample": 3,
-        "do_center_crop": True,
-        "crop_size": {"height": vision.image_size, "width": vision.image_size},
-        "do_rescale": True,
-        "rescale_factor": 1 / 255,
-        "do_normalize": True,
-        "image_mean": list(vision.image_mean),
-        "image_std": list(vision.image_std),
-        "do_convert_rgb": True,
-    }
-
-
 def to_vle_pretrained(
     model: VCRModel, directory: str | Path, *, task: str | None = None, tokenizer: Any = None,
     safe_serialization: bool = True,
@@ -822,120 +453,3 @@ def to_vle_pretrained(
     if tokenizer is not None:
         tokenizer.save_pretrained(str(directory))
     return directory
-
-
-# -- the processor ------------------------------------------------------------------------------------
-
-
-def _square_size(value: Any, *, name: str, where: str) -> int:
-    """``crop_size`` / ``size`` of an HF image processor config as one side length."""
-    if isinstance(value, int):
-        return value
-    if isinstance(value, Mapping):
-        if "height" in value and "width" in value:
-            if value["height"] != value["width"]:
-                raise ValueError(f"{where}: {name} is {dict(value)}; vlekit's square canvas needs height == width")
-            return int(value["height"])
-        if "shortest_edge" in value:
-            return int(value["shortest_edge"])
-    raise ValueError(f"{where}: cannot read an image size from {name}={value!r}")
-
-
-_PREPROCESSOR_FROM_CHECKPOINT = ("image_size", "patch_size", "image_mean", "image_std")
-
-# What a VCR task checkpoint's architecture says its task is (the preprocessing task names).
-_ARCHITECTURE_TASKS = {"VLEForVCRQ2A": "q2a", "VLEForVCRQA2R": "qa2r"}
-
-
-def official_vcr_task(directory: str | Path) -> str | None:
-    """``"q2a"`` / ``"qa2r"`` when ``directory`` is an official VLE VCR task checkpoint, else None."""
-    path = Path(directory) / VLE_CONFIG_FILE
-    if not path.is_file():
-        return None
-    try:
-        config = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return None
-    if config.get("model_type") != VLE_MODEL_TYPE:
-        return None
-    return next((_ARCHITECTURE_TASKS[a] for a in config.get("architectures") or [] if a in _ARCHITECTURE_TASKS), None)
-
-
-def warn_unofficial_inputs(source: Any, compat: str) -> None:
-    """Warn (once per source, through ``warnings``) that an official VCR checkpoint gets other inputs."""
-    if compat != "vle":
-        warnings.warn(
-            f"{source} is an official VLE VCR checkpoint, trained on the official pipeline's inputs, but it is fed "
-            f"compat={compat!r} examples (other names, object numbering and truncation): its accuracy is not the "
-            f"official one. Use compat='vle' to reproduce it.",
-            UserWarning,
-            stacklevel=3,
-        )
-
-
-def vle_preprocessor(
-    name_or_path: str | Path, *, task: str | None = None, compat: str | None = None, revision: str | None = None,
-    **options: Any,
-) -> VCRPreprocessor:
-    """A ``data_prep.preprocess.VCRPreprocessor`` matching a VLE checkpoint.
-
-    Tokenizer: ``AutoTokenizer.from_pretrained`` on the folder (VLE ships DeBERTa-v3's SentencePiece
-    ``spm.model`` and ``tokenizer_config.json``). Image side S: ``crop_size`` (else ``size``) of
-    ``preprocessor_config.json``, which must equal the vision tower's ``image_size``; patch size from
-    ``config.json``; ``image_mean`` / ``image_std`` from the preprocessor config (CLIP's when absent,
-    as CLIPImageProcessor does).
-
-    Args:
-        task: ``"q2a"`` or ``"qa2r"``; None: the task checkpoint's own (required for a bare model).
-        compat: None picks ``"vle"`` for an official VCR task checkpoint (it was trained on the
-            official pipeline's inputs; logged) and ``"none"`` otherwise (``hfl/vle-base``: its type
-            rows 2..82 are new, either mode fine-tunes). Another mode on a task checkpoint warns.
-        options: other VCRPreprocessor options (``max_length``, ``images_root``, ``geometry``,
-            ``pad_to_multiple_of``).
-    """
-    from data_prep.constants import CLIP_MEAN, CLIP_STD
-    from data_prep.preprocess import VCRPreprocessor
-
-    clashing = sorted(set(options) & set(_PREPROCESSOR_FROM_CHECKPOINT))
-    if clashing:
-        raise TypeError(f"vle_preprocessor: {', '.join(clashing)} come from the checkpoint and cannot be overridden")
-    directory = _local_directory(name_or_path, files=_PROCESSOR_FILES, revision=revision)
-    config = read_vle_config(directory)
-    vision = CLIPVisionConfig(**_hf_config_options(_vision_tower_config(config, where=str(directory / VLE_CONFIG_FILE))))
-    path = directory / PREPROCESSOR_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: VLE checkpoints ship it (CLIPImageProcessor settings)")
-    processor = json.loads(path.read_text())
-    if "crop_size" in processor:
-        image_size = _square_size(processor["crop_size"], name="crop_size", where=str(path))
-    elif "size" in processor:
-        image_size = _square_size(processor["size"], name="size", where=str(path))
-    else:
-        raise ValueError(f"{path}: neither crop_size nor size is set")
-    if image_size != vision.image_size:
-        raise ValueError(
-            f"{path} makes {image_size} px images, but the vision tower in {directory / VLE_CONFIG_FILE} takes "
-            f"{vision.image_size} px; the patch grid of the data must be the model's"
-        )
-    official_task = official_vcr_task(directory)
-    if task is None:
-        if official_task is None:
-            raise ValueError(f"vle_preprocessor: {name_or_path} is not a VCR task checkpoint; pass task='q2a' or 'qa2r'")
-        task = official_task
-    if compat is None:
-        compat = "vle" if official_task is not None else "none"
-        if official_task is not None:
-            logger.info("%s is an official VLE VCR checkpoint: compat='vle' (the official pipeline's inputs)", name_or_path)
-    elif official_task is not None:
-        warn_unofficial_inputs(name_or_path, compat)
-    tokenizer = AutoTokenizer.from_pretrained(str(directory))
-    return VCRPreprocessor.build(
-        tokenizer,
-        task=task,
-        compat=compat,
-        image_size=image_size,
-        patch_size=vision.patch_size,
-        image_mean=tuple(processor.get("image_mean", CLIP_MEAN)),
-        image_std=tuple(processor.get("image_std", CLIP_STD)),
-        **options,
-    )
