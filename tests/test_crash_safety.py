@@ -16,8 +16,9 @@ import torch
 from data_prep.synthetic import generate_synthetic_vcr
 from vlekit.cli import main as cli_main
 from vlekit.experiment import load_experiment
-from vlekit.train import (MANIFEST_FILE, STALL_ENV, checkpoint_dirs, checkpoint_problem, latest_checkpoint,
-                          resume_checkpoint, train)
+from vlekit.checkpoints import (MANIFEST_FILE, STALL_ENV, checkpoint_dirs, checkpoint_problem, latest_checkpoint,
+                                resume_checkpoint)
+from vlekit.train import train
 
 from test_train import final_weights, tiny_overrides
 

@@ -13,7 +13,8 @@ from data_prep.synthetic import generate_synthetic_vcr
 from vlekit.demo import DemoConfig, demo_experiment
 from vlekit.experiment import load_experiment
 from vlekit.run_folder import RunFolder
-from vlekit.train import TRACKING_DIR, check_trackers, train
+from vlekit.tracking import TRACKING_DIR, check_trackers
+from vlekit.train import train
 
 
 def test_a_tensorboard_run_holds_the_metrics_jsonl_scalars_and_the_config(tmp_path):

@@ -14,9 +14,10 @@ import torch
 from safetensors.torch import load_file
 
 from data_prep.synthetic import generate_synthetic_vcr
+from vlekit.checkpoints import checkpoint_dirs, latest_checkpoint
 from vlekit.experiment import ExperimentConfig, load_experiment
 from vlekit.model import VCRModel
-from vlekit.train import StopRequested, checkpoint_dirs, latest_checkpoint, train
+from vlekit.train import StopRequested, train
 
 REPO = Path(__file__).resolve().parents[1]
 

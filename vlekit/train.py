@@ -11,8 +11,8 @@ Run folder layout (everything needed to reproduce, resume and evaluate; defined 
     OUT/tracking/OUT.name/       what ``train.report_to`` trackers write (TensorBoard events, W&B offline runs, ...)
 
 Checkpoints are written to ``step-N.tmp``, completed by a ``manifest.json`` (every file's size and
-SHA-256, written last) and renamed, so a kill, even SIGKILL in the middle of a save, never leaves a
-half-written ``step-N``. ``--resume`` restores the newest checkpoint whose files match its manifest
+SHA-256, written last) and renamed (``vlekit.checkpoints``), so a kill, even SIGKILL in the middle of a
+save, never leaves a half-written ``step-N``. ``--resume`` restores the newest checkpoint whose files match its manifest
 (a truncated or corrupted one is skipped with a message), including the data-loader position, and
 continues to the same result as an uninterrupted run. SIGINT / SIGTERM finish the current step, save,
 and exit.
@@ -21,16 +21,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import math
-import os
-import re
-import shutil
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,19 +37,14 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
+from vlekit.checkpoints import STATE_FILE, TrainerState, resume_checkpoint, save_checkpoint
 from vlekit.evaluate import accuracy_on
 from vlekit.experiment import ExperimentConfig, load_experiment
 from vlekit.model import VCRModel, VCRModelConfig
 from vlekit.registry import registry_for
-from vlekit.run_folder import (CHECKPOINTS_DIR, EXPERIMENT_FILE, METRICS_FILE, MODEL_DIR, PREPROCESS_FILE,
-                               TOKENIZER_DIR, RunFolder, make_preprocessor)
-
-STATE_FILE = "trainer_state.json"
-MANIFEST_FILE = "manifest.json"
-# Test hook: with VLEKIT_TEST_STALL_IN_CHECKPOINT=N the save of step N stops for ten minutes after
-# writing every file but the manifest, so a test can SIGKILL a run in the middle of a save.
-STALL_ENV = "VLEKIT_TEST_STALL_IN_CHECKPOINT"
-_CHECKPOINT_NAME = re.compile(r"step-(\d+)")
+from vlekit.run_folder import (EXPERIMENT_FILE, METRICS_FILE, MODEL_DIR, PREPROCESS_FILE, TOKENIZER_DIR, RunFolder,
+                               make_preprocessor)
+from vlekit.tracking import TRACKING_DIR, check_trackers, flat_hyperparameters, tracked_scalars
 
 
 class EpochShuffleSampler(Sampler[int]):
@@ -72,15 +63,6 @@ class EpochShuffleSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return self.size
-
-
-@dataclass
-class TrainerState:
-    """Where training stands; saved in every checkpoint."""
-
-    epoch: int = 0
-    batches_in_epoch: int = 0  # micro-batches of the current epoch already consumed
-    global_step: int = 0  # optimizer steps
 
 
 # -- building blocks ------------------------------------------------------------------------------
@@ -235,122 +217,6 @@ class StopRequested:
             signal.signal(sig, handler)
 
 
-def checkpoint_dirs(out: Path) -> list[Path]:
-    """The ``step-N`` folders under ``out/checkpoints``, oldest first (complete or not; see
-    ``checkpoint_problem``). Unfinished ``step-N.tmp`` and replaced ``step-N.old`` folders are not listed."""
-    folder = out / CHECKPOINTS_DIR
-    if not folder.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if p.is_dir() and (m := _CHECKPOINT_NAME.fullmatch(p.name))]
-    return [p for _, p in sorted(found)]
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-        os.fsync(handle.fileno())  # on disk before the manifest vouches for it
-    return digest.hexdigest()
-
-
-def write_manifest(folder: Path) -> Path:
-    """``folder/manifest.json``: size and SHA-256 of every other file in ``folder``. Written last: a
-    checkpoint folder without it, or whose files disagree with it, is incomplete."""
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST_FILE)
-    entries = {p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files}
-    path = folder / MANIFEST_FILE
-    with path.open("w") as handle:
-        json.dump({"files": entries}, handle, indent=1)
-        handle.flush()
-        os.fsync(handle.fileno())
-    return path
-
-
-def checkpoint_problem(folder: Path) -> str | None:
-    """Why ``folder`` is not a complete checkpoint (no manifest, a file missing, truncated or changed),
-    or ``None`` when every file matches its manifest."""
-    manifest = folder / MANIFEST_FILE
-    if not manifest.is_file():
-        return f"no {MANIFEST_FILE} (it is written last: the save did not finish)"
-    try:
-        entries = json.loads(manifest.read_text())["files"]
-    except (ValueError, KeyError, TypeError) as error:
-        return f"unreadable {MANIFEST_FILE} ({error})"
-    for name, entry in entries.items():
-        path = folder / name
-        if not path.is_file():
-            return f"{name} is missing"
-        size = path.stat().st_size
-        if size != entry["bytes"]:
-            return f"{name} has {size} bytes, the manifest says {entry['bytes']} (truncated or rewritten)"
-        if _sha256(path) != entry["sha256"]:
-            return f"{name} does not match its SHA-256 in the manifest (corrupted)"
-    return None
-
-
-def _remove_checkpoint(folder: Path) -> None:
-    (folder / MANIFEST_FILE).unlink(missing_ok=True)  # first: a removal cut short leaves an incomplete folder
-    shutil.rmtree(folder)
-
-
-def save_checkpoint(accelerator: Accelerator, out: Path, state: TrainerState, config: ExperimentConfig) -> Path:
-    """Write accelerate state + trainer state + config to ``step-N.tmp``, then the manifest, then rename
-    it to ``step-N``; keep the newest ``train.keep``. A kill at any point leaves the previous complete
-    checkpoints intact (a ``step-N`` saved again is moved aside, not deleted, until the new one is in place)."""
-    final = out / CHECKPOINTS_DIR / f"step-{state.global_step:07d}"
-    tmp, old = final.with_name(final.name + ".tmp"), final.with_name(final.name + ".old")
-    if accelerator.is_main_process and tmp.exists():
-        shutil.rmtree(tmp)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()  # every process has written its files (e.g. its RNG state)
-    if accelerator.is_main_process:
-        (tmp / STATE_FILE).write_text(json.dumps(dataclasses.asdict(state)))
-        config.save(tmp / EXPERIMENT_FILE)
-        if os.environ.get(STALL_ENV) == str(state.global_step):
-            time.sleep(600)
-        write_manifest(tmp)
-        if old.exists():
-            shutil.rmtree(old)
-        if final.exists():
-            os.replace(final, old)
-        os.replace(tmp, final)
-        if old.exists():
-            shutil.rmtree(old)
-        for stale in checkpoint_dirs(out)[: -config.train.keep] if config.train.keep > 0 else []:
-            _remove_checkpoint(stale)
-    accelerator.wait_for_everyone()
-    return final
-
-
-def latest_checkpoint(out: Path, *, report: Callable[[str], None] = print) -> Path | None:
-    """The newest complete checkpoint under ``out``; each newer incomplete one is skipped and reported."""
-    for folder in reversed(checkpoint_dirs(out)):
-        problem = checkpoint_problem(folder)
-        if problem is None:
-            return folder
-        report(f"skipping incomplete checkpoint {folder}: {problem}")
-    return None
-
-
-def resume_checkpoint(resume: str | None, out: Path, *, report: Callable[[str], None] = print) -> Path | None:
-    """The checkpoint ``--resume`` (``"latest"``) or ``--resume-from FOLDER`` names, checked against its
-    manifest; ``None`` for a fresh start (no resume, or no complete checkpoint in ``out`` yet)."""
-    if resume is None:
-        return None
-    if resume != "latest":
-        folder = Path(resume)
-        problem = checkpoint_problem(folder) if folder.is_dir() else "not a folder"
-        if problem is not None:
-            raise ValueError(f"--resume-from {folder}: not a complete checkpoint: {problem}")
-        return folder
-    folder = latest_checkpoint(out, report=report)
-    if folder is None:
-        report(f"--resume: no complete checkpoint in {out / CHECKPOINTS_DIR}; starting from step 0")
-    return folder
-
-
 def save_final_model(model: VCRModel, tokenizer, config: ExperimentConfig, folder: Path,
                      state_dict: dict[str, torch.Tensor] | None = None) -> Path:
     """The evaluable model: weights + resolved config + tokenizer + the data options it was trained with."""
@@ -430,51 +296,6 @@ class MetricsLog:
             elif record.get("step", 0) <= state.global_step:
                 kept.append(line)
         self.path.write_text("".join(line + "\n" for line in kept))
-
-
-# -- experiment trackers --------------------------------------------------------------------------
-TRACKING_DIR = "tracking"  # OUT/tracking/<run name>/: what file-based trackers (TensorBoard, ...) write
-
-
-def check_trackers(report_to: str | Iterable[str]) -> list[str]:
-    """``train.report_to`` as a list of Accelerate tracker names, each supported and installed."""
-    import importlib.util
-
-    from accelerate.tracking import LOGGER_TYPE_TO_CLASS
-
-    names = [report_to] if isinstance(report_to, str) else list(report_to)
-    for name in names:
-        if name not in LOGGER_TYPE_TO_CLASS:
-            raise ValueError(f"train.report_to: unknown tracker {name!r}; supported: {', '.join(sorted(LOGGER_TYPE_TO_CLASS))}")
-        # Accelerate skips a tracker whose package is missing with a log line: make it an error instead.
-        if importlib.util.find_spec(name) is None:
-            raise ValueError(f"train.report_to: tracker {name!r} needs its package: pip install {name.replace('_', '-')}")
-    return names
-
-
-def flat_hyperparameters(config: ExperimentConfig) -> dict[str, bool | int | float | str]:
-    """The resolved config as ``{"train.lr": 1e-5, "model.fusion.name": "co-attention", ...}``: the
-    scalar values trackers take as hyper-parameters (lists as JSON text, ``None`` as ``"None"``)."""
-    flat: dict[str, bool | int | float | str] = {}
-
-    def walk(prefix: str, value: Any) -> None:
-        if isinstance(value, dict):
-            for key, item in value.items():
-                walk(f"{prefix}.{key}" if prefix else str(key), item)
-        elif isinstance(value, (bool, int, float, str)):
-            flat[prefix] = value
-        else:
-            flat[prefix] = json.dumps(value) if isinstance(value, (list, tuple)) else str(value)
-
-    walk("", config.to_dict())
-    return flat
-
-
-def tracked_scalars(record: dict[str, Any]) -> dict[str, float]:
-    """A ``metrics.jsonl`` record as tracker scalars: ``train/loss``, ``train/lr``, ...,
-    ``val/accuracy`` (the step is the tracker's own axis)."""
-    return {("val/accuracy" if key == "val_accuracy" else f"train/{key}"): float(value)
-            for key, value in record.items() if key != "step" and isinstance(value, (int, float))}
 
 
 # -- the loop -------------------------------------------------------------------------------------
