@@ -64,6 +64,10 @@ def test_notebook_runs_in_smoke_mode(path, tmp_path):
     started = time.perf_counter()
     client.execute()  # raises CellExecutionError, with the cell and its traceback, on any error
     print(f"{path.name}: {time.perf_counter() - started:.1f} s")
+    # Every figure the notebook showed is also on disk next to its outputs (vlekit.plots.save_shown_figures).
+    shown = sum("image/png" in output.get("data", {}) for cell in notebook.cells for output in cell.get("outputs", []))
+    saved = sorted((tmp_path / "out" / "figures").glob("figure-*.png"))
+    assert shown > 0 and len(saved) == shown and all(png.stat().st_size > 1000 for png in saved), (shown, saved)
 
 
 def test_a_notebook_runs_as_a_plain_script_without_jupyter(tmp_path):

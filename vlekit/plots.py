@@ -5,6 +5,7 @@ windows) before anything imports matplotlib; a notebook keeps its inline backend
 """
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -12,6 +13,40 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
 from vlekit.run_folder import RunFolder, read_metrics
+
+
+def save_shown_figures(folder: str | Path) -> Path | None:
+    """In a notebook: from now on every figure a cell shows is also written to ``folder`` as
+    ``figure-NN.png`` (in the order shown), so a run's pictures can be looked at outside Jupyter.
+
+    Works through IPython's PNG formatter for matplotlib figures (what the inline backend uses), so
+    call it after ``%matplotlib inline``. Outside IPython (a plain script, which saves its own
+    figures) it does nothing and returns ``None``; calling it again moves the output to ``folder``.
+    """
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return None
+    shell = get_ipython()
+    if shell is None:
+        return None
+    formatter = shell.display_formatter.formatters["image/png"]
+    try:
+        show = formatter.lookup_by_type(Figure)
+    except KeyError:
+        raise RuntimeError("save_shown_figures: no PNG formatter for figures yet; run %matplotlib inline first") from None
+    show = getattr(show, "shows", show)  # called again: wrap the original formatter, not our own wrapper
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    numbers = itertools.count(1)
+
+    def show_and_save(figure: Figure, *args, **kwargs):
+        figure.savefig(folder / f"figure-{next(numbers):02d}.png", dpi=120, bbox_inches="tight")
+        return show(figure, *args, **kwargs)
+
+    show_and_save.shows = show
+    formatter.for_type(Figure, show_and_save)
+    return folder
 
 
 def plot_training_curve(
