@@ -1,5 +1,5 @@
 """VQA v2 data: reading questions and annotations (VQAExample, VQAExamples, VQAFormatError), the
-torch Dataset (VQADataset), the test-dev submission file, and easy-VQA converted to the VQA v2 layout.
+torch Dataset (VQADataset) and the test-dev submission file (easy-VQA in this layout: ``data_prep.easy_vqa``).
 
     examples = read_vqa("v2_OpenEnded_mscoco_val2014_questions.json", "v2_mscoco_val2014_annotations.json",
                         image_dir="val2014")
@@ -14,8 +14,6 @@ Everything about answers (the official normalisation, the answer vocabulary, sof
 from __future__ import annotations
 
 import json
-import shutil
-from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,13 +25,13 @@ from torch.utils.data import Dataset
 
 from data_prep.constants import CLIP_MEAN, CLIP_STD
 from data_prep.geometry import image_transform
-from data_prep.pixels import load_pixels
+from data_prep.pixels import PIXEL_DTYPES, load_pixels
 from data_prep.vcr import VCRFormatError
 from data_prep.vqa_answers import AnswerVocabulary, soft_scores
 
 __all__ = [
-    "ANSWERS_PER_QUESTION", "COCO_IMAGE_PATTERN", "MAX_QUESTION_LENGTH", "EasyVQASplit", "VQADataset", "VQAExample",
-    "VQAExamples", "VQAFormatError", "convert_easy_vqa", "read_vqa", "write_submission",
+    "ANSWERS_PER_QUESTION", "COCO_IMAGE_PATTERN", "MAX_QUESTION_LENGTH", "VQADataset", "VQAExample",
+    "VQAExamples", "VQAFormatError", "read_vqa", "write_submission",
 ]
 
 ANSWERS_PER_QUESTION = 10
@@ -253,7 +251,8 @@ class VQADataset(Dataset):
     """VQA examples as model inputs; images are decoded in ``__getitem__`` (DataLoader workers).
 
     ``dataset[i]``: ``question_id``, ``input_ids`` (``[CLS] question [SEP]`` as the tokenizer writes
-    it, at most ``max_length`` tokens), ``pixel_values [3, S, S]`` and, for annotated examples when a
+    it, at most ``max_length`` tokens), ``pixel_values [3, S, S]`` (normalised float32, or uint8 with
+    ``pixel_dtype="uint8"``; ``jpeg_draft`` as in ``PreprocessConfig``) and, for annotated examples when a
     vocabulary is given, ``labels [num_labels]``: the soft scores (:func:`soft_scores`).
     Use ``DataLoader(dataset, collate_fn=dataset.collate)``.
 
@@ -273,8 +272,12 @@ class VQADataset(Dataset):
         max_length: int = MAX_QUESTION_LENGTH,
         image_mean: Sequence[float] = CLIP_MEAN,
         image_std: Sequence[float] = CLIP_STD,
+        jpeg_draft: bool = False,
+        pixel_dtype: str = "float32",
     ) -> None:
         image_transform(1, 1, image_size=image_size, geometry=geometry)  # fails fast on an unknown mode
+        if pixel_dtype not in PIXEL_DTYPES:
+            raise ValueError(f"VQADataset: pixel_dtype={pixel_dtype!r}; choose one of {', '.join(map(repr, PIXEL_DTYPES))}")
         if tokenizer.pad_token_id is None:
             raise ValueError("VQADataset: the tokenizer has no pad token; set tokenizer.pad_token before batching")
         if max_length < 3:
@@ -285,6 +288,8 @@ class VQADataset(Dataset):
         self.image_size = image_size
         self.geometry = geometry
         self.max_length = max_length
+        self.jpeg_draft = jpeg_draft
+        self.pixel_dtype = pixel_dtype
         self._mean = np.asarray(image_mean, dtype=np.float32)
         self._std = np.asarray(image_std, dtype=np.float32)
 
@@ -306,10 +311,11 @@ class VQADataset(Dataset):
         return item
 
     def load_pixels(self, example: VQAExample) -> torch.Tensor:
-        """Decode, transform and normalise the example's image -> float32 ``[3, S, S]``."""
+        """Decode and transform the example's image -> ``[3, S, S]``: normalised float32, or uint8
+        pixels for the model to normalise (``pixel_dtype``; ``data_prep.pixels.load_pixels``)."""
         try:
             return load_pixels(Path(example.image_path), image_size=self.image_size, geometry=self.geometry,
-                               mean=self._mean, std=self._std)
+                               mean=self._mean, std=self._std, draft=self.jpeg_draft, dtype=self.pixel_dtype)
         except VCRFormatError as error:
             raise VQAFormatError(file=example.image_path, question_id=example.question_id, field="image_id",
                                  expected="a readable image at the path image_dir / image_pattern gives",
@@ -366,90 +372,3 @@ def write_submission(
     path = Path(path)
     path.write_text(json.dumps([{"question_id": qid, "answer": predictions[qid]} for qid in order]), encoding="utf-8")
     return path
-
-
-# ---------------------------------------------------------------------------------------------
-# easy-VQA -> VQA v2 layout
-# ---------------------------------------------------------------------------------------------
-
-EASY_VQA_SPLITS = ("train", "test")
-EASY_VQA_IMAGE_PATTERN = "{image_id}.png"
-
-
-@dataclass(frozen=True)
-class EasyVQASplit:
-    """Where :func:`convert_easy_vqa` wrote one split; :meth:`read` reads it back."""
-
-    split: str
-    questions_file: Path
-    annotations_file: Path
-    image_dir: Path
-    image_pattern: str = EASY_VQA_IMAGE_PATTERN
-
-    def read(self) -> VQAExamples:
-        return read_vqa(self.questions_file, self.annotations_file, image_dir=self.image_dir,
-                        image_pattern=self.image_pattern)
-
-
-def _easy_vqa_module() -> Any:
-    try:
-        import easy_vqa
-    except ImportError:
-        raise ImportError("convert_easy_vqa needs the easy-vqa package (third-party images and questions): "
-                          "pip install easy-vqa, or pip install 'vlekit[vqa]'") from None
-    return easy_vqa
-
-
-def convert_easy_vqa(out_dir: str | Path, *, splits: Sequence[str] = EASY_VQA_SPLITS) -> dict[str, EasyVQASplit]:
-    """Write the easy-VQA dataset (pip package ``easy-vqa``) in the VQA v2 layout under ``out_dir``.
-
-    Per split: ``v2_OpenEnded_easyvqa_{split}_questions.json``, ``v2_easyvqa_{split}_annotations.json``
-    and the images copied to ``{split}/{image_id}.png`` (64 x 64 RGB). easy-VQA has one answer per
-    question; it becomes ten identical annotator answers, so the official accuracy of a prediction
-    is 1 or 0. ``answer_type`` is ``"yes/no"`` for yes/no answers and ``"other"`` otherwise;
-    ``question_type`` is the question's first three words (easy-VQA has no VQA v2 question types).
-    Question ids are ``image_id * 1000 + k`` for the k-th question of an image (VQA v2's scheme);
-    image ids are easy-VQA's own, so they repeat across splits.
-    """
-    easy_vqa = _easy_vqa_module()
-    readers = {
-        "train": (easy_vqa.get_train_questions, easy_vqa.get_train_image_paths),
-        "test": (easy_vqa.get_test_questions, easy_vqa.get_test_image_paths),
-    }
-    unknown = [split for split in splits if split not in readers]
-    if unknown:
-        raise ValueError(f"convert_easy_vqa: unknown splits {unknown}; easy-VQA has {list(readers)}")
-    out_dir = Path(out_dir)
-    written: dict[str, EasyVQASplit] = {}
-    for split in splits:
-        get_questions, get_image_paths = readers[split]
-        texts, answers, image_ids = get_questions()
-        image_paths = get_image_paths()
-        image_dir = out_dir / split
-        image_dir.mkdir(parents=True, exist_ok=True)
-        for image_id in sorted(set(image_ids)):
-            shutil.copyfile(image_paths[image_id], image_dir / EASY_VQA_IMAGE_PATTERN.format(image_id=image_id))
-
-        per_image: Counter[int] = Counter()
-        questions, annotations = [], []
-        for text, answer, image_id in zip(texts, answers, image_ids):
-            question_id = image_id * 1000 + per_image[image_id]
-            per_image[image_id] += 1
-            questions.append({"image_id": image_id, "question": text, "question_id": question_id})
-            annotations.append({
-                "question_id": question_id,
-                "image_id": image_id,
-                "answers": [{"answer": answer, "answer_confidence": "yes", "answer_id": i + 1}
-                            for i in range(ANSWERS_PER_QUESTION)],
-                "multiple_choice_answer": answer,
-                "answer_type": "yes/no" if answer in ("yes", "no") else "other",
-                "question_type": " ".join(text.rstrip("?").split()[:3]),
-            })
-        subtype = f"easyvqa_{split}"
-        questions_file = out_dir / f"v2_OpenEnded_{subtype}_questions.json"
-        annotations_file = out_dir / f"v2_{subtype}_annotations.json"
-        questions_file.write_text(json.dumps({"data_subtype": subtype, "questions": questions}), encoding="utf-8")
-        annotations_file.write_text(json.dumps({"data_subtype": subtype, "annotations": annotations}), encoding="utf-8")
-        written[split] = EasyVQASplit(split=split, questions_file=questions_file, annotations_file=annotations_file,
-                                      image_dir=image_dir)
-    return written

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 import torch
 
-from data_prep.vqa import VQAExample, VQAFormatError, convert_easy_vqa, read_vqa, write_submission
+from data_prep.easy_vqa import convert_easy_vqa
+from data_prep.vqa import VQAExample, VQAFormatError, read_vqa, write_submission
 from data_prep.vqa_answers import (
     AnswerVocabulary,
     normalize_answer,

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from data_prep.vqa import VQAExample, convert_easy_vqa
+from data_prep.easy_vqa import convert_easy_vqa
+from data_prep.vqa import VQAExample
 from data_prep.vqa_answers import AnswerVocabulary, soft_target_matrix
 from vlekit.task_metrics import evaluate_vqa, majority_answer, retrieval_recall, soft_accuracy, vqa_accuracy
 

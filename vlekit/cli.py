@@ -17,9 +17,10 @@ from vlekit.tables import text_table
 COMMANDS: dict[str, tuple[str, str]] = {
     "list": ("vlekit.cli", "list registered components (core and plugins) with their source"),
     "synthetic": ("data_prep.synthetic", "write a synthetic VCR-format dataset (offline; grounding needed)"),
+    "easy-vqa": ("data_prep.easy_vqa", "write easy-VQA (pip easy-vqa) in the VQA v2 layout (offline VQA data)"),
     "check-data": ("data_prep.check", "validate VCR annotations; statistics of the examples they give"),
-    "train": ("vlekit.train", "fine-tune a VCR model (Q->A or QA->R)"),
-    "eval": ("vlekit.evaluate", "evaluate checkpoints: Q->A, QA->R, Q->AR, leaderboard CSV"),
+    "train": ("vlekit.train", "fine-tune a VCR model (Q->A or QA->R) or a VQA model (--task vqa)"),
+    "eval": ("vlekit.evaluate", "evaluate checkpoints: Q->A, QA->R, Q->AR, leaderboard CSV; VQA accuracy, result file"),
     "predict": ("vlekit.predict", "score typed answers to a typed question about an image with a trained run"),
     "demo": ("vlekit.demo", "the built-in demo: synthetic VCR data, tiny model, train, evaluate"),
     "ablate": ("vlekit.ablation", "an ablation grid over any experiment (variants x seeds) with a report"),

@@ -1,10 +1,18 @@
-"""Evaluation: Q->A, QA->R (gold answer in the query) and Q->AR, with 95% bootstrap intervals.
+"""Evaluation: VCR Q->A, QA->R (gold answer in the query) and Q->AR, and VQA, with 95% bootstrap intervals.
 
 ``vlekit eval --checkpoint Q2A_DIR [--checkpoint QA2R_DIR] --annotations val.jsonl --images DIR``
 writes ``metrics.json`` and per-question ``predictions.jsonl``; on unlabeled (test) records it writes
 the leaderboard CSV (``annot_id, answer_0..3, rationale_conditioned_on_a{i}_{j}``), which needs QA->R
-scores for every candidate answer. Each model runs in the precision it was trained with (the run's
-``train.mixed_precision``) unless ``--precision`` says otherwise.
+scores for every candidate answer.
+
+``vlekit eval --checkpoint VQA_RUN --questions Q.json [--annotations A.json] --images DIR`` (a VQA
+model: ``--questions`` says so) writes the evaluation server's result file ``vqa_submission.json``
+(test-dev: questions only) and ``predictions.jsonl`` (top-5 answers per question); with annotations,
+``metrics.json`` with the official accuracy overall and per answer type (``vlekit.task_metrics``)
+and the majority answer's accuracy beside it.
+
+Each model runs in the precision it was trained with (the run's ``train.mixed_precision``) unless
+``--precision`` says otherwise.
 """
 from __future__ import annotations
 
@@ -20,10 +28,15 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from data_prep.vqa import COCO_IMAGE_PATTERN, VQAFormatError, read_vqa, write_submission
+from vlekit.experiment import VQA_TASK
 from vlekit.run_folder import EXPERIMENT_FILE, TrainedModel, load_trained
 from vlekit.tables import format_metrics_table
+from vlekit.task_metrics import evaluate_vqa as score_vqa
+from vlekit.task_metrics import majority_answer, soft_accuracy
 
 CHANCE = {"q2a": 0.25, "qa2r": 0.25, "q2ar": 0.0625}
+VQA_SUBMISSION_FILE = "vqa_submission.json"
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")  # as train.mixed_precision
 
 
@@ -73,6 +86,15 @@ def accuracy_on(model: torch.nn.Module, loader: DataLoader, accelerator: Any = N
     if labels is None:
         raise ValueError("accuracy needs labelled data; this loader's batches have no 'labels'")
     return float((logits.argmax(-1) == labels).float().mean())
+
+
+def vqa_accuracy_on(model: torch.nn.Module, loader: DataLoader, accelerator: Any = None) -> float:
+    """VQA accuracy (in ``[0, 1]``) of the arg-max answers on a loader of soft-score labels
+    (``vlekit.task_metrics.soft_accuracy``: the official accuracy over the vocabulary's answers)."""
+    logits, targets = predict(model, loader, accelerator=accelerator)
+    if targets is None:
+        raise ValueError("VQA accuracy needs annotated questions; this loader's batches have no 'labels'")
+    return float(soft_accuracy(logits, targets))
 
 
 def bootstrap_interval(correct: np.ndarray, *, resamples: int = 1000, seed: int = 0) -> tuple[float, float]:
@@ -186,12 +208,88 @@ def write_leaderboard_csv(path: Path, records: list[dict], answer_probs: np.ndar
     return path
 
 
+def _with_bootstrap(scores: np.ndarray, *, chance: float, resamples: int) -> dict[str, Any]:
+    low, high = bootstrap_interval(scores, resamples=resamples)
+    return {"accuracy": float(scores.mean()), "ci95": [low, high], "chance": chance, "n": int(len(scores))}
+
+
+def evaluate_vqa_model(
+    checkpoint: str | Path, *, questions: str | Path, annotations: str | Path | None, images: str | Path,
+    image_pattern: str = COCO_IMAGE_PATTERN, data_subtype: str | None = None, out: str | Path | None = None,
+    batch_size: int = 32, num_workers: int = 2, progress: bool = True, resamples: int = 1000,
+    precision: str | None = None, top_k: int = 5,
+) -> dict[str, Any]:
+    """Answer a VQA v2 split with a trained VQA model; score it when ``annotations`` are given.
+
+    The answer is the arg-max of the ``vqa`` head's logits (its ``answers``); probabilities are the
+    sigmoid of each logit, as the head is trained (BCE). ``image_pattern`` / ``data_subtype``: as
+    ``data_prep.vqa.read_vqa`` (test-dev questions: ``data_subtype="test2015"``).
+    Returns ``{"metrics": {"vqa": ..., "vqa yes/no": ..., ...} (empty without annotations),
+    "accuracy": VQAAccuracy or None, "majority": {"answer", "accuracy"} or None, "predictions":
+    {question_id: answer}, "submission": path or None}``; ``metrics`` rows are fractions with 95%
+    bootstrap intervals and the majority answer's accuracy as ``chance`` (the ``vqa`` row also names
+    that answer: ``majority_answer``).
+    """
+    trained = load_trained(checkpoint)
+    if trained.task != VQA_TASK:
+        raise ValueError(f"{trained.folder} is a {trained.task} model; --questions evaluates a VQA model (vlekit train --task vqa)")
+    precision = precision if precision is not None else trained.mixed_precision
+    if precision is None:
+        raise ValueError(f"{trained.folder}: no {EXPERIMENT_FILE} to take the evaluation precision from; give --precision")
+    autocast_dtype(precision, torch.device("cpu"))  # a bad value fails before any work
+    examples = read_vqa(questions, annotations, image_dir=images, image_pattern=image_pattern, data_subtype=data_subtype)
+    dataset = trained.vqa_dataset(examples)
+    loader = DataLoader(dataset, batch_size=batch_size, collate_fn=dataset.collate, num_workers=num_workers)
+    model = trained.model.to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    logits, _ = predict(model, loader, precision=precision, progress=progress)
+    answers = list(model.head.config.answers)
+    probabilities, labels = logits.sigmoid().topk(min(top_k, len(answers)), dim=-1)
+    predictions = {e.question_id: answers[int(row[0])] for e, row in zip(examples, labels)}
+
+    metrics: dict[str, Any] = {}
+    accuracy = majority = None
+    if annotations is not None:
+        accuracy = score_vqa(predictions, examples)
+        majority_prediction = majority_answer(examples)
+        baseline = score_vqa({e.question_id: majority_prediction for e in examples}, examples)
+        majority = {"answer": majority_prediction, "accuracy": baseline.overall / 100}
+        per_question = np.array([accuracy.per_question[e.question_id] for e in examples]) / 100
+        metrics[VQA_TASK] = {**_with_bootstrap(per_question, chance=baseline.overall / 100, resamples=resamples),
+                             "majority_answer": majority_prediction}
+        for kind in accuracy.per_answer_type:
+            rows = [i for i, e in enumerate(examples) if e.answer_type == kind]
+            metrics[f"{VQA_TASK} {kind}"] = _with_bootstrap(per_question[rows], chance=baseline.per_answer_type[kind] / 100,
+                                                           resamples=resamples)
+    submission = None
+    if out is not None:
+        out_dir = Path(out)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        submission = write_submission(predictions, out_dir / VQA_SUBMISSION_FILE, examples=examples)
+        with (out_dir / "predictions.jsonl").open("w") as handle:
+            for example, row, scores in zip(examples, labels, probabilities):
+                record = {"question_id": example.question_id, "question": example.question,
+                          "answer": answers[int(row[0])],
+                          "top_answers": [answers[int(i)] for i in row], "top_probs": [round(float(x), 5) for x in scores]}
+                if accuracy is not None:
+                    record.update(accuracy=accuracy.per_question[example.question_id] / 100, answer_type=example.answer_type)
+                handle.write(json.dumps(record) + "\n")
+        if metrics:
+            (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return {"metrics": metrics, "accuracy": accuracy, "majority": majority, "predictions": predictions,
+            "submission": submission}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", action="append", required=True,
-                        help="a trained model folder (repeat: one Q->A and one QA->R for Q->AR)")
-    parser.add_argument("--annotations", required=True, help="VCR jsonl (val, or test for the leaderboard CSV)")
-    parser.add_argument("--images", required=True, help="the vcr1images folder")
-    parser.add_argument("--out", help="where to write metrics.json, predictions.jsonl, leaderboard.csv")
+                        help="a trained model folder (repeat: one Q->A and one QA->R for Q->AR; one VQA model)")
+    parser.add_argument("--annotations", help="VCR jsonl (val, or test for the leaderboard CSV); VQA: the "
+                                              "annotations JSON of --questions (leave out for test-dev)")
+    parser.add_argument("--images", required=True, help="the vcr1images folder; VQA: the split's image folder")
+    parser.add_argument("--questions", help="VQA v2 questions JSON: evaluate a VQA model on it")
+    parser.add_argument("--image-pattern", default=COCO_IMAGE_PATTERN,
+                        help="VQA image file names from {image_id} and {data_subtype} (default: COCO's)")
+    parser.add_argument("--data-subtype", help="VQA: the {data_subtype} of the image names (test-dev: test2015)")
+    parser.add_argument("--out", help="where to write metrics.json, predictions.jsonl, leaderboard.csv / vqa_submission.json")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--num-workers", type=int, default=2)
     parser.add_argument("--precision", choices=PRECISIONS,
@@ -201,6 +299,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.questions is not None:
+        return _run_vqa(args)
+    if args.annotations is None:
+        print("vlekit eval: --annotations (a VCR jsonl) is required; a VQA model is evaluated with --questions", file=sys.stderr)
+        return 2
     from data_prep.vcr import VCRFormatError
 
     try:
@@ -214,4 +317,25 @@ def run(args: argparse.Namespace) -> int:
         print(format_metrics_table(result["metrics"]))
     if result["leaderboard"]:
         print(f"leaderboard CSV: {result['leaderboard']}")
+    return 0
+
+
+def _run_vqa(args: argparse.Namespace) -> int:
+    if len(args.checkpoint) != 1 or args.compat is not None:
+        print("vlekit eval: --questions evaluates one VQA model (one --checkpoint, no --compat)", file=sys.stderr)
+        return 2
+    try:
+        result = evaluate_vqa_model(args.checkpoint[0], questions=args.questions, annotations=args.annotations,
+                              images=args.images, image_pattern=args.image_pattern, data_subtype=args.data_subtype,
+                              out=args.out, batch_size=args.batch_size, num_workers=args.num_workers,
+                              precision=args.precision)
+    except (VQAFormatError, FileNotFoundError, ValueError) as error:
+        print(f"vlekit eval: {error}", file=sys.stderr)
+        return 2
+    if result["metrics"]:
+        print(format_metrics_table(result["metrics"]))
+        print(f"majority answer {result['majority']['answer']!r}: {100 * result['majority']['accuracy']:.2f}% "
+              f"(the 'chance' column); VQA accuracy {result['accuracy'].overall:.2f}%")
+    if result["submission"]:
+        print(f"VQA result file (evaluation server format): {result['submission']}")
     return 0

@@ -15,17 +15,39 @@ from typing import Any
 
 import yaml
 
+from data_prep.constants import GEOMETRY_MODES
+from data_prep.constants import TASKS as VCR_TASKS
+from data_prep.pixels import PIXEL_DTYPES
 from data_prep.preprocess import RUN_OPTIONS, PreprocessConfig
 from vlekit.model import VCRModelConfig, component_spec
 from vlekit.registry import import_plugins, make_config
 
 
+VQA_TASK = "vqa"
+TASKS = (*VCR_TASKS, VQA_TASK)
+# Fields only a VQA run reads (a VCR run that sets one is told so).
+_VQA_FIELDS = ("train_questions", "val_questions", "val_images", "image_pattern", "answers")
+
+
 @dataclass(frozen=True)
 class DataConfig:
-    """Where the VCR data is and how it becomes multiple-choice examples.
+    """Where the data is and how it becomes model inputs.
 
-    The preprocessing fields are ``data_prep.preprocess.PreprocessConfig``'s run-side options
-    (``RUN_OPTIONS``), checked by it on construction; the model supplies the rest.
+    task: ``q2a`` / ``qa2r`` (VCR multiple choice) or ``vqa`` (VQA v2 layout, the ``vqa`` head).
+
+    VCR: ``train_annotations`` / ``val_annotations`` are VCR ``.jsonl`` files and ``images`` the
+    ``vcr1images`` folder. The preprocessing fields are ``data_prep.preprocess.PreprocessConfig``'s
+    run-side options (``RUN_OPTIONS``), checked by it on construction; the model supplies the rest.
+
+    VQA (``data_prep.vqa``): ``train_questions`` + ``train_annotations`` (and ``val_questions`` +
+    ``val_annotations``) are VQA v2 questions / annotations JSON files; ``images`` holds the training
+    images and ``val_images`` the validation split's (default: ``images``), named by
+    ``image_pattern`` (``str.format`` with ``{image_id}``, ``{data_subtype}``; default COCO's). The
+    answer vocabulary is ``answers`` (an ``id2label`` JSON, ``AnswerVocabulary.save``), else the
+    checkpoint's when ``train.init_from_vle`` is a ``VLEForVQA`` checkpoint, else every training
+    answer seen ``answer_min_count`` times (METER / VLE: 9). ``geometry`` defaults to
+    ``center-crop`` (VLE's processor) and ``max_length`` applies to the question (VLE: 50);
+    ``compat`` is VCR's and stays ``none``.
 
     tokenizer: a hub name, a local folder, or ``auto`` (build a word-level tokenizer from the
         training text; for tiny random-init models).
@@ -33,13 +55,19 @@ class DataConfig:
         pipeline, exactly; for official VCR task checkpoints; fine-tuning from ``hfl/vle-base`` may
         use either). See ``data_prep.preprocess``.
     geometry: how boxes follow the pixels (``squash``, ``letterbox``, ``center-crop``, ``vle-compat``);
-        unset: the mode's own (``squash``, or ``vle-compat`` under ``compat: vle``).
+        unset: the mode's own (``squash``, or ``vle-compat`` under ``compat: vle``; VQA: ``center-crop``).
     """
 
     task: str = "q2a"
     train_annotations: str | None = None
     val_annotations: str | None = None
     images: str | None = None
+    train_questions: str | None = None
+    val_questions: str | None = None
+    val_images: str | None = None
+    image_pattern: str | None = None
+    answers: str | None = None
+    answer_min_count: int = 9
     tokenizer: str = "auto"
     compat: str = "none"
     geometry: str | None = None
@@ -54,10 +82,37 @@ class DataConfig:
         missing = sorted(set(RUN_OPTIONS) - {f.name for f in dataclasses.fields(self)})
         if missing:
             raise TypeError(f"DataConfig lacks the preprocessing options {missing} of data_prep's PreprocessConfig")
+        if self.task not in TASKS:
+            raise ValueError(f"data.task={self.task!r} is not supported; choose one of {', '.join(map(repr, TASKS))}")
+        if self.task == VQA_TASK:
+            self._check_vqa()
+            return
+        stray = [name for name in _VQA_FIELDS if getattr(self, name) is not None]
+        if stray:
+            raise ValueError(f"data.{stray[0]} is a VQA option (data.task: vqa); a {self.task} run reads VCR "
+                             f"train_annotations / val_annotations (.jsonl) and images")
         PreprocessConfig(**self.preprocess_options())  # fail at load time on a bad option, with its message
 
+    def _check_vqa(self) -> None:
+        if self.compat != "none":
+            raise ValueError(f"data.compat={self.compat!r} is the official VCR pipeline's; a vqa run uses "
+                             f"compat none (VLE's VQA processor is geometry center-crop, the vqa default)")
+        if self.geometry is not None and self.geometry not in GEOMETRY_MODES:
+            raise ValueError(f"data.geometry={self.geometry!r}; choose one of {', '.join(map(repr, GEOMETRY_MODES))}")
+        if self.pixel_dtype not in PIXEL_DTYPES:
+            raise ValueError(f"data.pixel_dtype={self.pixel_dtype!r}; choose one of {', '.join(map(repr, PIXEL_DTYPES))}")
+        if self.max_length < 3:
+            raise ValueError(f"data.max_length={self.max_length} leaves no room for [CLS] question [SEP]; VLE uses 50")
+        if self.answer_min_count < 1:
+            raise ValueError(f"data.answer_min_count must be >= 1, got {self.answer_min_count}")
+
     def preprocess_options(self) -> dict[str, Any]:
-        """The run's ``PreprocessConfig`` options (the model supplies image size, patch size, mean, std)."""
+        """The run's preprocessing options, saved with the model (``data.json``). VCR: the
+        ``PreprocessConfig`` options (the model supplies image size, patch size, mean, std); VQA: the
+        task and ``data_prep.vqa.VQADataset``'s options."""
+        if self.task == VQA_TASK:
+            return {"task": VQA_TASK, "geometry": self.geometry or "center-crop", "max_length": self.max_length,
+                    "jpeg_draft": self.jpeg_draft, "pixel_dtype": self.pixel_dtype}
         return {name: getattr(self, name) for name in RUN_OPTIONS}
 
 
@@ -140,7 +195,7 @@ def experiment_from_dict(raw: Mapping[str, Any], *, where: str = "config") -> Ex
         values = dict(raw.get(name) or {})
         if name == "model":
             defaults = VCRModelConfig()
-            for kind in ("text_encoder", "vision_encoder", "fusion"):
+            for kind in ("text_encoder", "vision_encoder", "fusion", "head"):
                 if kind in values:
                     spec = values[kind] if isinstance(values[kind], str) else dict(values[kind])
                     if isinstance(spec, dict) and "name" not in spec:  # options for the default component
@@ -158,7 +213,7 @@ def apply_changes(raw: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, 
         node = raw
         for key in keys[:-1]:
             child = node.get(key)
-            if isinstance(child, str) and key in ("text_encoder", "vision_encoder", "fusion"):
+            if isinstance(child, str) and key in ("text_encoder", "vision_encoder", "fusion", "head"):
                 child = {"name": child}
             node[key] = child = dict(child or {})
             node = child

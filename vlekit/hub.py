@@ -131,32 +131,37 @@ def model_card(*, repo_id: str, model_config: Mapping[str, Any], data: Mapping[s
     components = {kind: _component(model_config[kind]) for kind in ("text_encoder", "vision_encoder", "fusion")}
     task = (data or {}).get("task")
     data_section = (experiment or {}).get("data") or {}
+    vqa = task == "vqa"
     eval_results = [
-        EvalResult(task_type="multiple-choice", task_name=f"VCR {METRIC_NAMES[name]}", dataset_type="vcr",
-                   dataset_name=f"VCR ({Path(str(data_section.get('val_annotations') or 'val')).name})",
+        EvalResult(task_type="visual-question-answering" if vqa else "multiple-choice",
+                   task_name=METRIC_NAMES[name] if vqa else f"VCR {METRIC_NAMES[name]}", dataset_type="vqa" if vqa else "vcr",
+                   dataset_name=("VQA" if vqa else f"VCR ({Path(str(data_section.get('val_annotations') or 'val')).name})"),
                    metric_type="accuracy", metric_value=round(float(m["accuracy"]), 4),
                    metric_name=f"{METRIC_NAMES[name]} accuracy (95% CI {m['ci95'][0]:.3f}-{m['ci95'][1]:.3f}, n={m['n']})")
         for name, m in (metrics or {}).items() if name in METRIC_NAMES
     ]
+    tags = ["visual-question-answering", "vqa"] if vqa else ["visual-commonsense-reasoning", "vcr", "multiple-choice"]
     card_data = ModelCardData(
-        library_name=LIBRARY_NAME, tags=[LIBRARY_NAME, "visual-commonsense-reasoning", "vcr", "multiple-choice"],
+        library_name=LIBRARY_NAME, tags=[LIBRARY_NAME, *tags],
         model_name=repo_id.rpartition("/")[2], eval_results=eval_results or None,
         vlekit={**components, **({"task": task} if task else {})},
     )
-    lines = [f"# {repo_id}", "",
-             f"A Visual Commonsense Reasoning model trained with vlekit "
-             f"({METRIC_NAMES.get(task, 'multiple choice')}: pick the right one of 4 choices).", "",
+    summary = ("A visual question answering model trained with vlekit (VQA: pick the answer of the head's answer "
+               "vocabulary)." if vqa else f"A Visual Commonsense Reasoning model trained with vlekit "
+               f"({METRIC_NAMES.get(task, 'multiple choice')}: pick the right one of 4 choices).")
+    lines = [f"# {repo_id}", "", summary, "",
              "## Components", "",
              markdown_table([{"kind": kind.replace("_", " "), "component": name} for kind, name in components.items()]),
              "", "<details><summary>the full model config (<code>vlekit_config.json</code>)</summary>", "", "```yaml",
              yaml.safe_dump(dict(model_config), sort_keys=False).rstrip(), "```", "", "</details>", ""]
     if task:
         lines += ["## Task", "", {"q2a": "Q->A: given the image and the question, score the 4 answers.",
-                                  "qa2r": "QA->R: given the image, the question and the answer, score the 4 rationales."
-                                  }[task], ""]
+                                  "qa2r": "QA->R: given the image, the question and the answer, score the 4 rationales.",
+                                  "vqa": "VQA: given the image and the question, score every answer of the vocabulary "
+                                         "(`vlekit_config.json`'s `head.answers`)."}.get(task, task), ""]
     if data is not None or data_section:
         lines += ["## Data", ""]
-        for key in ("train_annotations", "val_annotations", "images"):
+        for key in ("train_questions", "train_annotations", "val_questions", "val_annotations", "images"):
             if data_section.get(key):
                 lines.append(f"- {key.replace('_', ' ')}: `{data_section[key]}`")
         if data is not None:
@@ -172,8 +177,12 @@ def model_card(*, repo_id: str, model_config: Mapping[str, Any], data: Mapping[s
     else:
         lines += ["Not evaluated: push with an evaluation (`vlekit eval ... --out DIR`, then `vlekit push --metrics "
                   "DIR/metrics.json`) to show its accuracy here.", ""]
-    lines += ["## Use", "", "```python", "import vlekit", f'predictor = vlekit.load_run("{repo_id}")',
-              "probabilities = predictor.score_image(image, question=..., choices=[...])", "```", ""]
+    if vqa:
+        lines += ["## Use", "", "```bash", f"hf download {repo_id} --local-dir model",
+                  "vlekit eval --checkpoint model --questions QUESTIONS.json --images DIR --out eval", "```", ""]
+    else:
+        lines += ["## Use", "", "```python", "import vlekit", f'predictor = vlekit.load_run("{repo_id}")',
+                  "probabilities = predictor.score_image(image, question=..., choices=[...])", "```", ""]
     if experiment:
         lines += ["## Reproduce", "", "With the data at the paths in `config.yaml`'s `data` section:", "", "```bash",
                   f"hf download {repo_id} config.yaml --local-dir .", "vlekit train --config config.yaml", "```", ""]

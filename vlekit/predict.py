@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from data_prep.constants import NUM_CHOICES
+from data_prep.constants import NUM_CHOICES, TASKS
 from data_prep.vcr import VCRFormatError
 from vlekit.hub import resolve_folder
 from vlekit.model import BATCH_KEYS
@@ -66,6 +66,9 @@ class Predictor:
     """
 
     def __init__(self, *, trained: TrainedModel, device: str | torch.device | None = None, batch_size: int = 32) -> None:
+        if trained.task not in TASKS:
+            raise ValueError(f"{trained.folder} is a {trained.task} run; the Predictor scores VCR choices. Answer VQA "
+                             f"questions with vlekit eval --questions (vlekit.evaluate.evaluate_vqa_model)")
         self.trained = trained
         self.device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = trained.model.to(self.device).eval()

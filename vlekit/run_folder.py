@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import sys
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,8 @@ import yaml
 
 from data_prep.constants import CLIP_MEAN, CLIP_STD
 from data_prep.preprocess import MODEL_OPTIONS, PreprocessConfig, VCRPreprocessor
+from data_prep.vqa import VQADataset, VQAExample
+from data_prep.vqa_answers import AnswerVocabulary
 from vlekit.experiment import ExperimentConfig, load_experiment
 from vlekit.model import MODEL_CONFIG_FILE, VCRModel
 from vlekit.vle_checkpoint import from_vle_pretrained
@@ -100,8 +103,20 @@ def find_model_dir(path: str | Path) -> Path:
     )
 
 
+def _pixel_statistics(model: VCRModel) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The vision encoder's ``image_mean`` / ``image_std`` (CLIP's, with a warning, when it declares none)."""
+    vision = model.vision_encoder
+    mean, std = getattr(vision, "image_mean", None), getattr(vision, "image_std", None)
+    if mean is None or std is None:  # a plugin written before the interface had them: say what it gets
+        warnings.warn(f"{type(vision).__name__} declares no image_mean / image_std: its pixels are normalised "
+                      f"with CLIP's; set both attributes to the statistics its weights were trained with",
+                      UserWarning, stacklevel=3)
+        mean, std = CLIP_MEAN, CLIP_STD
+    return tuple(mean), tuple(std)
+
+
 def make_preprocessor(tokenizer, model: VCRModel, *, images_root: str | Path | None, **options) -> VCRPreprocessor:
-    """The data pipeline for ``model``: the model supplies image size, patch grid and pixel mean/std.
+    """The VCR data pipeline for ``model``: the model supplies image size, patch grid and pixel mean/std.
 
     ``options``: the run's ``PreprocessConfig`` fields (``data_prep.preprocess.RUN_OPTIONS``: task,
     compat, geometry, max_length, pad_to_multiple_of), as ``DataConfig.preprocess_options()`` gives.
@@ -109,16 +124,27 @@ def make_preprocessor(tokenizer, model: VCRModel, *, images_root: str | Path | N
     owned = sorted(set(options) & set(MODEL_OPTIONS))
     if owned:
         raise TypeError(f"make_preprocessor: {', '.join(owned)} come from the model's vision encoder, not the run's config")
-    vision = model.vision_encoder
-    mean, std = getattr(vision, "image_mean", None), getattr(vision, "image_std", None)
-    if mean is None or std is None:  # a plugin written before the interface had them: say what it gets
-        warnings.warn(f"{type(vision).__name__} declares no image_mean / image_std: its pixels are normalised "
-                      f"with CLIP's; set both attributes to the statistics its weights were trained with",
-                      UserWarning, stacklevel=2)
-        mean, std = CLIP_MEAN, CLIP_STD
-    config = PreprocessConfig(**options, image_size=vision.image_size, patch_size=vision.patch_size,
-                              image_mean=tuple(mean), image_std=tuple(std))
+    mean, std = _pixel_statistics(model)
+    config = PreprocessConfig(**options, image_size=model.vision_encoder.image_size,
+                              patch_size=model.vision_encoder.patch_size, image_mean=mean, image_std=std)
     return VCRPreprocessor(tokenizer, config=config, images_root=images_root)
+
+
+def make_vqa_dataset(examples: Sequence[VQAExample], tokenizer, model: VCRModel, *, task: str = "vqa",
+                     **options) -> VQADataset:
+    """The VQA data pipeline for a model with the ``vqa`` head: its answers are the labels and its vision
+    encoder supplies image size and pixel mean/std.
+
+    ``options``: ``VQADataset``'s run-side options (``geometry``, ``max_length``, ``jpeg_draft``,
+    ``pixel_dtype``), as ``DataConfig.preprocess_options()`` gives for ``task: vqa``.
+    """
+    answers = getattr(model.head.config, "answers", None)
+    if task != "vqa" or not answers:
+        raise ValueError(f"make_vqa_dataset: the model needs the vqa head with its answers (got the "
+                         f"{type(model.head).__name__} head, task {task!r})")
+    mean, std = _pixel_statistics(model)
+    return VQADataset(examples, tokenizer=tokenizer, vocabulary=AnswerVocabulary.from_id2label(answers),
+                      image_size=model.vision_encoder.image_size, image_mean=mean, image_std=std, **options)
 
 
 @dataclass
@@ -136,8 +162,12 @@ class TrainedModel:
     def task(self) -> str:
         return self.data["task"]
 
+    def vqa_dataset(self, examples: Sequence[VQAExample]) -> VQADataset:
+        """A VQA model's data pipeline over ``examples`` (``data_prep.vqa.read_vqa``), as it was trained."""
+        return make_vqa_dataset(examples, self.tokenizer, self.model, **self.data)
+
     def preprocessor(self, *, images_root: str | Path | None = None, compat: str | None = None) -> VCRPreprocessor:
-        """The data pipeline this model was trained with, reading images under ``images_root``;
+        """The VCR data pipeline this model was trained with, reading images under ``images_root``;
         ``compat`` overrides the trained mode (an official checkpoint fed another mode warns once)."""
         data = {**self.data, **({"compat": compat} if compat is not None else {})}
         if self.official:

@@ -13,7 +13,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 # Task -> the name a table shows (``q2ar`` is both answers right, Q->A then QA->R).
-METRIC_NAMES: dict[str, str] = {"q2a": "Q->A", "qa2r": "QA->R", "q2ar": "Q->AR"}
+METRIC_NAMES: dict[str, str] = {
+    "q2a": "Q->A", "qa2r": "QA->R", "q2ar": "Q->AR",
+    # VQA overall and per VQA v2 answer type (``vlekit.evaluate.evaluate_vqa_model``)
+    "vqa": "VQA", "vqa yes/no": "VQA yes/no", "vqa number": "VQA number", "vqa other": "VQA other",
+}
 
 
 def _columns(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None) -> list[str]:
@@ -65,10 +69,12 @@ def text_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None 
 
 def format_metrics_table(metrics: Mapping[str, Mapping[str, Any]], *, markdown: bool = False) -> str:
     """Evaluation metrics (``{task: {"accuracy", "ci95", "chance", "n"}}``, as ``vlekit.evaluate``
-    returns them): one row per task, Q->A, QA->R, Q->AR in that order."""
-    rows = [{"metric": METRIC_NAMES[task], "accuracy": f"{m['accuracy']:.3f}",
+    returns them): one row per task, Q->A, QA->R, Q->AR, VQA in that order, then any other rows (VQA's
+    per-answer-type rows) in their own order. VQA's ``chance`` is the majority answer's accuracy."""
+    order = [task for task in METRIC_NAMES if task in metrics] + [task for task in metrics if task not in METRIC_NAMES]
+    rows = [{"metric": METRIC_NAMES.get(task, task), "accuracy": f"{m['accuracy']:.3f}",
              "95% CI": f"[{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]", "chance": f"{m['chance']:.4f}", "n": m["n"]}
-            for task, m in ((task, metrics[task]) for task in METRIC_NAMES if task in metrics)]
+            for task, m in ((task, metrics[task]) for task in order)]
     columns = ["metric", "accuracy", "95% CI", "chance", "n"]
     return markdown_table(rows, columns) if markdown else text_table(rows, columns)
 

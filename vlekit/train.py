@@ -1,4 +1,5 @@
-"""Fine-tuning on VCR with Hugging Face Accelerate: one code path for CPU, one GPU, DDP / FSDP.
+"""Fine-tuning on VCR (``q2a``, ``qa2r``) or VQA (``vqa``) with Hugging Face Accelerate: one code path
+for CPU, one GPU, DDP / FSDP, and for every task (a VQA run differs only in its data and head: ``vlekit.vqa_run``).
 
 Run folder layout (everything needed to reproduce, resume and evaluate; defined in ``vlekit.run_folder``)::
 
@@ -26,7 +27,7 @@ import math
 import signal
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,13 +38,15 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
+from data_prep.vqa_answers import AnswerVocabulary
 from vlekit.checkpoints import STATE_FILE, TrainerState, resume_checkpoint, save_checkpoint
-from vlekit.evaluate import accuracy_on
-from vlekit.experiment import ExperimentConfig, load_experiment
+from vlekit import vqa_run
+from vlekit.evaluate import accuracy_on, vqa_accuracy_on
+from vlekit.experiment import TASKS, VQA_TASK, ExperimentConfig, load_experiment
 from vlekit.model import VCRModel, VCRModelConfig
 from vlekit.registry import registry_for
 from vlekit.run_folder import (EXPERIMENT_FILE, METRICS_FILE, MODEL_DIR, PREPROCESS_FILE, TOKENIZER_DIR, RunFolder,
-                               make_preprocessor)
+                               make_preprocessor, make_vqa_dataset)
 from vlekit.tracking import TRACKING_DIR, check_trackers, flat_hyperparameters, tracked_scalars
 
 
@@ -75,8 +78,52 @@ def resolve_mixed_precision(value: str) -> str:
     return "no" if value == "fp32" else value
 
 
-def load_or_build_tokenizer(config: ExperimentConfig, out: Path, accelerator: Accelerator):
-    """The run's tokenizer: a name or path, or ``auto`` (word-level, built once from the training text)."""
+@dataclass
+class RunData:
+    """What a run reads before its model exists: the training text (for an ``auto`` tokenizer) and,
+    for VQA, the splits and the answer vocabulary that sizes the head."""
+
+    text: Any  # what data_prep.tokenizer.build_word_tokenizer reads
+    vocabulary: AnswerVocabulary | None = None
+    vqa_train: Sequence[Any] = ()
+    vqa_val: Sequence[Any] | None = None
+
+
+def read_run_data(config: ExperimentConfig) -> RunData:
+    """The run's training text and, for ``data.task: vqa``, its VQA splits and answers."""
+    data = config.data
+    if data.task == VQA_TASK:
+        train_split = vqa_run.read_split(data, "train")
+        vocabulary = vqa_run.run_vocabulary(data, train_split, init_from_vle=config.train.init_from_vle)
+        return RunData(text=vqa_run.tokenizer_records(train_split), vocabulary=vocabulary, vqa_train=train_split,
+                       vqa_val=vqa_run.read_split(data, "val"))
+    if data.train_annotations is None:
+        raise ValueError("data.train_annotations is not set (a VCR train.jsonl)")
+    return RunData(text=[data.train_annotations])
+
+
+def make_datasets(config: ExperimentConfig, run_data: RunData, tokenizer, model: VCRModel):
+    """``(train, val or None)`` datasets of the run, fed as ``model`` needs (image size, pixel statistics)."""
+    data = config.data
+    if data.task == VQA_TASK:
+        options = data.preprocess_options()
+        train_set = make_vqa_dataset(run_data.vqa_train, tokenizer, model, **options)
+        val_set = make_vqa_dataset(run_data.vqa_val, tokenizer, model, **options) if run_data.vqa_val else None
+        return train_set, val_set
+    from data_prep.dataset import VCRDataset
+    from data_prep.vcr import read_vcr
+
+    preprocessor = make_preprocessor(tokenizer, model, images_root=data.images, **data.preprocess_options())
+    train_set = VCRDataset(read_vcr(data.train_annotations, skip_bad=data.skip_bad), preprocessor)
+    val_set = None
+    if data.val_annotations:
+        val_set = VCRDataset(read_vcr(data.val_annotations, skip_bad=data.skip_bad), preprocessor)
+    return train_set, val_set
+
+
+def load_or_build_tokenizer(config: ExperimentConfig, out: Path, accelerator: Accelerator, text: Any):
+    """The run's tokenizer: a name or path, or ``auto`` (word-level, built once from ``text``, the
+    training records :class:`RunData` holds)."""
     from transformers import AutoTokenizer
 
     if config.data.tokenizer != "auto":
@@ -85,9 +132,7 @@ def load_or_build_tokenizer(config: ExperimentConfig, out: Path, accelerator: Ac
     if accelerator.is_main_process and not (folder / "tokenizer_config.json").is_file():
         from data_prep.tokenizer import build_word_tokenizer
 
-        if config.data.train_annotations is None:
-            raise ValueError("data.tokenizer=auto builds the tokenizer from data.train_annotations, which is not set")
-        build_word_tokenizer([config.data.train_annotations], out_dir=folder)
+        build_word_tokenizer(text, out_dir=folder)
     accelerator.wait_for_everyone()
     return AutoTokenizer.from_pretrained(folder)
 
@@ -125,24 +170,30 @@ def model_config_for_run(config: ExperimentConfig, tokenizer, model: VCRModelCon
 _COMPONENTS = ("text_encoder", "vision_encoder", "fusion")
 
 
-def build_run_model(config: ExperimentConfig, tokenizer) -> VCRModel:
+def build_run_model(config: ExperimentConfig, tokenizer, vocabulary: AnswerVocabulary | None = None) -> VCRModel:
     """The model a run starts from: the ``model`` section, or an official VLE checkpoint.
 
     With ``train.init_from_vle`` the checkpoint's architecture makes the components: the ``model``
     section may leave them at their defaults (or repeat exactly what the checkpoint builds, as the
     run's saved ``config.yaml`` does); ``num_token_types``, the object options and
-    ``train.gradient_checkpointing`` apply. ``model.config`` is what was built.
+    ``train.gradient_checkpointing`` apply (VCR). ``vocabulary``: a VQA run's answers, for the
+    ``vqa`` head (kept from a ``VLEForVQA`` checkpoint when they are its own, else a new head).
+    ``model.config`` is what was built.
     """
     if config.train.init_from_vle is None:
-        return VCRModel(config=model_config_for_run(config, tokenizer))
+        model = config.model if vocabulary is None else vqa_run.vqa_model_config(config.model, vocabulary)
+        return VCRModel(config=model_config_for_run(config, tokenizer, model))
     if config.data.tokenizer == "auto":
         raise ValueError("train.init_from_vle needs the checkpoint's tokenizer: set data.tokenizer to the same name")
     from vlekit.vle_checkpoint import from_vle_pretrained
 
-    loaded = from_vle_pretrained(
-        config.train.init_from_vle, num_token_types=config.model.num_token_types,
-        use_object_tokens=config.model.use_object_tokens, use_object_types=config.model.use_object_types,
-    )
+    if vocabulary is not None:
+        loaded = from_vle_pretrained(config.train.init_from_vle, task="vqa", answers=list(vocabulary.id2label))
+    else:
+        loaded = from_vle_pretrained(
+            config.train.init_from_vle, num_token_types=config.model.num_token_types,
+            use_object_tokens=config.model.use_object_tokens, use_object_types=config.model.use_object_types,
+        )
     built = model_config_for_run(config, tokenizer, loaded.config)
     defaults = VCRModelConfig()
     for part in _COMPONENTS:
@@ -310,9 +361,6 @@ class TrainResult:
 
 def train(config: ExperimentConfig, *, resume: str | None = None, progress: bool = True) -> TrainResult:
     """Fine-tune ``config.model`` on ``config.data`` as ``config.train`` says. Returns where it went."""
-    from data_prep.dataset import VCRDataset
-    from data_prep.vcr import read_vcr
-
     train_cfg, data_cfg = config.train, config.data
     trackers = check_trackers(train_cfg.report_to)
     out = Path(train_cfg.out)
@@ -334,14 +382,13 @@ def train(config: ExperimentConfig, *, resume: str | None = None, progress: bool
             f"train.batch_size {train_cfg.batch_size} must be a multiple of gradient_accumulation_steps "
             f"({train_cfg.gradient_accumulation_steps}) x processes ({accelerator.num_processes})"
         )
-    if data_cfg.train_annotations is None:
-        raise ValueError("data.train_annotations is not set (a VCR train.jsonl)")
+    run_data = read_run_data(config)
     out.mkdir(parents=True, exist_ok=True)
     checkpoint = resume_checkpoint(resume, out, report=accelerator.print)
     set_seed(train_cfg.seed)
 
-    tokenizer = load_or_build_tokenizer(config, out, accelerator)
-    model = build_run_model(config, tokenizer)
+    tokenizer = load_or_build_tokenizer(config, out, accelerator, run_data.text)
+    model = build_run_model(config, tokenizer, run_data.vocabulary)
     config = dataclasses.replace(config, model=model.config)  # what was built, for config.yaml and checkpoints
     if accelerator.is_main_process:
         config.save(out / EXPERIMENT_FILE)
@@ -354,9 +401,7 @@ def train(config: ExperimentConfig, *, resume: str | None = None, progress: bool
         model.text_encoder.compile()
         model.vision_encoder.compile()
 
-    preprocessor = make_preprocessor(tokenizer, model, images_root=data_cfg.images, **data_cfg.preprocess_options())
-    records = read_vcr(data_cfg.train_annotations, skip_bad=data_cfg.skip_bad)
-    dataset = VCRDataset(records, preprocessor)
+    dataset, val_set = make_datasets(config, run_data, tokenizer, model)
     sampler = EpochShuffleSampler(len(dataset), seed=train_cfg.seed)
     # Own generators: a DataLoader draws a worker base seed from its generator at every iteration, and
     # drawing from the global RNG would shift dropout masks after a resume.
@@ -367,8 +412,7 @@ def train(config: ExperimentConfig, *, resume: str | None = None, progress: bool
         persistent_workers=data_cfg.num_workers > 0, prefetch_factor=4 if data_cfg.num_workers > 0 else None,
     )
     val_loader = None
-    if data_cfg.val_annotations:
-        val_set = VCRDataset(read_vcr(data_cfg.val_annotations, skip_bad=data_cfg.skip_bad), preprocessor)
+    if val_set is not None:
         val_loader = DataLoader(val_set, batch_size=micro, collate_fn=val_set.collate, num_workers=data_cfg.num_workers,
                                 pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(train_cfg.seed))
 
@@ -401,8 +445,10 @@ def train(config: ExperimentConfig, *, resume: str | None = None, progress: bool
     interrupted, val_accuracy = False, None
     window = LogWindow(accelerator)
 
+    validation_accuracy = vqa_accuracy_on if data_cfg.task == VQA_TASK else accuracy_on
+
     def evaluate_now() -> float:
-        accuracy = accuracy_on(model, val_loader, accelerator)
+        accuracy = validation_accuracy(model, val_loader, accelerator)
         log.write(step=state.global_step, epoch=state.epoch, val_accuracy=accuracy)
         accelerator.log(tracked_scalars({"val_accuracy": accuracy}), step=state.global_step)
         bar.write(f"step {state.global_step} (epoch {state.epoch}): val accuracy {accuracy:.3f}")
@@ -467,7 +513,8 @@ def train(config: ExperimentConfig, *, resume: str | None = None, progress: bool
 _FLAGS = {  # flag -> dotted config key
     "task": "data.task", "train_annotations": "data.train_annotations", "val_annotations": "data.val_annotations",
     "images": "data.images", "tokenizer": "data.tokenizer", "geometry": "data.geometry",
-    "compat": "data.compat",
+    "compat": "data.compat", "train_questions": "data.train_questions", "val_questions": "data.val_questions",
+    "val_images": "data.val_images", "image_pattern": "data.image_pattern", "answers": "data.answers",
     "text_encoder": "model.text_encoder", "vision_encoder": "model.vision_encoder", "fusion": "model.fusion",
     "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr", "out": "train.out",
     "seed": "train.seed", "keep": "train.keep", "save_every_steps": "train.save_every_steps",
@@ -479,7 +526,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=3e-5 model.fusion=merged-attention")
     parser.add_argument("--resume", action="store_const", const="latest", help="continue from the newest checkpoint in --out")
     parser.add_argument("--resume-from", dest="resume", metavar="CHECKPOINT", help="continue from this checkpoint folder")
-    parser.add_argument("--task", choices=["q2a", "qa2r"])
+    parser.add_argument("--task", choices=TASKS)
     for flag in _FLAGS:
         if flag != "task":
             parser.add_argument("--" + flag.replace("_", "-"))

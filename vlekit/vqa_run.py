@@ -1,0 +1,89 @@
+"""What a ``task: vqa`` run does differently from a VCR run: the splits it reads, its answer
+vocabulary, the ``vqa`` head sized to it, the questions an ``auto`` tokenizer is built from.
+
+``vlekit.train`` calls these and keeps everything else (loop, schedule, checkpoints, resume,
+logging) shared with VCR; ``vlekit.run_folder.make_vqa_dataset`` makes the datasets and
+``vlekit.evaluate`` scores them.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from data_prep.vqa import COCO_IMAGE_PATTERN, VQAExamples, read_vqa
+from data_prep.vqa_answers import AnswerVocabulary
+from vlekit.experiment import DataConfig
+from vlekit.model import DEFAULT_HEAD, VCRModelConfig
+
+VQA_HEAD = "vqa"
+SPLITS = ("train", "val")
+
+
+def read_split(data: DataConfig, split: str) -> VQAExamples | None:
+    """The ``train`` or ``val`` split a VQA run names (``None``: no ``val_questions``)."""
+    if split not in SPLITS:
+        raise ValueError(f"read_split: split {split!r}; choose one of {', '.join(SPLITS)}")
+    questions = data.train_questions if split == "train" else data.val_questions
+    annotations = data.train_annotations if split == "train" else data.val_annotations
+    images = data.images if split == "train" else (data.val_images or data.images)
+    if questions is None:
+        if split == "val":
+            return None
+        raise ValueError("data.train_questions is not set (a VQA v2 questions JSON; data.train_annotations "
+                         "its annotations)")
+    if annotations is None:
+        raise ValueError(f"data.{split}_annotations is not set: a VQA run {'trains' if split == 'train' else 'validates'} "
+                         f"on annotated questions (the annotations JSON of data.{split}_questions)")
+    if images is None:
+        raise ValueError(f"data.{'images' if split == 'train' else 'val_images'} is not set (the folder of the "
+                         f"{split} split's images)")
+    return read_vqa(questions, annotations, image_dir=images, image_pattern=data.image_pattern or COCO_IMAGE_PATTERN)
+
+
+def checkpoint_answers(init_from_vle: str) -> list[str] | None:
+    """The answers of an official ``VLEForVQA`` checkpoint (hub name or folder); ``None`` for any other VLE checkpoint."""
+    from vlekit.hub import resolve_folder
+    from vlekit.vle_config import read_vle_config, vqa_answers
+    from vlekit.vle_keys import VLE_TASKS
+
+    folder = resolve_folder(init_from_vle)
+    config = read_vle_config(folder)
+    if config.get("architectures") != [VLE_TASKS["vqa"].architecture]:
+        return None
+    return vqa_answers(config, where=str(folder))
+
+
+def run_vocabulary(data: DataConfig, train: VQAExamples, *, init_from_vle: str | None = None) -> AnswerVocabulary:
+    """The run's answers: ``data.answers`` (an ``id2label`` JSON), else an official VQA checkpoint's
+    (``train.init_from_vle``), else every normalised training answer seen ``data.answer_min_count`` times."""
+    if data.answers is not None:
+        return AnswerVocabulary.load(data.answers)
+    if init_from_vle is not None:
+        answers = checkpoint_answers(init_from_vle)
+        if answers is not None:
+            return AnswerVocabulary.from_id2label(answers)
+    return AnswerVocabulary.from_examples(train, min_count=data.answer_min_count)
+
+
+def vqa_head(head: dict[str, Any], vocabulary: AnswerVocabulary) -> dict[str, Any]:
+    """The ``vqa`` head spec for ``vocabulary``, keeping the options of a ``vqa`` head spec."""
+    if head["name"] not in (DEFAULT_HEAD, VQA_HEAD):
+        raise ValueError(f"data.task=vqa trains the {VQA_HEAD!r} head, but model.head is {head['name']!r}: "
+                         f"remove model.head (or set its name to {VQA_HEAD})")
+    options = {k: v for k, v in head.items() if k != "name"} if head["name"] == VQA_HEAD else {}
+    answers = list(vocabulary.id2label)
+    given_labels, given_answers = options.get("num_labels"), options.get("answers")
+    if (given_labels is not None and given_labels != len(answers)) or (given_answers and list(given_answers) != answers):
+        raise ValueError(f"model.head sets num_labels / answers other than the run's answer vocabulary "
+                         f"({len(answers)} answers, from data.answers or the training answers); leave them out: the run sets them")
+    return {"name": VQA_HEAD, **options, "num_labels": len(answers), "answers": answers}
+
+
+def vqa_model_config(model: VCRModelConfig, vocabulary: AnswerVocabulary) -> VCRModelConfig:
+    """``model`` with the ``vqa`` head for ``vocabulary``."""
+    return dataclasses.replace(model, head=vqa_head(dict(model.head), vocabulary))
+
+
+def tokenizer_records(examples: VQAExamples) -> list[dict[str, list[str]]]:
+    """The questions as records ``data_prep.tokenizer.build_word_tokenizer`` reads (``auto`` tokenizer)."""
+    return [{"question": [example.question]} for example in examples]
