@@ -50,7 +50,8 @@ def _easy_vqa_module() -> Any:
     return easy_vqa
 
 
-def convert_easy_vqa(out_dir: str | Path, *, splits: Sequence[str] = EASY_VQA_SPLITS) -> dict[str, EasyVQASplit]:
+def convert_easy_vqa(out_dir: str | Path, *, splits: Sequence[str] = EASY_VQA_SPLITS,
+                     max_questions: int | None = None) -> dict[str, EasyVQASplit]:
     """Write the easy-VQA dataset (pip package ``easy-vqa``) in the VQA v2 layout under ``out_dir``.
 
     Per split: ``v2_OpenEnded_easyvqa_{split}_questions.json``, ``v2_easyvqa_{split}_annotations.json``
@@ -60,6 +61,9 @@ def convert_easy_vqa(out_dir: str | Path, *, splits: Sequence[str] = EASY_VQA_SP
     ``question_type`` is the question's first three words (easy-VQA has no VQA v2 question types).
     Question ids are ``image_id * 1000 + k`` for the k-th question of an image (VQA v2's scheme);
     image ids are easy-VQA's own, so they repeat across splits.
+
+    ``max_questions``: keep the first N questions of each split in easy-VQA's order (and copy only
+    their images), for quick runs and tests; the ids stay those of the full split.
     """
     easy_vqa = _easy_vqa_module()
     readers = {
@@ -69,17 +73,14 @@ def convert_easy_vqa(out_dir: str | Path, *, splits: Sequence[str] = EASY_VQA_SP
     unknown = [split for split in splits if split not in readers]
     if unknown:
         raise ValueError(f"convert_easy_vqa: unknown splits {unknown}; easy-VQA has {list(readers)}")
+    if max_questions is not None and max_questions < 1:
+        raise ValueError(f"convert_easy_vqa: max_questions must be >= 1, got {max_questions}")
     out_dir = Path(out_dir)
     written: dict[str, EasyVQASplit] = {}
     for split in splits:
         get_questions, get_image_paths = readers[split]
         texts, answers, image_ids = get_questions()
         image_paths = get_image_paths()
-        image_dir = out_dir / split
-        image_dir.mkdir(parents=True, exist_ok=True)
-        for image_id in sorted(set(image_ids)):
-            shutil.copyfile(image_paths[image_id], image_dir / EASY_VQA_IMAGE_PATTERN.format(image_id=image_id))
-
         per_image: Counter[int] = Counter()
         questions, annotations = [], []
         for text, answer, image_id in zip(texts, answers, image_ids):
@@ -95,6 +96,11 @@ def convert_easy_vqa(out_dir: str | Path, *, splits: Sequence[str] = EASY_VQA_SP
                 "answer_type": "yes/no" if answer in ("yes", "no") else "other",
                 "question_type": " ".join(text.rstrip("?").split()[:3]),
             })
+        questions, annotations = questions[:max_questions], annotations[:max_questions]
+        image_dir = out_dir / split
+        image_dir.mkdir(parents=True, exist_ok=True)
+        for image_id in sorted({question["image_id"] for question in questions}):
+            shutil.copyfile(image_paths[image_id], image_dir / EASY_VQA_IMAGE_PATTERN.format(image_id=image_id))
         subtype = f"easyvqa_{split}"
         questions_file = out_dir / f"v2_OpenEnded_{subtype}_questions.json"
         annotations_file = out_dir / f"v2_{subtype}_annotations.json"
@@ -108,11 +114,12 @@ def convert_easy_vqa(out_dir: str | Path, *, splits: Sequence[str] = EASY_VQA_SP
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out", help="folder to write the VQA v2 layout to (questions, annotations, images)")
     parser.add_argument("--splits", nargs="+", default=list(EASY_VQA_SPLITS), choices=EASY_VQA_SPLITS)
+    parser.add_argument("--max-questions", type=int, help="keep the first N questions of each split (quick runs)")
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        written = convert_easy_vqa(args.out, splits=args.splits)
+        written = convert_easy_vqa(args.out, splits=args.splits, max_questions=args.max_questions)
     except ImportError as error:
         print(f"vlekit easy-vqa: {error}", file=sys.stderr)
         return 2
