@@ -132,6 +132,8 @@ def evaluate(
     trained = {}
     for folder in checkpoints:
         model = load_trained(folder)
+        if model.task == VQA_TASK:
+            raise ValueError(f"{model.folder} is a VQA model: evaluate it with --questions (evaluate_vqa_model)")
         if model.task in trained:
             raise ValueError(f"two {model.task} checkpoints given ({trained[model.task].folder}, {model.folder}); give one Q->A and one QA->R")
         trained[model.task] = model

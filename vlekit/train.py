@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import ProjectConfiguration, set_seed
 from torch.utils.data import DataLoader, Sampler
@@ -534,12 +535,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true")
 
 
+def _flag_value(value: str) -> str:
+    """A flag's value as an override: parsed as YAML (numbers, booleans) when it is a plain scalar,
+    else quoted, so that ``--image-pattern {image_id}.png`` stays the string it is."""
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        parsed = None
+    return value if parsed is not None and not isinstance(parsed, (dict, list)) else json.dumps(value)
+
+
 def overrides_from_args(args: argparse.Namespace) -> list[str]:
     overrides = list(args.overrides)
     for flag, key in _FLAGS.items():
         value = getattr(args, flag)
         if value is not None:
-            overrides.append(f"{key}={value}")
+            overrides.append(f"{key}={_flag_value(value)}")
     if args.gradient_checkpointing:
         overrides.append("train.gradient_checkpointing=true")
     return overrides

@@ -56,12 +56,19 @@ def checkpoint_answers(init_from_vle: str) -> list[str] | None:
 def run_vocabulary(data: DataConfig, train: VQAExamples, *, init_from_vle: str | None = None) -> AnswerVocabulary:
     """The run's answers: ``data.answers`` (an ``id2label`` JSON), else an official VQA checkpoint's
     (``train.init_from_vle``), else every normalised training answer seen ``data.answer_min_count`` times."""
+    answers = checkpoint_answers(init_from_vle) if init_from_vle is not None else None
     if data.answers is not None:
-        return AnswerVocabulary.load(data.answers)
-    if init_from_vle is not None:
-        answers = checkpoint_answers(init_from_vle)
-        if answers is not None:
-            return AnswerVocabulary.from_id2label(answers)
+        vocabulary = AnswerVocabulary.load(data.answers)
+        if answers is not None and list(vocabulary.id2label) != answers:
+            raise ValueError(
+                f"data.answers ({data.answers}: {len(vocabulary)} answers) is not the answer vocabulary of the VLEForVQA "
+                f"checkpoint train.init_from_vle={init_from_vle} ({len(answers)} answers), whose head it would have to "
+                f"replace: leave data.answers out to fine-tune the checkpoint's head, or start from a checkpoint "
+                f"without a VQA head (hfl/vle-base) for a new one"
+            )
+        return vocabulary
+    if answers is not None:
+        return AnswerVocabulary.from_id2label(answers)
     return AnswerVocabulary.from_examples(train, min_count=data.answer_min_count)
 
 
