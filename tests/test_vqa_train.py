@@ -146,7 +146,7 @@ def official_vqa(tmp_path_factory, easy):
                                            num_token_types=2))
     assert len(tokenizer) <= 1024
     to_vle_pretrained(model, root / "vle-base", task=None)  # a bare VLEModel, as hfl/vle-base (without its pretraining heads)
-    return Path(to_vle_pretrained(model, root / "vle-vqa", task="vqa")), root / "tokenizer", answers
+    return Path(to_vle_pretrained(model, root / "vle-vqa", task="vqa", tokenizer=tokenizer)), root / "tokenizer", answers
 
 
 def test_a_run_from_an_official_vqa_checkpoint_keeps_its_answers(easy, official_vqa, tmp_path):
@@ -202,3 +202,26 @@ def test_a_run_from_a_checkpoint_without_a_vqa_head_gets_one_for_the_data(easy, 
     train(load_experiment(None, overrides), progress=False)
     saved = json.loads((run / "model" / "vlekit_config.json").read_text())
     assert set(saved["head"]["answers"]) == {normalize_answer(a) for a in gold_answers(easy["train"]).values()}
+
+
+def test_an_official_vqa_checkpoint_evaluates_as_vle_feeds_it(easy, official_vqa, tmp_path):
+    from transformers import AutoTokenizer
+
+    from data_prep.vqa import VQADataset
+    from vlekit.vle_checkpoint import from_vle_pretrained
+
+    folder, _, answers = official_vqa
+    test = easy["test"]
+    result = evaluate_vqa_model(folder, questions=test.questions_file, annotations=test.annotations_file,
+                                images=test.image_dir, image_pattern=test.image_pattern, num_workers=0, progress=False)
+    # By hand: the official model at its resolution, VLE's processor (center crop), its tokenizer, fp32.
+    model = from_vle_pretrained(folder)
+    examples = test.read()[:16]
+    dataset = VQADataset(examples, tokenizer=AutoTokenizer.from_pretrained(folder), vocabulary=None,
+                         image_size=model.vision_encoder.image_size, geometry="center-crop")
+    batch = dataset.collate([dataset[i] for i in range(len(examples))])
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       pixel_values=batch["pixel_values"])["logits"]
+    assert [result["predictions"][e.question_id] for e in examples] == [answers[i] for i in logits.argmax(-1).tolist()]
+    assert 0 <= result["metrics"]["vqa"]["accuracy"] <= 1

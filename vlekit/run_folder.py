@@ -31,12 +31,13 @@ import yaml
 
 from data_prep.constants import CLIP_MEAN, CLIP_STD
 from data_prep.preprocess import MODEL_OPTIONS, PreprocessConfig, VCRPreprocessor
-from data_prep.vqa import VQADataset, VQAExample
+from data_prep.vqa import MAX_QUESTION_LENGTH, VQADataset, VQAExample
 from data_prep.vqa_answers import AnswerVocabulary
 from vlekit.experiment import ExperimentConfig, load_experiment
+from vlekit.hub import resolve_folder
 from vlekit.model import MODEL_CONFIG_FILE, VCRModel
 from vlekit.vle_checkpoint import from_vle_pretrained
-from vlekit.vle_processor import official_vcr_task, warn_unofficial_inputs
+from vlekit.vle_processor import is_official_vqa, official_vcr_task, warn_unofficial_inputs
 
 EXPERIMENT_FILE = "config.yaml"
 TOKENIZER_DIR = "tokenizer"
@@ -156,7 +157,7 @@ class TrainedModel:
     tokenizer: Any
     data: dict[str, Any]
     mixed_precision: str | None  # the run's train.mixed_precision (None: the folder has no config.yaml)
-    official: bool = False  # an official VLE VCR task checkpoint (fed compat="vle" by default)
+    official: bool = False  # an official VLE task checkpoint (VCR: fed compat="vle" by default)
 
     @property
     def task(self) -> str:
@@ -178,9 +179,16 @@ class TrainedModel:
 def load_trained(folder: str | Path) -> TrainedModel:
     """Load ``RUN/model`` (or a run folder ``RUN`` that contains it), or an official VLE VCR task
     checkpoint folder (then fed the official pipeline's inputs, ``compat="vle"``, in fp32 as the
-    official pipeline runs)."""
+    official pipeline runs), or an official ``VLEForVQA`` folder (center crop at its resolution, fp32)."""
     from transformers import AutoTokenizer  # transformers' tokenizer machinery: only when a run is loaded
 
+    folder = resolve_folder(folder)  # a Hub repo id (an official checkpoint, a pushed run) -> its cached snapshot
+    if is_official_vqa(folder):
+        print(f"{folder}: an official VLE VQA checkpoint, fed center-cropped images at its resolution and questions "
+              f"of at most {MAX_QUESTION_LENGTH} tokens, as VLE's processor; fp32", file=sys.stderr)
+        return TrainedModel(folder=Path(folder), model=from_vle_pretrained(folder, task="vqa"),
+                            tokenizer=AutoTokenizer.from_pretrained(folder), mixed_precision="fp32", official=True,
+                            data={"task": "vqa", "geometry": "center-crop", "max_length": MAX_QUESTION_LENGTH})
     official_task = official_vcr_task(folder)
     if official_task is not None:
         print(f"{folder}: an official VLE VCR checkpoint, fed the official pipeline's inputs (compat='vle')", file=sys.stderr)

@@ -3,7 +3,7 @@
 Owns ``preprocessor_config.json`` both ways (:func:`vle_preprocessor_config` writes CLIPImageProcessor
 settings, the loaders read the resolution a checkpoint runs at from it), :func:`vle_preprocessor`
 (the repository's tokenizer and image settings as a ``data_prep.preprocess.VCRPreprocessor``),
-:func:`official_vcr_task` (is a folder an official VCR task checkpoint) and
+:func:`official_vcr_task` / :func:`is_official_vqa` (is a folder an official VCR / VQA task checkpoint) and
 :func:`warn_unofficial_inputs` (such a checkpoint fed other inputs than the official pipeline's).
 """
 from __future__ import annotations
@@ -18,13 +18,14 @@ from typing import TYPE_CHECKING, Any
 from transformers import AutoTokenizer, CLIPVisionConfig
 
 from vlekit.vle_config import _hf_config_options, _local_directory, _vision_tower_config, read_vle_config
-from vlekit.vle_keys import PREPROCESSOR_FILE, VLE_CONFIG_FILE, VLE_MODEL_TYPE
+from vlekit.vle_keys import PREPROCESSOR_FILE, VLE_CONFIG_FILE, VLE_MODEL_TYPE, VLE_TASKS
 
 if TYPE_CHECKING:
     from data_prep.preprocess import VCRPreprocessor
     from vlekit.model import VCRModel
 
 __all__ = [
+    "is_official_vqa",
     "official_vcr_task",
     "vle_preprocessor",
     "vle_preprocessor_config",
@@ -95,18 +96,26 @@ _PREPROCESSOR_FROM_CHECKPOINT = ("image_size", "patch_size", "image_mean", "imag
 _ARCHITECTURE_TASKS = {"VLEForVCRQ2A": "q2a", "VLEForVCRQA2R": "qa2r"}
 
 
-def official_vcr_task(directory: str | Path) -> str | None:
-    """``"q2a"`` / ``"qa2r"`` when ``directory`` is an official VLE VCR task checkpoint, else None."""
+def _official_architectures(directory: str | Path) -> list[str]:
+    """The ``architectures`` of an official VLE ``config.json`` in ``directory`` (empty for anything else)."""
     path = Path(directory) / VLE_CONFIG_FILE
     if not path.is_file():
-        return None
+        return []
     try:
         config = json.loads(path.read_text())
     except json.JSONDecodeError:
-        return None
-    if config.get("model_type") != VLE_MODEL_TYPE:
-        return None
-    return next((_ARCHITECTURE_TASKS[a] for a in config.get("architectures") or [] if a in _ARCHITECTURE_TASKS), None)
+        return []
+    return list(config.get("architectures") or []) if config.get("model_type") == VLE_MODEL_TYPE else []
+
+
+def official_vcr_task(directory: str | Path) -> str | None:
+    """``"q2a"`` / ``"qa2r"`` when ``directory`` is an official VLE VCR task checkpoint, else None."""
+    return next((_ARCHITECTURE_TASKS[a] for a in _official_architectures(directory) if a in _ARCHITECTURE_TASKS), None)
+
+
+def is_official_vqa(directory: str | Path) -> bool:
+    """Whether ``directory`` is an official ``VLEForVQA`` checkpoint (``hfl/vle-base-for-vqa``)."""
+    return VLE_TASKS["vqa"].architecture in _official_architectures(directory)
 
 
 def warn_unofficial_inputs(source: Any, compat: str) -> None:
