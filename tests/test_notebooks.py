@@ -20,7 +20,7 @@ pytest.importorskip("ipykernel")
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
-EXPECTED = ["01_quickstart", "02_data_prep", "03_finetune", "04_ablations", "05_write_a_plugin"]
+EXPECTED = ["01_quickstart", "02_data_prep", "03_finetune", "04_ablations", "05_write_a_plugin", "06_vqa"]
 CELL_TIMEOUT_S = 300
 
 
