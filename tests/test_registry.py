@@ -575,6 +575,9 @@ def test_cli_list_kind_filter(capsys: pytest.CaptureFixture[str]) -> None:
     lines = capsys.readouterr().out.splitlines()[1:]
     assert lines and all(line.split()[0] == "vision_encoder" for line in lines)
     assert any(line.split()[1] == "clip-vision" for line in lines)
+    assert cli_main(["list", "--kind", "head"]) == 0  # every registry's kind is a choice
+    heads = {line.split()[1] for line in capsys.readouterr().out.splitlines()[1:]}
+    assert {"vcr-multiple-choice", "vqa", "itm", "pbc"} <= heads
     with pytest.raises(SystemExit):
         cli_main(["list", "--kind", "heads"])
 

@@ -225,3 +225,27 @@ def test_an_official_vqa_checkpoint_evaluates_as_vle_feeds_it(easy, official_vqa
                        pixel_values=batch["pixel_values"])["logits"]
     assert [result["predictions"][e.question_id] for e in examples] == [answers[i] for i in logits.argmax(-1).tolist()]
     assert 0 <= result["metrics"]["vqa"]["accuracy"] <= 1
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_validate_vqa_on_every_question_once(easy, tmp_path):
+    """DDP (gloo, 2 processes) with a micro-batch of 7 that leaves the last validation batch uneven: the
+    accuracy the loop gathers over processes equals the single-process evaluation of the saved model."""
+    import os
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    overrides = run_overrides(easy, run, "train.max_steps=3", "train.batch_size=14", "train.mixed_precision=fp32")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "vlekit.cli",
+               "train", "--config", str(CONFIG), "--no-progress", *overrides]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert {r["processes"] for r in records if "loss" in r} == {2}
+    logged = [r["val_accuracy"] for r in records if "val_accuracy" in r][-1]
+    test = easy["test"]
+    scored = evaluate_vqa_model(run, questions=test.questions_file, annotations=test.annotations_file, images=test.image_dir,
+                                image_pattern=test.image_pattern, num_workers=0, progress=False)
+    assert logged == pytest.approx(scored["metrics"]["vqa"]["accuracy"], abs=1e-6)

@@ -31,7 +31,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``vlekit list``."""
-    parser.add_argument("--kind", choices=["text_encoder", "vision_encoder", "fusion"], help="only this kind")
+    from vlekit.registry import REGISTRIES
+
+    parser.add_argument("--kind", choices=list(REGISTRIES), help="only this kind")
 
 
 def run(args: argparse.Namespace) -> int:

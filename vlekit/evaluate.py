@@ -230,7 +230,8 @@ def evaluate_vqa_model(
     "accuracy": VQAAccuracy or None, "majority": {"answer", "accuracy"} or None, "predictions":
     {question_id: answer}, "submission": path or None}``; ``metrics`` rows are fractions with 95%
     bootstrap intervals and the majority answer's accuracy as ``chance`` (the ``vqa`` row also names
-    that answer: ``majority_answer``).
+    that answer: ``majority_answer``). The majority answer is the scored split's own most frequent
+    answer: the best any constant answer does on it, so at least the usual training-prior baseline.
     """
     trained = load_trained(checkpoint)
     if trained.task != VQA_TASK:

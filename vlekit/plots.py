@@ -50,11 +50,14 @@ def save_shown_figures(folder: str | Path) -> Path | None:
 
 
 def plot_training_curve(
-    metrics: str | Path | Mapping[str, str | Path], png: str | Path | None = None, *, title: str = "training"
+    metrics: str | Path | Mapping[str, str | Path], png: str | Path | None = None, *, title: str = "training",
+    loss_label: str = "cross-entropy over choices", chance: float | None = 0.25,
 ) -> Figure:
     """Loss per step (left axis) and validation accuracy (right axis) of one or several runs.
 
     ``metrics``: a ``metrics.jsonl`` path, or ``{label: path}`` for several runs on one figure.
+    ``loss_label`` / ``chance`` (a dotted line on the accuracy axis; None: none): VCR's by default,
+    :data:`TASK_CURVES` has each task's.
     """
     runs = {"": metrics} if isinstance(metrics, (str, Path)) else dict(metrics)
     figure, loss_axis = plt.subplots(figsize=(7, 4))
@@ -70,10 +73,11 @@ def plot_training_curve(
             accuracy_axis.plot([r["step"] for r in evals], [r["val_accuracy"] for r in evals], "o--", color=colour,
                                label=f"{prefix}val accuracy")
     loss_axis.set_xlabel("optimizer step")
-    loss_axis.set_ylabel("cross-entropy over choices")
+    loss_axis.set_ylabel(loss_label)
     accuracy_axis.set_ylabel("validation accuracy")
     accuracy_axis.set_ylim(0, 1)
-    accuracy_axis.axhline(0.25, color="grey", lw=0.8, ls=":")
+    if chance is not None:
+        accuracy_axis.axhline(chance, color="grey", lw=0.8, ls=":")
     handles = loss_axis.get_legend_handles_labels()[0] + accuracy_axis.get_legend_handles_labels()[0]
     loss_axis.legend(handles, [h.get_label() for h in handles], loc="center right", fontsize=8)
     loss_axis.set_title(title)
@@ -83,9 +87,18 @@ def plot_training_curve(
     return figure
 
 
-def save_training_curve(run: RunFolder, *, title: str = "training") -> Path:
+# Per task: the loss axis's label and the chance line of the validation accuracy (VQA: none, as its
+# baseline, the majority answer, depends on the data).
+TASK_CURVES: dict[str, dict[str, Any]] = {
+    "q2a": {"loss_label": "cross-entropy over choices", "chance": 0.25},
+    "qa2r": {"loss_label": "cross-entropy over choices", "chance": 0.25},
+    "vqa": {"loss_label": "BCE x answers (soft scores)", "chance": None},
+}
+
+
+def save_training_curve(run: RunFolder, *, title: str = "training", task: str = "q2a") -> Path:
     """Draw ``run``'s training curve into its ``curve.png`` (the figure is closed); returns the path."""
-    plt.close(plot_training_curve(run.metrics_file, run.curve_file, title=title))
+    plt.close(plot_training_curve(run.metrics_file, run.curve_file, title=title, **TASK_CURVES[task]))
     return run.curve_file
 
 

@@ -572,6 +572,6 @@ def run(args: argparse.Namespace) -> int:
         return 130
     from vlekit.plots import save_training_curve  # matplotlib: only for the command line's picture
 
-    curve = save_training_curve(RunFolder(result.out), title=f"{config.data.task} training")
+    curve = save_training_curve(RunFolder(result.out), title=f"{config.data.task} training", task=config.data.task)
     print(f"done: {result.global_step} steps, model in {result.model_dir}, curve {curve}")
     return 0
