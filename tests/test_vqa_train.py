@@ -20,7 +20,7 @@ from vlekit.hub import model_card
 from vlekit.model import VCRModel, VCRModelConfig
 from vlekit.train import train
 from vlekit.vle_checkpoint import to_vle_pretrained
-from vlekit.vqa_run import read_split, tokenizer_records, vqa_head
+from vlekit.run_data import read_split, tokenizer_records, vqa_head
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "vqa-easy-tiny.yaml"

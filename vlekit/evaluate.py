@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from data_prep.vqa import COCO_IMAGE_PATTERN, VQAFormatError, read_vqa, write_submission
+from data_prep.vqa import COCO_IMAGE_PATTERN, read_vqa, write_submission
 from vlekit.experiment import VQA_TASK
 from vlekit.run_folder import EXPERIMENT_FILE, TrainedModel, load_trained
 from vlekit.tables import format_metrics_table
@@ -302,43 +302,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.questions is not None:
-        return _run_vqa(args)
-    if args.annotations is None:
-        print("vlekit eval: --annotations (a VCR jsonl) is required; a VQA model is evaluated with --questions", file=sys.stderr)
-        return 2
-    from data_prep.vcr import VCRFormatError
-
-    try:
-        result = evaluate(args.checkpoint, annotations=args.annotations, images=args.images, out=args.out,
-                          batch_size=args.batch_size, num_workers=args.num_workers, precision=args.precision,
-                          compat=args.compat)
-    except (VCRFormatError, FileNotFoundError, ValueError) as error:
+    try:  # bad files and options (VCRFormatError, VQAFormatError are ValueErrors): one line, exit 2
+        if args.questions is not None:
+            _run_vqa(args)
+        elif args.annotations is None:
+            raise ValueError("--annotations (a VCR jsonl) is required; a VQA model is evaluated with --questions")
+        else:
+            _run_vcr(args)
+    except (FileNotFoundError, ValueError) as error:
         print(f"vlekit eval: {error}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _run_vcr(args: argparse.Namespace) -> None:
+    result = evaluate(args.checkpoint, annotations=args.annotations, images=args.images, out=args.out,
+                      batch_size=args.batch_size, num_workers=args.num_workers, precision=args.precision,
+                      compat=args.compat)
     if result["metrics"]:
         print(format_metrics_table(result["metrics"]))
     if result["leaderboard"]:
         print(f"leaderboard CSV: {result['leaderboard']}")
-    return 0
 
 
-def _run_vqa(args: argparse.Namespace) -> int:
+def _run_vqa(args: argparse.Namespace) -> None:
     if len(args.checkpoint) != 1 or args.compat is not None:
-        print("vlekit eval: --questions evaluates one VQA model (one --checkpoint, no --compat)", file=sys.stderr)
-        return 2
-    try:
-        result = evaluate_vqa_model(args.checkpoint[0], questions=args.questions, annotations=args.annotations,
-                              images=args.images, image_pattern=args.image_pattern, data_subtype=args.data_subtype,
-                              out=args.out, batch_size=args.batch_size, num_workers=args.num_workers,
-                              precision=args.precision)
-    except (VQAFormatError, FileNotFoundError, ValueError) as error:
-        print(f"vlekit eval: {error}", file=sys.stderr)
-        return 2
+        raise ValueError("--questions evaluates one VQA model (one --checkpoint, no --compat)")
+    result = evaluate_vqa_model(args.checkpoint[0], questions=args.questions, annotations=args.annotations,
+                                images=args.images, image_pattern=args.image_pattern, data_subtype=args.data_subtype,
+                                out=args.out, batch_size=args.batch_size, num_workers=args.num_workers,
+                                precision=args.precision)
     if result["metrics"]:
         print(format_metrics_table(result["metrics"]))
         print(f"majority answer {result['majority']['answer']!r}: {100 * result['majority']['accuracy']:.2f}% "
               f"(the 'chance' column); VQA accuracy {result['accuracy'].overall:.2f}%")
     if result["submission"]:
         print(f"VQA result file (evaluation server format): {result['submission']}")
-    return 0

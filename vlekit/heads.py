@@ -59,9 +59,16 @@ __all__ = [
     "VQAHeadConfig",
     "box_patch_labels",
     "pbc_heat_map",
+    "vle_classifier",
 ]
 
 IGNORE_INDEX = -100  # F.cross_entropy's default: patch labels with this value do not count
+
+
+def vle_classifier(width: int, outputs: int, *, eps: float) -> list[nn.Module]:
+    """VLE's classifier block, as its VCR, VQA and PBC heads write it: Linear(width, width), LayerNorm,
+    GELU, Linear(width, outputs); in an ``nn.Sequential`` its weights are ``0.*``, ``1.*`` and ``3.*``."""
+    return [nn.Linear(width, width), nn.LayerNorm(width, eps=eps), nn.GELU(), nn.Linear(width, outputs)]
 
 
 def _check_positive(where: str, **sizes: int) -> None:
@@ -93,7 +100,7 @@ class VCRHead(nn.Sequential):
     def __init__(self, *, config: VCRHeadConfig) -> None:
         _check_positive("VCRHeadConfig", pooled_size=config.pooled_size)
         width = config.pooled_size
-        super().__init__(nn.Linear(width, width), nn.LayerNorm(width, eps=config.layer_norm_eps), nn.GELU(), nn.Linear(width, 1))
+        super().__init__(*vle_classifier(width, 1, eps=config.layer_norm_eps))
         self.config = config
         init_bert_style(self, std=config.initializer_range)
 
@@ -146,10 +153,7 @@ class VQAHead(nn.Sequential):
                 f"per label, or none"
             )
         width = config.pooled_size
-        super().__init__(
-            nn.Linear(width, width), nn.LayerNorm(width, eps=config.layer_norm_eps), nn.GELU(),
-            nn.Linear(width, config.num_labels),
-        )
+        super().__init__(*vle_classifier(width, config.num_labels, eps=config.layer_norm_eps))
         self.config = config
         init_bert_style(self, std=config.initializer_range)
 
@@ -243,9 +247,7 @@ class PBCHead(nn.Sequential):
     def __init__(self, *, config: PBCHeadConfig) -> None:
         _check_positive("PBCHeadConfig", hidden_size=config.hidden_size)
         width = config.hidden_size
-        super().__init__(
-            nn.Linear(width, width), nn.LayerNorm(width, eps=config.layer_norm_eps), nn.GELU(), nn.Linear(width, 2)
-        )
+        super().__init__(*vle_classifier(width, 2, eps=config.layer_norm_eps))
         self.config = config
         init_bert_style(self, std=config.initializer_range)
 

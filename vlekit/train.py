@@ -1,5 +1,5 @@
 """Fine-tuning on VCR (``q2a``, ``qa2r``) or VQA (``vqa``) with Hugging Face Accelerate: one code path
-for CPU, one GPU, DDP / FSDP, and for every task (a VQA run differs only in its data and head: ``vlekit.vqa_run``).
+for CPU, one GPU, DDP / FSDP, and for every task (a VQA run differs only in its data and head: ``vlekit.run_data``).
 
 Run folder layout (everything needed to reproduce, resume and evaluate; defined in ``vlekit.run_folder``)::
 
@@ -27,7 +27,7 @@ import math
 import signal
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,13 +41,12 @@ from tqdm.auto import tqdm
 
 from data_prep.vqa_answers import AnswerVocabulary
 from vlekit.checkpoints import STATE_FILE, TrainerState, resume_checkpoint, save_checkpoint
-from vlekit import vqa_run
 from vlekit.evaluate import accuracy_on, vqa_accuracy_on
 from vlekit.experiment import TASKS, VQA_TASK, ExperimentConfig, load_experiment
 from vlekit.model import VCRModel, VCRModelConfig
 from vlekit.registry import registry_for
-from vlekit.run_folder import (EXPERIMENT_FILE, METRICS_FILE, MODEL_DIR, PREPROCESS_FILE, TOKENIZER_DIR, RunFolder,
-                               make_preprocessor, make_vqa_dataset)
+from vlekit.run_data import make_datasets, read_run_data, vqa_model_config
+from vlekit.run_folder import EXPERIMENT_FILE, METRICS_FILE, MODEL_DIR, PREPROCESS_FILE, TOKENIZER_DIR, RunFolder
 from vlekit.tracking import TRACKING_DIR, check_trackers, flat_hyperparameters, tracked_scalars
 
 
@@ -79,52 +78,9 @@ def resolve_mixed_precision(value: str) -> str:
     return "no" if value == "fp32" else value
 
 
-@dataclass
-class RunData:
-    """What a run reads before its model exists: the training text (for an ``auto`` tokenizer) and,
-    for VQA, the splits and the answer vocabulary that sizes the head."""
-
-    text: Any  # what data_prep.tokenizer.build_word_tokenizer reads
-    vocabulary: AnswerVocabulary | None = None
-    vqa_train: Sequence[Any] = ()
-    vqa_val: Sequence[Any] | None = None
-
-
-def read_run_data(config: ExperimentConfig) -> RunData:
-    """The run's training text and, for ``data.task: vqa``, its VQA splits and answers."""
-    data = config.data
-    if data.task == VQA_TASK:
-        train_split = vqa_run.read_split(data, "train")
-        vocabulary = vqa_run.run_vocabulary(data, train_split, init_from_vle=config.train.init_from_vle)
-        return RunData(text=vqa_run.tokenizer_records(train_split), vocabulary=vocabulary, vqa_train=train_split,
-                       vqa_val=vqa_run.read_split(data, "val"))
-    if data.train_annotations is None:
-        raise ValueError("data.train_annotations is not set (a VCR train.jsonl)")
-    return RunData(text=[data.train_annotations])
-
-
-def make_datasets(config: ExperimentConfig, run_data: RunData, tokenizer, model: VCRModel):
-    """``(train, val or None)`` datasets of the run, fed as ``model`` needs (image size, pixel statistics)."""
-    data = config.data
-    if data.task == VQA_TASK:
-        options = data.preprocess_options()
-        train_set = make_vqa_dataset(run_data.vqa_train, tokenizer, model, **options)
-        val_set = make_vqa_dataset(run_data.vqa_val, tokenizer, model, **options) if run_data.vqa_val else None
-        return train_set, val_set
-    from data_prep.dataset import VCRDataset
-    from data_prep.vcr import read_vcr
-
-    preprocessor = make_preprocessor(tokenizer, model, images_root=data.images, **data.preprocess_options())
-    train_set = VCRDataset(read_vcr(data.train_annotations, skip_bad=data.skip_bad), preprocessor)
-    val_set = None
-    if data.val_annotations:
-        val_set = VCRDataset(read_vcr(data.val_annotations, skip_bad=data.skip_bad), preprocessor)
-    return train_set, val_set
-
-
 def load_or_build_tokenizer(config: ExperimentConfig, out: Path, accelerator: Accelerator, text: Any):
     """The run's tokenizer: a name or path, or ``auto`` (word-level, built once from ``text``, the
-    training records :class:`RunData` holds)."""
+    training records :class:`vlekit.run_data.RunData` holds)."""
     from transformers import AutoTokenizer
 
     if config.data.tokenizer != "auto":
@@ -182,7 +138,7 @@ def build_run_model(config: ExperimentConfig, tokenizer, vocabulary: AnswerVocab
     ``model.config`` is what was built.
     """
     if config.train.init_from_vle is None:
-        model = config.model if vocabulary is None else vqa_run.vqa_model_config(config.model, vocabulary)
+        model = config.model if vocabulary is None else vqa_model_config(config.model, vocabulary)
         return VCRModel(config=model_config_for_run(config, tokenizer, model))
     if config.data.tokenizer == "auto":
         raise ValueError("train.init_from_vle needs the checkpoint's tokenizer: set data.tokenizer to the same name")

@@ -1,24 +1,29 @@
-"""What a ``task: vqa`` run does differently from a VCR run: the splits it reads, its answer
-vocabulary, the ``vqa`` head sized to it, the questions an ``auto`` tokenizer is built from.
-
-``vlekit.train`` calls these and keeps everything else (loop, schedule, checkpoints, resume,
-logging) shared with VCR; ``vlekit.run_folder.make_vqa_dataset`` makes the datasets and
-``vlekit.evaluate`` scores them.
+"""The data a run trains on, per task: what ``vlekit.train`` reads before the model exists
+(:func:`read_run_data`: the training text for an ``auto`` tokenizer; for ``task: vqa`` the splits and
+the answer vocabulary that sizes the ``vqa`` head) and the datasets made for the model once it does
+(:func:`make_datasets`). Everything else (loop, schedule, checkpoints, resume, logging) is shared by
+the tasks; ``vlekit.run_folder`` builds the data pipelines and ``vlekit.evaluate`` scores them.
 """
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
+from data_prep.dataset import VCRDataset
+from data_prep.vcr import read_vcr
 from data_prep.vqa import COCO_IMAGE_PATTERN, VQAExamples, read_vqa
 from data_prep.vqa_answers import AnswerVocabulary
-from vlekit.experiment import DataConfig
-from vlekit.model import DEFAULT_HEAD, VCRModelConfig
+from vlekit.experiment import VQA_TASK, DataConfig, ExperimentConfig
+from vlekit.model import DEFAULT_HEAD, VCRModel, VCRModelConfig
+from vlekit.run_folder import make_preprocessor, make_vqa_dataset
 
 VQA_HEAD = "vqa"
 SPLITS = ("train", "val")
 
 
+# -- VQA: the splits, the answer vocabulary, the head ----------------------------------------------
 def read_split(data: DataConfig, split: str) -> VQAExamples | None:
     """The ``train`` or ``val`` split a VQA run names (``None``: no ``val_questions``)."""
     if split not in SPLITS:
@@ -94,3 +99,44 @@ def vqa_model_config(model: VCRModelConfig, vocabulary: AnswerVocabulary) -> VCR
 def tokenizer_records(examples: VQAExamples) -> list[dict[str, list[str]]]:
     """The questions as records ``data_prep.tokenizer.build_word_tokenizer`` reads (``auto`` tokenizer)."""
     return [{"question": [example.question]} for example in examples]
+
+
+# -- what a run reads, per task --------------------------------------------------------------------
+@dataclass
+class RunData:
+    """What a run reads before its model exists: the training text (for an ``auto`` tokenizer) and,
+    for VQA, the splits and the answer vocabulary that sizes the head."""
+
+    text: Any  # what data_prep.tokenizer.build_word_tokenizer reads
+    vocabulary: AnswerVocabulary | None = None
+    vqa_train: Sequence[Any] = ()
+    vqa_val: Sequence[Any] | None = None
+
+
+def read_run_data(config: ExperimentConfig) -> RunData:
+    """The run's training text and, for ``data.task: vqa``, its VQA splits and answers."""
+    data = config.data
+    if data.task == VQA_TASK:
+        train_split = read_split(data, "train")
+        vocabulary = run_vocabulary(data, train_split, init_from_vle=config.train.init_from_vle)
+        return RunData(text=tokenizer_records(train_split), vocabulary=vocabulary, vqa_train=train_split,
+                       vqa_val=read_split(data, "val"))
+    if data.train_annotations is None:
+        raise ValueError("data.train_annotations is not set (a VCR train.jsonl)")
+    return RunData(text=[data.train_annotations])
+
+
+def make_datasets(config: ExperimentConfig, run_data: RunData, tokenizer, model: VCRModel):
+    """``(train, val or None)`` datasets of the run, fed as ``model`` needs (image size, pixel statistics)."""
+    data = config.data
+    if data.task == VQA_TASK:
+        options = data.preprocess_options()
+        train_set = make_vqa_dataset(run_data.vqa_train, tokenizer, model, **options)
+        val_set = make_vqa_dataset(run_data.vqa_val, tokenizer, model, **options) if run_data.vqa_val else None
+        return train_set, val_set
+    preprocessor = make_preprocessor(tokenizer, model, images_root=data.images, **data.preprocess_options())
+    train_set = VCRDataset(read_vcr(data.train_annotations, skip_bad=data.skip_bad), preprocessor)
+    val_set = None
+    if data.val_annotations:
+        val_set = VCRDataset(read_vcr(data.val_annotations, skip_bad=data.skip_bad), preprocessor)
+    return train_set, val_set
