@@ -35,7 +35,7 @@ def model() -> VCRModel:
 
 # -- hf_config keys -----------------------------------------------------------------------------
 def test_a_misspelt_hf_config_key_is_an_error_with_the_right_spelling() -> None:
-    expected = (r"hf-text \(deberta-v2\): hf_config has keys that DebertaV2Config and DebertaV2Model do not read: "
+    expected = (r"hf-text \(deberta-v2\): hf_config has keys that DebertaV2Config does not read: "
                 r"'hidden_dropout_prop' \(did you mean 'hidden_dropout_prob'")
     with pytest.raises(TypeError, match=expected):
         build_model(text_encoder={"name": "tiny-deberta", "hf_config": {"hidden_dropout_prop": 0.0}})

@@ -408,7 +408,18 @@ def load_model_config(directory: str | Path) -> VCRModelConfig:
         raise FileNotFoundError(f"{path} not found: expected a folder written by VCRModel.save_pretrained")
     raw = json.loads(path.read_text())
     raw.pop("format", None), raw.pop("version", None)
-    return make_config(VCRModelConfig, raw, where=str(path))
+    return model_config_from_file(raw, where=str(path))
+
+
+def model_config_from_file(raw: Mapping[str, Any], *, where: str) -> VCRModelConfig:
+    """A :class:`VCRModelConfig` read from a file vlekit (perhaps under other library versions) wrote:
+    each component reads its saved options as their writer meant them (:meth:`Registry.spec_from_file`)."""
+    raw = dict(raw)
+    for kind, registry in (("text_encoder", TEXT_ENCODERS), ("vision_encoder", VISION_ENCODERS),
+                           ("fusion", FUSIONS), ("head", HEADS)):
+        if kind in raw:
+            raw[kind] = registry.spec_from_file(component_spec(raw[kind]), where=where)
+    return make_config(VCRModelConfig, raw, where=where)
 
 
 def build_model(

@@ -366,6 +366,19 @@ class Registry:
             return config_class
         return self.get(name).config_class
 
+    def spec_from_file(self, spec: Mapping[str, Any], *, where: str) -> dict[str, Any]:
+        """A component spec read from a file another program or version wrote (a run folder, a Hub repo):
+        the component's ``options_from_file`` classmethod, where it has one, drops what the installed
+        libraries no longer read (``hf-text``'s Hugging Face keys: :mod:`vlekit.hf_configs`), so a file
+        loads as its writer meant it. Typed options go through :meth:`build` unchanged and stay strict."""
+        name = spec["name"]
+        cls = _import_path(name, kind=self.kind) if ":" in name else self.get(name).component
+        reader = getattr(cls, "options_from_file", None)
+        if reader is None:
+            return dict(spec)
+        options = {key: value for key, value in spec.items() if key != "name"}
+        return {"name": name, **reader(thaw(options), where=f"{where}: {self.kind} {name!r}")}
+
     def build(self, name: str, **options: Any) -> nn.Module:
         """Build the component ``name`` (registered name or ``module:Class``) with ``options``."""
         cls, config = self.resolve(name, options)

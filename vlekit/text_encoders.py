@@ -2,11 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import functools
-import inspect
-import re
-import sys
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,54 +12,9 @@ from torch import nn
 from transformers import CONFIG_MAPPING, AutoConfig, AutoModel, PretrainedConfig
 
 from vlekit.deberta_attention import use_deberta_attention
+from vlekit.hf_configs import check_typed_keys, keys_from_file, saved_hf_config
 from vlekit.interfaces import TextEncoder, check_shape
 from vlekit.registry import TEXT_ENCODERS, register_text_encoder, thaw
-
-# Keys of a saved HF config that describe the file, not the architecture.
-_NON_ARCHITECTURE_KEYS = ("_name_or_path", "architectures", "transformers_version", "model_type", "dtype", "torch_dtype")
-
-
-def hf_config_dict(config: PretrainedConfig) -> dict[str, Any]:
-    """An HF config as a plain dict that ``AutoConfig.for_model`` rebuilds offline."""
-    return {k: v for k, v in config.to_dict().items() if k not in _NON_ARCHITECTURE_KEYS}
-
-
-@functools.cache
-def _config_keys(config_class: type[PretrainedConfig], model_class: type[nn.Module]) -> frozenset[str]:
-    """The keys that mean something to ``model_class`` built from ``config_class``.
-
-    The config class's arguments, a default instance's fields and aliases, and the keys the modeling
-    module reads with ``config.KEY`` or ``getattr(config, "KEY", default)``: DeBERTa-v2 reads
-    ``position_buckets``, ``share_att_key`` and ``norm_rel_ebd`` that its config class never declares.
-    """
-    parameters = inspect.signature(config_class.__init__).parameters.values()
-    keys = {p.name for p in parameters if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)} - {"self"}
-    keys |= set(config_class().to_dict()) | set(getattr(config_class, "attribute_map", {}))
-    source = inspect.getsource(sys.modules[model_class.__module__])
-    keys |= set(re.findall(r"\bconfig\.(\w+)", source))
-    keys |= set(re.findall(r"getattr\(\s*(?:self\.)?config\s*,\s*[\"'](\w+)[\"']", source))
-    return frozenset(keys)
-
-
-def check_hf_config_keys(
-    config_class: type[PretrainedConfig], options: Mapping[str, Any], *, model_class: type[nn.Module], where: str
-) -> None:
-    """Reject ``hf_config`` keys that neither ``config_class`` nor ``model_class`` knows.
-
-    Hugging Face configs store any unknown keyword as an attribute that no layer reads, so a typo
-    (``hidden_dropout_prop``) would leave the real option at its default without a word.
-    """
-    known = _config_keys(config_class, model_class)
-    unknown = sorted(key for key in options if key not in known)
-    if unknown:
-        public = sorted(key for key in config_class().to_dict() if not key.startswith("_"))
-        candidates = sorted(key for key in known if not key.startswith("_"))
-        hints = [f"{key!r} (did you mean {', '.join(map(repr, close))}?)"
-                 if (close := difflib.get_close_matches(key, candidates, n=3)) else repr(key) for key in unknown]
-        raise TypeError(
-            f"{where}: hf_config has keys that {config_class.__name__} and {model_class.__name__} do not read: "
-            f"{', '.join(hints)}. {config_class.__name__}'s fields: {', '.join(public)}"
-        )
 
 
 def load_pretrained_strictly(
@@ -105,7 +55,8 @@ class HFTextConfig:
     model_name: hub name or local directory; with ``pretrained`` its weights are loaded, otherwise
         only its config (random init). ``None`` builds ``model_type`` from ``hf_config`` alone.
     hf_config: architecture fields, overriding the named model's config (or all of it); keys the
-        Hugging Face config class does not know are errors.
+        Hugging Face config class does not read are errors when typed, dropped when read from a saved
+        file (:mod:`vlekit.hf_configs`).
     vocab_size: resize the token embeddings to a tokenizer's size.
     attention: DeBERTa's disentangled attention, ``eager`` (Hugging Face's) or ``sdpa`` (fused, same
         results: `vlekit.deberta_attention`).
@@ -140,16 +91,13 @@ class HFTextEncoder(TextEncoder):
         super().__init__()
         self.config = config
         if config.model_name is not None:
-            config_class = type(AutoConfig.from_pretrained(config.model_name))
-            check_hf_config_keys(config_class, config.hf_config, model_class=AutoModel._model_mapping[config_class],
-                                 where=f"hf-text ({config.model_name})")
+            check_typed_keys(type(AutoConfig.from_pretrained(config.model_name)), config.hf_config,
+                             where=f"hf-text ({config.model_name})")
             hf_config = AutoConfig.from_pretrained(config.model_name, **thaw(config.hf_config))
         else:
             if config.model_type not in CONFIG_MAPPING:
                 raise ValueError(f"hf-text: unknown model_type {config.model_type!r}; e.g. 'deberta-v2', 'bert', 'roberta'")
-            config_class = CONFIG_MAPPING[config.model_type]
-            check_hf_config_keys(config_class, config.hf_config, model_class=AutoModel._model_mapping[config_class],
-                                 where=f"hf-text ({config.model_type})")
+            check_typed_keys(CONFIG_MAPPING[config.model_type], config.hf_config, where=f"hf-text ({config.model_type})")
             hf_config = AutoConfig.for_model(config.model_type, **thaw(config.hf_config))
         if config.model_name is not None and config.pretrained:
             self.model = load_pretrained_strictly(
@@ -170,6 +118,16 @@ class HFTextEncoder(TextEncoder):
             raise ValueError(f"hf-text: attention {config.attention!r} is for DeBERTa-v2/v3, not {self.model.config.model_type}")
         self.hidden_size: int = self.model.config.hidden_size
 
+    @classmethod
+    def options_from_file(cls, options: Mapping[str, Any], *, where: str) -> dict[str, Any]:
+        """Saved options as transformers would read them: ``hf_config`` keys the installed config class
+        of ``model_type`` does not read are dropped (:func:`vlekit.hf_configs.keys_from_file`)."""
+        model_type = options.get("model_type", HFTextConfig.model_type)
+        if options.get("model_name") is not None or model_type not in CONFIG_MAPPING:
+            return dict(options)  # a named folder is read by transformers itself; an unknown type fails at build
+        hf_config = keys_from_file(CONFIG_MAPPING[model_type], options.get("hf_config") or {}, where=where)
+        return {**options, "hf_config": hf_config}
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """``input_ids, attention_mask [N, L]`` -> last hidden states ``[N, L, hidden_size]``."""
         check_shape(input_ids, ("N", "L"), name="input_ids", where="hf-text")
@@ -181,7 +139,7 @@ class HFTextEncoder(TextEncoder):
             model_name=None,
             pretrained=False,
             model_type=self.model.config.model_type,
-            hf_config=hf_config_dict(self.model.config),
+            hf_config=saved_hf_config(self.model.config),
             vocab_size=None,
         )
 

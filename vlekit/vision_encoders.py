@@ -6,6 +6,7 @@ encoder's ``image_mean`` / ``image_std``.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +19,8 @@ from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from vlekit.interfaces import VisionEncoder, check_shape
 from vlekit.registry import VISION_ENCODERS, register_vision_encoder, thaw
-from vlekit.text_encoders import check_hf_config_keys, hf_config_dict, load_pretrained_strictly
+from vlekit.hf_configs import check_typed_keys, keys_from_file, saved_hf_config
+from vlekit.text_encoders import load_pretrained_strictly
 
 # CLIPImageProcessor's defaults: every OpenAI CLIP checkpoint (and VLE) was trained with them.
 CLIP_MEAN: tuple[float, float, float] = tuple(OPENAI_CLIP_MEAN)
@@ -50,7 +52,8 @@ class CLIPVisionEncoderConfig:
 
     model_name: hub name or local directory of a CLIP (or CLIP vision) checkpoint; with ``pretrained``
         its weights are loaded. ``None`` builds from ``hf_config`` alone (random init).
-    hf_config: ``CLIPVisionConfig`` fields, overriding the named model's (unknown keys are errors).
+    hf_config: ``CLIPVisionConfig`` fields, overriding the named model's (unknown keys are errors when
+        typed, dropped when read from a saved file: :mod:`vlekit.hf_configs`).
     image_size: run at another resolution; position embeddings are interpolated once at build time.
     strict / ignore_unexpected: as for ``hf-text``; the presets ignore the text side of a full CLIP
         checkpoint.
@@ -76,7 +79,7 @@ class CLIPVisionEncoder(VisionEncoder):
     def __init__(self, *, config: CLIPVisionEncoderConfig) -> None:
         super().__init__()
         self.config = config
-        check_hf_config_keys(CLIPVisionConfig, config.hf_config, model_class=CLIPVisionModel, where="clip-vision")
+        check_typed_keys(CLIPVisionConfig, config.hf_config, where="clip-vision")
         if config.model_name is not None:
             vision_config = CLIPVisionConfig.from_pretrained(config.model_name, **thaw(config.hf_config))
         else:
@@ -119,6 +122,11 @@ class CLIPVisionEncoder(VisionEncoder):
         embeddings.register_buffer("position_ids", torch.arange(weight.shape[0]).unsqueeze(0), persistent=False)
         self.model.config.image_size = image_size
 
+    @classmethod
+    def options_from_file(cls, options: Mapping[str, Any], *, where: str) -> dict[str, Any]:
+        """Saved options as transformers would read them (:func:`vlekit.hf_configs.keys_from_file`)."""
+        return {**options, "hf_config": keys_from_file(CLIPVisionConfig, options.get("hf_config") or {}, where=where)}
+
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """``pixel_values [B, 3, S, S]`` -> ``[B, 1 + grid**2, hidden_size]`` after post-LayerNorm."""
         check_shape(pixel_values, ("B", 3, self.image_size, self.image_size), name="pixel_values", where="clip-vision")
@@ -127,7 +135,7 @@ class CLIPVisionEncoder(VisionEncoder):
 
     def resolved_config(self) -> CLIPVisionEncoderConfig:
         return dataclasses.replace(
-            self.config, model_name=None, pretrained=False, hf_config=hf_config_dict(self.model.config), image_size=None
+            self.config, model_name=None, pretrained=False, hf_config=saved_hf_config(self.model.config), image_size=None
         )
 
 

@@ -16,10 +16,10 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file
-from transformers import AutoConfig, CLIPVisionConfig
+from transformers import CONFIG_MAPPING, AutoConfig, CLIPVisionConfig
 
 from vlekit.model import VCRModel, build_model
-from vlekit.text_encoders import hf_config_dict
+from vlekit.hf_configs import keys_from_file, saved_hf_config
 from vlekit.vle_keys import VLE_CONFIG_FILE, VLE_MODEL_TYPE, VLE_TASKS, VLECheckpointError, _shorten, task_name
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "read_vle_config",
     "read_vle_weights",
     "vcr_model_from_vle_config",
+    "vision_tower_options",
     "vqa_answers",
 ]
 
@@ -42,8 +43,6 @@ FUSION_FIELDS = (
     "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "hidden_act",
     "hidden_dropout_prob", "attention_probs_dropout_prob", "layer_norm_eps",
 )
-# Keys of a saved HF config that describe the file, not the architecture.
-_FILE_KEYS = ("_name_or_path", "_commit_hash", "architectures", "transformers_version", "model_type", "dtype", "torch_dtype")
 
 # -- reading ------------------------------------------------------------------------------------------
 
@@ -130,8 +129,9 @@ def _read_weight_file(path: Path) -> dict[str, torch.Tensor]:
 # -- building -----------------------------------------------------------------------------------------
 
 
-def _hf_config_options(sub_config: Mapping[str, Any]) -> dict[str, Any]:
-    return {key: value for key, value in sub_config.items() if key not in _FILE_KEYS}
+def vision_tower_options(config: Mapping[str, Any], *, where: str) -> dict[str, Any]:
+    """The ``CLIPVisionConfig`` fields of a VLE config's vision tower, read as transformers reads them."""
+    return keys_from_file(CLIPVisionConfig, _vision_tower_config(config, where=where), where=f"{where}: vision_config")
 
 
 def _vision_tower_config(config: Mapping[str, Any], *, where: str) -> dict[str, Any]:
@@ -219,8 +219,11 @@ def vcr_model_from_vle_config(
         raise VLECheckpointError(
             f"{where}: text_config has model_type {found!r}; VLE's text encoder is DeBERTa-v3 ('deberta-v2')"
         )
-    text_config = AutoConfig.for_model(TEXT_MODEL_TYPE, **_hf_config_options(text))
-    vision_options = _hf_config_options(_vision_tower_config(config, where=where))
+    # Written by the official code under transformers 4.26: read as transformers reads it (vlekit.hf_configs).
+    text_config = AutoConfig.for_model(
+        TEXT_MODEL_TYPE, **keys_from_file(CONFIG_MAPPING[TEXT_MODEL_TYPE], text, where=f"{where}: text_config")
+    )
+    vision_options = vision_tower_options(config, where=where)
     if image_size is not None:
         vision_options["image_size"] = image_size
     vision_config = CLIPVisionConfig(**vision_options)
@@ -229,8 +232,8 @@ def vcr_model_from_vle_config(
         raise VLECheckpointError(f"{where}: the fusion fields {', '.join(missing)} are missing")
     fusion = {"name": "co-attention", **{name: config[name] for name in FUSION_FIELDS if name in config}}
     model = build_model(
-        text_encoder={"name": "hf-text", "model_type": TEXT_MODEL_TYPE, "hf_config": hf_config_dict(text_config)},
-        vision_encoder={"name": "clip-vision", "hf_config": hf_config_dict(vision_config)},
+        text_encoder={"name": "hf-text", "model_type": TEXT_MODEL_TYPE, "hf_config": saved_hf_config(text_config)},
+        vision_encoder={"name": "clip-vision", "hf_config": saved_hf_config(vision_config)},
         fusion=fusion,
         head=_head_spec(task, answers),
         num_token_types=num_token_types if num_token_types is not None else config.get("num_token_types", 2),

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from transformers import AutoTokenizer, CLIPVisionConfig
 
-from vlekit.vle_config import _hf_config_options, _local_directory, _vision_tower_config, read_vle_config
+from vlekit.vle_config import _local_directory, read_vle_config, vision_tower_options
 from vlekit.vle_keys import PREPROCESSOR_FILE, VLE_CONFIG_FILE, VLE_MODEL_TYPE, VLE_TASKS
 
 if TYPE_CHECKING:
@@ -158,7 +158,7 @@ def vle_preprocessor(
         raise TypeError(f"vle_preprocessor: {', '.join(clashing)} come from the checkpoint and cannot be overridden")
     directory = _local_directory(name_or_path, files=_PROCESSOR_FILES, revision=revision)
     config = read_vle_config(directory)
-    vision = CLIPVisionConfig(**_hf_config_options(_vision_tower_config(config, where=str(directory / VLE_CONFIG_FILE))))
+    vision = CLIPVisionConfig(**vision_tower_options(config, where=str(directory / VLE_CONFIG_FILE)))
     path = directory / PREPROCESSOR_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: VLE checkpoints ship it (CLIPImageProcessor settings)")
