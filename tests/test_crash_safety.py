@@ -16,8 +16,9 @@ import torch
 from data_prep.synthetic import generate_synthetic_vcr
 from vlekit.cli import main as cli_main
 from vlekit.experiment import load_experiment
-from vlekit.checkpoints import (MANIFEST_FILE, STALL_ENV, checkpoint_dirs, checkpoint_problem, latest_checkpoint,
+from vlekit.checkpoints import (STALL_ENV, checkpoint_dirs, latest_checkpoint,
                                 resume_checkpoint)
+from vlekit.manifest import MANIFEST_FILE, folder_problem
 from vlekit.train import train
 
 from test_train import final_weights, tiny_overrides
@@ -40,24 +41,24 @@ def test_a_truncated_corrupted_or_unfinished_checkpoint_is_reported_and_skipped(
     overrides = tiny_overrides(synthetic, out, save_every_steps=SAVE_EVERY, keep=3, max_steps=6)
     train(load_experiment(None, overrides), progress=False)
     step2, step4, step6 = checkpoint_dirs(out)
-    assert [checkpoint_problem(c) for c in (step2, step4, step6)] == [None, None, None]
+    assert [folder_problem(c) for c in (step2, step4, step6)] == [None, None, None]
     manifest = json.loads((step6 / MANIFEST_FILE).read_text())["files"]
     assert {"model.safetensors", "optimizer.bin", "trainer_state.json", "config.yaml"} <= set(manifest)
 
     weights = step6 / "model.safetensors"
     data = weights.read_bytes()
     weights.write_bytes(data[: len(data) // 2])  # what a crash before the data reached the disk leaves
-    assert checkpoint_problem(step6) == (f"model.safetensors has {len(data) // 2} bytes, the manifest says "
+    assert folder_problem(step6) == (f"model.safetensors has {len(data) // 2} bytes, the manifest says "
                                          f"{len(data)} (truncated or rewritten)")
     weights.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))  # same size, one byte flipped
-    assert checkpoint_problem(step6) == "model.safetensors does not match its SHA-256 in the manifest (corrupted)"
+    assert folder_problem(step6) == "model.safetensors does not match its SHA-256 in the manifest (corrupted)"
     (step4 / MANIFEST_FILE).unlink()
-    assert "no manifest.json" in checkpoint_problem(step4)
+    assert "no manifest.json" in folder_problem(step4)
 
     reports: list[str] = []
     assert latest_checkpoint(out, report=reports.append) == step2
-    assert reports == [f"skipping incomplete checkpoint {step6}: {checkpoint_problem(step6)}",
-                       f"skipping incomplete checkpoint {step4}: {checkpoint_problem(step4)}"]
+    assert reports == [f"skipping incomplete checkpoint {step6}: {folder_problem(step6)}",
+                       f"skipping incomplete checkpoint {step4}: {folder_problem(step4)}"]
     with pytest.raises(ValueError, match=r"--resume-from .*step-0000006: not a complete checkpoint: model.safetensors"):
         resume_checkpoint(str(step6), out)
 
@@ -65,7 +66,7 @@ def test_a_truncated_corrupted_or_unfinished_checkpoint_is_reported_and_skipped(
     assert code == 2 and "not a complete checkpoint: no manifest.json" in capsys.readouterr().err
 
     resumed = train(load_experiment(None, overrides), resume="latest", progress=False)  # from step 2, to step 6
-    assert resumed.global_step == 6 and checkpoint_problem(latest_checkpoint(out)) is None
+    assert resumed.global_step == 6 and folder_problem(latest_checkpoint(out)) is None
     assert f"skipping incomplete checkpoint {step6}" in capsys.readouterr().out
     assert not list((out / "checkpoints").glob("*.old")) and not list((out / "checkpoints").glob("*.tmp"))
 

@@ -17,6 +17,7 @@ from data_prep.tokenizer import build_word_tokenizer
 from vlekit.cli import main as cli_main
 from vlekit.evaluate import evaluate
 from vlekit.experiment import load_experiment
+from vlekit.manifest import write_manifest
 from vlekit.model import VCRModel, VCRModelConfig
 from vlekit.registry import TEXT_ENCODERS
 from vlekit.train import build_run_model, model_config_for_run, train, with_component_option
@@ -141,10 +142,14 @@ def test_evaluation_precision_follows_the_run_config_unless_overridden(synthetic
     raw = yaml.safe_load(config_file.read_text())
     raw["train"]["mixed_precision"] = "bf16"
     config_file.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ValueError, match=r"bf16-run/model is damaged: config.yaml does not match its SHA-256"):
+        probabilities(bf16_run, synthetic)  # an edit after training is caught by the model's manifest
+    write_manifest(bf16_run / "model")  # as if the run had been trained in bf16
     assert torch.equal(probabilities(bf16_run, synthetic), as_bf16)  # the run's own precision
     assert torch.equal(probabilities(bf16_run, synthetic, precision="fp32"), as_fp32)  # unless overridden
 
     config_file.unlink()
+    write_manifest(bf16_run / "model")  # a model folder saved without its config.yaml (vlekit before 0.1 did)
     with pytest.raises(ValueError, match=r"no config.yaml to take the evaluation precision from \(train.mixed_precision\); "
                                          r"give one: --precision \{auto,bf16,fp16,fp32\}"):
         evaluate([bf16_run], annotations=synthetic.val, images=synthetic.images_root, num_workers=0, progress=False)

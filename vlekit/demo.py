@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +69,8 @@ def run_demo(config: DemoConfig = DemoConfig(), *, progress: bool = True) -> dic
     out = Path(config.out)
     data = generate_synthetic_vcr(out / "data", num_train=config.num_train, num_val=config.num_val, seed=config.seed)
     print(f"synthetic VCR data: {config.num_train} train / {config.num_val} val questions in {data.root}")
+    for task in ("q2a", "qa2r"):  # a previous demo's runs: the demo starts afresh (vlekit train never mixes runs)
+        shutil.rmtree(out / task, ignore_errors=True)
     q2a = train(demo_experiment(config, task="q2a", data=data, tokenizer="auto"), progress=progress)
     # QA->R reuses the tokenizer built for Q->A, so both models share one vocabulary.
     qa2r = train(demo_experiment(config, task="qa2r", data=data, tokenizer=str(q2a.out / TOKENIZER_DIR)),

@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 from einops import rearrange, repeat
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -379,7 +380,13 @@ class VCRModel(nn.Module):
         directory = resolve_folder(directory, revision=revision, cache_dir=cache_dir, token=token)
         config = load_model_config(directory)
         model = cls(config=config)
-        state = load_file(str(directory / WEIGHTS_FILE))
+        weights = directory / WEIGHTS_FILE
+        if not weights.is_file():
+            raise FileNotFoundError(f"{weights} not found: VCRModel.save_pretrained writes the weights there")
+        try:
+            state = load_file(str(weights))
+        except (SafetensorError, OSError) as error:
+            raise ValueError(f"{weights}: unreadable safetensors file ({error}); truncated or damaged") from error
         result = model.load_state_dict(state, strict=False)
         info = {"missing_keys": list(result.missing_keys), "unexpected_keys": list(result.unexpected_keys)}
         if info["missing_keys"] or info["unexpected_keys"]:
@@ -406,7 +413,12 @@ def load_model_config(directory: str | Path) -> VCRModelConfig:
     path = Path(directory) / MODEL_CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: expected a folder written by VCRModel.save_pretrained")
-    raw = json.loads(path.read_text())
+    try:
+        raw = json.loads(path.read_text())
+    except (UnicodeDecodeError, ValueError) as error:
+        raise ValueError(f"{path}: not the JSON that VCRModel.save_pretrained writes ({error}); the file is damaged") from error
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a JSON object (the model's config), found {type(raw).__name__}")
     raw.pop("format", None), raw.pop("version", None)
     return model_config_from_file(raw, where=str(path))
 

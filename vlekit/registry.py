@@ -20,6 +20,7 @@ import functools
 import importlib
 import importlib.metadata
 import sys
+import traceback
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
@@ -437,9 +438,21 @@ def list_components(kind: str | None = None) -> list[dict[str, str]]:
 
 
 def import_plugins(modules: Iterable[str]) -> None:
-    """Import the experiment config's ``plugins:`` modules, so every process has their components."""
+    """Import the experiment config's ``plugins:`` modules, so every process has their components.
+
+    A module that is missing or fails while it runs is a :class:`RegistryError` naming the module and
+    the cause (its exception type, message and the line that raised it), not a raw traceback.
+    """
+    if isinstance(modules, str) or not all(isinstance(module, str) for module in modules):
+        raise RegistryError(f"plugins: expected a list of module names (e.g. [my_package.components]), got {modules!r}")
     for module in modules:
         try:
             importlib.import_module(module)
         except ImportError as error:
             raise RegistryError(f"plugin module {module!r} listed in the config cannot be imported: {error}") from error
+        except Exception as error:  # the plugin's own code failed: say which and where
+            frame = traceback.extract_tb(error.__traceback__)[-1]
+            raise RegistryError(
+                f"plugin module {module!r} listed in the config failed while importing: {type(error).__name__}: "
+                f"{error} (at {frame.filename}:{frame.lineno})"
+            ) from error

@@ -20,6 +20,7 @@ that into a predictor. Sits above the model and the data pipeline and below trai
 from __future__ import annotations
 
 import json
+import re
 import sys
 import warnings
 from collections.abc import Sequence
@@ -35,6 +36,7 @@ from data_prep.vqa import MAX_QUESTION_LENGTH, VQADataset, VQAExample
 from data_prep.vqa_answers import AnswerVocabulary
 from vlekit.experiment import ExperimentConfig, load_experiment
 from vlekit.hub import resolve_folder
+from vlekit.manifest import MANIFEST_FILE, folder_problem
 from vlekit.model import MODEL_CONFIG_FILE, VCRModel
 from vlekit.vle_checkpoint import from_vle_pretrained
 from vlekit.vle_processor import is_official_vqa, official_vcr_task, warn_unofficial_inputs
@@ -46,6 +48,7 @@ CHECKPOINTS_DIR = "checkpoints"
 MODEL_DIR = "model"
 PREPROCESS_FILE = "data.json"
 CURVE_FILE = "curve.png"
+_CHECKPOINT_NAME = re.compile(r"step-(\d+)")
 
 
 @dataclass(frozen=True)
@@ -195,14 +198,61 @@ def load_trained(folder: str | Path) -> TrainedModel:
         return TrainedModel(folder=Path(folder), model=from_vle_pretrained(folder), tokenizer=AutoTokenizer.from_pretrained(folder),
                             data={"task": official_task, "compat": "vle"}, mixed_precision="fp32", official=True)
     folder = find_model_dir(folder)
-    preprocess_file = folder / PREPROCESS_FILE
-    if not preprocess_file.is_file():
-        raise FileNotFoundError(f"{folder}: no {PREPROCESS_FILE} (the preprocessing options vlekit train saves "
-                                f"with the model); was this folder written by vlekit train?")
+    check_model_folder(folder)
     model = VCRModel.from_pretrained(folder)
     tokenizer = AutoTokenizer.from_pretrained(folder / TOKENIZER_DIR)
-    data = json.loads(preprocess_file.read_text())
+    data = read_json_file(folder / PREPROCESS_FILE)
     mixed_precision = None
     if (folder / EXPERIMENT_FILE).is_file():
-        mixed_precision = (yaml.safe_load((folder / EXPERIMENT_FILE).read_text()).get("train") or {}).get("mixed_precision")
+        mixed_precision = (read_yaml_file(folder / EXPERIMENT_FILE).get("train") or {}).get("mixed_precision")
     return TrainedModel(folder=folder, model=model, tokenizer=tokenizer, data=data, mixed_precision=mixed_precision)
+
+
+def check_model_folder(folder: Path) -> None:
+    """A run's final model folder is whole: its manifest (``vlekit train`` writes one) matches every file,
+    and the tokenizer and preprocessing options are there. Errors name the file and the way out."""
+    if (folder / MANIFEST_FILE).is_file():
+        problem = folder_problem(folder)
+        if problem is not None:
+            run = folder.parent if folder.name == MODEL_DIR else folder
+            newest = next((c for c in reversed(checkpoint_dirs(run)) if folder_problem(c) is None), None)
+            advice = (f"the newest complete checkpoint is {newest}: `vlekit train --config {run / EXPERIMENT_FILE} "
+                      f"--resume` writes {MODEL_DIR}/ again from it" if newest is not None else
+                      "no complete checkpoint is left to write it again from")
+            raise ValueError(f"{folder} is damaged: {problem}; {advice}")
+    if not (folder / PREPROCESS_FILE).is_file():
+        raise FileNotFoundError(f"{folder}: no {PREPROCESS_FILE} (the preprocessing options vlekit train saves "
+                                f"with the model); was this folder written by vlekit train?")
+    if not (folder / TOKENIZER_DIR).is_dir():
+        raise FileNotFoundError(f"{folder}: no {TOKENIZER_DIR}/ folder (vlekit train saves the run's tokenizer "
+                                f"there); copy the whole model folder, or resume the run to write it again")
+
+
+def checkpoint_dirs(out: Path) -> list[Path]:
+    """The ``step-N`` folders under ``out/checkpoints``, oldest first (complete or not; see
+    ``vlekit.manifest.folder_problem``). Unfinished ``step-N.tmp`` and replaced ``step-N.old`` folders are not listed."""
+    folder = out / CHECKPOINTS_DIR
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if p.is_dir() and (m := _CHECKPOINT_NAME.fullmatch(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def read_json_file(path: Path) -> Any:
+    """A JSON file, or an error naming it and saying what is wrong with it."""
+    try:
+        return json.loads(path.read_text())
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not UTF-8 text (byte {error.start}): not a file vlekit wrote, or damaged") from error
+    except ValueError as error:
+        raise ValueError(f"{path}: not valid JSON ({error}); the file is damaged") from error
+
+
+def read_yaml_file(path: Path) -> Any:
+    """A YAML file, or an error naming it and saying what is wrong with it."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not UTF-8 text (byte {error.start})") from error
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path}: not valid YAML: {error}") from error

@@ -76,6 +76,14 @@ class HFTextConfig:
     strict: bool = True
     ignore_unexpected: tuple[str, ...] = ()
 
+    def __post_init__(self) -> None:
+        # Checked when the config is made (a YAML file is validated before any data is read); the keys of a
+        # named model are checked against its folder's config class when the encoder is built.
+        if self.model_name is None:
+            if self.model_type not in CONFIG_MAPPING:
+                raise ValueError(f"hf-text: unknown model_type {self.model_type!r}; e.g. 'deberta-v2', 'bert', 'roberta'")
+            check_typed_keys(CONFIG_MAPPING[self.model_type], self.hf_config, where=f"hf-text ({self.model_type})")
+
 
 _TINY_DEBERTA = dict(
     _DEBERTA_V3_ARCHITECTURE, vocab_size=1024, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
@@ -94,10 +102,7 @@ class HFTextEncoder(TextEncoder):
             check_typed_keys(type(AutoConfig.from_pretrained(config.model_name)), config.hf_config,
                              where=f"hf-text ({config.model_name})")
             hf_config = AutoConfig.from_pretrained(config.model_name, **thaw(config.hf_config))
-        else:
-            if config.model_type not in CONFIG_MAPPING:
-                raise ValueError(f"hf-text: unknown model_type {config.model_type!r}; e.g. 'deberta-v2', 'bert', 'roberta'")
-            check_typed_keys(CONFIG_MAPPING[config.model_type], config.hf_config, where=f"hf-text ({config.model_type})")
+        else:  # model_type and the hf_config keys were checked by HFTextConfig
             hf_config = AutoConfig.for_model(config.model_type, **thaw(config.hf_config))
         if config.model_name is not None and config.pretrained:
             self.model = load_pretrained_strictly(

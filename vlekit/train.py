@@ -7,7 +7,8 @@ Run folder layout (everything needed to reproduce, resume and evaluate; defined 
     OUT/tokenizer/               the tokenizer used (built from the data when tokenizer=auto)
     OUT/metrics.jsonl            one JSON object per log step (loss, the lr the step used, processes) and per evaluation
     OUT/checkpoints/step-N/      accelerate state (model, optimizer, scheduler, RNG) + trainer_state.json
-    OUT/model/                   final model (vlekit_config.json, model.safetensors, tokenizer/, data.json)
+    OUT/model/                   final model (vlekit_config.json, model.safetensors, tokenizer/, data.json, manifest.json)
+    OUT/.lock                    the PID and host of the process training in OUT (vlekit.run_lock)
     OUT/curve.png                training curve (``vlekit train`` draws it; ``train()`` leaves plotting to its caller)
     OUT/tracking/OUT.name/       what ``train.report_to`` trackers write (TensorBoard events, W&B offline runs, ...)
 
@@ -15,12 +16,14 @@ Checkpoints are written to ``step-N.tmp``, completed by a ``manifest.json`` (eve
 SHA-256, written last) and renamed (``vlekit.checkpoints``), so a kill, even SIGKILL in the middle of a
 save, never leaves a half-written ``step-N``. ``--resume`` restores the newest checkpoint whose files match its manifest
 (a truncated or corrupted one is skipped with a message), including the data-loader position, and
-continues to the same result as an uninterrupted run. SIGINT / SIGTERM finish the current step, save,
-and exit.
+continues to the same result as an uninterrupted run. SIGINT / SIGTERM (to the main process or to the
+whole process group, as clusters send them) finish the current step, save, and exit with 130 / 143.
+An OUT that holds another run is refused unless ``--resume`` or ``--overwrite`` (``vlekit.run_lock``).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -40,13 +43,16 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
 from data_prep.vqa_answers import AnswerVocabulary
-from vlekit.checkpoints import STATE_FILE, TrainerState, resume_checkpoint, save_checkpoint
+from vlekit.checkpoints import (
+    STATE_FILE, CheckpointSpaceError, TrainerState, replace_folder, resume_checkpoint, save_checkpoint, write_manifest,
+)
 from vlekit.evaluate import accuracy_on, vqa_accuracy_on
 from vlekit.experiment import TASKS, VQA_TASK, ExperimentConfig, load_experiment
 from vlekit.model import VCRModel, VCRModelConfig
 from vlekit.registry import registry_for
 from vlekit.run_data import make_datasets, read_run_data, vqa_model_config
 from vlekit.run_folder import EXPERIMENT_FILE, METRICS_FILE, MODEL_DIR, PREPROCESS_FILE, TOKENIZER_DIR, RunFolder
+from vlekit.run_lock import claim_run_folder
 from vlekit.tracking import TRACKING_DIR, check_trackers, flat_hyperparameters, tracked_scalars
 
 
@@ -201,11 +207,19 @@ def linear_warmup_decay(optimizer: torch.optim.Optimizer, *, total_steps: int, w
 
 
 class StopRequested:
-    """SIGINT / SIGTERM set a flag; the loop finishes its step, saves a checkpoint and exits."""
+    """SIGINT / SIGTERM set a flag; the loop finishes its step, saves a checkpoint and exits.
+
+    Clusters (``docker stop``, Kubernetes, SLURM, systemd) signal the whole process group: the DataLoader
+    workers ignore both signals (:func:`ignore_stop_signals`), so only the main process acts on them.
+    """
 
     def __init__(self) -> None:
-        self.requested = False
+        self.signal: int | None = None
         self._previous: dict[int, Any] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signal is not None
 
     def __enter__(self) -> StopRequested:
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -218,21 +232,33 @@ class StopRequested:
     def _handle(self, signum: int, frame: Any) -> None:
         if self.requested:  # second signal: stop now
             raise KeyboardInterrupt
-        self.requested = True
+        self.signal = signum
 
     def __exit__(self, *exc: Any) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
 
 
+def ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: a worker leaves SIGINT / SIGTERM to the main process, which stops
+    the run cleanly and then shuts its workers down (a worker killed by the group's signal would
+    otherwise abort the loop before the checkpoint)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def save_final_model(model: VCRModel, tokenizer, config: ExperimentConfig, folder: Path,
                      state_dict: dict[str, torch.Tensor] | None = None) -> Path:
-    """The evaluable model: weights + resolved config + tokenizer + the data options it was trained with."""
-    model.save_pretrained(folder, state_dict=state_dict)
-    tokenizer.save_pretrained(folder / TOKENIZER_DIR)
-    (folder / PREPROCESS_FILE).write_text(json.dumps(config.data.preprocess_options()))
-    config.save(folder / EXPERIMENT_FILE)
-    return folder
+    """The evaluable model: weights + resolved config + tokenizer + the data options it was trained with,
+    written to ``folder.tmp`` with a manifest (as checkpoints are, verified when the run is loaded) and
+    then renamed, so ``folder`` is never half-written."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    model.save_pretrained(tmp, state_dict=state_dict)
+    tokenizer.save_pretrained(tmp / TOKENIZER_DIR)
+    (tmp / PREPROCESS_FILE).write_text(json.dumps(config.data.preprocess_options()))
+    config.save(tmp / EXPERIMENT_FILE)
+    write_manifest(tmp)
+    return replace_folder(tmp, folder)
 
 
 class LogWindow:
@@ -292,6 +318,9 @@ class MetricsLog:
         the steps a killed run did after its last checkpoint are logged again by the resumed one."""
         if not (self.enabled and self.path.is_file()):
             return
+        if state.global_step == 0:  # a fresh start: nothing before it belongs to this run
+            self.path.unlink()
+            return
         kept = []
         for line in self.path.read_text().splitlines():
             try:
@@ -314,11 +343,22 @@ class TrainResult:
     global_step: int
     interrupted: bool
     val_accuracy: float | None
+    stop_signal: int | None = None  # the signal that interrupted the run
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's convention: 128 + the signal (SIGINT 130, SIGTERM 143); 0 when the run finished."""
+        return 128 + self.stop_signal if self.stop_signal is not None else 0
 
 
-def train(config: ExperimentConfig, *, resume: str | None = None, progress: bool = True) -> TrainResult:
-    """Fine-tune ``config.model`` on ``config.data`` as ``config.train`` says. Returns where it went."""
-    train_cfg, data_cfg = config.train, config.data
+def train(config: ExperimentConfig, *, resume: str | None = None, overwrite: bool = False,
+          progress: bool = True) -> TrainResult:
+    """Fine-tune ``config.model`` on ``config.data`` as ``config.train`` says. Returns where it went.
+
+    ``train.out`` must hold no run, unless ``resume`` (``"latest"`` or a checkpoint folder) continues it
+    or ``overwrite`` moves it aside (:func:`vlekit.run_lock.claim_run_folder`); it is locked meanwhile.
+    """
+    train_cfg = config.train
     trackers = check_trackers(train_cfg.report_to)
     out = Path(train_cfg.out)
     # The schedule is counted in optimizer steps (``total_steps``) and stepped once per optimizer step
@@ -339,8 +379,19 @@ def train(config: ExperimentConfig, *, resume: str | None = None, progress: bool
             f"train.batch_size {train_cfg.batch_size} must be a multiple of gradient_accumulation_steps "
             f"({train_cfg.gradient_accumulation_steps}) x processes ({accelerator.num_processes})"
         )
+    lock = claim_run_folder(out, resume=resume is not None, overwrite=overwrite, report=accelerator.print) \
+        if accelerator.is_main_process else contextlib.nullcontext()
+    accelerator.wait_for_everyone()
+    with lock:
+        return _train(config, accelerator, micro=micro, trackers=trackers, resume=resume, progress=progress)
+
+
+def _train(config: ExperimentConfig, accelerator: Accelerator, *, micro: int, trackers: list[str],
+           resume: str | None, progress: bool) -> TrainResult:
+    """The loop of :func:`train`, in a run folder this process may use."""
+    train_cfg, data_cfg = config.train, config.data
+    out = Path(train_cfg.out)
     run_data = read_run_data(config)
-    out.mkdir(parents=True, exist_ok=True)
     checkpoint = resume_checkpoint(resume, out, report=accelerator.print)
     set_seed(train_cfg.seed)
 
@@ -367,11 +418,13 @@ def train(config: ExperimentConfig, *, resume: str | None = None, progress: bool
         generator=torch.Generator().manual_seed(train_cfg.seed),
         num_workers=data_cfg.num_workers, pin_memory=torch.cuda.is_available(),
         persistent_workers=data_cfg.num_workers > 0, prefetch_factor=4 if data_cfg.num_workers > 0 else None,
+        worker_init_fn=ignore_stop_signals,
     )
     val_loader = None
     if val_set is not None:
         val_loader = DataLoader(val_set, batch_size=micro, collate_fn=val_set.collate, num_workers=data_cfg.num_workers,
-                                pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(train_cfg.seed))
+                                pin_memory=torch.cuda.is_available(), generator=torch.Generator().manual_seed(train_cfg.seed),
+                                worker_init_fn=ignore_stop_signals)
 
     steps_per_epoch = len(loader) // (train_cfg.gradient_accumulation_steps * accelerator.num_processes)
     if steps_per_epoch == 0:
@@ -395,8 +448,7 @@ def train(config: ExperimentConfig, *, resume: str | None = None, progress: bool
     if trackers:
         accelerator.init_trackers(out.name, config=flat_hyperparameters(config),
                                   init_kwargs={"wandb": {"dir": str(out / TRACKING_DIR)}})
-    if checkpoint is not None:
-        log.rewind(state)
+    log.rewind(state)  # a fresh start (state at step 0) empties what a run that never checkpointed logged
     bar = tqdm(total=total_steps, initial=state.global_step, disable=not (progress and accelerator.is_local_main_process),
                desc=f"train {data_cfg.task}", dynamic_ncols=True)
     interrupted, val_accuracy = False, None
@@ -463,7 +515,7 @@ def train(config: ExperimentConfig, *, resume: str | None = None, progress: bool
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return TrainResult(out=out, model_dir=model_dir, global_step=state.global_step, interrupted=interrupted,
-                       val_accuracy=val_accuracy)
+                       val_accuracy=val_accuracy, stop_signal=stop.signal)
 
 
 # -- CLI ------------------------------------------------------------------------------------------
@@ -483,6 +535,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=3e-5 model.fusion=merged-attention")
     parser.add_argument("--resume", action="store_const", const="latest", help="continue from the newest checkpoint in --out")
     parser.add_argument("--resume-from", dest="resume", metavar="CHECKPOINT", help="continue from this checkpoint folder")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start afresh in an --out that holds a run (the old run is moved aside to OUT.replaced-TIME)")
     parser.add_argument("--task", choices=TASKS)
     for flag in _FLAGS:
         if flag != "task":
@@ -515,17 +569,22 @@ def overrides_from_args(args: argparse.Namespace) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     try:
         config = load_experiment(args.config, overrides_from_args(args))
-    except (TypeError, ValueError, FileNotFoundError, LookupError) as error:
+    except (TypeError, ValueError, FileNotFoundError, LookupError, ImportError) as error:
         print(f"vlekit train: {error}", file=sys.stderr)
         return 2
+    resume_command = f"vlekit train --config {Path(config.train.out) / EXPERIMENT_FILE} --resume"
     try:
-        result = train(config, resume=args.resume, progress=not args.no_progress)
-    except ValueError as error:  # the options did not fit the data, the processes or the checkpoint
+        result = train(config, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+    except CheckpointSpaceError as error:
+        print(f"vlekit train: {error}\n  resume with: {resume_command}", file=sys.stderr)
+        return 1
+    except ValueError as error:  # the options did not fit the data, the processes, the run folder or the checkpoint
         print(f"vlekit train: {error}", file=sys.stderr)
         return 2
     if result.interrupted:
-        print(f"interrupted at step {result.global_step}; resume with: vlekit train --config {result.out / 'config.yaml'} --resume")
-        return 130
+        name = signal.Signals(result.stop_signal).name if result.stop_signal is not None else "a stop request"
+        print(f"interrupted by {name} at step {result.global_step} (checkpoint saved); resume with: {resume_command}")
+        return result.exit_code or 130
     from vlekit.plots import save_training_curve  # matplotlib: only for the command line's picture
 
     curve = save_training_curve(RunFolder(result.out), title=f"{config.data.task} training", task=config.data.task)

@@ -67,6 +67,9 @@ class CLIPVisionEncoderConfig:
     strict: bool = True
     ignore_unexpected: tuple[str, ...] = ()
 
+    def __post_init__(self) -> None:
+        check_typed_keys(CLIPVisionConfig, self.hf_config, where="clip-vision")
+
 
 _TINY_CLIP = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
                   image_size=64, patch_size=8)
@@ -79,7 +82,6 @@ class CLIPVisionEncoder(VisionEncoder):
     def __init__(self, *, config: CLIPVisionEncoderConfig) -> None:
         super().__init__()
         self.config = config
-        check_typed_keys(CLIPVisionConfig, config.hf_config, where="clip-vision")
         if config.model_name is not None:
             vision_config = CLIPVisionConfig.from_pretrained(config.model_name, **thaw(config.hf_config))
         else:
