@@ -128,7 +128,7 @@ def claim_run_folder(out: Path, *, resume: bool, overwrite: bool, report=print) 
         lock.release()
         raise RunFolderError(
             f"{out} already holds a run ({', '.join(found)}). Continue it with --resume, start afresh with "
-            f"--overwrite (the old run is moved aside), or choose another --out"
+            f"--overwrite (train(..., overwrite=True) in Python; the old run is moved aside), or choose another --out"
         )
     aside = out.with_name(f"{out.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
     aside.mkdir()
