@@ -113,7 +113,8 @@ def convert_easy_vqa(out_dir: str | Path, *, splits: Sequence[str] = EASY_VQA_SP
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out", help="folder to write the VQA v2 layout to (questions, annotations, images)")
-    parser.add_argument("--splits", nargs="+", default=list(EASY_VQA_SPLITS), choices=EASY_VQA_SPLITS)
+    parser.add_argument("--splits", nargs="+", default=list(EASY_VQA_SPLITS), choices=EASY_VQA_SPLITS,
+                        help="which easy-VQA splits to write (default: all)")
     parser.add_argument("--max-questions", type=int, help="keep the first N questions of each split (quick runs)")
 
 

@@ -515,7 +515,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-val", type=int, default=300, help="validation questions (default: 300)")
     parser.add_argument("--num-test", type=int, default=100, help="unlabeled test questions (default: 100)")
     parser.add_argument("--seed", type=int, default=0, help="the data is a pure function of the options and the seed")
-    parser.add_argument("--questions-per-image", type=int, default=2)
+    parser.add_argument("--questions-per-image", type=int, default=2,
+                        help="questions asked about each generated image (default 2)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -2,14 +2,15 @@
 pairs for a difference and its interval, and a bootstrap that nests seeds inside the paired questions."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
 import numpy as np
 import pytest
 
-from vlekit.ablation_stats import (BOOTSTRAP_TEST, RunResult, compare, paired_bootstrap, report, summarize,
-                                   write_summary)
+from vlekit.ablation_stats import (BOOTSTRAP_TEST, CHANCE_LOSS, RunResult, compare, findings, paired_bootstrap,
+                                   report, summarize, write_summary)
 from vlekit.tables import format_results_table
 
 
@@ -21,18 +22,18 @@ def run_result(variant: str, seed: int, correct: list[bool] | np.ndarray, *, tas
 
 
 def test_the_summary_names_the_task_of_the_grid(tmp_path):
-    results = [run_result("vle", s, [True] * 7 + [False] * 3, task="qa2r") for s in (0, 1)]
-    results += [run_result("no-object-tokens", s, [True] * 3 + [False] * 7, task="qa2r") for s in (0, 1)]
+    results = [run_result("vle", s, [True] * 70 + [False] * 30, task="qa2r") for s in (0, 1)]
+    results += [run_result("no-object-tokens", s, [True] * 45 + [False] * 55, task="qa2r") for s in (0, 1)]
     text = report(results)
     assert text.startswith("## Ablation (QA->R, val accuracy") and "| QA->R mean % |" in text
     assert "Q->A" not in text.replace("QA->R", "")
-    assert "QA->R: vle 70.0% vs no-object-tokens 30.0%" in text
+    assert "QA->R: vle 70.0% vs no-object-tokens 45.0%" in text
     assert format_results_table(summarize(results)).split()[2:4] == ["QA->R", "mean"]
     write_summary(results, tmp_path)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["task"] == "qa2r" and {row["task"] for row in summary["rows"]} == {"qa2r"}
     assert summary["comparisons"]["headline"]["task"] == "qa2r"
-    mixed = results + [run_result("letterbox", 0, [True] * 10, task="q2a")]
+    mixed = results + [run_result("letterbox", 0, [True] * 100, task="q2a")]
     with pytest.raises(ValueError, match=r"an ablation summary covers one task; these results have \['q2a', 'qa2r'\]"):
         report(mixed)
 
@@ -84,5 +85,36 @@ def test_the_comparison_says_which_tests_it_ran():
     text = double.describe()
     assert f"({BOOTSTRAP_TEST}, 10000 resamples, two-sided)" in text
     assert "McNemar exact p = n/a (one seed only" in text and "on the same 2 seed(s) x 10 questions" in text
-    summary = report(two_seeds, reference="vle", baseline="none")
+    learnt = [run_result(v, s, [True] * n + [False] * (100 - n)) for v, n in (("vle", 80), ("none", 50)) for s in (0, 1)]
+    summary = report(learnt, reference="vle", baseline="none")
     assert f"The interval and its p-value are a {BOOTSTRAP_TEST}" in summary
+
+
+def test_a_grid_whose_runs_learnt_nothing_claims_nothing(tmp_path):
+    """Runs at chance (loss ln 4, accuracy near 25%) are flagged once and no comparison or headline is
+    claimed over them, however their noise falls (here 'vle' is 14 points "ahead" by luck)."""
+    rng = np.random.default_rng(0)
+    stuck = {"vle": 0.33, "no-object-tokens": 0.19, "letterbox": 0.25}
+    results = [dataclasses.replace(run_result(v, s, rng.random(60) < p), final_loss=CHANCE_LOSS)
+               for v, p in stuck.items() for s in (0, 1, 2)]
+    text = report(results)
+    assert text.count("**Did not learn**") == 1 and "this grid supports no claim" in text
+    assert "Headline" not in text and "Best other variant" not in text and "p =" not in text
+    found = findings(results)
+    assert set(found.not_learnt) == set(stuck) and found.headline is None and found.best is None
+    write_summary(results, tmp_path)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["comparisons"] == {} and set(summary["not_learnt"]) == set(stuck)
+
+
+def test_a_variant_at_chance_accuracy_is_excluded_even_when_its_loss_fell():
+    """A loss below ln 4 is not enough: an accuracy whose interval reaches chance is no finding either;
+    the learnt variants are still compared."""
+    results = [run_result("vle", s, [True] * 80 + [False] * 20) for s in (0, 1)]
+    results += [run_result("no-object-tokens", s, [True] * 27 + [False] * 73) for s in (0, 1)]
+    results += [run_result("letterbox", s, [True] * 75 + [False] * 25) for s in (0, 1)]
+    found = findings(results)
+    assert list(found.not_learnt) == ["no-object-tokens"] and "within chance's interval" in found.not_learnt["no-object-tokens"]
+    assert found.headline is None and found.best is not None and found.best.a == "letterbox"
+    text = report(results)
+    assert text.count("no-object-tokens (accuracy 27.0%") == 1 and "Headline" not in text

@@ -167,17 +167,6 @@ def test_a_grid_reuses_finished_runs_unless_what_they_depend_on_changed(tmp_path
     assert result_file.stat().st_mtime_ns != stamp and changed.seconds != first.seconds  # lr: trained again
 
 
-def test_chance_loss_note_tells_an_unlearnable_variant_from_a_short_run():
-    from vlekit.ablation_stats import chance_loss_note
-
-    learnt, stuck = {"train_loss": 0.6}, {"train_loss": 1.385}
-    assert chance_loss_note([{"variant": "vle", **learnt}, {"variant": "b", **learnt}]) is None
-    note = chance_loss_note([{"variant": "vle", **learnt}, {"variant": "no-object-tokens", **stuck}])
-    assert note.startswith("**Note**") and "no-object-tokens stayed at chance" in note and "is a result" in note
-    note = chance_loss_note([{"variant": "vle", **stuck}, {"variant": "b", **stuck}], longer="`EPOCHS`")
-    assert note.startswith("**Warning**") and "vle, b" in note and "(`EPOCHS`)" in note
-
-
 def test_plot_helpers_draw():
     import matplotlib.pyplot as plt
     import numpy as np

@@ -100,31 +100,6 @@ def summarize(results: Sequence[RunResult], *, reference: str = REFERENCE) -> li
     return rows
 
 
-def learnt_nothing(row: Mapping[str, Any], *, tolerance: float = 0.02) -> bool:
-    """Whether a ``summarize`` row's final training loss is still at chance (ln 4): the runs stayed on
-    the initial plateau."""
-    return row.get("train_loss", float("nan")) > CHANCE_LOSS - tolerance
-
-
-def chance_loss_note(rows: Sequence[Mapping[str, Any]], *, reference: str = REFERENCE,
-                     longer: str = "more epochs or data") -> str | None:
-    """Markdown on the variants whose training loss stayed at chance, or ``None`` when none did.
-
-    When the reference learnt within the same budget, staying at chance is the variant's result (it
-    cannot fit the task with these settings); otherwise the runs were too short to say anything.
-    """
-    stuck = [row["variant"] for row in rows if learnt_nothing(row)]
-    if not stuck:
-        return None
-    loss = f"the final training loss of {', '.join(stuck)} stayed at chance (ln 4 = {CHANCE_LOSS:.3f})"
-    if any(row["variant"] == reference for row in rows) and reference not in stuck:
-        return (f"**Note**: {loss} while {reference} learnt with the same budget: with these settings "
-                f"{'that variant' if len(stuck) == 1 else 'those variants'} cannot fit the task; this is a result, "
-                f"not an unfinished run.")
-    return (f"**Warning**: {loss}: those runs learnt nothing yet, so their accuracies do not measure the "
-            f"variants. Train longer ({longer}) before reading the table.")
-
-
 def best_variant(rows: Sequence[Mapping[str, Any]], *, exclude: str | None = None) -> str:
     """The variant with the highest mean accuracy (other than ``exclude``)."""
     candidates = [row for row in rows if row["variant"] != exclude]
@@ -294,6 +269,69 @@ def breakdown_by(groups: Sequence[str], **correct: Sequence[bool]) -> dict[str, 
     return table
 
 
+# -- what the grid supports ----------------------------------------------------------------------
+def not_learnt_reason(results: Sequence[RunResult], variant: str, *, resamples: int = 2000) -> str | None:
+    """Why ``variant``'s runs did not learn, or ``None`` when they did: their mean final training loss is
+    still at chance (ln 4), or their accuracy's 95% interval (questions and seeds resampled, as in
+    :func:`paired_bootstrap`) contains chance. Such runs measure the budget, not the variant."""
+    runs = [r for r in results if r.variant == variant]
+    loss = float(np.mean([r.final_loss for r in runs]))
+    if loss > CHANCE_LOSS - 0.02:
+        return f"final training loss {loss:.3f}, at chance (ln 4 = {CHANCE_LOSS:.3f})"
+    chance = CHANCE[grid_task(results)]
+    matrix = np.array([r.correct for r in runs], dtype=float)
+    (low, high), _ = paired_bootstrap(matrix, np.full_like(matrix, chance), resamples=resamples)
+    if low <= 0 <= high:
+        return (f"accuracy {100 * matrix.mean():.1f}% is within chance's interval (95% CI "
+                f"[{100 * (chance + low):.1f}, {100 * (chance + high):.1f}]% against {100 * chance:g}%)")
+    return None
+
+
+@dataclass(frozen=True)
+class Findings:
+    """What a grid supports, decided once for the report and the notebook: the variants that did not
+    learn (excluded from every comparison and claim), the best learnt variant against the reference, and
+    the headline (reference vs baseline), each ``None`` when a run it needs did not learn."""
+
+    reference: str
+    not_learnt: dict[str, str]  # variant -> why
+    best: Comparison | None
+    headline: Comparison | None
+    headline_points: float
+
+    @property
+    def headline_holds(self) -> bool | None:
+        return None if self.headline is None else self.headline.difference * 100 >= self.headline_points
+
+    def note(self) -> str | None:
+        """The one statement on the runs that did not learn (``None`` when all did)."""
+        if not self.not_learnt:
+            return None
+        listed = "; ".join(f"{variant} ({why})" for variant, why in self.not_learnt.items())
+        text = f"**Did not learn**, so excluded from every comparison and claim below: {listed}."
+        if self.reference in self.not_learnt:
+            text += (f" The reference {self.reference} is among them: this grid supports no claim. Train longer "
+                     f"(more epochs or data) before reading it.")
+        return text
+
+
+def findings(results: Sequence[RunResult], *, reference: str = REFERENCE, baseline: str = NO_OBJECT_TOKENS,
+             headline_points: float = 15.0) -> Findings:
+    """The comparisons a grid supports (see :class:`Findings`)."""
+    variants = list(_by_variant(results))
+    not_learnt = {v: why for v in variants if (why := not_learnt_reason(results, v)) is not None}
+    learnt = [v for v in variants if v not in not_learnt]
+    best = headline = None
+    if reference in learnt:
+        others = [row for row in summarize(results, reference=reference) if row["variant"] in learnt]
+        if len(others) > 1:
+            best = compare(results, best_variant(others, exclude=reference), reference)
+        if baseline in learnt:
+            headline = compare(results, reference, baseline)
+    return Findings(reference=reference, not_learnt=not_learnt, best=best, headline=headline,
+                    headline_points=headline_points)
+
+
 # -- reporting ------------------------------------------------------------------------------------
 def report(results: Sequence[RunResult], *, reference: str = REFERENCE, baseline: str = NO_OBJECT_TOKENS,
            headline_points: float = 15.0) -> str:
@@ -303,19 +341,16 @@ def report(results: Sequence[RunResult], *, reference: str = REFERENCE, baseline
     metric = METRIC_NAMES[grid_task(results)]
     parts = [f"## Ablation ({metric}, val accuracy, mean and std over seeds)", "",
              format_results_table(rows, markdown=True, metric=metric), ""]
-    note = chance_loss_note(rows, reference=reference)
-    if note:
-        parts += [note, ""]
-    variants = {row["variant"] for row in rows}
-    if reference in variants and len(variants) > 1:
-        best = best_variant(rows, exclude=reference)
-        parts += [f"**Best other variant vs the reference**: {compare(results, best, reference).describe()}", ""]
-    if reference in variants and baseline in variants:
-        headline = compare(results, reference, baseline)
-        verdict = "holds" if headline.difference * 100 >= headline_points else "does NOT hold"
+    found = findings(results, reference=reference, baseline=baseline, headline_points=headline_points)
+    if found.note():
+        parts += [found.note(), ""]
+    if found.best is not None:
+        parts += [f"**Best other variant vs the reference**: {found.best.describe()}", ""]
+    if found.headline is not None:
+        verdict = "holds" if found.headline_holds else "does NOT hold"
         parts += [f"**Headline** (the VLE adaptation beats {baseline} by >= {headline_points:g} points): "
-                  f"{verdict}. {headline.describe()}", ""]
-    if reference in variants and len(variants) > 1:
+                  f"{verdict}. {found.headline.describe()}", ""]
+    if found.best is not None or found.headline is not None:
         parts += [f"Comparisons use the seeds both variants ran and the same val questions. The interval and "
                   f"its p-value are a {BOOTSTRAP_TEST}: each resample draws questions and seeds with replacement, "
                   f"the same for both variants. McNemar's exact test is given only for a single seed; Welch's "
@@ -332,11 +367,12 @@ def write_summary(results: Sequence[RunResult], out: str | Path, *, reference: s
     out.mkdir(parents=True, exist_ok=True)
     rows = summarize(results, reference=reference)
     (out / "summary.md").write_text(report(results, reference=reference, baseline=baseline))
-    comparisons = {}
-    if {reference, baseline} <= {row["variant"] for row in rows}:
-        comparisons["headline"] = dataclasses.asdict(compare(results, reference, baseline))
+    found = findings(results, reference=reference, baseline=baseline)
+    comparisons = {name: dataclasses.asdict(comparison) for name, comparison in
+                   (("best", found.best), ("headline", found.headline)) if comparison is not None}
     task = grid_task(results)
-    (out / "summary.json").write_text(json.dumps({"task": task, "rows": rows, "comparisons": comparisons}, indent=2))
+    (out / "summary.json").write_text(json.dumps({"task": task, "rows": rows, "not_learnt": found.not_learnt,
+                                                  "comparisons": comparisons}, indent=2))
     metric = METRIC_NAMES[task]
     figure = plot_accuracy_bars({row["variant"]: {metric: row["mean"]} for row in rows}, out / "accuracy.png",
                                 errors={row["variant"]: {metric: 0.0 if math.isnan(row["std"]) else row["std"]} for row in rows},

@@ -93,12 +93,18 @@ def run_demo(config: DemoConfig = DemoConfig(), *, progress: bool = True) -> dic
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = DemoConfig()
-    parser.add_argument("--out", default=defaults.out)
-    parser.add_argument("--num-train", type=int, default=defaults.num_train)
-    parser.add_argument("--num-val", type=int, default=defaults.num_val)
-    parser.add_argument("--epochs", type=float, default=defaults.epochs)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--out", default=defaults.out,
+                        help=f"where the data, the two runs and the results go (default {defaults.out}; its q2a/ and "
+                             f"qa2r/ runs are replaced)")
+    parser.add_argument("--num-train", type=int, default=defaults.num_train,
+                        help=f"synthetic training questions (default {defaults.num_train})")
+    parser.add_argument("--num-val", type=int, default=defaults.num_val,
+                        help=f"synthetic validation questions, the evaluation set (default {defaults.num_val})")
+    parser.add_argument("--epochs", type=float, default=defaults.epochs, help=f"epochs per task (default {defaults.epochs:g})")
+    parser.add_argument("--seed", type=int, default=defaults.seed,
+                        help=f"seed of the data, the weights and the training (default {defaults.seed}; the README's "
+                             f"figures are this seed's)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -89,7 +89,9 @@ def _packages_distributions() -> Mapping[str, list[str]]:
 
 
 def _first_line(text: str | None) -> str:
-    return (text or "").strip().splitlines()[0].strip() if (text or "").strip() else ""
+    """A docstring's first line as plain text (reST ``literal`` markup dropped: listings are read in a terminal)."""
+    line = (text or "").strip().splitlines()[0].strip() if (text or "").strip() else ""
+    return line.replace("``", "")
 
 
 class FrozenDict(dict):
@@ -279,7 +281,8 @@ class Registry:
             raise RegistryError(
                 f"{self.kind} {entry.name!r} is already registered by {old.defining_module} "
                 f"({old.source}); {entry.defining_module} ({entry.source}) tried to register it again. "
-                f"Choose another name, or namespace it as 'yourpackage/{entry.name}'."
+                + ("Choose another name." if "/" in entry.name else
+                   f"Choose another name, or namespace it as 'yourpackage/{entry.name}'.")
             )
         self._entries[entry.name] = entry
 

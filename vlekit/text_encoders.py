@@ -41,6 +41,19 @@ def load_pretrained_strictly(
     return model
 
 
+def enable_activation_checkpointing(model: nn.Module) -> None:
+    """Recompute a Hugging Face model's layer activations in the backward pass (non-reentrant).
+
+    ``activation_checkpointing_enable`` where the installed transformers has it (5.24: the older name is
+    deprecated there), else ``gradient_checkpointing_enable`` (earlier 5.x releases, e.g. the GPU image's).
+    """
+    options = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=options)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
+
+
 # DeBERTa-v3 as VLE uses it (relative attention, no absolute positions).
 _DEBERTA_V3_ARCHITECTURE = dict(
     relative_attention=True, position_biased_input=False, pos_att_type=["p2c", "c2p"],
@@ -118,7 +131,7 @@ class HFTextEncoder(TextEncoder):
         if config.vocab_size is not None and config.vocab_size != self.model.config.vocab_size:
             self.model.resize_token_embeddings(config.vocab_size)
         if config.gradient_checkpointing:
-            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable_activation_checkpointing(self.model)
         if config.attention != "eager" and use_deberta_attention(self.model, config.attention) == 0:
             raise ValueError(f"hf-text: attention {config.attention!r} is for DeBERTa-v2/v3, not {self.model.config.model_type}")
         self.hidden_size: int = self.model.config.hidden_size

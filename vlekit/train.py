@@ -519,14 +519,30 @@ def _train(config: ExperimentConfig, accelerator: Accelerator, *, micro: int, tr
 
 
 # -- CLI ------------------------------------------------------------------------------------------
-_FLAGS = {  # flag -> dotted config key
-    "task": "data.task", "train_annotations": "data.train_annotations", "val_annotations": "data.val_annotations",
-    "images": "data.images", "tokenizer": "data.tokenizer", "geometry": "data.geometry",
-    "compat": "data.compat", "train_questions": "data.train_questions", "val_questions": "data.val_questions",
-    "val_images": "data.val_images", "image_pattern": "data.image_pattern", "answers": "data.answers",
-    "text_encoder": "model.text_encoder", "vision_encoder": "model.vision_encoder", "fusion": "model.fusion",
-    "epochs": "train.epochs", "batch_size": "train.batch_size", "lr": "train.lr", "out": "train.out",
-    "seed": "train.seed", "keep": "train.keep", "save_every_steps": "train.save_every_steps",
+# flag -> (dotted config key, help); each flag is a shorthand for the override ``KEY=VALUE``.
+_FLAGS = {
+    "task": ("data.task", "q2a / qa2r (VCR multiple choice) or vqa (VQA v2 layout); default q2a"),
+    "train_annotations": ("data.train_annotations", "VCR train.jsonl (VQA: the training annotations JSON)"),
+    "val_annotations": ("data.val_annotations", "VCR val.jsonl for the per-epoch accuracy (VQA: validation annotations JSON)"),
+    "images": ("data.images", "the vcr1images folder (VQA: the training images)"),
+    "tokenizer": ("data.tokenizer", "a hub name or folder, or auto (default: a word-level tokenizer built from the training text)"),
+    "geometry": ("data.geometry", "how boxes follow the pixels: squash (default), letterbox, center-crop or vle-compat"),
+    "compat": ("data.compat", "none (vlekit's preprocessing, default) or vle (the official VLE pipeline, exactly)"),
+    "train_questions": ("data.train_questions", "VQA: the training questions JSON"),
+    "val_questions": ("data.val_questions", "VQA: the validation questions JSON"),
+    "val_images": ("data.val_images", "VQA: the validation images (default: --images)"),
+    "image_pattern": ("data.image_pattern", "VQA: image file names, e.g. '{image_id}.png' (default: COCO's)"),
+    "answers": ("data.answers", "VQA: an id2label JSON with the answer vocabulary (default: from the training answers)"),
+    "text_encoder": ("model.text_encoder", "a registered text encoder (vlekit list --kind text_encoder); default tiny-deberta"),
+    "vision_encoder": ("model.vision_encoder", "a registered vision encoder (vlekit list --kind vision_encoder); default tiny-clip"),
+    "fusion": ("model.fusion", "a registered fusion (vlekit list --kind fusion); default tiny-co-attention"),
+    "epochs": ("train.epochs", "passes over the training data (default 5, VLE's recipe)"),
+    "batch_size": ("train.batch_size", "questions per optimizer step over all processes (default 128)"),
+    "lr": ("train.lr", "peak learning rate of the encoders (default 1e-5; the fusion and head get 5x)"),
+    "out": ("train.out", "the run folder (default runs/vcr); it must not hold another run"),
+    "seed": ("train.seed", "seed of the weights, the data order and dropout (default 0)"),
+    "keep": ("train.keep", "checkpoints to keep (default 2; 0 keeps all)"),
+    "save_every_steps": ("train.save_every_steps", "a checkpoint every N optimizer steps (default 1000; 0: only at the end)"),
 }
 
 
@@ -537,12 +553,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume-from", dest="resume", metavar="CHECKPOINT", help="continue from this checkpoint folder")
     parser.add_argument("--overwrite", action="store_true",
                         help="start afresh in an --out that holds a run (the old run is moved aside to OUT.replaced-TIME)")
-    parser.add_argument("--task", choices=TASKS)
-    for flag in _FLAGS:
-        if flag != "task":
-            parser.add_argument("--" + flag.replace("_", "-"))
-    parser.add_argument("--gradient-checkpointing", action="store_true", default=None)
-    parser.add_argument("--no-progress", action="store_true")
+    for flag, (key, help_text) in _FLAGS.items():
+        parser.add_argument("--" + flag.replace("_", "-"), choices=TASKS if flag == "task" else None,
+                            help=f"{help_text} [{key}]")
+    parser.add_argument("--gradient-checkpointing", action="store_true", default=None,
+                        help="recompute activations in the backward pass of every component: less memory, ~30%% slower")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs and batch jobs)")
 
 
 def _flag_value(value: str) -> str:
@@ -557,7 +573,7 @@ def _flag_value(value: str) -> str:
 
 def overrides_from_args(args: argparse.Namespace) -> list[str]:
     overrides = list(args.overrides)
-    for flag, key in _FLAGS.items():
+    for flag, (key, _) in _FLAGS.items():
         value = getattr(args, flag)
         if value is not None:
             overrides.append(f"{key}={_flag_value(value)}")
@@ -572,13 +588,19 @@ def run(args: argparse.Namespace) -> int:
     except (TypeError, ValueError, FileNotFoundError, LookupError, ImportError) as error:
         print(f"vlekit train: {error}", file=sys.stderr)
         return 2
+    if config.model == VCRModelConfig() and config.train.init_from_vle is None:
+        print(f"vlekit train: no model section: training the tiny random-init model of the tests and the demo "
+              f"({config.model.text_encoder['name']} + {config.model.vision_encoder['name']} + "
+              f"{config.model.fusion['name']}) with lr {config.train.lr:g}, batch {config.train.batch_size}. "
+              f"Real fine-tuning: --config configs/vle-base-vcr-q2a.yaml; the demo's recipe: configs/demo-tiny.yaml",
+              file=sys.stderr)
     resume_command = f"vlekit train --config {Path(config.train.out) / EXPERIMENT_FILE} --resume"
     try:
         result = train(config, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
     except CheckpointSpaceError as error:
         print(f"vlekit train: {error}\n  resume with: {resume_command}", file=sys.stderr)
         return 1
-    except ValueError as error:  # the options did not fit the data, the processes, the run folder or the checkpoint
+    except (ValueError, FileNotFoundError) as error:  # the options did not fit the data, the processes, the run folder or the checkpoint
         print(f"vlekit train: {error}", file=sys.stderr)
         return 2
     if result.interrupted:

@@ -20,7 +20,7 @@ from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from vlekit.interfaces import VisionEncoder, check_shape
 from vlekit.registry import VISION_ENCODERS, register_vision_encoder, thaw
 from vlekit.hf_configs import check_typed_keys, keys_from_file, saved_hf_config
-from vlekit.text_encoders import load_pretrained_strictly
+from vlekit.text_encoders import enable_activation_checkpointing, load_pretrained_strictly
 
 # CLIPImageProcessor's defaults: every OpenAI CLIP checkpoint (and VLE) was trained with them.
 CLIP_MEAN: tuple[float, float, float] = tuple(OPENAI_CLIP_MEAN)
@@ -96,7 +96,7 @@ class CLIPVisionEncoder(VisionEncoder):
         if config.image_size is not None and config.image_size != self.model.config.image_size:
             self._resize_positions(config.image_size)
         if config.gradient_checkpointing:
-            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            enable_activation_checkpointing(self.model)
         self.hidden_size: int = self.model.config.hidden_size
         self.patch_size: int = self.model.config.patch_size
         self.image_size: int = self.model.config.image_size
