@@ -10,8 +10,11 @@ PYTHON := .venv/bin/python
 ENV_DIR := .venv
 endif
 
-# CPU-usable wheels that pip finds locally on the CI machines; on a GPU box the same pins are CUDA builds.
+# PyPI's torch for Linux is the CUDA build (with ~18 nvidia-* wheels, several GB), which also runs on a CPU.
+# On a CPU-only machine, `make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu` takes the CPU build
+# of the same version instead (a few hundred MB). The CI machines find these pins in a local wheel cache.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+TORCH_INDEX ?=
 PLUGINS := $(wildcard plugins/*/pyproject.toml)
 STAMP := $(ENV_DIR)/.vlekit-installed
 LOCK := requirements.lock
@@ -29,7 +32,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml $(LOCK) $(PLUGINS)
 	@test -x $(PYTHON) || command -v $(PYTHON) >/dev/null || python3 -m venv .venv
 	$(PYTHON) -m pip install --quiet -c $(LOCK) --upgrade pip setuptools
-	$(PYTHON) -m pip install --quiet -c $(LOCK) $(TORCH_SPEC) $(PROJECT)
+	$(PYTHON) -m pip install --quiet -c $(LOCK) $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX)) $(TORCH_SPEC) $(PROJECT)
 	@touch $(STAMP)
 
 demo: setup

@@ -95,8 +95,7 @@ def test_torch_is_pinned_alike_in_the_makefile_the_lock_and_environment_yml():
     torch_spec = dict(item.split("==") for item in makefile_variable("TORCH_SPEC").split())
     assert torch_spec == {"torch": pins["torch"], "torchvision": pins["torchvision"]}, (
         f"Makefile TORCH_SPEC {torch_spec}; requirements.lock torch=={pins['torch']} torchvision=={pins['torchvision']}")
-    conda = [d for d in yaml.safe_load((REPO_ROOT / "environment.yml").read_text())["dependencies"] if isinstance(d, str)]
-    assert f"pytorch=={pins['torch']}" in conda and f"torchvision=={pins['torchvision']}" in conda, conda
+    assert all(f"{name}=={version}" in environment_pip_lines() for name, version in torch_spec.items())
 
 
 # -- every route installs through it ---------------------------------------------------------------
@@ -115,14 +114,20 @@ def test_make_setup_installs_with_the_lock_and_reinstalls_when_it_changes():
     assert suite.startswith("$(LATEST_ENV)/bin/python -m pytest ||"), "make lock runs the suite on what it froze"
 
 
-def test_environment_yml_installs_with_the_lock():
+def environment_pip_lines() -> list[str]:
     sections = [d["pip"] for d in yaml.safe_load((REPO_ROOT / "environment.yml").read_text())["dependencies"]
                 if isinstance(d, dict)]
-    assert sections and sections[0][0] == f"-c {LOCK.name}", sections
-    listed = {canonical(packaging_requirements.Requirement(line).name) for line in sections[0] if not line.startswith("-")}
-    for extra in lock_extras():
-        for text in PROJECT["optional-dependencies"][extra]:
-            assert canonical(packaging_requirements.Requirement(text).name) in listed, f"environment.yml lacks {text}"
+    assert len(sections) == 1, "environment.yml needs exactly one pip section"
+    return sections[0]
+
+
+def test_environment_yml_installs_with_the_lock():
+    lines = environment_pip_lines()
+    assert lines[0] == f"-c {LOCK.name}", lines
+    assert f"-e .[{','.join(lock_extras())}]" in lines, f"environment.yml must install the lock's extras: {lines}"
+    unpinned = [line for line in lines if not line.startswith("-")
+                and canonical(packaging_requirements.Requirement(line).name) not in lock_pins()]
+    assert not unpinned, f"environment.yml installs {unpinned}, which requirements.lock does not pin"
 
 
 def test_pytest_collecting_no_tests_fails_make(tmp_path):

@@ -45,6 +45,8 @@ def test_committed_notebook_has_no_outputs_and_a_parameters_cell(path):
     dirty = [i for i, cell in enumerate(notebook.cells)
              if cell.cell_type == "code" and (cell.outputs or cell.execution_count is not None)]
     assert not dirty, f"{path.name}: cells {dirty} have outputs or execution counts; clear them before committing"
+    # The kernel `make lab` registers, so another JupyterLab does not start some other interpreter.
+    assert notebook.metadata.kernelspec.name == "vlekit", f"{path.name}: kernelspec {notebook.metadata.kernelspec.name!r}"
     source = notebook.cells[parameters_index(notebook)].source
     assert "SMOKE = False" in source and "OUT = " in source, f"{path.name}: the parameters cell must set SMOKE and OUT"
     # papermill reads one `name = value  # help` per line; a second '=' (even in the comment) hides it.
