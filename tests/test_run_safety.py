@@ -257,3 +257,39 @@ def test_damaged_run_files_are_named(data, tmp_path, capsys):
     (model / "manifest.json").unlink()
     assert main(evaluate) == 2
     assert f"{model}: no tokenizer/ folder" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_torchrun_group_stops_every_process_at_one_step_and_resumes_exactly(data, tmp_path):
+    """DDP on 2 CPU processes under torchrun, all in one process group: ``kill -TERM -- -PGID`` reaches the
+    workers and torchrun, which forwards it again. The workers agree on one step, save, and the resumed
+    run ends with the weights of an uninterrupted one."""
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    options = {"epochs": 3, "save_every_steps": 0}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+    def torchrun(*args: str) -> list[str]:
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                "-m", "vlekit.cli", "train", "--no-progress", *args]
+
+    subprocess.run(torchrun(*tiny_overrides(data, straight, **options)), env=env, check=True, capture_output=True,
+                   timeout=600)
+    process = subprocess.Popen(["setsid", *torchrun(*tiny_overrides(data, stopped, **options))],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    metrics = stopped / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+        time.sleep(0.05)
+    subprocess.run(["kill", "-TERM", "--", f"-{os.getpgid(process.pid)}"], check=True)
+    output, _ = process.communicate(timeout=300)
+    assert output.count("interrupted by SIGTERM") == 2, output[-3000:]  # both workers, at the same step
+    # torchrun itself ends with its SignalException traceback; no worker fails (no vlekit frame, no killed worker).
+    assert "vlekit/" not in output.replace(str(stopped), "") and "killed by signal" not in output, output[-3000:]
+    checkpoint = latest_checkpoint(stopped)
+    assert checkpoint is not None and not (stopped / "model").exists(), output[-3000:]
+
+    resumed = subprocess.run(torchrun("--resume", *tiny_overrides(data, stopped, **options)), env=env,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    expected, got = final_weights(straight), final_weights(stopped)
+    assert all(torch.equal(expected[k], got[k]) for k in expected)

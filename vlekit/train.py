@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 import yaml
-from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate import Accelerator, DataLoaderConfiguration, PartialState
 from accelerate.utils import ProjectConfiguration, set_seed
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
@@ -229,9 +229,26 @@ class StopRequested:
                 pass
         return self
 
+    def agreed(self, accelerator: Accelerator, *, at_log_step: bool) -> bool:
+        """Whether the run stops after this step. One process decides alone. Several must stop at the same
+        step (a process waiting at the checkpoint's barrier while another runs the next step's collectives
+        would hang), so they compare flags at log steps, where the loss is gathered anyway, and each takes
+        the signal one of them received."""
+        if accelerator.num_processes == 1:
+            return self.requested
+        if not at_log_step:
+            return False
+        signals = accelerator.gather(torch.tensor([self.signal or 0], device=accelerator.device))
+        self.signal = int(signals.max()) or None
+        return self.requested
+
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested:  # second signal: stop now
-            raise KeyboardInterrupt
+        if self.requested:
+            # A second Ctrl-C means "now". A repeated SIGTERM does not: torchrun forwards the one its
+            # process group already delivered, and a cluster that will not wait escalates to SIGKILL.
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            return
         self.signal = signum
 
     def __exit__(self, *exc: Any) -> None:
@@ -493,7 +510,7 @@ def _train(config: ExperimentConfig, accelerator: Accelerator, *, micro: int, tr
                     bar.set_postfix(loss=f"{record['loss']:.3f}", qps=f"{record['questions_per_s']:.1f}")
                 if train_cfg.save_every_steps and state.global_step % train_cfg.save_every_steps == 0:
                     save_checkpoint(accelerator, out, state, config)
-                if stop.requested:
+                if stop.agreed(accelerator, at_log_step=state.global_step % train_cfg.log_every_steps == 0):
                     interrupted = True
                     break
                 if state.global_step >= total_steps:
@@ -607,6 +624,8 @@ def run(args: argparse.Namespace) -> int:
         name = signal.Signals(result.stop_signal).name if result.stop_signal is not None else "a stop request"
         print(f"interrupted by {name} at step {result.global_step} (checkpoint saved); resume with: {resume_command}")
         return result.exit_code or 130
+    if not PartialState().is_main_process:  # one picture per run, not per process
+        return 0
     from vlekit.plots import save_training_curve  # matplotlib: only for the command line's picture
 
     curve = save_training_curve(RunFolder(result.out), title=f"{config.data.task} training", task=config.data.task)
