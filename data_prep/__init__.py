@@ -18,22 +18,34 @@ where grounding matters); ``tokenizer`` (offline word-level and SentencePiece to
 dataset's text); ``vqa_answers`` (VQA answer normalisation, vocabulary, soft scores); ``vqa`` (VQA v2
 data for VLE's other tasks).
 """
-from data_prep.dataset import VCRDataset
-from data_prep.bench import benchmark_text_prep
-from data_prep.geometry import ImageTransform, box_cells, cell_patches, image_transform
-from data_prep.preprocess import PreprocessConfig, VCRPreprocessor
-from data_prep.text import render_tokens
-from data_prep.synthetic import SyntheticVCR, generate_synthetic_vcr
-from data_prep.tokenizer import build_sentencepiece_tokenizer, build_word_tokenizer
-from data_prep.vcr import (
-    ImageGeometry,
-    VCRFormatError,
-    VCRRecords,
-    geometry_from_metadata,
-    load_geometry,
-    load_metadata,
-    read_vcr,
-)
+import importlib
+from typing import Any
+
+# Public names, each imported from its module on first use (PEP 562): ``import data_prep.vcr`` (or
+# ``vlekit``) does not pay for the synthetic generator, the benchmarks and the tokenizer builders.
+_LAZY = {
+    "VCRDataset": "data_prep.dataset", "benchmark_text_prep": "data_prep.bench",
+    "ImageTransform": "data_prep.geometry", "box_cells": "data_prep.geometry", "cell_patches": "data_prep.geometry",
+    "image_transform": "data_prep.geometry", "PreprocessConfig": "data_prep.preprocess",
+    "VCRPreprocessor": "data_prep.preprocess", "render_tokens": "data_prep.text", "SyntheticVCR": "data_prep.synthetic",
+    "generate_synthetic_vcr": "data_prep.synthetic", "build_sentencepiece_tokenizer": "data_prep.tokenizer",
+    "build_word_tokenizer": "data_prep.tokenizer", "ImageGeometry": "data_prep.vcr", "VCRFormatError": "data_prep.vcr",
+    "VCRRecords": "data_prep.vcr", "geometry_from_metadata": "data_prep.vcr", "load_geometry": "data_prep.vcr",
+    "load_metadata": "data_prep.vcr", "read_vcr": "data_prep.vcr",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'data_prep' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __all__ = [
     "ImageGeometry", "ImageTransform", "PreprocessConfig", "SyntheticVCR", "VCRDataset",

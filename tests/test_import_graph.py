@@ -153,3 +153,21 @@ def test_the_readme_layout_lists_every_module_in_dependency_order():
               if target in position and position[target] > position[name]]
     assert upward == [], "README Layout lists a module above one it imports: " + ", ".join(upward)
     assert not [t for name in listed if name.startswith("data_prep") for t in graph[name] if t.startswith("vlekit")]
+
+
+def test_import_vlekit_loads_the_core_only():
+    """``import vlekit`` (what a notebook cell registering a component pays) loads the registry, the
+    interfaces and the core components; the application's names load on first use (PEP 562)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, vlekit; print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in ('vlekit', 'data_prep'))))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert len(loaded) <= 15, loaded
+    application = ("data_prep", "vlekit.train", "vlekit.evaluate", "vlekit.bench", "vlekit.ablation", "vlekit.hub",
+                   "vlekit.predict", "vlekit.run_folder", "vlekit.vle_checkpoint")
+    assert not [m for m in loaded if m.startswith(application)], loaded
+    lazy = subprocess.run([sys.executable, "-c", "import vlekit, data_prep; print(vlekit.load_run.__module__, "
+                                                 "data_prep.generate_synthetic_vcr.__module__)"],
+                          capture_output=True, text=True, check=True).stdout.split()
+    assert lazy == ["vlekit.predict", "data_prep.synthetic"]

@@ -9,12 +9,12 @@ Public API::
 Plugins build on this package, :mod:`vlekit.layers` (shared transformer blocks) and
 :mod:`vlekit.interfaces` (the component contracts) only; the other modules are internal.
 """
+import importlib
+from typing import Any
+
 from vlekit import fusions, heads, layers, text_encoders, vision_encoders  # noqa: F401  (register the core components)
 from vlekit.interfaces import Fusion, FusionOutput, TextEncoder, VisionEncoder
 from vlekit.model import VCRModel, VCRModelConfig, build_model, load_model_config
-from vlekit.predict import Predictor, load_run
-from vlekit.vle_checkpoint import from_vle_pretrained, to_vle_pretrained
-from vlekit.vle_processor import vle_preprocessor
 from vlekit.registry import (
     FUSIONS,
     HEADS,
@@ -30,6 +30,27 @@ from vlekit.registry import (
     register_vision_encoder,
     registry_for,
 )
+
+# The application's public names, imported on first use (PEP 562): registering a component in a notebook
+# cell does not pay for the run folders, the Hub, the data pipeline and the official-format loaders.
+_LAZY = {
+    "Predictor": "vlekit.predict", "load_run": "vlekit.predict",
+    "from_vle_pretrained": "vlekit.vle_checkpoint", "to_vle_pretrained": "vlekit.vle_checkpoint",
+    "vle_preprocessor": "vlekit.vle_processor",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'vlekit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __version__ = "0.1.0"
 

@@ -37,8 +37,6 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from vlekit.heads import VCRHead  # noqa: F401  (vlekit.model.VCRHead, where it lived before heads were registered)
-from vlekit.hub import model_card, push_folder, resolve_folder
 from vlekit.interfaces import check_shape
 from vlekit.layers import init_bert_style, masked_mean
 from vlekit.registry import FUSIONS, HEADS, TEXT_ENCODERS, VISION_ENCODERS, Registry, freeze, make_config
@@ -377,6 +375,8 @@ class VCRModel(nn.Module):
             ``False`` loads what matches and warns with both lists.
         output_loading_info: also return ``{"missing_keys": [...], "unexpected_keys": [...]}``.
         """
+        from vlekit.hub import resolve_folder  # huggingface_hub: only when a model is loaded
+
         directory = resolve_folder(directory, revision=revision, cache_dir=cache_dir, token=token)
         config = load_model_config(directory)
         model = cls(config=config)
@@ -403,6 +403,8 @@ class VCRModel(nn.Module):
         """Upload config + weights with a model card to the Hub repo ``repo_id``; ``options``: those of
         :func:`vlekit.hub.push_folder` (token, private, revision, api). A trained run with its tokenizer
         and preprocessing (what ``vlekit.load_run`` needs): ``vlekit push --run``. Returns the commit URL."""
+        from vlekit.hub import model_card, push_folder
+
         with tempfile.TemporaryDirectory() as folder:
             card = model_card(repo_id=repo_id, model_config=dataclasses.asdict(self.resolved_config()))
             return push_folder(self.save_pretrained(folder), repo_id, card=card, **options)
