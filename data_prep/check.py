@@ -1,20 +1,36 @@
-"""``vlekit check-data``: validate a VCR annotation file and report what preprocessing makes of it.
+"""``vlekit check-data``: validate a VCR split (records, images, boxes) and report what preprocessing makes of it.
 
+    vlekit check-data --annotations vcr/val.jsonl --images vcr/vcr1images --run runs/vcr [--decode]
     vlekit check-data --annotations vcr/val.jsonl --images vcr/vcr1images --task q2a \\
         --tokenizer microsoft/deberta-v3-base --geometry letterbox
 
-reads every record (bad ones stop it, naming file, line, annotation id and field, or are counted with
-``--skip-bad``), prepares every multiple-choice example as ``vlekit train`` and ``vlekit eval`` would,
-and prints the statistics a run depends on: examples, objects per choice, empty object patch sets
-under the geometry, truncated sequences under ``max_length``. It writes nothing: training and
-evaluation prepare their text themselves, from the run's own options. qa2r records without
-``answer_label`` (the test split) give one example per candidate answer. The preprocessing flags
-(``--compat``, ``--geometry``, ``--image-size``, ...) are derived from ``PreprocessConfig``'s fields.
-Bad input exits with status 2 and the error message only.
+``--run`` takes the tokenizer, task and preprocessing (image size, patch grid, geometry, ...) of a
+trained run from its folder; ``--tokenizer auto`` builds the word-level tokenizer training builds (here
+from the checked annotations).
+
+checks every record (format, bytes that are not UTF-8), opens every image (header and size, without
+decoding; ``--decode`` decodes them fully, which is what finds a truncated JPEG), compares its size
+with the metadata's ``width``/``height`` and checks every object's box (``data_prep.preflight``, whose
+docstring gives the policy: boxes are in the metadata's frame, the upright image after its EXIF
+orientation; boxes slightly out of the image are clipped with a warning). It prints a count per kind
+of problem, then the first ``--max-problems`` problems, each with ``annotation_file:line``.
+
+Then it prepares every multiple-choice example of the records without errors as ``vlekit train``
+and ``vlekit eval`` would, and prints the statistics a run depends on: examples, objects per choice,
+empty object patch sets under the geometry, truncated sequences under ``max_length``. It writes
+nothing: training and evaluation prepare their text themselves, from the run's own options. qa2r
+records without ``answer_label`` (the test split) give one example per candidate answer. The
+preprocessing flags (``--compat``, ``--geometry``, ``--image-size``, ...) are derived from
+``PreprocessConfig``'s fields.
+
+Exit status: 0 when no record has an error (warnings allowed), 1 when some have (0 with
+``--skip-bad``: a run with ``data.skip_bad=true`` leaves them out), 2 when the split cannot be
+checked (missing files or folders, bad options, no tokenizer), with the message only.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import fields
@@ -24,9 +40,12 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from data_prep.constants import COMPAT_MODES, GEOMETRY_MODES, NUM_CHOICES, TASKS
+from data_prep.constants import (
+    COMPAT_MODES, GEOMETRY_MODES, MODEL_DIR, NUM_CHOICES, PREPROCESS_FILE, TASKS, TOKENIZER_DIR,
+)
+from data_prep.preflight import SplitCheck, check_split
 from data_prep.preprocess import PreprocessConfig, VCRPreprocessor
-from data_prep.vcr import VCRFormatError, VCRRecords, read_vcr
+from data_prep.vcr import VCRFormatError
 
 __all__ = ["add_arguments", "run", "main"]
 
@@ -40,13 +59,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--images", required=True, type=Path, help="the vcr1images folder (img_fn/metadata_fn are relative to it)"
     )
     parser.add_argument(
-        "--task", required=True, choices=TASKS, help="q2a (question -> answer) or qa2r (question + answer -> rationale)"
+        "--run", dest="run_dir", type=Path, metavar="RUN",
+        help="a run folder (or its model/) from vlekit train: check with its tokenizer, task and preprocessing "
+             "(image size, patch grid, geometry, ...); the flags below override them",
     )
-    parser.add_argument("--tokenizer", required=True, help="Hugging Face tokenizer name or local path")
+    parser.add_argument(
+        "--task", choices=TASKS, help="q2a (question -> answer) or qa2r (question + answer -> rationale); default: the run's"
+    )
+    parser.add_argument(
+        "--tokenizer",
+        help="Hugging Face tokenizer name or local folder, or auto (a word-level tokenizer built from these "
+             "annotations, as training builds one from its own); default: the run's",
+    )
     for name, kwargs in _config_flags().items():
         parser.add_argument("--" + name.replace("_", "-"), **kwargs)
     parser.add_argument(
-        "--skip-bad", action="store_true", help="skip invalid records (reported in the summary) instead of stopping"
+        "--decode", action="store_true",
+        help="decode every image completely: finds truncated files, which the default header and size check misses "
+             "(slower)",
+    )
+    parser.add_argument(
+        "--max-problems", type=int, default=20, metavar="N", help="list the first N problems (default: 20; 0: all)"
+    )
+    parser.add_argument(
+        "--skip-bad", action="store_true",
+        help="exit 0 even when records have errors, as a run with data.skip_bad=true leaves them out (they are "
+             "still listed, and the statistics are always those of the records without errors)",
     )
 
 
@@ -77,10 +115,43 @@ def _config_flags() -> dict[str, dict[str, Any]]:
     return flags
 
 
-def _config_from_args(args: argparse.Namespace) -> PreprocessConfig:
-    options = {name: getattr(args, name) for name in _config_flags() if getattr(args, name) is not None}
-    options = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
-    return PreprocessConfig(task=args.task, **options)
+def _config_from_args(args: argparse.Namespace, saved: Mapping[str, Any]) -> PreprocessConfig:
+    """The run's saved preprocessing (``saved``; empty without ``--run``) with the flags given on top."""
+    fields_ = {f.name for f in fields(PreprocessConfig)}
+    options = {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in fields_}
+    options.update({name: getattr(args, name) for name in _config_flags() if getattr(args, name) is not None})
+    options["task"] = args.task or options.get("task")
+    return PreprocessConfig(**options)
+
+
+def _saved_run(run: Path) -> tuple[dict[str, Any], Path]:
+    """``(the preprocessing a run saved, its tokenizer folder)`` from a run folder or its ``model/``."""
+    model_dir = run if (run / PREPROCESS_FILE).is_file() else run / MODEL_DIR
+    path = model_dir / PREPROCESS_FILE
+    if not path.is_file():
+        raise ValueError(f"--run {run}: no {PREPROCESS_FILE} here or in {MODEL_DIR}/; expected a run folder from "
+                         f"vlekit train (an interrupted run has no {MODEL_DIR}/ yet: resume it)")
+    try:
+        saved = json.loads(path.read_text())
+    except ValueError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+    if saved.get("task") not in TASKS:
+        raise ValueError(f"{path}: a {saved.get('task')!r} run; check-data checks VCR splits (q2a, qa2r)")
+    if "image_size" not in saved:
+        raise ValueError(f"{path} was written before runs saved their image side: give --image-size and --patch-size "
+                         f"(the model's vision encoder's) with --run")
+    return saved, model_dir / TOKENIZER_DIR
+
+
+def _tokenizer(name: str, annotations: Path) -> Any:
+    """A tokenizer by name or folder, or ``auto``: the word-level one training builds, from ``annotations``."""
+    if name == "auto":
+        from data_prep.tokenizer import build_word_tokenizer
+
+        return build_word_tokenizer([annotations])
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(name)
 
 
 def _fail(message: str) -> int:
@@ -89,9 +160,19 @@ def _fail(message: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``vlekit check-data``; returns the exit status (0 checked, 2 bad input)."""
+    """Run ``vlekit check-data``; returns the exit status (0 no errors, 1 errors in the data, 2 cannot check)."""
+    saved, tokenizer_name = {}, args.tokenizer
+    if args.run_dir is not None:
+        try:
+            saved, run_tokenizer = _saved_run(args.run_dir)
+        except ValueError as exc:
+            return _fail(str(exc))
+        tokenizer_name = tokenizer_name or str(run_tokenizer)
+    if tokenizer_name is None or (args.task is None and not saved):
+        return _fail("give --run RUN (a trained run: its tokenizer and options), or --task and --tokenizer "
+                     "(a name, a folder, or auto)")
     try:
-        config = _config_from_args(args)
+        config = _config_from_args(args, saved)
     except ValueError as exc:
         return _fail(f"invalid option: {exc}")
     if not args.annotations.is_file():
@@ -99,22 +180,24 @@ def run(args: argparse.Namespace) -> int:
     if not args.images.is_dir():
         return _fail(f"images folder not found: {args.images} (expected the vcr1images folder)")
     try:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
-    except (OSError, ValueError) as exc:
-        return _fail(f"cannot load tokenizer {args.tokenizer!r}: {exc}")
+        tokenizer = _tokenizer(tokenizer_name, args.annotations)
+    except (OSError, ValueError, VCRFormatError) as exc:
+        return _fail(f"cannot load tokenizer {tokenizer_name!r}: {exc}")
     try:
         preprocessor = VCRPreprocessor(tokenizer, config=config, images_root=args.images)
     except ValueError as exc:  # a tokenizer without cls/sep/pad tokens
-        return _fail(f"cannot use tokenizer {args.tokenizer!r}: {exc}")
+        return _fail(f"cannot use tokenizer {tokenizer_name!r}: {exc}")
     try:
-        records = read_vcr(args.annotations, images_root=args.images, skip_bad=args.skip_bad)
-        statistics = _statistics(preprocessor, records)
-    except VCRFormatError as exc:
+        check = check_split(args.annotations, args.images, decode=args.decode, progress=True)
+    except OSError as exc:
+        return _fail(f"cannot read {args.annotations}: {exc}")
+    print(check.report(max_problems=args.max_problems))
+    try:
+        statistics = _statistics(preprocessor, check.records)
+    except VCRFormatError as exc:  # a metadata file changed since it was checked
         return _fail(str(exc))
-    print(_summary(records, statistics, config))
-    return 0
+    print(_summary(check, statistics, config))
+    return 1 if check.errors and not args.skip_bad else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -146,14 +229,15 @@ def _statistics(preprocessor: VCRPreprocessor, records: Sequence[Mapping[str, An
     return {"examples": len(jobs), "slots": np.array(slots, dtype=np.int64), "empty": empty, "truncated": truncated}
 
 
-def _summary(records: VCRRecords, statistics: Mapping[str, Any], config: PreprocessConfig) -> str:
+def _summary(check: SplitCheck, statistics: Mapping[str, Any], config: PreprocessConfig) -> str:
+    records = check.records
     examples, slots = statistics["examples"], statistics["slots"]
     expanded = examples - len(records)
     expansion = f" ({expanded // (NUM_CHOICES - 1)} unlabeled records expanded over {NUM_CHOICES} answers)"
+    source = f" (from the {len(records)} records without errors)" if check.errors else ""
     mean, most = (slots.mean(), int(slots.max())) if slots.size else (0.0, 0)
     lines = [
-        records.summary(),
-        f"examples: {examples} for {config.task}" + (expansion if expanded else ""),
+        f"examples: {examples} for {config.task}" + (expansion if expanded else "") + source,
         f"objects per choice: mean {mean:.2f}, max {most}",
         f"empty object patch sets: {statistics['empty']} of {int(slots.sum())} slots "
         f"({config.geometry}, {config.image_size}/{config.patch_size})",

@@ -2,17 +2,18 @@
 
 ``mode_types_table`` runs a fresh default and a fresh ``compat="vle"`` preprocessor on one record
 and lists, per referenced object of one choice, the name each mode gives it and the type id it
-gets (on its mentions and its object token).
+gets (on its mentions and its object token); ``numbering_differences`` counts the (question, choice)
+pairs of many records on which the two modes number the referenced objects differently.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from data_prep.preprocess import VCRPreprocessor
 
-__all__ = ["mode_types_table"]
+__all__ = ["mode_types_table", "numbering_differences"]
 
 
 def _mentions(example: Mapping[str, Any], choice: int, tokenizer: Any) -> dict[int, str]:
@@ -58,3 +59,17 @@ def mode_types_table(
         }
         for obj in objects
     ]
+
+
+def numbering_differences(records: Sequence[Mapping[str, Any]], tokenizer: Any, *, task: str,
+                          metadata: Sequence[Mapping[str, Any]]) -> int:
+    """Pairs (record, choice) whose referenced objects get other type ids under ``compat="vle"`` (official:
+    Python ``set`` order) than under the default (order of first mention)."""
+    official = VCRPreprocessor.build(tokenizer, task=task, compat="vle").prepare_many(records, metadata=metadata)
+    default = VCRPreprocessor.build(tokenizer, task=task).prepare_many(records, metadata=metadata)
+    differing = 0
+    for vle_example, default_example in zip(official, default):
+        for vle_objects, default_objects in zip(vle_example["object_ids"], default_example["object_ids"]):
+            shared = set(vle_objects) & set(default_objects)
+            differing += any(vle_objects.index(o) != default_objects.index(o) for o in shared)
+    return differing

@@ -16,3 +16,9 @@ TASKS: tuple[str, ...] = ("q2a", "qa2r")
 
 # Preprocessing modes: vlekit's own ("none") or the official VLE VCR pipeline reproduced ("vle").
 COMPAT_MODES: tuple[str, ...] = ("none", "vle")
+
+# A trained model folder (``RUN/model``, written by ``vlekit train``): the preprocessing it was trained with
+# (resolved, the image side included) and its tokenizer. ``vlekit check-data --run`` reads both.
+PREPROCESS_FILE = "data.json"
+TOKENIZER_DIR = "tokenizer"
+MODEL_DIR = "model"

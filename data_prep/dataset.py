@@ -2,10 +2,15 @@
 
 Use it with ``DataLoader(dataset, batch_size=..., num_workers=..., collate_fn=dataset.collate)``
 so that workers decode and transform the images and the main process only receives batches.
+
+An image that fails to decode in a worker (a truncated JPEG passes the header-only preflight) raises
+:class:`ImageDecodeError`, naming the file; with ``skip_bad=True`` the item is replaced by the next
+one that loads instead, logged with the file name and counted (:meth:`VCRDataset.skipped_items`).
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import logging
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Callable
 
 import torch
@@ -13,8 +18,27 @@ from torch.utils.data import Dataset
 
 from data_prep.constants import NUM_CHOICES
 from data_prep.preprocess import VCRPreprocessor
+from data_prep.vcr import VCRFormatError
 
-__all__ = ["VCRDataset"]
+__all__ = ["ImageDecodeError", "VCRDataset"]
+
+logger = logging.getLogger(__name__)
+
+
+class ImageDecodeError(ValueError):
+    """An item's image could not be loaded (missing, unreadable or truncated), named with its record.
+
+    It takes one message, so that a DataLoader re-raises it in the main process as itself
+    (``type(error)(text)``); the worker's traceback, which the DataLoader puts in that text, is
+    dropped, so the command lines (which print a ValueError's message) print one line.
+    """
+
+    def __init__(self, message: str) -> None:
+        marker = f"{type(self).__name__}: "
+        if message.startswith("Caught ") and marker in message:  # the DataLoader's re-raise
+            message = message.rsplit(marker, 1)[1].strip()
+        super().__init__(message)
+
 
 class VCRDataset(Dataset):
     """VCR examples for one task: ``dataset[i]`` is an example dict with ``pixel_values``.
@@ -29,6 +53,9 @@ class VCRDataset(Dataset):
         expand_answers: qa2r only: one example per candidate answer (4 per record), with the
             answer in the query given by ``example["answer_index"]``; needed for test records,
             which have no gold answer, and for Q->AR evaluation.
+        skip_bad: an item whose image (or metadata) fails to load is replaced by the next item that
+            loads (deterministic: the same failures give the same batches), not raised. For
+            training (``data.skip_bad``); an evaluation must not swap questions.
     """
 
     def __init__(
@@ -37,6 +64,7 @@ class VCRDataset(Dataset):
         preprocessor: VCRPreprocessor,
         *,
         expand_answers: bool = False,
+        skip_bad: bool = False,
     ) -> None:
         task = preprocessor.config.task
         if expand_answers and task != "qa2r":
@@ -65,6 +93,9 @@ class VCRDataset(Dataset):
                 self._prepared = preprocessor.prepare_many(items, answer_indices=answers)
             else:
                 self._prepared = preprocessor.prepare_many(records)
+        # One flag per item in shared memory: DataLoader workers (forked or spawned) mark the items
+        # they failed to load, the main process reads the marks (skipped_items).
+        self._failed = torch.zeros(len(self), dtype=torch.bool).share_memory_() if skip_bad else None
 
     def __len__(self) -> int:
         if self._prepared is not None:
@@ -72,14 +103,60 @@ class VCRDataset(Dataset):
         return len(self.records) * (NUM_CHOICES if self.expand_answers else 1)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        if self._failed is None:
+            return self._load(index)
+        for candidate in self._candidates(index):
+            try:
+                return self._load(candidate)
+            except VCRFormatError as error:
+                self._failed[candidate] = True
+                logger.warning("data.skip_bad: item %d (annot_id %s) skipped, the next item that loads takes its "
+                               "place: %s: %s", candidate, self._record(candidate)[0].get("annot_id"), error.file,
+                               error.got)
+        raise ImageDecodeError(f"no item of the {len(self)} loads (data.skip_bad skipped them all): check the images "
+                               f"under {self.preprocessor.images_root} with `vlekit check-data --decode`")
+
+    def _candidates(self, index: int) -> Iterator[int]:
+        """``index``, then the items after it (wrapping round), leaving out those known to fail."""
+        for offset in range(len(self)):
+            candidate = (index + offset) % len(self)
+            if not self._failed[candidate]:
+                yield candidate
+
+    def _record(self, index: int) -> tuple[Mapping[str, Any], int | None]:
+        """The record of item ``index`` and the answer in its query (``expand_answers``; else None)."""
         if self._prepared is not None:
-            example = dict(self._prepared[index])
-            example["pixel_values"] = self.preprocessor.load_pixels(example)
-            return example
+            return self._prepared[index], self._prepared[index]["answer_index"]
         if self.expand_answers:
             record_index, answer_index = divmod(index, NUM_CHOICES)
-            return self.preprocessor(self.records[record_index], answer_index=answer_index)
-        return self.preprocessor(self.records[index])
+            return self.records[record_index], answer_index
+        return self.records[index], None
+
+    def _load(self, index: int) -> dict[str, Any]:
+        record, answer = self._record(index)
+        if self._prepared is not None:
+            example = dict(record)
+        else:
+            example = self.preprocessor.prepare_text(record, answer_index=answer)
+        try:
+            example["pixel_values"] = self.preprocessor.load_pixels(example)
+        except VCRFormatError as error:
+            if self._failed is not None:
+                raise
+            raise ImageDecodeError(
+                f"cannot load image {error.file} (annot_id {example['annot_id']}): {error.got}; "
+                f"`vlekit check-data --decode` finds every such image, and a training run skips them with "
+                f"data.skip_bad=true"
+            ) from None
+        return example
+
+    def skipped_items(self) -> list[str]:
+        """The items replaced because they failed to load (``skip_bad``; every DataLoader worker's so
+        far), as ``"annot_id (img_fn)"``."""
+        if self._failed is None:
+            return []
+        records = (self._record(int(i))[0] for i in self._failed.nonzero().flatten())
+        return [f"{record['annot_id']} ({record['img_fn']})" for record in records]
 
     @property
     def collate(self) -> Callable[[Sequence[Mapping[str, Any]]], dict[str, torch.Tensor]]:

@@ -29,6 +29,8 @@ __all__ = [
     "load_metadata",
     "load_geometry",
     "geometry_from_metadata",
+    "clip_boxes",
+    "utf8_problem",
 ]
 
 
@@ -92,12 +94,18 @@ class VCRRecords(list):
     Attributes:
         source: the annotation file that was read.
         skipped: one :class:`VCRFormatError` per bad record skipped (only with ``skip_bad=True``).
+        lines: the 1-based line number of each record in ``source`` (for messages about a record).
     """
 
-    def __init__(self, records: list[dict[str, Any]], *, source: str | Path, skipped: list[VCRFormatError]) -> None:
+    def __init__(
+        self, records: list[dict[str, Any]], *, source: str | Path, skipped: list[VCRFormatError], lines: list[int]
+    ) -> None:
+        if len(lines) != len(records):
+            raise ValueError(f"VCRRecords: {len(lines)} line numbers for {len(records)} records; give one per record")
         super().__init__(records)
         self.source = str(source)
         self.skipped = skipped
+        self.lines = lines
 
     def summary(self) -> str:
         """One line per fact: records read, records skipped grouped by the field at fault."""
@@ -269,13 +277,29 @@ def _load_metadata_file(path: Path) -> dict[str, Any]:
     return _parse_metadata(path)
 
 
+def clip_boxes(boxes: np.ndarray, *, width: float, height: float) -> np.ndarray:
+    """``[N, 4]`` boxes clipped to the image ``[0, width] x [0, height]`` (a new array).
+
+    Only boxes that overlap the image with a positive area are clipped: a box reaching a little out
+    of the frame (detector rounding, a box cut by the frame edge) keeps its part in the image, so
+    under ``letterbox`` it does not spill onto the padding. NaN, inverted, empty and entirely outside
+    boxes are left as they are; ``data_prep.preflight`` reports them as errors.
+    """
+    boxes = np.array(boxes, dtype=np.float64).reshape(-1, 4)
+    with np.errstate(invalid="ignore"):
+        overlap = (np.minimum(boxes[:, 2], width) > np.maximum(boxes[:, 0], 0)) & (
+            np.minimum(boxes[:, 3], height) > np.maximum(boxes[:, 1], 0)
+        )
+    boxes[overlap] = np.clip(boxes[overlap], 0, np.array([width, height, width, height], dtype=np.float64))
+    return boxes
+
+
 @functools.lru_cache(maxsize=1 << 17)
 def _load_geometry_file(path: Path) -> ImageGeometry:
     # Large cache: geometry is compact, and reading + validation + preprocessing all need it.
-    meta = _load_metadata_file(path)
-    boxes = np.asarray([b[:4] for b in meta["boxes"]], dtype=np.float64).reshape(-1, 4)
-    boxes.setflags(write=False)
-    return ImageGeometry(width=int(meta["width"]), height=int(meta["height"]), boxes=boxes)
+    geometry = geometry_from_metadata(_load_metadata_file(path))
+    geometry.boxes.setflags(write=False)
+    return geometry
 
 
 def _metadata_path(images_root: str | Path, record: Mapping[str, Any]) -> Path:
@@ -308,9 +332,11 @@ def load_geometry(images_root: str | Path, record: Mapping[str, Any]) -> ImageGe
 
 
 def geometry_from_metadata(metadata: Mapping[str, Any]) -> ImageGeometry:
-    """An :class:`ImageGeometry` from an in-memory metadata dict (``boxes``, ``width``, ``height``)."""
+    """An :class:`ImageGeometry` from an in-memory metadata dict (``boxes``, ``width``, ``height``);
+    boxes that overlap the image are clipped to it (:func:`clip_boxes`)."""
+    width, height = int(metadata["width"]), int(metadata["height"])
     boxes = np.asarray([b[:4] for b in metadata["boxes"]], dtype=np.float64).reshape(-1, 4)
-    return ImageGeometry(width=int(metadata["width"]), height=int(metadata["height"]), boxes=boxes)
+    return ImageGeometry(width=width, height=height, boxes=clip_boxes(boxes, width=width, height=height))
 
 
 def _check_files(images_root: Path, record: dict[str, Any]) -> None:
@@ -342,6 +368,26 @@ def _error_from(problem: _Problem, *, file: str | Path, line: int | None, record
     )
 
 
+def utf8_problem(data: bytes, error: UnicodeDecodeError, *, offset: int = 0, first_line: int = 1) -> str:
+    """Where ``data`` stops being UTF-8, for an error message: the bad byte, its line and byte column,
+    and its byte offset in the file (``data`` starts at byte ``offset`` and line ``first_line`` of it)."""
+    position = error.start
+    line = first_line + data.count(b"\n", 0, position)
+    column = position - (data.rfind(b"\n", 0, position) + 1) + 1
+    return (f"byte 0x{data[position]:02x} at line {line}, byte {column} of the line (offset {offset + position} "
+            f"in the file), which is not UTF-8 ({error.reason})")
+
+
+def _decode_line(raw: bytes, *, offset: int, line_number: int) -> str:
+    """One annotation line as text; a byte that is not UTF-8 is a ``_Problem`` naming it."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        got = utf8_problem(raw, error, offset=offset, first_line=line_number)
+        raise _Problem("<encoding>", "UTF-8 text (VCR annotation files are UTF-8 JSON lines)", got) from None
+    return text.removeprefix("\ufeff") if offset == 0 else text  # a byte-order mark is no JSON
+
+
 def read_vcr(path: str | Path, *, images_root: str | Path | None = None, skip_bad: bool = False) -> VCRRecords:
     """Read and validate a VCR ``.jsonl`` annotation file.
 
@@ -350,7 +396,10 @@ def read_vcr(path: str | Path, *, images_root: str | Path | None = None, skip_ba
     non-empty list of valid object indices), optional labels in 0..3, optional provenance fields,
     the clean-record invariant ``*_match_iter[*_label] == 0``, unique ``annot_id``. With
     ``images_root``, also that the image and metadata files exist, that the metadata is JSON with
-    ``boxes``, ``width`` and ``height``, and that every object has a box. Blank lines are ignored.
+    ``boxes``, ``width`` and ``height``, and that every object has a box. Blank lines are ignored;
+    a line that is not UTF-8 is a bad record (field ``<encoding>``, naming the byte and its offset).
+    Images themselves (readable, of the metadata's size) and boxes are checked by
+    ``data_prep.preflight``.
 
     Args:
         path: the annotation file.
@@ -367,14 +416,18 @@ def read_vcr(path: str | Path, *, images_root: str | Path | None = None, skip_ba
     path = Path(path)
     root = Path(images_root) if images_root is not None else None
     records: list[dict[str, Any]] = []
+    lines: list[int] = []
     skipped: list[VCRFormatError] = []
     first_line_of: dict[str, int] = {}
-    with path.open(encoding="utf-8") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            if not line.strip():
+    offset = 0
+    with path.open("rb") as handle:
+        for line_number, raw in enumerate(handle, start=1):
+            line_offset, offset = offset, offset + len(raw)
+            if not raw.strip():
                 continue
             record: Any = None
             try:
+                line = _decode_line(raw, offset=line_offset, line_number=line_number)
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError as exc:
@@ -395,4 +448,5 @@ def read_vcr(path: str | Path, *, images_root: str | Path | None = None, skip_ba
                 continue
             first_line_of[annot_id] = line_number
             records.append(record)
-    return VCRRecords(records, source=path, skipped=skipped)
+            lines.append(line_number)
+    return VCRRecords(records, source=path, skipped=skipped, lines=lines)

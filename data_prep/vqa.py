@@ -14,7 +14,9 @@ Everything about answers (the official normalisation, the answer vocabulary, sof
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+import sys
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,16 +24,18 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+from tqdm.auto import tqdm
 
 from data_prep.constants import CLIP_MEAN, CLIP_STD
 from data_prep.geometry import image_transform
 from data_prep.pixels import PIXEL_DTYPES, load_pixels
-from data_prep.vcr import VCRFormatError
+from data_prep.preflight import check_image
+from data_prep.vcr import VCRFormatError, utf8_problem
 from data_prep.vqa_answers import AnswerVocabulary, soft_scores
 
 __all__ = [
     "ANSWERS_PER_QUESTION", "COCO_IMAGE_PATTERN", "MAX_QUESTION_LENGTH", "VQADataset", "VQAExample",
-    "VQAExamples", "VQAFormatError", "read_vqa", "write_submission",
+    "VQAExamples", "VQAFormatError", "preflight_vqa", "read_vqa", "write_submission",
 ]
 
 ANSWERS_PER_QUESTION = 10
@@ -119,9 +123,14 @@ def _is_int(value: Any) -> bool:
 
 def _load_list(path: Path, key: str) -> tuple[list[Any], dict[str, Any]]:
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
+        data = path.read_bytes()
     except FileNotFoundError:
         raise FileNotFoundError(f"VQA file not found: {path}") from None
+    try:
+        document = json.loads(data.decode("utf-8").removeprefix("\ufeff"))  # a byte-order mark is no JSON
+    except UnicodeDecodeError as error:
+        raise VQAFormatError(file=path, question_id=None, field="<file>", expected="UTF-8 JSON text",
+                             got=utf8_problem(data, error)) from None
     except json.JSONDecodeError as error:
         raise VQAFormatError(file=path, question_id=None, field="<file>", expected="a JSON document",
                              got=f"invalid JSON ({error})") from None
@@ -241,6 +250,53 @@ def _read_annotations(path: Path) -> dict[int, dict[str, Any]]:
             "question_type": _require(entry, "question_type", "str", file=path, question_id=question_id),
         }
     return annotations
+
+
+def _to_stderr(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def preflight_vqa(
+    examples: VQAExamples,
+    *,
+    skip_bad: bool = False,
+    progress: bool = False,
+    report: Callable[[str], None] | None = _to_stderr,
+) -> VQAExamples:
+    """The examples whose image opens (``data_prep.preflight.check_image``: header only; VQA has no
+    metadata sizes nor boxes), checked before a run's first step, each image once.
+
+    Args:
+        skip_bad: leave the other examples out, with a summary to ``report``, instead of raising.
+        progress: show a progress bar (on a terminal).
+
+    Raises:
+        VQAFormatError: an image is missing or unreadable and ``skip_bad`` is False; names the
+            questions file, the question and the image.
+    """
+    problems: dict[Path, list[Any]] = {}
+    kept: list[VQAExample] = []
+    skipped: list[tuple[str, VQAFormatError]] = []
+    name = Path(examples.questions_file).name
+    for example in tqdm(examples, desc=f"check {name}", unit="q", disable=None if progress else True, leave=False):
+        path = Path(example.image_path)
+        if path not in problems:
+            problems[path] = check_image(path)
+        if not problems[path]:
+            kept.append(example)
+            continue
+        finding = problems[path][0]
+        error = VQAFormatError(file=examples.questions_file, question_id=example.question_id, field="image_id",
+                               expected=finding.expected, got=finding.got)
+        if not skip_bad:
+            raise error
+        skipped.append((finding.kind, error))
+    if skipped and report is not None:
+        reasons = ", ".join(f"{count} {kind}" for kind, count in Counter(kind for kind, _ in skipped).most_common())
+        report(f"{name}: skipped {len(skipped)} of {len(examples)} questions (data.skip_bad): {reasons}; "
+               f"first: {skipped[0][1]}")
+    return VQAExamples(kept, questions_file=examples.questions_file, annotations_file=examples.annotations_file,
+                       data_subtype=examples.data_subtype)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,7 +12,9 @@ model: ``--questions`` says so) writes the evaluation server's result file ``vqa
 and the majority answer's accuracy beside it.
 
 Each model runs in the precision it was trained with (the run's ``train.mixed_precision``) unless
-``--precision`` says otherwise.
+``--precision`` says otherwise. Before the first batch the split is checked (``data_prep.preflight``:
+image headers, sizes against the metadata, boxes): a bad record stops the evaluation with its file
+and line. Nothing is skipped: the metrics and the leaderboard file cover every question.
 """
 from __future__ import annotations
 
@@ -28,7 +30,8 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from data_prep.vqa import COCO_IMAGE_PATTERN, read_vqa, write_submission
+from data_prep.preflight import preflight
+from data_prep.vqa import COCO_IMAGE_PATTERN, preflight_vqa, read_vqa, write_submission
 from vlekit.experiment import VQA_TASK
 from vlekit.run_folder import EXPERIMENT_FILE, TrainedModel, load_trained
 from vlekit.tables import format_metrics_table
@@ -127,8 +130,6 @@ def evaluate(
         ``train.mixed_precision`` (from the ``config.yaml`` that ``vlekit train`` saves with it).
     Returns ``{"metrics": {task: {"accuracy", "ci95", "chance", "n"}}, "leaderboard": path or None}``.
     """
-    from data_prep.vcr import read_vcr
-
     trained = {}
     for folder in checkpoints:
         model = load_trained(folder)
@@ -147,7 +148,7 @@ def evaluate(
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     for model in trained.values():
         model.model.to(device)
-    records = read_vcr(annotations)
+    records = preflight(annotations, images, progress=progress)
     labelled = all(r.get("answer_label") is not None for r in records)
     out_dir = Path(out) if out is not None else None
     options = dict(images=str(images), batch_size=batch_size, num_workers=num_workers, compat=compat)
@@ -240,7 +241,8 @@ def evaluate_vqa_model(
     if precision is None:
         raise ValueError(f"{trained.folder}: no {EXPERIMENT_FILE} to take the evaluation precision from; give --precision")
     autocast_dtype(precision, torch.device("cpu"))  # a bad value fails before any work
-    examples = read_vqa(questions, annotations, image_dir=images, image_pattern=image_pattern, data_subtype=data_subtype)
+    examples = preflight_vqa(read_vqa(questions, annotations, image_dir=images, image_pattern=image_pattern,
+                                      data_subtype=data_subtype), progress=progress)
     dataset = trained.vqa_dataset(examples)
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=dataset.collate, num_workers=num_workers)
     model = trained.model.to(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
@@ -293,8 +295,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="VQA image file names from {image_id} and {data_subtype} (default: COCO's)")
     parser.add_argument("--data-subtype", help="VQA: the {data_subtype} of the image names (test-dev: test2015)")
     parser.add_argument("--out", help="where to write metrics.json, predictions.jsonl, leaderboard.csv / vqa_submission.json")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--num-workers", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=32, help="questions per forward pass (default 32)")
+    parser.add_argument("--num-workers", type=int, default=2, help="DataLoader processes decoding images (default 2; 0: in this process)")
     parser.add_argument("--precision", choices=PRECISIONS,
                         help="autocast for every model (default: each run's train.mixed_precision)")
     parser.add_argument("--compat", choices=["none", "vle"],

@@ -3,17 +3,23 @@
 the answer vocabulary that sizes the ``vqa`` head) and the datasets made for the model once it does
 (:func:`make_datasets`). Everything else (loop, schedule, checkpoints, resume, logging) is shared by
 the tasks; ``vlekit.run_folder`` builds the data pipelines and ``vlekit.evaluate`` scores them.
+
+Reading includes the preflight (``data_prep.preflight``): image headers, sizes and boxes are checked
+before the model is built, so a bad file stops the run before its first step, naming the annotation
+file and line; with ``data.skip_bad`` the records at fault are left out and a summary says why.
 """
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from data_prep.dataset import VCRDataset
-from data_prep.vcr import read_vcr
-from data_prep.vqa import COCO_IMAGE_PATTERN, VQAExamples, read_vqa
+from data_prep.preflight import preflight
+from data_prep.vcr import VCRRecords
+from data_prep.vqa import COCO_IMAGE_PATTERN, VQAExamples, preflight_vqa, read_vqa
 from data_prep.vqa_answers import AnswerVocabulary
 from vlekit.experiment import VQA_TASK, DataConfig, ExperimentConfig
 from vlekit.model import DEFAULT_HEAD, VCRModel, VCRModelConfig
@@ -43,6 +49,29 @@ def read_split(data: DataConfig, split: str) -> VQAExamples | None:
         raise ValueError(f"data.{'images' if split == 'train' else 'val_images'} is not set (the folder of the "
                          f"{split} split's images)")
     return read_vqa(questions, annotations, image_dir=images, image_pattern=data.image_pattern or COCO_IMAGE_PATTERN)
+
+
+def _reports() -> bool:
+    """Whether this process prints the data summaries: the first of its machine under ``torchrun`` /
+    ``accelerate launch`` (``LOCAL_RANK`` 0), or a plain process. Every process checks its data."""
+    return os.environ.get("LOCAL_RANK", "0") == "0"
+
+
+def checked_split(data: DataConfig, split: str) -> VQAExamples | None:
+    """:func:`read_split` with its images checked (``data_prep.vqa.preflight_vqa``, ``data.skip_bad``)."""
+    examples = read_split(data, split)
+    if examples is None:
+        return None
+    return preflight_vqa(examples, skip_bad=data.skip_bad, progress=_reports(), report=print if _reports() else None)
+
+
+def checked_records(data: DataConfig, annotations: str) -> VCRRecords:
+    """The VCR records of ``annotations`` the run uses, after the preflight (``data_prep.preflight``):
+    records with errors stop the run, or with ``data.skip_bad`` are left out with a summary."""
+    if data.images is None:
+        raise ValueError("data.images is not set (the vcr1images folder that img_fn and metadata_fn are relative to)")
+    return preflight(annotations, data.images, skip_bad=data.skip_bad, progress=_reports(),
+                     report=print if _reports() else None)
 
 
 def checkpoint_answers(init_from_vle: str) -> list[str] | None:
@@ -111,19 +140,24 @@ class RunData:
     vocabulary: AnswerVocabulary | None = None
     vqa_train: Sequence[Any] = ()
     vqa_val: Sequence[Any] | None = None
+    vcr_train: Sequence[Mapping[str, Any]] = ()
+    vcr_val: Sequence[Mapping[str, Any]] | None = None
 
 
 def read_run_data(config: ExperimentConfig) -> RunData:
-    """The run's training text and, for ``data.task: vqa``, its VQA splits and answers."""
+    """The run's splits, checked (the preflight), with their training text and, for ``data.task:
+    vqa``, the answers."""
     data = config.data
     if data.task == VQA_TASK:
-        train_split = read_split(data, "train")
+        train_split = checked_split(data, "train")
         vocabulary = run_vocabulary(data, train_split, init_from_vle=config.train.init_from_vle)
         return RunData(text=tokenizer_records(train_split), vocabulary=vocabulary, vqa_train=train_split,
-                       vqa_val=read_split(data, "val"))
+                       vqa_val=checked_split(data, "val"))
     if data.train_annotations is None:
         raise ValueError("data.train_annotations is not set (a VCR train.jsonl)")
-    return RunData(text=[data.train_annotations])
+    train_records = checked_records(data, data.train_annotations)
+    val_records = checked_records(data, data.val_annotations) if data.val_annotations else None
+    return RunData(text=[train_records], vcr_train=train_records, vcr_val=val_records)
 
 
 def make_datasets(config: ExperimentConfig, run_data: RunData, tokenizer, model: VCRModel):
@@ -135,8 +169,22 @@ def make_datasets(config: ExperimentConfig, run_data: RunData, tokenizer, model:
         val_set = make_vqa_dataset(run_data.vqa_val, tokenizer, model, **options) if run_data.vqa_val else None
         return train_set, val_set
     preprocessor = make_preprocessor(tokenizer, model, images_root=data.images, **data.preprocess_options())
-    train_set = VCRDataset(read_vcr(data.train_annotations, skip_bad=data.skip_bad), preprocessor)
+    train_set = VCRDataset(run_data.vcr_train, preprocessor, skip_bad=data.skip_bad)
     val_set = None
-    if data.val_annotations:
-        val_set = VCRDataset(read_vcr(data.val_annotations, skip_bad=data.skip_bad), preprocessor)
+    if run_data.vcr_val is not None:
+        val_set = VCRDataset(run_data.vcr_val, preprocessor, skip_bad=data.skip_bad)
     return train_set, val_set
+
+
+def skipped_items_summary(*datasets: Any, limit: int = 5) -> str:
+    """For the end of a run: the items the DataLoader workers replaced because their image failed to
+    load (``data.skip_bad``: a truncated JPEG only decoding finds), per split, the first ``limit``
+    named; empty when there were none. Datasets without the record (``None``, VQA) are passed over."""
+    lines = []
+    for name, dataset in zip(("train", "val"), datasets):
+        skipped = dataset.skipped_items() if isinstance(dataset, VCRDataset) else []
+        if skipped:
+            more = f" and {len(skipped) - limit} more" if len(skipped) > limit else ""
+            lines.append(f"data.skip_bad: {len(skipped)} {name} items failed to load and were replaced by the next "
+                         f"item: {', '.join(skipped[:limit])}{more}")
+    return "\n".join(lines)

@@ -9,7 +9,7 @@ Layout (the names below are the constants of this module)::
     RUN/model/                   MODEL_DIR: the final model, self-contained:
         vlekit_config.json, model.safetensors   the model (``VCRModel.save_pretrained``)
         tokenizer/                              TOKENIZER_DIR again
-        data.json                               PREPROCESS_FILE: the preprocessing options of the run
+        data.json                               PREPROCESS_FILE: the run's preprocessing, resolved, with the image side
         config.yaml                             EXPERIMENT_FILE again
     RUN/curve.png                CURVE_FILE: the training curve (drawn by the caller of ``train``)
 
@@ -19,6 +19,7 @@ that into a predictor. Sits above the model and the data pipeline and below trai
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import sys
@@ -28,9 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
-from data_prep.constants import CLIP_MEAN, CLIP_STD
+from data_prep.constants import CLIP_MEAN, CLIP_STD, MODEL_DIR, PREPROCESS_FILE, TOKENIZER_DIR
 from data_prep.preprocess import MODEL_OPTIONS, PreprocessConfig, VCRPreprocessor
 from data_prep.vqa import MAX_QUESTION_LENGTH, VQADataset, VQAExample
 from data_prep.vqa_answers import AnswerVocabulary
@@ -42,11 +44,8 @@ from vlekit.vle_checkpoint import from_vle_pretrained
 from vlekit.vle_processor import is_official_vqa, official_vcr_task, warn_unofficial_inputs
 
 EXPERIMENT_FILE = "config.yaml"
-TOKENIZER_DIR = "tokenizer"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINTS_DIR = "checkpoints"
-MODEL_DIR = "model"
-PREPROCESS_FILE = "data.json"
 CURVE_FILE = "curve.png"
 _CHECKPOINT_NAME = re.compile(r"step-(\d+)")
 
@@ -117,6 +116,32 @@ def _pixel_statistics(model: VCRModel) -> tuple[tuple[float, ...], tuple[float, 
                       UserWarning, stacklevel=3)
         mean, std = CLIP_MEAN, CLIP_STD
     return tuple(mean), tuple(std)
+
+
+def saved_preprocessing(options: dict[str, Any], model: VCRModel) -> dict[str, Any]:
+    """What a run saves as ``data.json``: its preprocessing ``options`` (``DataConfig.preprocess_options()``)
+    resolved (the geometry the mode picked) and the image side its model's vision encoder gave
+    (``image_size``, ``patch_size``, ``image_mean``, ``image_std``), so the folder alone says how its inputs
+    were made (``vlekit check-data --run`` reads it without building the model)."""
+    mean, std = _pixel_statistics(model)
+    vision = model.vision_encoder
+    if options["task"] == "vqa":
+        return {**options, "image_size": vision.image_size, "image_mean": list(mean), "image_std": list(std)}
+    config = PreprocessConfig(**options, image_size=vision.image_size, patch_size=vision.patch_size,
+                              image_mean=mean, image_std=std)
+    return {name: list(value) if isinstance(value, tuple) else value for name, value in dataclasses.asdict(config).items()}
+
+
+def _run_options(saved: dict[str, Any], model: VCRModel, *, where: Path) -> dict[str, Any]:
+    """The run-side options of a saved ``data.json``; the image side it records must be the model's."""
+    vision = model.vision_encoder
+    mean, std = _pixel_statistics(model)
+    actual = {"image_size": vision.image_size, "patch_size": vision.patch_size, "image_mean": list(mean), "image_std": list(std)}
+    for name in MODEL_OPTIONS:
+        if name in saved and not np.allclose(saved[name], actual[name], rtol=0, atol=1e-6):
+            raise ValueError(f"{where}: the run was fed {name} {saved[name]}, but the saved model's vision encoder "
+                             f"takes {actual[name]}: the folder mixes two runs")
+    return {name: value for name, value in saved.items() if name not in MODEL_OPTIONS}
 
 
 def make_preprocessor(tokenizer, model: VCRModel, *, images_root: str | Path | None, **options) -> VCRPreprocessor:
@@ -201,7 +226,7 @@ def load_trained(folder: str | Path) -> TrainedModel:
     check_model_folder(folder)
     model = VCRModel.from_pretrained(folder)
     tokenizer = AutoTokenizer.from_pretrained(folder / TOKENIZER_DIR)
-    data = read_json_file(folder / PREPROCESS_FILE)
+    data = _run_options(read_json_file(folder / PREPROCESS_FILE), model, where=folder / PREPROCESS_FILE)
     mixed_precision = None
     if (folder / EXPERIMENT_FILE).is_file():
         mixed_precision = (read_yaml_file(folder / EXPERIMENT_FILE).get("train") or {}).get("mixed_precision")

@@ -50,8 +50,10 @@ from vlekit.evaluate import accuracy_on, vqa_accuracy_on
 from vlekit.experiment import TASKS, VQA_TASK, ExperimentConfig, load_experiment
 from vlekit.model import VCRModel, VCRModelConfig
 from vlekit.registry import registry_for
-from vlekit.run_data import make_datasets, read_run_data, vqa_model_config
-from vlekit.run_folder import EXPERIMENT_FILE, METRICS_FILE, MODEL_DIR, PREPROCESS_FILE, TOKENIZER_DIR, RunFolder
+from vlekit.run_data import make_datasets, read_run_data, skipped_items_summary, vqa_model_config
+from vlekit.run_folder import (
+    EXPERIMENT_FILE, METRICS_FILE, MODEL_DIR, PREPROCESS_FILE, TOKENIZER_DIR, RunFolder, saved_preprocessing,
+)
 from vlekit.run_lock import claim_run_folder
 from vlekit.tracking import TRACKING_DIR, check_trackers, flat_hyperparameters, tracked_scalars
 
@@ -272,7 +274,7 @@ def save_final_model(model: VCRModel, tokenizer, config: ExperimentConfig, folde
     tmp = folder.with_name(folder.name + ".tmp")
     model.save_pretrained(tmp, state_dict=state_dict)
     tokenizer.save_pretrained(tmp / TOKENIZER_DIR)
-    (tmp / PREPROCESS_FILE).write_text(json.dumps(config.data.preprocess_options()))
+    (tmp / PREPROCESS_FILE).write_text(json.dumps(saved_preprocessing(config.data.preprocess_options(), model)))
     config.save(tmp / EXPERIMENT_FILE)
     write_manifest(tmp)
     return replace_folder(tmp, folder)
@@ -523,6 +525,9 @@ def _train(config: ExperimentConfig, accelerator: Accelerator, *, micro: int, tr
         if not interrupted and val_loader is not None and state.batches_in_epoch:  # stopped mid-epoch (max_steps)
             val_accuracy = evaluate_now()
     bar.close()
+    skipped = skipped_items_summary(dataset, val_set)  # data.skip_bad: images the workers could not decode
+    if skipped:
+        accelerator.print(skipped)
     save_checkpoint(accelerator, out, state, config)
     model_dir = None
     if not interrupted:
