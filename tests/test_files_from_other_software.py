@@ -45,14 +45,6 @@ LEGACY_KEYS = {"add_cross_attention": False, "is_decoder": False, "tie_word_embe
                "gradient_checkpointing": False, "position_embedding_type": "absolute"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def official_folder(tmp_path: Path, name: str) -> tuple[Path, dict, dict[str, torch.Tensor]]:
     """The official ``config.json`` as it is, with random weights of its shapes under the official names,
     made by the official module layout (not by vlekit)."""
