@@ -25,7 +25,7 @@ LATEST_ENV := .venv-latest
 # pytest exits 5 when it collected no test: say so, and fail (a suite that ran nothing is not green).
 NO_TESTS_FAIL = || { status=$$?; [ $$status -ne 5 ] || echo "pytest collected no tests (exit 5): failing" >&2; exit $$status; }
 
-.PHONY: setup demo test test-latest lock latest-env bench lab clean
+.PHONY: setup demo test test-fast test-latest lock latest-env bench lab clean
 
 setup: $(STAMP)
 
@@ -40,6 +40,10 @@ demo: setup
 
 test: setup
 	$(PYTHON) -m pytest $(NO_TESTS_FAIL)
+
+# The developer's loop: everything but the tests marked slow (pyproject.toml says which).
+test-fast: setup
+	$(PYTHON) -m pytest -m "not slow" $(NO_TESTS_FAIL)
 
 # The newest releases pyproject.toml's ranges allow (torch stays at TORCH_SPEC), without the lock, in a
 # fresh $(LATEST_ENV). A maintainer runs `make lock` to move the lock forward to them.

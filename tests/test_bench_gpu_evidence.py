@@ -26,6 +26,7 @@ def load_summary_module():
     return module
 
 
+@pytest.mark.slow
 def test_dry_run_survives_a_failing_part_and_writes_the_table_last(tmp_path: Path) -> None:
     # A python that crashes for `vlekit train` only: the training loop fails, the other parts must not.
     python = tmp_path / "python"

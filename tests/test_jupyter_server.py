@@ -172,6 +172,7 @@ class KernelChannels:
         self.socket.close()
 
 
+@pytest.mark.slow
 def test_quickstart_runs_on_the_vlekit_kernel_of_a_real_jupyterlab_server(jupyter_server, tmp_path):
     server = jupyter_server
     specs = server.request("GET", "/api/kernelspecs")

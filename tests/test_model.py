@@ -243,6 +243,7 @@ def test_clip_runs_pytorch_sdpa_attention(model: VCRModel) -> None:
     assert model.vision_encoder.model.config._attn_implementation == "sdpa"
 
 
+@pytest.mark.slow
 def test_components_trace_under_torch_compile() -> None:
     """``train.compile`` / ``bench --compile`` compile the three components: TorchDynamo must trace
     them (the ``eager`` backend checks the tracing without a C++ compiler) for any text length."""

@@ -55,6 +55,7 @@ def test_committed_notebook_has_no_outputs_and_a_parameters_cell(path):
     assert not unparsable, f"{path.name}: parameter lines papermill cannot read: {unparsable}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs_in_smoke_mode(path, tmp_path):
     notebook = read(path)
@@ -72,6 +73,7 @@ def test_notebook_runs_in_smoke_mode(path, tmp_path):
     assert shown > 0 and len(saved) == shown and all(png.stat().st_size > 1000 for png in saved), (shown, saved)
 
 
+@pytest.mark.slow
 def test_a_notebook_runs_as_a_plain_script_without_jupyter(tmp_path):
     """``scripts/run_notebook.py``: the route on machines without Jupyter (the GPU box)."""
     import subprocess

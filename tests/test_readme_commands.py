@@ -99,6 +99,7 @@ def as_run_here(command: str, places: dict[str, str]) -> list[str]:
     return shlex.split(command)[1:]  # without "vlekit"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", [c for c in readme_commands() if c.startswith("vlekit ") and c not in NOT_HERE])
 def test_a_readme_command_runs_offline_as_written(command, places, tmp_path, monkeypatch, capsys) -> None:
     monkeypatch.chdir(tmp_path)

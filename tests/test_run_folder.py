@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from data_prep.preprocess import MODEL_OPTIONS
 from data_prep.synthetic import generate_synthetic_vcr
 from vlekit.demo import DemoConfig, demo_experiment
 from vlekit.run_folder import PREPROCESS_FILE, RunFolder, find_model_dir, load_trained, read_metrics
@@ -29,10 +30,13 @@ def test_a_trained_run_has_the_layout_run_folder_names_and_loads_back(tmp_path):
     assert find_model_dir(run.root) == find_model_dir(run.model_dir) == run.model_dir
 
     trained = load_trained(run.root)
-    assert trained.task == "q2a" and trained.data == json.loads((run.model_dir / PREPROCESS_FILE).read_text())
+    saved = json.loads((run.model_dir / PREPROCESS_FILE).read_text())  # resolved, with the image side the run was fed
+    assert trained.task == "q2a" and trained.data == {k: v for k, v in saved.items() if k not in MODEL_OPTIONS}
+    assert saved["geometry"] == "squash"  # the mode's default, saved as used (not null)
     preprocessor = trained.preprocessor(images_root=data.images_root)
     encoder = trained.model.vision_encoder
     assert (preprocessor.config.image_size, preprocessor.config.patch_size) == (encoder.image_size, encoder.patch_size)
+    assert (saved["image_size"], saved["patch_size"]) == (encoder.image_size, encoder.patch_size) == (32, 8)
     assert preprocessor.config.max_length == config.data.max_length and preprocessor.images_root == data.images_root
 
 

@@ -100,6 +100,7 @@ def test_a_second_process_is_locked_out_and_a_stale_lock_is_taken_over(tmp_path)
         RunLock(out).acquire()
 
 
+@pytest.mark.slow
 def test_two_trainings_at_once_one_is_refused(data, tmp_path):
     out = tmp_path / "run"
     slow = subprocess.Popen(cli("train", "--no-progress", *tiny_overrides(data, out, epochs=40)),
@@ -165,6 +166,7 @@ def test_a_full_disk_fails_with_a_message_and_the_run_resumes_when_there_is_room
 
 
 # -- signals as clusters send them -----------------------------------------------------------------------
+@pytest.mark.slow
 def test_sigterm_to_the_process_group_saves_exits_143_and_resumes_to_the_same_weights(data, tmp_path):
     """``setsid`` starts the run in its own process group with 2 DataLoader workers; ``kill -TERM -- -PGID``
     signals all of them at once, as ``docker stop`` or SLURM do."""

@@ -124,6 +124,7 @@ def _cli(*args: str, **kwargs) -> subprocess.Popen:
 
 
 @pytest.mark.slow
+@pytest.mark.slow
 def test_sigterm_leaves_a_checkpoint_that_resumes(synthetic, tmp_path):
     out = tmp_path / "run"
     overrides = tiny_overrides(synthetic, out, epochs=40)

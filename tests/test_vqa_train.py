@@ -120,6 +120,7 @@ def test_test_dev_style_questions_give_the_result_file_only(easy, tmp_path):
     assert result["metrics"] == {} and len(result["predictions"]) == 240
 
 
+@pytest.mark.slow
 def test_vqa_learns_easy_vqa_well_above_the_majority_answer(easy, tmp_path):
     """Trained on its 240 training questions, the tiny model answers them far better than the majority
     answer does (measured, seeds 0-3: 0.65, 0.65, 0.65, 0.69 against 0.37 after 300 steps, ~18 s)."""
