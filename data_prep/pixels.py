@@ -18,7 +18,7 @@ Images are decoded upright: a file with an EXIF orientation tag is transposed as
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 

@@ -30,7 +30,7 @@ Example dict (``prepare_text``; ``__call__`` adds ``pixel_values``), C = 4, K_c 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 

@@ -60,6 +60,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from data_prep.constants import NUM_CHOICES
+from data_prep.synthetic_scene import (
+    COLS, FRAME_SIZES, OTHER_CLASSES, PALETTE, ROWS, SPOTLIGHT_COLOUR, SceneObject, background, draw_object, layout,
+)
 
 __all__ = [
     "FRAME_SIZES",
@@ -71,41 +74,11 @@ __all__ = [
     "generate_synthetic_vcr",
 ]
 
-# Saturated and far apart, so a colour survives JPEG, resizing to 64 px and patch averaging.
-PALETTE: dict[str, tuple[int, int, int]] = {
-    "red": (220, 30, 30),
-    "green": (30, 170, 50),
-    "blue": (30, 60, 220),
-    "yellow": (240, 220, 30),
-    "white": (250, 250, 250),
-    "black": (15, 15, 15),
-}
-OTHER_CLASSES: tuple[str, ...] = ("car", "dog", "chair", "bottle", "umbrella")
 QUESTION_TYPES: tuple[str, ...] = ("spotlight", "colour", "why", "yes_no", "which", "position")
 # "spotlight" is the type a tiny model learns first (see the module docstring), so it is the most
 # frequent; "position" is the hardest for it, so it is the rarest.
 _QUESTION_WEIGHTS: tuple[float, ...] = (0.45, 0.2, 0.1, 0.1, 0.05, 0.1)
-# The object in the spotlight is lit: drawn in white, a colour no other object wears.
-SPOTLIGHT_COLOUR = "white"
-# (name, width, height): wide movie frames first, as in VCR's LSMDC / MovieClips sources.
-FRAME_SIZES: tuple[tuple[str, int, int], ...] = (
-    ("Scope", 240, 100),
-    ("Flat", 222, 120),
-    ("Wide", 192, 108),
-    ("Academy", 160, 120),
-)
-
 _SPLITS: tuple[str, ...] = ("train", "val", "test")
-_ROWS: tuple[str, ...] = ("top", "bottom")
-_COLS: tuple[str, ...] = ("left", "middle", "right")
-# Five objects, each in its own colour: the four choices of a colour question are then always
-# colours of this image, and the rationales have four objects besides the target to mention.
-_NUM_OBJECTS = 5
-_NUM_PERSONS = (2, 4)
-_ELLIPSE_POINTS = 12
-# Drawn independently of the class: if persons looked different from dogs, a model could find
-# "the dog" in "What colour is dog ?" without grounding the mention, from the class name alone.
-_SHAPES: tuple[str, ...] = ("figure", "block", "blob")
 # Keys that only labelled splits carry; test records drop them, like VCR's test.jsonl.
 _LABEL_KEYS: tuple[str, ...] = (
     "answer_orig", "rationale_orig", "answer_match_iter", "answer_sources", "answer_label",
@@ -136,17 +109,6 @@ class SyntheticVCR:
         if name not in _SPLITS:
             raise ValueError(f"unknown split {name!r}; expected one of {_SPLITS}")
         return getattr(self, name)
-
-
-@dataclass(frozen=True)
-class _Object:
-    index: int
-    name: str
-    colour: str
-    shape: str
-    row: int
-    col: int
-    box: tuple[float, float, float, float]
 
 
 @dataclass(frozen=True)
@@ -234,11 +196,11 @@ def _write_image_and_records(
     movie = f"{9000 + 100 * split_id + movie_id}_SYNTHETIC_{fmt.upper()}"
     start = 7.0 * (image_id // num_movies)  # a clip's time stamps, as in VCR's file names
     stem = f"{movie}/{movie}_{_clock(start)}-{_clock(start + 4.0)}@0"
-    objects = _layout(rng, width, height)
+    objects = layout(rng, width, height)
 
-    image = Image.fromarray(_background(rng, width, height))
+    image = Image.fromarray(background(rng, width, height))
     draw = ImageDraw.Draw(image)
-    segms = [_draw(draw, obj) for obj in objects]
+    segms = [draw_object(draw, obj) for obj in objects]
     (images_root / movie).mkdir(exist_ok=True)
     image.save(images_root / f"{stem}.jpg", quality=jpeg_quality)
     metadata = {
@@ -267,96 +229,19 @@ def _clock(seconds: float) -> str:
     return f"{hours:02d}.{minutes:02d}.{secs:06.3f}"
 
 
-def _layout(rng: np.random.Generator, width: int, height: int) -> list[_Object]:
-    """Five objects in distinct cells of a 2 x 3 layout, one of them in the spotlight (white).
-
-    Class, colour, shape and cell are drawn independently of one another. One object per cell
-    keeps boxes apart, so the patches under a box show mostly its own colour: boxes fill 60-95% of
-    a cell, several whole patches of an 8 x 8 grid (64 px, 8-px patches) even on a squashed 2.4:1
-    frame; on a 4 x 4 grid (32 px) neighbours share a patch column, which a tiny model tolerates.
-    """
-    num_objects = _NUM_OBJECTS
-    num_persons = int(rng.integers(_NUM_PERSONS[0], _NUM_PERSONS[1] + 1))
-    # Persons first, like VCR's detections; the cells are shuffled so an index says nothing of place.
-    names = ["person"] * num_persons + [
-        str(rng.choice(OTHER_CLASSES)) for _ in range(num_objects - num_persons)
-    ]
-    ordinary = [str(c) for c in rng.permutation([c for c in PALETTE if c != SPOTLIGHT_COLOUR])]
-    colours = [SPOTLIGHT_COLOUR, *ordinary[: num_objects - 1]]
-    colours = [colours[i] for i in rng.permutation(num_objects)]
-    shapes = rng.choice(_SHAPES, size=num_objects)
-    cells = rng.permutation(len(_ROWS) * len(_COLS))[:num_objects]
-    cell_w, cell_h = width / len(_COLS), height / len(_ROWS)
-    objects = []
-    for index, (name, colour, shape, cell) in enumerate(zip(names, colours, shapes, cells)):
-        row, col = divmod(int(cell), len(_COLS))
-        box_w = cell_w * rng.uniform(0.6, 0.9)
-        box_h = cell_h * rng.uniform(0.7, 0.95)
-        x1 = col * cell_w + rng.uniform(0.0, cell_w - box_w)
-        y1 = row * cell_h + rng.uniform(0.0, cell_h - box_h)
-        box = (round(x1, 2), round(y1, 2), round(x1 + box_w, 2), round(y1 + box_h, 2))
-        objects.append(_Object(index, name, str(colour), str(shape), row, col, box))
-    return objects
-
-
-def _background(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
-    """Grey texture (gradient + grain + faint tint) so an image is never a flat canvas.
-
-    It stays in mid-grey (~70-190), away from every palette colour, white and black included.
-    """
-    base = rng.uniform(105.0, 155.0)
-    gx, gy = rng.uniform(-20.0, 20.0, size=2)
-    xs = np.linspace(-0.5, 0.5, width)[None, :, None]
-    ys = np.linspace(-0.5, 0.5, height)[:, None, None]
-    tint = rng.uniform(-8.0, 8.0, size=3)[None, None, :]
-    grain = rng.normal(0.0, 10.0, size=(height, width, 1))
-    pixels = base + gx * xs + gy * ys + tint + grain
-    return np.clip(pixels, 0, 255).astype(np.uint8)
-
-
-def _draw(draw: ImageDraw.ImageDraw, obj: _Object) -> list[list[list[int]]]:
-    """Draw ``obj`` as a solid shape filling most of its box; return its polygons (VCR ``segms``)."""
-    x1, y1, x2, y2 = obj.box
-    w, h = x2 - x1, y2 - y1
-    if obj.shape == "figure":  # a head on a body
-        parts = [_ellipse((x1 + 0.25 * w, y1, x2 - 0.25 * w, y1 + 0.3 * h)), _rectangle((x1, y1 + 0.25 * h, x2, y2))]
-    elif obj.shape == "blob":
-        parts = [_ellipse(obj.box)]
-    else:
-        parts = [_rectangle(obj.box)]
-    for polygon in parts:
-        draw.polygon([tuple(point) for point in polygon], fill=PALETTE[obj.colour])
-    return parts
-
-
-def _rectangle(box: tuple[float, float, float, float]) -> list[list[int]]:
-    x1, y1, x2, y2 = (round(v) for v in box)
-    return [[x1, y1], [x2, y1], [x2, y2], [x1, y2]]
-
-
-def _ellipse(box: tuple[float, float, float, float]) -> list[list[int]]:
-    x1, y1, x2, y2 = box
-    cx, cy, rx, ry = (x1 + x2) / 2, (y1 + y2) / 2, (x2 - x1) / 2, (y2 - y1) / 2
-    angles = np.linspace(0.0, 2 * math.pi, _ELLIPSE_POINTS, endpoint=False)
-    return [[round(cx + rx * math.cos(a)), round(cy + ry * math.sin(a))] for a in angles]
-
-
-# --------------------------------------------------------------------------- text
-
-
-def _has_colour(obj: _Object, colour: str) -> list[Token]:
+def _has_colour(obj: SceneObject, colour: str) -> list[Token]:
     """``[2] is wearing red`` for a person, ``[3] is red`` for a thing."""
     if obj.name == "person":
         return [[obj.index], "is", "wearing", colour]
     return [[obj.index], "is", colour]
 
 
-def _in_spotlight(obj: _Object) -> list[Token]:
+def _in_spotlight(obj: SceneObject) -> list[Token]:
     return [[obj.index], "is", "in", "the", "spotlight"]
 
 
-def _at_place(obj: _Object, row: int, col: int) -> list[Token]:
-    return [[obj.index], "is", "at", "the", _ROWS[row], _COLS[col]]
+def _at_place(obj: SceneObject, row: int, col: int) -> list[Token]:
+    return [[obj.index], "is", "at", "the", ROWS[row], COLS[col]]
 
 
 def _shuffle_in(
@@ -373,7 +258,7 @@ def _pick(rng: np.random.Generator, items: list[Any], k: int) -> list[Any]:
     return [items[i] for i in rng.permutation(len(items))[:k]]
 
 
-def _annotate(rng: np.random.Generator, objects: list[_Object], question_type: str) -> _Annotation:
+def _annotate(rng: np.random.Generator, objects: list[SceneObject], question_type: str) -> _Annotation:
     """One question of ``question_type`` about the image, with its choices and labels."""
     lit = next(o for o in objects if o.colour == SPOTLIGHT_COLOUR)
     target = lit if question_type == "spotlight" else objects[int(rng.integers(len(objects)))]
@@ -418,7 +303,7 @@ def _annotate(rng: np.random.Generator, objects: list[_Object], question_type: s
 
 
 def _rationales(
-    rng: np.random.Generator, claim: list[Token], target: _Object, lit: _Object, others: list[_Object]
+    rng: np.random.Generator, claim: list[Token], target: SceneObject, lit: SceneObject, others: list[SceneObject]
 ) -> tuple[list[list[Token]], int]:
     """Four rationales: the answer's claim, then a fact about another object that only the image tells.
 
@@ -462,7 +347,7 @@ def _sources(rng: np.random.Generator, label: int, annot: int) -> list[int]:
 def _record(
     rng: np.random.Generator,
     annotation: _Annotation,
-    objects: list[_Object],
+    objects: list[SceneObject],
     *,
     movie: str,
     stem: str,

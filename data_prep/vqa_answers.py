@@ -7,7 +7,7 @@
 
 Normalisation follows the official evaluation script (GT-Vision-Lab/VQA,
 ``PythonEvaluationTools/vqaEvaluation/vqaEval.py``, its Python 3 version) rule for rule, including
-its quirks, so that a vocabulary built here and the accuracy in ``vlekit.task_metrics`` agree with
+its quirks, so that a vocabulary built here and the accuracy in ``vlekit.evaluation.metrics`` agree with
 the evaluation server on what counts as the same answer. A prediction gets the full normalisation
 (:func:`normalize_answer`); the ten human answers get only :func:`process_punctuation`, and only
 when they are not all identical (:func:`process_ground_truth`), exactly as the script does.

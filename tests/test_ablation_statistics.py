@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from vlekit.ablation_stats import (BOOTSTRAP_TEST, CHANCE_LOSS, RunResult, compare, findings, paired_bootstrap,
+from vlekit.ablation.stats import (BOOTSTRAP_TEST, CHANCE_LOSS, RunResult, compare, findings, paired_bootstrap,
                                    report, summarize, write_summary)
 from vlekit.tables import format_results_table
 

@@ -28,10 +28,10 @@ from data_prep.tokenizer import build_word_tokenizer
 from data_prep.vcr import VCRFormatError, load_geometry, read_vcr
 from data_prep.vqa import VQAFormatError, preflight_vqa, read_vqa
 from vlekit.cli import main as cli_main
-from vlekit.evaluate import evaluate
-from vlekit.experiment import load_experiment
-from vlekit.run_data import skipped_items_summary
-from vlekit.train import train
+from vlekit.evaluation.evaluate import evaluate
+from vlekit.runs.experiment import load_experiment
+from vlekit.runs.data import skipped_items_summary
+from vlekit.training.train import train
 
 # Line of the corrupted split -> what is wrong with it (the split's records are on lines 1-8).
 ERRORS = {3: "size-mismatch", 5: "box-not-finite", 6: "box-inverted", 8: "box-outside"}
@@ -256,7 +256,7 @@ def test_skip_bad_trains_on_the_rest_and_survives_a_truncated_jpeg_in_workers(
             super().__init__(*args, **kwargs)
             made.append(self)
 
-    monkeypatch.setattr("vlekit.run_data.VCRDataset", Kept)
+    monkeypatch.setattr("vlekit.runs.data.VCRDataset", Kept)
     overrides = _overrides(data, tmp_path / "run", "data.skip_bad=true", "data.num_workers=2")
     result = train(load_experiment(None, overrides), progress=False)
     # 12 records are left (the truncated JPEG among them: its header is fine): 3 batches of 4, every

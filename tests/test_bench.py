@@ -10,13 +10,13 @@ import torch
 from torch import nn
 
 import vlekit
-from vlekit.bench import format_report
-from vlekit.bench_batches import synthetic_batch
-from vlekit.bench_config import PRESETS, BenchConfig, BenchConfigError
-from vlekit.bench_timing import run_bench
-from vlekit.flops import MetaFlopCounter, count_flops, peak_bf16_tflops
+from vlekit.bench.run import format_report
+from vlekit.bench.batches import synthetic_batch
+from vlekit.bench.config import PRESETS, BenchConfig, BenchConfigError
+from vlekit.bench.timing import run_bench
+from vlekit.bench.flops import MetaFlopCounter, count_flops, peak_bf16_tflops
 from vlekit.cli import main
-from vlekit.fusions import CoAttentionConfig, CoAttentionFusion
+from vlekit.components.fusions import CoAttentionConfig, CoAttentionFusion
 from vlekit.registry import FUSIONS, register_fusion
 
 TINY = PRESETS["tiny"]
@@ -267,7 +267,7 @@ def test_bad_options_fail_fast(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_text_attention_option_reaches_the_text_encoder() -> None:
-    from vlekit.deberta_attention import SDPADisentangledSelfAttention
+    from vlekit.components.deberta_attention import SDPADisentangledSelfAttention
 
     assert "attention" not in tiny_config().component_specs(gradient_checkpointing=False)["text_encoder"]
     report = run_bench(tiny_config(batch_sizes=(2,), mode="train", text_attention="sdpa"))

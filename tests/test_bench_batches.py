@@ -1,9 +1,9 @@
-"""vlekit.bench_batches: padded text lengths are bucketed, so a compiled model sees few shapes."""
+"""vlekit.bench.batches: padded text lengths are bucketed, so a compiled model sees few shapes."""
 from __future__ import annotations
 
 import torch
 
-from vlekit.bench_batches import MAX_TEXT_LENGTH, PAD_MULTIPLE, distinct_text_lengths, synthetic_batch
+from vlekit.bench.batches import MAX_TEXT_LENGTH, PAD_MULTIPLE, distinct_text_lengths, synthetic_batch
 
 
 def batches(n: int, **options) -> list[dict[str, torch.Tensor]]:

@@ -164,7 +164,7 @@ def test_check_data_runs_offline_on_a_runs_own_tokenizer_and_options(tmp_path: P
 def test_a_model_folder_whose_image_side_disagrees_with_its_model_is_refused(tmp_path: Path) -> None:
     from vlekit.cli import main as vlekit_main
     from data_prep.synthetic import generate_synthetic_vcr
-    from vlekit.predict import load_run
+    from vlekit.evaluation.predict import load_run
 
     data = generate_synthetic_vcr(tmp_path / "data", num_train=8, num_val=0, num_test=0, seed=1)
     run_dir = tmp_path / "run"

@@ -19,8 +19,8 @@ from test_vle_checkpoint import IMAGE_SIZE, PATCH_SIZE, task_checkpoint
 from data_prep.constants import CLIP_MEAN, CLIP_STD
 from data_prep.synthetic import generate_synthetic_vcr
 from data_prep.vcr import read_vcr
-from vlekit.vle_checkpoint import from_vle_pretrained, to_vle_pretrained
-from vlekit.vle_processor import official_vcr_task, vle_preprocessor
+from vlekit.vle.checkpoint import from_vle_pretrained, to_vle_pretrained
+from vlekit.vle.processor import official_vcr_task, vle_preprocessor
 
 
 def deberta_tokenizer(folder: Path, sentences: list[str]) -> Any:
@@ -78,7 +78,7 @@ def test_vle_preprocessor_defaults_to_compat_vle_on_a_task_checkpoint(exported: 
 
 
 def test_eval_feeds_an_official_checkpoint_compat_vle_and_warns_once_otherwise(exported: tuple[Path, Any]) -> None:
-    from vlekit.evaluate import evaluate, load_trained
+    from vlekit.evaluation.evaluate import evaluate, load_trained
 
     folder, data = exported
     trained = load_trained(folder)

@@ -20,10 +20,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import vlekit  # noqa: F401  (registers the core components)
-from vlekit.registry import REGISTRIES, Entry, Registry, make_config
+from vlekit.options import make_config
+from vlekit.registry import MODEL_REGISTRIES, REGISTRIES, Entry, Registry
 
 # Loads every installed plugin's entry points before parametrizing.
-ALL_ENTRIES: list[Entry] = [entry for registry in REGISTRIES.values() for entry in registry.entries()]
+ALL_ENTRIES: list[Entry] = [entry for registry in MODEL_REGISTRIES.values() for entry in registry.entries()]
 COMPONENTS = [entry for entry in ALL_ENTRIES if entry.preset_of is None]
 PRESETS = [entry for entry in ALL_ENTRIES if entry.preset_of is not None]
 

@@ -15,11 +15,11 @@ import torch
 
 from data_prep.synthetic import generate_synthetic_vcr
 from vlekit.cli import main as cli_main
-from vlekit.experiment import load_experiment
-from vlekit.checkpoints import (STALL_ENV, checkpoint_dirs, latest_checkpoint,
+from vlekit.runs.experiment import load_experiment
+from vlekit.training.checkpoints import (STALL_ENV, checkpoint_dirs, latest_checkpoint,
                                 resume_checkpoint)
-from vlekit.manifest import MANIFEST_FILE, folder_problem
-from vlekit.train import train
+from vlekit.runs.manifest import MANIFEST_FILE, folder_problem
+from vlekit.training.train import train
 
 from test_train import final_weights, tiny_overrides
 

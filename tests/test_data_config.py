@@ -6,7 +6,7 @@ import dataclasses
 import pytest
 
 from data_prep.preprocess import MODEL_OPTIONS, RUN_OPTIONS, PreprocessConfig
-from vlekit.experiment import DataConfig
+from vlekit.runs.experiment import DataConfig
 
 
 def test_data_config_holds_every_run_option_with_the_same_default() -> None:
@@ -31,7 +31,7 @@ def test_a_bad_data_option_fails_when_the_config_is_made(options: dict, message:
 def test_the_model_supplies_image_size_patch_and_normalisation() -> None:
     from data_prep.tokenizer import build_word_tokenizer
     from vlekit import build_model
-    from vlekit.run_folder import make_preprocessor
+    from vlekit.runs.folder import make_preprocessor
 
     model = build_model()
     model.vision_encoder.image_mean, model.vision_encoder.image_std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)

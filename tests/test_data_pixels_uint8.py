@@ -104,7 +104,7 @@ def test_uint8_is_refused_in_the_official_mode_and_unknown_dtypes_everywhere() -
 
 
 def test_the_run_config_carries_pixel_dtype_to_the_preprocessor(vcr_fixtures: Path) -> None:
-    from vlekit.experiment import DataConfig
+    from vlekit.runs.experiment import DataConfig
 
     path, record = _frame(vcr_fixtures)
     options = DataConfig(geometry="letterbox", jpeg_draft=True, pixel_dtype="uint8").preprocess_options()
@@ -123,8 +123,8 @@ def test_the_training_loop_on_uint8_pixels_follows_the_float_run(tmp_path: Path)
     import json
 
     from data_prep.synthetic import generate_synthetic_vcr
-    from vlekit.experiment import load_experiment
-    from vlekit.train import train
+    from vlekit.runs.experiment import load_experiment
+    from vlekit.training.train import train
 
     data = generate_synthetic_vcr(tmp_path / "data", num_train=16, num_val=0, num_test=0, seed=1)
     losses = {}

@@ -1,4 +1,4 @@
-"""vlekit.deberta_attention: the SDPA formulation of DeBERTa's disentangled attention equals Hugging
+"""vlekit.components.deberta_attention: the SDPA formulation of DeBERTa's disentangled attention equals Hugging
 Face's eager attention (outputs and gradients) on tiny DeBERTa-v2/v3 configurations, and ``hf-text``
 selects it with ``attention: sdpa``."""
 from __future__ import annotations
@@ -11,7 +11,7 @@ from transformers import AutoConfig, AutoModel
 from transformers.models.deberta_v2.modeling_deberta_v2 import DisentangledSelfAttention
 
 import vlekit
-from vlekit.deberta_attention import SDPADisentangledSelfAttention, use_deberta_attention
+from vlekit.components.deberta_attention import SDPADisentangledSelfAttention, use_deberta_attention
 
 V3 = dict(relative_attention=True, position_biased_input=False, pos_att_type=["p2c", "c2p"], max_relative_positions=-1,
           norm_rel_ebd="layer_norm", share_att_key=True, type_vocab_size=0)

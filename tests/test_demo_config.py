@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from vlekit.demo import DemoConfig, demo_experiment, run_demo
-from vlekit.experiment import load_experiment
+from vlekit.runs.experiment import load_experiment
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from data_prep.synthetic import SyntheticVCR, generate_synthetic_vcr
-from vlekit import ablation, ablation_stats
+from vlekit.ablation import grid as ablation, stats as ablation_stats
 from vlekit.cli import main as cli_main
 from vlekit.demo import DemoConfig, demo_experiment
 

@@ -9,9 +9,9 @@ import pytest
 
 from data_prep.synthetic import generate_synthetic_vcr
 from vlekit.cli import main as cli_main
-from vlekit.evaluate import bootstrap_interval, evaluate, format_metrics_table
-from vlekit.experiment import load_experiment
-from vlekit.train import train
+from vlekit.evaluation.evaluate import bootstrap_interval, evaluate, format_metrics_table
+from vlekit.runs.experiment import load_experiment
+from vlekit.training.train import train
 
 
 @pytest.fixture(scope="module")

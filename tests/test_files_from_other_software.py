@@ -34,8 +34,8 @@ from vlekit import build_model
 from vlekit.cli import main
 from vlekit.hf_configs import known_keys
 from vlekit.model import MODEL_CONFIG_FILE, VCRModel
-from vlekit.predict import load_run
-from vlekit.vle_checkpoint import from_vle_pretrained
+from vlekit.evaluation.predict import load_run
+from vlekit.vle.checkpoint import from_vle_pretrained
 
 VLE_CONFIGS = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "vle_configs"
 OFFICIAL = sorted(p.parent.name for p in VLE_CONFIGS.glob("*/config.json"))

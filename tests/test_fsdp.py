@@ -4,7 +4,7 @@ Accelerate 1.15 turns FSDP on only for accelerator backends (CUDA, XPU, NPU, ...
 (``train.cpu=true``) it ignores ``ACCELERATE_USE_FSDP`` / ``FSDP_*`` and an explicit
 ``FullyShardedDataParallelPlugin`` and wraps the model in DDP (``DistributedType.MULTI_CPU``) without a
 word. PyTorch's FSDP2 (``fully_shard``) itself runs on CPU with gloo, so the runs here start
-``vlekit.train.train`` under torchrun through a small launcher (``LAUNCHER``) that does on CPU what
+``vlekit.training.train.train`` under torchrun through a small launcher (``LAUNCHER``) that does on CPU what
 Accelerate does on a GPU when those variables are set: it records ``DistributedType.FSDP`` and the
 plugin built from the ``FSDP_*`` variables. The rest is vlekit's training loop, unchanged, on
 Accelerate's FSDP2 path: ``prepare`` (``fully_shard`` per layer, the optimizer's parameter groups moved
@@ -29,9 +29,9 @@ import torch
 
 from data_prep.synthetic import generate_synthetic_vcr
 from data_prep.vcr import read_vcr
-from vlekit.checkpoints import latest_checkpoint
-from vlekit.evaluate import evaluate
-from vlekit.predict import load_run
+from vlekit.training.checkpoints import latest_checkpoint
+from vlekit.evaluation.evaluate import evaluate
+from vlekit.evaluation.predict import load_run
 
 from test_train import NO_DROPOUT, final_weights, metric_rows, tiny_overrides
 
@@ -44,7 +44,7 @@ FSDP2_ENV = {
     "FSDP_TRANSFORMER_CLS_TO_WRAP": "DebertaV2Layer,CLIPEncoderLayer,PostNormLayer",
 }
 
-# torchrun runs this file in every process: vlekit.train.train() with the overrides it is given
+# torchrun runs this file in every process: vlekit.training.train.train() with the overrides it is given
 # (``--resume`` first: resume="latest", as `vlekit train --resume`); each process prints its
 # TrainResult as a RESULT line. (train() rather than the `vlekit train` command, which also imports
 # matplotlib and draws curve.png in every process: about 3 s of CPU per process, nothing about FSDP.)
@@ -76,11 +76,11 @@ def _init_fsdp2_on_cpu(self, *args, **kwargs):
 
 Accelerator.__init__ = _init_fsdp2_on_cpu
 
-import vlekit.train
-from vlekit.experiment import load_experiment
+import vlekit.training.train
+from vlekit.runs.experiment import load_experiment
 
 if "VLEKIT_TEST_SIGTERM_AFTER_BATCHES" in os.environ:
-    _add = vlekit.train.LogWindow.add
+    _add = vlekit.training.train.LogWindow.add
 
     def _add_then_sigterm(self, *args, **kwargs):
         _add(self, *args, **kwargs)
@@ -88,11 +88,11 @@ if "VLEKIT_TEST_SIGTERM_AFTER_BATCHES" in os.environ:
         if self.test_batches == int(os.environ["VLEKIT_TEST_SIGTERM_AFTER_BATCHES"]):
             os.kill(os.getpid(), signal.SIGTERM)
 
-    vlekit.train.LogWindow.add = _add_then_sigterm
+    vlekit.training.train.LogWindow.add = _add_then_sigterm
 
 arguments = sys.argv[1:]
 resume = "latest" if arguments[:1] == ["--resume"] else None
-result = vlekit.train.train(load_experiment(None, arguments[1:] if resume else arguments), resume=resume, progress=False)
+result = vlekit.training.train.train(load_experiment(None, arguments[1:] if resume else arguments), resume=resume, progress=False)
 sys.stdout.write("RESULT " + json.dumps({"rank": int(os.environ["RANK"]), "global_step": result.global_step,
                                          "interrupted": result.interrupted}) + "\\n")  # one write
 '''
@@ -105,7 +105,7 @@ def synthetic(tmp_path_factory):
 
 def launch(launcher: Path, overrides: list[str], *, fsdp: bool, resume: bool = False,
            sigterm_after: int | None = None) -> subprocess.CompletedProcess:
-    """``vlekit.train.train`` in ``PROCESSES`` CPU processes (torchrun, gloo), FSDP2 or DDP."""
+    """``vlekit.training.train.train`` in ``PROCESSES`` CPU processes (torchrun, gloo), FSDP2 or DDP."""
     env = {key: value for key, value in os.environ.items() if not key.startswith(("ACCELERATE_", "FSDP_"))}
     env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **(FSDP2_ENV if fsdp else {}))
     if sigterm_after is not None:
@@ -144,7 +144,7 @@ def test_fsdp2_on_two_cpu_processes_resumes_exactly_and_matches_ddp(synthetic, t
     * the FSDP2 run's final model (``accelerator.get_state_dict`` gathers the shards) matches the DDP
       run's weights (atol 1e-4) and loss curve (atol 1e-4), and scores the validation questions the
       same: answer probabilities within 1e-4 (``vlekit.load_run``), the same predicted answers and
-      accuracy (``vlekit.evaluate``).
+      accuracy (``vlekit.evaluation.evaluate``).
 
     Why FSDP2 and DDP differ at all: they do the same maths in a different order. FSDP2 averages
     each layer's gradients with a reduce-scatter (``ReduceOp.AVG``) and adds up the gradient norm for
@@ -202,7 +202,7 @@ def test_fsdp2_on_two_cpu_processes_resumes_exactly_and_matches_ddp(synthetic, t
     assert resume_difference <= 1e-6
     assert layout_difference <= 1e-4
 
-    # The final models evaluated: unrounded answer probabilities (vlekit.load_run), and vlekit.evaluate's
+    # The final models evaluated: unrounded answer probabilities (vlekit.load_run), and vlekit.evaluation.evaluate's
     # per-question predictions and accuracy.
     records = read_vcr(synthetic.val)
     scores = {name: load_run(tmp_path / name, device="cpu").score_batch(records, images_root=synthetic.images_root)

@@ -1,4 +1,4 @@
-"""VQA, ITM and PBC heads (vlekit/heads.py) against an independent computation of the official heads."""
+"""VQA, ITM and PBC heads (vlekit/components/heads.py) against an independent computation of the official heads."""
 from __future__ import annotations
 
 import math
@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vlekit.heads import (
+from vlekit.components.heads import (
     ITMHead,
     ITMHeadConfig,
     PBCHead,

@@ -13,9 +13,9 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
-from vlekit.bench_batches import synthetic_batch
-from vlekit.bench_config import PRESETS
-from vlekit.bench_timing import make_step
+from vlekit.bench.batches import synthetic_batch
+from vlekit.bench.config import PRESETS
+from vlekit.bench.timing import make_step
 from vlekit.model import build_model
 
 # Tensor -> host value, or an output whose shape depends on the values: each one waits for the device.

@@ -26,10 +26,10 @@ from data_prep.synthetic import generate_synthetic_vcr
 from data_prep.vcr import read_vcr
 from vlekit.cli import main
 from vlekit.demo import DemoConfig, demo_experiment
-from vlekit.evaluate import evaluate
+from vlekit.evaluation.evaluate import evaluate
 from vlekit.hub import resolve_folder
 from vlekit.model import VCRModel, build_model
-from vlekit.train import train
+from vlekit.training.train import train
 
 REPO = "vlekit-test/tiny-q2a"
 

@@ -99,17 +99,17 @@ def test_imports_inside_functions_and_relative_imports_count(tmp_path):
 
 def test_the_import_graph_of_vlekit_and_data_prep_has_no_cycle():
     graph = import_graph()
-    assert {"vlekit.train", "vlekit.evaluate", "vlekit.run_folder", "data_prep.preprocess"} <= set(graph)
+    assert {"vlekit.training.train", "vlekit.evaluation.evaluate", "vlekit.runs.folder", "data_prep.preprocess"} <= set(graph)
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
 @pytest.mark.parametrize(("lower", "upper"), [
-    ("vlekit.evaluate", "vlekit.train"),   # train evaluates while it trains, never the other way
-    ("vlekit.ablation", "vlekit.demo"),    # a grid runs any experiment, not only the demo's
-    ("vlekit.ablation_stats", "vlekit.ablation"),  # the statistics read results, whoever ran the grid
-    ("vlekit.plots", "vlekit.train"),      # plots read run folders; training knows nothing of them
-    ("vlekit.run_folder", "vlekit.train"),
+    ("vlekit.evaluation.evaluate", "vlekit.training.train"),   # train evaluates while it trains, never the other way
+    ("vlekit.ablation.grid", "vlekit.demo"),    # a grid runs any experiment, not only the demo's
+    ("vlekit.ablation.stats", "vlekit.ablation.grid"),  # the statistics read results, whoever ran the grid
+    ("vlekit.evaluation.plots", "vlekit.training.train"),      # plots read run folders; training knows nothing of them
+    ("vlekit.runs.folder", "vlekit.training.train"),
 ])
 def test_a_lower_layer_does_not_import_an_upper_one(lower, upper):
     graph = import_graph()
@@ -120,6 +120,44 @@ def test_a_lower_layer_does_not_import_an_upper_one(lower, upper):
             reached.add(node)
             frontier += graph[node]
     assert upper not in reached, f"{lower} imports {upper} (directly or through another module)"
+
+
+# vlekit's layers, lowest first: a module imports only from its own layer or the layers below it.
+LAYERS = [
+    ("core", ["vlekit.options", "vlekit.registry", "vlekit.interfaces", "vlekit.tables", "vlekit.hub", "vlekit.layers", "vlekit.hf_configs"]),
+    ("components", ["vlekit.components"]),
+    ("model", ["vlekit.model"]),
+    ("official VLE format", ["vlekit.vle"]),
+    ("runs", ["vlekit.runs"]),
+    ("evaluation", ["vlekit.evaluation"]),
+    ("training", ["vlekit.training"]),
+    ("bench", ["vlekit.bench"]),
+    ("ablation", ["vlekit.ablation"]),
+    ("application", ["vlekit.demo", "vlekit.cli"]),
+]
+
+
+def layer_of(module: str) -> int:
+    for index, (_, prefixes) in enumerate(LAYERS):
+        if any(module == prefix or module.startswith(prefix + ".") for prefix in prefixes):
+            return index
+    raise AssertionError(f"{module} belongs to no layer of tests/test_import_graph.py's LAYERS")
+
+
+def test_vlekit_packages_are_layered():
+    graph = import_graph()
+    upward = [f"{name} ({LAYERS[layer_of(name)][0]}) -> {target} ({LAYERS[layer_of(target)][0]})"
+              for name in sorted(graph) if name.startswith("vlekit.")
+              for target in sorted(graph[name]) if target.startswith("vlekit.") and layer_of(target) > layer_of(name)]
+    assert upward == [], "imports that point up a layer: " + ", ".join(upward)
+
+
+def test_the_tree_shows_the_architecture():
+    """A short root (the public core and the command line) and no module too long to read at once."""
+    root = sorted(path.name for path in (REPO_ROOT / "vlekit").glob("*.py"))
+    assert len(root) <= 12, root
+    long = {name: n for name, path in module_files().items() if (n := len(path.read_text().splitlines())) > 500}
+    assert long == {}, f"modules over 500 lines: {long}"
 
 
 def test_tables_import_nothing_of_the_project_and_no_module_picks_a_plotting_backend():
@@ -133,15 +171,22 @@ def test_tables_import_nothing_of_the_project_and_no_module_picks_a_plotting_bac
 
 
 def readme_layout() -> list[str]:
-    """The modules the README's Layout block lists, in its order (``pkg.mod``)."""
+    """The modules and packages the README's Layout block lists, in its order (``pkg.sub.mod``)."""
     block = (REPO_ROOT / "README.md").read_text().split("## Layout", 1)[1].split("```")[1]
-    listed, package = [], None
+    listed, path = [], []  # path: the packages the current line sits in, by indentation
     for line in block.splitlines():
-        if re.match(r"^\w+/\s", line):
-            package = line.split("/")[0]
-        elif package in PACKAGES and (match := re.match(r"^  (\w+)\.py\b", line)):
-            listed.append(f"{package}.{match.group(1)}")
-    return listed
+        match = re.match(r"^( *)(\w+)(/|\.py\b)", line)
+        if not match:
+            continue
+        depth = len(match.group(1)) // 2
+        path = path[:depth]
+        if match.group(3) == "/":
+            path.append(match.group(2))
+            if depth:
+                listed.append(".".join(path))
+        elif path and path[0] in PACKAGES:
+            listed.append(".".join([*path, match.group(2)]))
+    return [name for name in listed if name.split(".")[0] in PACKAGES]
 
 
 def test_the_readme_layout_lists_every_module_in_dependency_order():
@@ -164,10 +209,10 @@ def test_import_vlekit_loads_the_core_only():
     code = ("import sys, vlekit; print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in ('vlekit', 'data_prep'))))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert len(loaded) <= 15, loaded
-    application = ("data_prep", "vlekit.train", "vlekit.evaluate", "vlekit.bench", "vlekit.ablation", "vlekit.hub",
-                   "vlekit.predict", "vlekit.run_folder", "vlekit.vle_checkpoint")
+    application = ("data_prep", "vlekit.training", "vlekit.evaluation", "vlekit.bench", "vlekit.ablation", "vlekit.hub",
+                   "vlekit.runs", "vlekit.vle")
     assert not [m for m in loaded if m.startswith(application)], loaded
     lazy = subprocess.run([sys.executable, "-c", "import vlekit, data_prep; print(vlekit.load_run.__module__, "
                                                  "data_prep.generate_synthetic_vcr.__module__)"],
                           capture_output=True, text=True, check=True).stdout.split()
-    assert lazy == ["vlekit.predict", "data_prep.synthetic"]
+    assert lazy == ["vlekit.evaluation.predict", "data_prep.synthetic"]

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from vlekit import build_model
-from vlekit.itm_retrieval import itm_retrieval, itm_score_matrix
-from vlekit.task_metrics import retrieval_recall
+from vlekit.evaluation.itm_retrieval import itm_retrieval, itm_score_matrix
+from vlekit.evaluation.metrics import retrieval_recall
 
 IMAGES, TEXTS, LENGTH = 3, 5, 6
 

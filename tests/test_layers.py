@@ -20,7 +20,7 @@ TINY = TransformerConfig(hidden_size=16, num_hidden_layers=1, num_attention_head
 
 
 def test_co_attention_layers_keep_vles_parameter_names() -> None:
-    """vlekit.vle_checkpoint maps these names to the official checkpoints: they must not move."""
+    """vlekit.vle.checkpoint maps these names to the official checkpoints: they must not move."""
     layer = FUSIONS.build("tiny-co-attention").text_layers[0]
     attention = [f"{block}.{part}.{p}" for block in ("self_attention", "cross_attention")
                  for part in ("query", "key", "value", "dense", "layer_norm") for p in ("weight", "bias")]
@@ -85,7 +85,7 @@ def test_every_fusion_config_in_core_and_plugins_is_a_transformer_config_from_la
 
 
 MODULES = (
-    "vlekit.layers", "vlekit.fusions", "vlekit.model", "vlekit.text_encoders", "vlekit.vision_encoders",
+    "vlekit.layers", "vlekit.components.fusions", "vlekit.model", "vlekit.components.text_encoders", "vlekit.components.vision_encoders",
     "vlekit.registry", "vlekit_fusions.post_norm_layers", "vlekit_fusions.merged_attention",
     "vlekit_fusions.gated_cross_attention", "vlekit_fusions.projection_concat", "vlekit_fusions.dual_encoder",
     "vlekit_timm.timm_vit", "vlekit_plugin_template.mean_pool_fusion",

@@ -1,4 +1,4 @@
-"""VQA + LLM answers (vlekit/llm_answer.py) with a tiny random causal LM built and saved in the test."""
+"""VQA + LLM answers (vlekit/evaluation/llm_answer.py) with a tiny random causal LM built and saved in the test."""
 from __future__ import annotations
 
 import re
@@ -10,7 +10,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from data_prep.vqa_answers import AnswerVocabulary
-from vlekit.llm_answer import (
+from vlekit.evaluation.llm_answer import (
     DEFAULT_TEMPLATE,
     AnswerCandidate,
     LLMAnswerer,

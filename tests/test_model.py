@@ -15,7 +15,7 @@ from transformers import AutoModel, CLIPVisionConfig, CLIPVisionModel, DebertaV2
 import vlekit
 from vlekit import VCRModel, build_model
 from vlekit.model import BATCH_KEYS, MODEL_CONFIG_FILE, WEIGHTS_FILE, load_model_config
-from vlekit.text_encoders import _TINY_DEBERTA
+from vlekit.components.text_encoders import _TINY_DEBERTA
 
 B, C, L, K = 2, 4, 12, 3
 PER_CHOICE_KEYS = (
@@ -342,7 +342,7 @@ def test_from_pretrained_works_offline_from_the_folder_alone(tmp_path: Path, mon
     def no_download(*args, **kwargs):
         raise AssertionError(f"from_pretrained tried to load {args} {kwargs} instead of using the folder")
 
-    for cls in (AutoModel, CLIPVisionModel, vlekit.text_encoders.AutoConfig, CLIPVisionConfig):
+    for cls in (AutoModel, CLIPVisionModel, vlekit.components.text_encoders.AutoConfig, CLIPVisionConfig):
         monkeypatch.setattr(cls, "from_pretrained", no_download)
     loaded = VCRModel.from_pretrained(tmp_path / "ckpt").eval()
     assert loaded.text_encoder.model.config.vocab_size == 200
@@ -369,15 +369,15 @@ def test_from_pretrained_without_a_config_says_what_is_expected(tmp_path: Path) 
 def test_components_by_module_class_path(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = build_model(
-        text_encoder={"name": "vlekit.text_encoders:HFTextEncoder", "hf_config": _TINY_DEBERTA},
-        vision_encoder={"name": "vlekit.vision_encoders:CLIPVisionEncoder",
+        text_encoder={"name": "vlekit.components.text_encoders:HFTextEncoder", "hf_config": _TINY_DEBERTA},
+        vision_encoder={"name": "vlekit.components.vision_encoders:CLIPVisionEncoder",
                         "hf_config": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                           num_attention_heads=2, image_size=32, patch_size=16)},
-        fusion={"name": "vlekit.fusions:CoAttentionFusion", "hidden_size": 32, "num_hidden_layers": 1,
+        fusion={"name": "vlekit.components.fusions:CoAttentionFusion", "hidden_size": 32, "num_hidden_layers": 1,
                 "num_attention_heads": 2, "intermediate_size": 64},
     ).eval()
     assert type(model.fusion).__name__ == "CoAttentionFusion" and model.num_patches == 4
-    assert model.resolved_config().fusion["name"] == "vlekit.fusions:CoAttentionFusion"
+    assert model.resolved_config().fusion["name"] == "vlekit.components.fusions:CoAttentionFusion"
     batch = make_batch(model, seed=12)
     assert logits_of(model, batch).shape == (B, C)
     model.save_pretrained(tmp_path)

@@ -67,7 +67,7 @@ def test_notebook_runs_in_smoke_mode(path, tmp_path):
     started = time.perf_counter()
     client.execute()  # raises CellExecutionError, with the cell and its traceback, on any error
     print(f"{path.name}: {time.perf_counter() - started:.1f} s")
-    # Every figure the notebook showed is also on disk next to its outputs (vlekit.plots.save_shown_figures).
+    # Every figure the notebook showed is also on disk next to its outputs (vlekit.evaluation.plots.save_shown_figures).
     shown = sum("image/png" in output.get("data", {}) for cell in notebook.cells for output in cell.get("outputs", []))
     saved = sorted((tmp_path / "out" / "figures").glob("figure-*.png"))
     assert shown > 0 and len(saved) == shown and all(png.stat().st_size > 1000 for png in saved), (shown, saved)
@@ -102,9 +102,9 @@ def test_a_notebook_runs_as_a_plain_script_without_jupyter(tmp_path):
     assert result.returncode == 1 and "boom 7" in result.stderr and "cell 1 failed" in result.stderr
 
 
-# -- the library functions the notebooks added (vlekit.ablation, vlekit.ablation_stats, vlekit.plots) --------------------
+# -- the library functions the notebooks added (vlekit.ablation.grid, vlekit.ablation.stats, vlekit.evaluation.plots) --------------------
 def run_result(variant: str, seed: int, correct: list[bool]):
-    from vlekit.ablation_stats import RunResult
+    from vlekit.ablation.stats import RunResult
 
     return RunResult(variant=variant, seed=seed, task="q2a", accuracy=sum(correct) / len(correct),
                      annot_ids=tuple(f"val-{i}" for i in range(len(correct))), correct=tuple(correct),
@@ -112,8 +112,8 @@ def run_result(variant: str, seed: int, correct: list[bool]):
 
 
 def test_variant_changes_are_applied_and_checked():
-    from vlekit.ablation import with_changes
-    from vlekit.experiment import ExperimentConfig
+    from vlekit.ablation.grid import with_changes
+    from vlekit.runs.experiment import ExperimentConfig
 
     config = with_changes(ExperimentConfig(), {"model.fusion": "tiny-merged-attention", "data.geometry": "letterbox",
                                                "model.use_object_tokens": False})
@@ -128,7 +128,7 @@ def test_variant_changes_are_applied_and_checked():
 def test_summary_and_paired_tests():
     import math
 
-    from vlekit.ablation_stats import (best_variant, breakdown_by, compare, mcnemar_exact, paired_bootstrap,
+    from vlekit.ablation.stats import (best_variant, breakdown_by, compare, mcnemar_exact, paired_bootstrap,
                                        summarize, welch_t_test)
     from vlekit.tables import format_results_table
 
@@ -158,7 +158,7 @@ def test_summary_and_paired_tests():
 def test_a_grid_reuses_finished_runs_unless_what_they_depend_on_changed(tmp_path):
     import dataclasses
 
-    from vlekit import ablation, ablation_stats
+    from vlekit.ablation import grid as ablation, stats as ablation_stats
 
     grid = ablation.smoke_grid(tmp_path)
     variant = [v for v in ablation.smoke_variants() if v.name == ablation_stats.REFERENCE]
@@ -175,7 +175,7 @@ def test_plot_helpers_draw():
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from vlekit.plots import draw_boxes, pixels_to_image, plot_outcome_breakdown, plot_patch_grid
+    from vlekit.evaluation.plots import draw_boxes, pixels_to_image, plot_outcome_breakdown, plot_patch_grid
 
     image = pixels_to_image(np.zeros((3, 32, 32), dtype=np.float32))
     assert image.shape == (32, 32, 3) and 0.4 < image.mean() < 0.5  # zero = the CLIP mean colour

@@ -23,8 +23,8 @@ from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel, DebertaV2Config, DebertaV2Model
 
 from vlekit import build_model
-from vlekit.vle_checkpoint import from_vle_pretrained, to_vle_pretrained
-from vlekit.vle_keys import VLECheckpointError
+from vlekit.vle.checkpoint import from_vle_pretrained, to_vle_pretrained
+from vlekit.vle.keys import VLECheckpointError
 
 SAVED_SIZE, RUN_SIZE = 32, 48  # the tower's config and the resolution the checkpoint runs at (VQA: 576 px)
 ANSWERS = ["yes", "no", "2", "red", "dog"]

@@ -20,9 +20,9 @@ from transformers import CLIPConfig, CLIPModel, DebertaV2Config, DebertaV2ForMas
 import vlekit
 from vlekit import VCRModel, build_model
 from vlekit.model import MODEL_CONFIG_FILE
-from vlekit.registry import FrozenDict, make_config, thaw
-from vlekit.text_encoders import _TINY_DEBERTA
-from vlekit.vision_encoders import _TINY_CLIP, CLIP_MEAN, CLIP_STD, CLIPVisionEncoder
+from vlekit.options import FrozenDict, make_config, thaw
+from vlekit.components.text_encoders import _TINY_DEBERTA
+from vlekit.components.vision_encoders import _TINY_CLIP, CLIP_MEAN, CLIP_STD, CLIPVisionEncoder
 
 from test_model import make_batch
 

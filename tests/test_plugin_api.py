@@ -58,15 +58,15 @@ def test_plugins_import_only_the_public_api(path: Path) -> None:
 def test_the_check_catches_private_and_internal_imports() -> None:
     source = (
         "import vlekit\n"
-        "import vlekit.fusions\n"
-        "from vlekit.fusions import CoAttentionConfig\n"
+        "import vlekit.components.fusions\n"
+        "from vlekit.components.fusions import CoAttentionConfig\n"
         "from vlekit.layers import _private, masked_mean\n"
         "from vlekit import registry_for, no_such_name\n"
         "from vlekit.registry import register_fusion\n"
     )
     assert private_imports(source, filename="bad.py") == [
-        "bad.py:2: import vlekit.fusions (not a public module)",
-        "bad.py:3: from vlekit.fusions import ... (not a public module)",
+        "bad.py:2: import vlekit.components.fusions (not a public module)",
+        "bad.py:3: from vlekit.components.fusions import ... (not a public module)",
         "bad.py:4: from vlekit.layers import _private (not public)",
         "bad.py:5: from vlekit import no_such_name (not public)",
         "bad.py:6: from vlekit.registry import ... (not a public module)",

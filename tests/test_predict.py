@@ -13,9 +13,9 @@ from data_prep.synthetic import generate_synthetic_vcr
 from data_prep.vcr import read_vcr
 from vlekit.cli import main as cli_main
 from vlekit.demo import DemoConfig, demo_experiment
-from vlekit.evaluate import evaluate
-from vlekit.predict import parse_text
-from vlekit.train import train
+from vlekit.evaluation.evaluate import evaluate
+from vlekit.evaluation.predict import parse_text
+from vlekit.training.train import train
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from torch import nn
 
 import vlekit
 from vlekit.cli import main as cli_main
-from vlekit.fusions import CoAttentionConfig, CoAttentionFusion
+from vlekit.components.fusions import CoAttentionConfig, CoAttentionFusion
 from vlekit.registry import (
     FUSIONS,
     TEXT_ENCODERS,
@@ -92,7 +92,7 @@ def test_core_components_are_registered_by_decorator_in_their_module() -> None:
     assert CoAttentionFusion.config_class is CoAttentionConfig
     assert CoAttentionFusion.registered_name == "co-attention"
     assert entry.source == "core" and entry.kind == "fusion"
-    assert entry.defining_module == "vlekit.fusions.CoAttentionFusion"
+    assert entry.defining_module == "vlekit.components.fusions.CoAttentionFusion"
     assert entry.description.startswith("VLE / METER co-attention")
     assert TEXT_ENCODERS.get("hf-text").source == "core"
     assert VISION_ENCODERS.get("clip-vision").source == "core"
@@ -168,7 +168,7 @@ def test_a_plugin_cannot_take_a_core_name() -> None:
     with pytest.raises(RegistryError) as error:
         FUSIONS.register("co-attention", config=ToyConfig)(toy_class("thirdparty.fusions", "CoAttention"))
     message = str(error.value)
-    assert "vlekit.fusions.CoAttentionFusion (core)" in message
+    assert "vlekit.components.fusions.CoAttentionFusion (core)" in message
     assert "thirdparty.fusions.CoAttention (module thirdparty.fusions)" in message
     assert FUSIONS.get("co-attention").component is CoAttentionFusion
 
@@ -316,19 +316,19 @@ def test_configs_are_frozen() -> None:
 
 # -- module:Class paths ----------------------------------------------------------------------------
 def test_module_class_paths() -> None:
-    cls, config = FUSIONS.resolve("vlekit.fusions:CoAttentionFusion", {"hidden_size": 32, "num_attention_heads": 2})
+    cls, config = FUSIONS.resolve("vlekit.components.fusions:CoAttentionFusion", {"hidden_size": 32, "num_attention_heads": 2})
     assert cls is CoAttentionFusion and config.hidden_size == 32
-    module = FUSIONS.build("vlekit.fusions:CoAttentionFusion", hidden_size=32, num_attention_heads=2,
+    module = FUSIONS.build("vlekit.components.fusions:CoAttentionFusion", hidden_size=32, num_attention_heads=2,
                            intermediate_size=64, num_hidden_layers=1)
     assert isinstance(module, CoAttentionFusion) and module.pooled_size == 64
-    with pytest.raises(RegistryError, match="fusion 'vlekit.fusions:NoSuchClass': cannot import"):
-        FUSIONS.build("vlekit.fusions:NoSuchClass")
+    with pytest.raises(RegistryError, match="fusion 'vlekit.components.fusions:NoSuchClass': cannot import"):
+        FUSIONS.build("vlekit.components.fusions:NoSuchClass")
     with pytest.raises(RegistryError, match="cannot import.*expected 'package.module:ClassName'"):
         FUSIONS.build("no_such_module_xyz:Thing")
     with pytest.raises(RegistryError, match="has no 'config_class' attribute"):
         FUSIONS.build("torch.nn:Linear")
     with pytest.raises(TypeError, match="unknown option 'hiden_size'"):
-        FUSIONS.build("vlekit.fusions:CoAttentionFusion", hiden_size=32)
+        FUSIONS.build("vlekit.components.fusions:CoAttentionFusion", hiden_size=32)
 
 
 # -- plugins: import_plugins ---------------------------------------------------------------------
@@ -399,7 +399,7 @@ def test_import_plugins_registers_components_from_config_modules(plugin_module: 
 def test_import_plugins_error_names_the_module() -> None:
     expected = "plugin module 'no_such_plugin_xyz' listed in the config cannot be imported"
     with pytest.raises(RegistryError, match=expected):
-        import_plugins(["vlekit.fusions", "no_such_plugin_xyz"])
+        import_plugins(["vlekit.components.fusions", "no_such_plugin_xyz"])
 
 
 # -- plugins: entry points of installed distributions ---------------------------------------------

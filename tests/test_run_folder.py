@@ -1,4 +1,4 @@
-"""The run folder: what ``vlekit train`` writes is what ``vlekit.run_folder`` names and loads."""
+"""The run folder: what ``vlekit train`` writes is what ``vlekit.runs.folder`` names and loads."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,8 +9,8 @@ import pytest
 from data_prep.preprocess import MODEL_OPTIONS
 from data_prep.synthetic import generate_synthetic_vcr
 from vlekit.demo import DemoConfig, demo_experiment
-from vlekit.run_folder import PREPROCESS_FILE, RunFolder, find_model_dir, load_trained, read_metrics
-from vlekit.train import train
+from vlekit.runs.folder import PREPROCESS_FILE, RunFolder, find_model_dir, load_trained, read_metrics
+from vlekit.training.train import train
 
 
 def test_a_trained_run_has_the_layout_run_folder_names_and_loads_back(tmp_path):

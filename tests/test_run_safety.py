@@ -24,11 +24,11 @@ from accelerate import Accelerator
 from test_train import final_weights, tiny_overrides
 
 from data_prep.synthetic import generate_synthetic_vcr
-from vlekit.checkpoints import CheckpointSpaceError, checkpoint_dirs, latest_checkpoint
+from vlekit.training.checkpoints import CheckpointSpaceError, checkpoint_dirs, latest_checkpoint
 from vlekit.cli import main
-from vlekit.experiment import load_experiment
-from vlekit.run_lock import LOCK_FILE, RunFolderError, RunLock, claim_run_folder
-from vlekit.train import train
+from vlekit.runs.experiment import load_experiment
+from vlekit.runs.lock import LOCK_FILE, RunFolderError, RunLock, claim_run_folder
+from vlekit.training.train import train
 
 REPO = Path(__file__).resolve().parents[1]
 

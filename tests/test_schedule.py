@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from data_prep.synthetic import generate_synthetic_vcr
-from vlekit.experiment import load_experiment
-from vlekit.train import linear_warmup_decay, train
+from vlekit.runs.experiment import load_experiment
+from vlekit.training.setup import linear_warmup_decay
+from vlekit.training.train import train
 
 from test_train import NO_DROPOUT, metric_rows, tiny_overrides
 

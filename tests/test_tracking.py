@@ -11,10 +11,10 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 from data_prep.synthetic import generate_synthetic_vcr
 from vlekit.demo import DemoConfig, demo_experiment
-from vlekit.experiment import load_experiment
-from vlekit.run_folder import RunFolder
-from vlekit.tracking import TRACKING_DIR, check_trackers
-from vlekit.train import train
+from vlekit.runs.experiment import load_experiment
+from vlekit.runs.folder import RunFolder
+from vlekit.training.tracking import TRACKING_DIR, check_trackers
+from vlekit.training.train import train
 
 
 def test_a_tensorboard_run_holds_the_metrics_jsonl_scalars_and_the_config(tmp_path):

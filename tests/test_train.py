@@ -14,10 +14,11 @@ import torch
 from safetensors.torch import load_file
 
 from data_prep.synthetic import generate_synthetic_vcr
-from vlekit.checkpoints import checkpoint_dirs, latest_checkpoint
-from vlekit.experiment import ExperimentConfig, load_experiment
+from vlekit.training.checkpoints import checkpoint_dirs, latest_checkpoint
+from vlekit.runs.experiment import ExperimentConfig, load_experiment
 from vlekit.model import VCRModel
-from vlekit.train import StopRequested, train
+from vlekit.training.stopping import StopRequested
+from vlekit.training.train import train
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -103,7 +104,7 @@ def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(synthetic, tmp_
 
     interrupted = tiny_overrides(synthetic, tmp_path / "interrupted", epochs=2)
     with monkeypatch.context() as patch:
-        patch.setattr("vlekit.train.StopRequested", StopAfter)
+        patch.setattr("vlekit.training.train.StopRequested", StopAfter)
         first = train(load_experiment(None, interrupted), progress=False)
     assert first.interrupted and first.global_step == StopAfter.steps + 1
     assert latest_checkpoint(tmp_path / "interrupted").name == f"step-{first.global_step:07d}"

@@ -15,13 +15,14 @@ from torch import nn
 from data_prep.synthetic import generate_synthetic_vcr
 from data_prep.tokenizer import build_word_tokenizer
 from vlekit.cli import main as cli_main
-from vlekit.evaluate import evaluate
-from vlekit.experiment import load_experiment
-from vlekit.manifest import write_manifest
+from vlekit.evaluation.evaluate import evaluate
+from vlekit.runs.experiment import load_experiment
+from vlekit.runs.manifest import write_manifest
 from vlekit.model import VCRModel, VCRModelConfig
 from vlekit.registry import TEXT_ENCODERS
-from vlekit.train import build_run_model, model_config_for_run, train, with_component_option
-from vlekit.vle_checkpoint import to_vle_pretrained
+from vlekit.training.setup import build_run_model, model_config_for_run, with_component_option
+from vlekit.training.train import train
+from vlekit.vle.checkpoint import to_vle_pretrained
 
 from test_train import tiny_overrides
 

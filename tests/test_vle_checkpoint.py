@@ -22,10 +22,10 @@ from transformers import BertConfig, CLIPVisionConfig, CLIPVisionModel, DebertaV
 from transformers.models.bert.modeling_bert import BertAttention, BertIntermediate, BertOutput
 
 from vlekit import build_model
-from vlekit.vle_checkpoint import from_vle_pretrained, to_vle_pretrained
-from vlekit.vle_config import vcr_model_from_vle_config
-from vlekit.vle_keys import VLECheckpointError, official_to_vlekit_key, vlekit_to_official_key
-from vlekit.vle_processor import vle_preprocessor
+from vlekit.vle.checkpoint import from_vle_pretrained, to_vle_pretrained
+from vlekit.vle.config import vcr_model_from_vle_config
+from vlekit.vle.keys import VLECheckpointError, official_to_vlekit_key, vlekit_to_official_key
+from vlekit.vle.processor import vle_preprocessor
 
 VOCAB, IMAGE_SIZE, PATCH_SIZE = 100, 32, 8
 NUM_PATCHES = (IMAGE_SIZE // PATCH_SIZE) ** 2

@@ -22,7 +22,7 @@ from data_prep.vqa_answers import (
     soft_scores,
     soft_target_matrix,
 )
-from vlekit.task_metrics import vqa_accuracy
+from vlekit.evaluation.metrics import vqa_accuracy
 
 # --- the official normalisation (vqaEval.py), case by case --------------------------------------
 

@@ -1,4 +1,4 @@
-"""The official VQA accuracy, the majority baseline and retrieval recall (vlekit/task_metrics.py)."""
+"""The official VQA accuracy, the majority baseline and retrieval recall (vlekit/evaluation/metrics.py)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,7 +9,7 @@ import torch
 from data_prep.easy_vqa import convert_easy_vqa
 from data_prep.vqa import VQAExample
 from data_prep.vqa_answers import AnswerVocabulary, soft_target_matrix
-from vlekit.task_metrics import evaluate_vqa, majority_answer, retrieval_recall, soft_accuracy, vqa_accuracy
+from vlekit.evaluation.metrics import evaluate_vqa, majority_answer, retrieval_recall, soft_accuracy, vqa_accuracy
 
 
 def _example(qid: int, answers: list[str], *, answer_type: str = "other", question_type: str = "what is") -> VQAExample:

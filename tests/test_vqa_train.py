@@ -14,13 +14,13 @@ from data_prep.easy_vqa import convert_easy_vqa
 from data_prep.tokenizer import build_word_tokenizer
 from data_prep.vqa_answers import AnswerVocabulary, normalize_answer
 from vlekit.cli import main
-from vlekit.evaluate import evaluate, evaluate_vqa_model
-from vlekit.experiment import DataConfig, load_experiment
+from vlekit.evaluation.evaluate import evaluate, evaluate_vqa_model
+from vlekit.runs.experiment import DataConfig, load_experiment
 from vlekit.hub import model_card
 from vlekit.model import VCRModel, VCRModelConfig
-from vlekit.train import train
-from vlekit.vle_checkpoint import to_vle_pretrained
-from vlekit.run_data import read_split, tokenizer_records, vqa_head
+from vlekit.training.train import train
+from vlekit.vle.checkpoint import to_vle_pretrained
+from vlekit.runs.data import read_split, tokenizer_records, vqa_head
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "vqa-easy-tiny.yaml"
@@ -209,7 +209,7 @@ def test_an_official_vqa_checkpoint_evaluates_as_vle_feeds_it(easy, official_vqa
     from transformers import AutoTokenizer
 
     from data_prep.vqa import VQADataset
-    from vlekit.vle_checkpoint import from_vle_pretrained
+    from vlekit.vle.checkpoint import from_vle_pretrained
 
     folder, _, answers = official_vqa
     test = easy["test"]

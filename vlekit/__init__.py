@@ -12,9 +12,11 @@ Plugins build on this package, :mod:`vlekit.layers` (shared transformer blocks) 
 import importlib
 from typing import Any
 
-from vlekit import fusions, heads, layers, text_encoders, vision_encoders  # noqa: F401  (register the core components)
+from vlekit import layers  # noqa: F401
+from vlekit.components import fusions, heads, text_encoders, vision_encoders  # noqa: F401  (register the core components)
 from vlekit.interfaces import Fusion, FusionOutput, TextEncoder, VisionEncoder
 from vlekit.model import VCRModel, VCRModelConfig, build_model, load_model_config
+from vlekit.options import make_config
 from vlekit.registry import (
     FUSIONS,
     HEADS,
@@ -23,7 +25,6 @@ from vlekit.registry import (
     RegistryError,
     import_plugins,
     list_components,
-    make_config,
     register_fusion,
     register_head,
     register_text_encoder,
@@ -34,9 +35,9 @@ from vlekit.registry import (
 # The application's public names, imported on first use (PEP 562): registering a component in a notebook
 # cell does not pay for the run folders, the Hub, the data pipeline and the official-format loaders.
 _LAZY = {
-    "Predictor": "vlekit.predict", "load_run": "vlekit.predict",
-    "from_vle_pretrained": "vlekit.vle_checkpoint", "to_vle_pretrained": "vlekit.vle_checkpoint",
-    "vle_preprocessor": "vlekit.vle_processor",
+    "Predictor": "vlekit.evaluation.predict", "load_run": "vlekit.evaluation.predict",
+    "from_vle_pretrained": "vlekit.vle.checkpoint", "to_vle_pretrained": "vlekit.vle.checkpoint",
+    "vle_preprocessor": "vlekit.vle.processor",
 }
 
 

@@ -19,13 +19,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "synthetic": ("data_prep.synthetic", "write a synthetic VCR-format dataset (offline; grounding needed)"),
     "easy-vqa": ("data_prep.easy_vqa", "write easy-VQA (pip easy-vqa) in the VQA v2 layout (offline VQA data)"),
     "check-data": ("data_prep.check", "validate VCR annotations; statistics of the examples they give"),
-    "train": ("vlekit.train", "fine-tune a VCR model (Q->A or QA->R) or a VQA model (--task vqa)"),
-    "eval": ("vlekit.evaluate", "evaluate checkpoints: Q->A, QA->R, Q->AR, leaderboard CSV; VQA accuracy, result file"),
-    "predict": ("vlekit.predict", "score typed answers to a typed question about an image with a trained run"),
+    "train": ("vlekit.training.train", "fine-tune a VCR model (Q->A or QA->R) or a VQA model (--task vqa)"),
+    "eval": ("vlekit.evaluation.evaluate", "evaluate checkpoints: Q->A, QA->R, Q->AR, leaderboard CSV; VQA accuracy, result file"),
+    "predict": ("vlekit.evaluation.predict", "score typed answers to a typed question about an image with a trained run"),
     "demo": ("vlekit.demo", "the built-in demo: synthetic VCR data, tiny model, train, evaluate"),
-    "ablate": ("vlekit.ablation", "an ablation grid over any experiment (variants x seeds) with a report"),
-    "bench": ("vlekit.bench", "measure training / inference speed, memory, FLOPs and MFU"),
-    "push": ("vlekit.push", "upload a trained run to the Hugging Face Hub with a model card"),
+    "ablate": ("vlekit.ablation.grid", "an ablation grid over any experiment (variants x seeds) with a report"),
+    "bench": ("vlekit.bench.run", "measure training / inference speed, memory, FLOPs and MFU"),
+    "push": ("vlekit.runs.push", "upload a trained run to the Hugging Face Hub with a model card"),
 }
 
 

@@ -21,12 +21,12 @@ from typing import Any
 import torch
 
 from data_prep.synthetic import generate_synthetic_vcr
-from vlekit.evaluate import evaluate
-from vlekit.experiment import DataConfig, ExperimentConfig, TrainConfig
+from vlekit.evaluation.evaluate import evaluate
+from vlekit.runs.experiment import DataConfig, ExperimentConfig, TrainConfig
 from vlekit.model import VCRModelConfig
-from vlekit.run_folder import TOKENIZER_DIR, RunFolder
+from vlekit.runs.folder import TOKENIZER_DIR, RunFolder
 from vlekit.tables import format_metrics_table
-from vlekit.train import train
+from vlekit.training.train import train
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ def demo_experiment(config: DemoConfig, *, task: str, data: Any, tokenizer: str)
 
 def run_demo(config: DemoConfig = DemoConfig(), *, progress: bool = True) -> dict[str, Any]:
     """Run the demo; returns the metrics and writes the results into ``config.out``."""
-    from vlekit.plots import plot_training_curve, plt, save_training_curve  # matplotlib: only when drawing
+    from vlekit.evaluation.plots import plot_training_curve, plt, save_training_curve  # matplotlib: only when drawing
 
     torch.set_num_threads(config.torch_threads)
     started = time.perf_counter()

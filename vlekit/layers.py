@@ -11,7 +11,7 @@ What lives here, once:
 * :func:`init_bert_style` and :func:`run_layer` (gradient checkpointing per layer).
 
 Parameter names are VLE's co-attention names (``self_attention.query``, ``intermediate``,
-``output``, ``output_norm``, ...), which :mod:`vlekit.vle_checkpoint` maps to the official checkpoints.
+``output``, ``output_norm``, ...), which :mod:`vlekit.vle.checkpoint` maps to the official checkpoints.
 Plugins import these from ``vlekit.layers``; everything else in the core is private to it.
 """
 from __future__ import annotations

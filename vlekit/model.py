@@ -1,6 +1,6 @@
 """Model assembly: any registered text encoder + vision encoder + fusion + head -> a task model.
 
-The head (a registered ``head``, :mod:`vlekit.heads`) decides the task: the default
+The head (a registered ``head``, :mod:`vlekit.components.heads`) decides the task: the default
 ``vcr-multiple-choice`` head makes a VCR multiple-choice model over the batch contract (DESIGN.md
 section 3); ``vqa``, ``itm`` and ``pbc`` make VLE's other task models, which take one text per image
 (``input_ids, attention_mask [B, L]``, ``pixel_values [B, 3, H, W]``; text type 0, image type 1).
@@ -39,7 +39,8 @@ from torch import nn
 
 from vlekit.interfaces import check_shape
 from vlekit.layers import init_bert_style, masked_mean
-from vlekit.registry import FUSIONS, HEADS, TEXT_ENCODERS, VISION_ENCODERS, Registry, freeze, make_config
+from vlekit.options import freeze, make_config
+from vlekit.registry import FUSIONS, HEADS, TEXT_ENCODERS, VISION_ENCODERS, Registry
 
 MODEL_CONFIG_FILE = "vlekit_config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -69,7 +70,7 @@ class VCRModelConfig:
     """Everything that defines a model (VCR by default, or any registered head's task); saved with every checkpoint.
 
     text_encoder / vision_encoder / fusion / head: ``{"name": registered name or module:Class, **options}``,
-        immutable once built (:class:`vlekit.registry.FrozenDict`; it compares and serialises as a dict).
+        immutable once built (:class:`vlekit.options.FrozenDict`; it compares and serialises as a dict).
         The head's ``pooled_size`` / ``hidden_size`` default to the fusion's, its ``initializer_range``
         to the model's.
     num_token_types: rows of the token-type table; ``forward`` rejects ids outside ``[0, num_token_types)``.

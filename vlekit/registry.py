@@ -21,17 +21,15 @@ import importlib
 import importlib.metadata
 import sys
 import traceback
-import types
-import typing
 from collections.abc import Callable, Iterable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
 from torch import nn
 
-KINDS: tuple[str, ...] = ("text_encoder", "vision_encoder", "fusion", "head")
+from vlekit.options import freeze, make_config, thaw
+
 
 # Set while an entry point is being imported, so registrations inside it know their package.
 _loading_package: ContextVar[str | None] = ContextVar("_loading_package", default=None)
@@ -94,130 +92,15 @@ def _first_line(text: str | None) -> str:
     return line.replace("``", "")
 
 
-class FrozenDict(dict):
-    """A dict that refuses changes: the nested options of a frozen config stay what was built.
-
-    A ``dict`` subclass, so it compares equal to a plain dict and ``json.dumps`` writes it as one;
-    ``yaml.safe_dump`` does too (representers registered below). Copies and pickles are frozen again.
-    """
-
-    def _refuse(self, *args: Any, **kwargs: Any) -> None:
-        raise TypeError(
-            "config options are immutable; build a new config instead "
-            "(dataclasses.replace(config, field={**config.field, key: value}))"
-        )
-
-    __setitem__ = __delitem__ = __ior__ = _refuse  # type: ignore[assignment]
-    clear = pop = popitem = setdefault = update = _refuse  # type: ignore[assignment]
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (dict(self),))
-
-    def __hash__(self) -> int:  # type: ignore[override]
-        return hash(tuple(sorted(self.items(), key=lambda item: str(item[0]))))
-
-
-class FrozenList(list):
-    """A list that refuses changes (the list-valued options inside a :class:`FrozenDict`)."""
-
-    def _refuse(self, *args: Any, **kwargs: Any) -> None:
-        raise TypeError("config options are immutable; build a new config instead")
-
-    __setitem__ = __delitem__ = __iadd__ = __imul__ = _refuse  # type: ignore[assignment]
-    append = clear = extend = insert = pop = remove = reverse = sort = _refuse  # type: ignore[assignment]
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (list(self),))
-
-    def __hash__(self) -> int:  # type: ignore[override]
-        return hash(tuple(self))
-
-
-for _dumper in (yaml.SafeDumper, yaml.Dumper):
-    _dumper.add_representer(FrozenDict, yaml.representer.SafeRepresenter.represent_dict)
-    _dumper.add_representer(FrozenList, yaml.representer.SafeRepresenter.represent_list)
-
-
-def freeze(value: Any) -> Any:
-    """``value`` with every nested dict and list made immutable (:class:`FrozenDict`, :class:`FrozenList`).
-
-    Tuples become frozen lists too: JSON and YAML read them back as lists, which then compare equal.
-    """
-    if isinstance(value, Mapping):
-        return FrozenDict({key: freeze(item) for key, item in value.items()})
-    if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):  # named tuples keep their type
-        return FrozenList(freeze(item) for item in value)
-    return value
-
-
-def thaw(value: Any) -> Any:
-    """A plain, mutable deep copy of a frozen value (for libraries that may change what they are given)."""
-    if isinstance(value, Mapping):
-        return {key: thaw(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [thaw(item) for item in value]
-    return value
-
-
-def make_config(config_class: type, options: Mapping[str, Any], *, where: str) -> Any:
-    """Build a frozen dataclass config, rejecting unknown options and wrong basic types.
-
-    Dict and list options are frozen too (:func:`freeze`), so no option changes after the build.
-    ``where`` names the component in error messages (e.g. ``"fusion 'co-attention'"``).
-    """
-    if not dataclasses.is_dataclass(config_class):
-        raise TypeError(f"{where}: config class {config_class!r} must be a dataclass")
-    fields = {f.name: f for f in dataclasses.fields(config_class) if f.init}
-    unknown = [key for key in options if key not in fields]
-    if unknown:
-        key = unknown[0]
-        close = difflib.get_close_matches(key, list(fields), n=3)
-        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else "."
-        raise TypeError(
-            f"{where}: unknown option {key!r}{hint} Accepted options: {', '.join(sorted(fields))}"
-        )
-    hints = typing.get_type_hints(config_class)
-    options = {key: _coerce_float(value, hints.get(key)) for key, value in options.items()}
-    for key, value in options.items():
-        _check_type(value, hints.get(key), where=f"{where}: option {key!r}")
-    return config_class(**{key: freeze(value) for key, value in options.items()})
-
-
-def _coerce_float(value: Any, hint: Any) -> Any:
-    """YAML 1.1 reads ``3e-5`` (no dot) as a string; accept it where a float is expected."""
-    if isinstance(value, str) and hint is not None and float in (typing.get_args(hint) or (hint,)):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
-
-
-def _check_type(value: Any, hint: Any, *, where: str) -> None:
-    """Check plain scalar annotations (int, float, bool, str, and their Optionals)."""
-    if hint is None:
-        return
-    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union else (hint,)
-    scalars = {bool, int, float, str, type(None)}
-    if not all(a in scalars for a in allowed):
-        return  # containers and custom types are the component's own business
-    if float in allowed and isinstance(value, int) and not isinstance(value, bool):
-        return
-    if bool not in allowed and isinstance(value, bool):
-        ok = False
-    else:
-        ok = isinstance(value, tuple(a for a in allowed))
-    if not ok:
-        names = " or ".join("None" if a is type(None) else a.__name__ for a in allowed)
-        raise TypeError(f"{where} must be {names}, got {type(value).__name__} {value!r}")
-
-
 class Registry:
     """Named components of one kind, with presets, entry-point plugins and strict configs."""
 
-    def __init__(self, *, kind: str, entry_point_group: str) -> None:
+    def __init__(self, *, kind: str, entry_point_group: str, core_module: str | None = None) -> None:
+        """core_module: the module whose import registers this kind's core entries, imported on the first
+        lookup (as plugins are) when ``import vlekit`` does not import it, so that stays cheap."""
         self.kind = kind
         self.entry_point_group = entry_point_group
+        self.core_module = core_module
         self._entries: dict[str, Entry] = {}
         self._broken: list[BrokenPlugin] = []
         self._entry_points_loaded = False
@@ -299,6 +182,8 @@ class Registry:
             return
         self._entry_points_loaded = True
         self._broken = []
+        if self.core_module is not None:
+            importlib.import_module(self.core_module)
         for entry_point in importlib.metadata.entry_points(group=self.entry_point_group):
             package = entry_point.dist.name if entry_point.dist is not None else entry_point.module
             token = _loading_package.set(package)
@@ -410,7 +295,10 @@ TEXT_ENCODERS = Registry(kind="text_encoder", entry_point_group="vlekit.text_enc
 VISION_ENCODERS = Registry(kind="vision_encoder", entry_point_group="vlekit.vision_encoders")
 FUSIONS = Registry(kind="fusion", entry_point_group="vlekit.fusions")
 HEADS = Registry(kind="head", entry_point_group="vlekit.heads")
-REGISTRIES: dict[str, Registry] = {r.kind: r for r in (TEXT_ENCODERS, VISION_ENCODERS, FUSIONS, HEADS)}
+# The kinds a model is assembled from (each registered class is an ``nn.Module``); the other kinds
+# (ways to adapt a model, tasks, diagnostic probes) register the same way and are listed with them.
+MODEL_REGISTRIES: dict[str, Registry] = {r.kind: r for r in (TEXT_ENCODERS, VISION_ENCODERS, FUSIONS, HEADS)}
+REGISTRIES: dict[str, Registry] = {**MODEL_REGISTRIES}
 
 register_text_encoder = TEXT_ENCODERS.register
 register_vision_encoder = VISION_ENCODERS.register
@@ -422,7 +310,7 @@ def registry_for(kind: str) -> Registry:
     """The registry of ``kind`` (``text_encoder``, ``vision_encoder``, ``fusion`` or ``head``; plurals accepted)."""
     key = kind.replace("-", "_").rstrip("s")
     if key not in REGISTRIES:
-        raise RegistryError(f"unknown component kind {kind!r}; expected one of {', '.join(KINDS)}")
+        raise RegistryError(f"unknown component kind {kind!r}; expected one of {', '.join(REGISTRIES)}")
     return REGISTRIES[key]
 
 

@@ -15,7 +15,7 @@ from typing import Any
 # Task -> the name a table shows (``q2ar`` is both answers right, Q->A then QA->R).
 METRIC_NAMES: dict[str, str] = {
     "q2a": "Q->A", "qa2r": "QA->R", "q2ar": "Q->AR",
-    # VQA overall and per VQA v2 answer type (``vlekit.evaluate.evaluate_vqa_model``)
+    # VQA overall and per VQA v2 answer type (``vlekit.evaluation.evaluate.evaluate_vqa_model``)
     "vqa": "VQA", "vqa yes/no": "VQA yes/no", "vqa number": "VQA number", "vqa other": "VQA other",
 }
 
@@ -68,7 +68,7 @@ def text_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None 
 
 
 def format_metrics_table(metrics: Mapping[str, Mapping[str, Any]], *, markdown: bool = False) -> str:
-    """Evaluation metrics (``{task: {"accuracy", "ci95", "chance", "n"}}``, as ``vlekit.evaluate``
+    """Evaluation metrics (``{task: {"accuracy", "ci95", "chance", "n"}}``, as ``vlekit.evaluation.evaluate``
     returns them): one row per task, Q->A, QA->R, Q->AR, VQA in that order, then any other rows (VQA's
     per-answer-type rows) in their own order. VQA's ``chance`` is the majority answer's accuracy."""
     order = [task for task in METRIC_NAMES if task in metrics] + [task for task in metrics if task not in METRIC_NAMES]
@@ -80,7 +80,7 @@ def format_metrics_table(metrics: Mapping[str, Mapping[str, Any]], *, markdown: 
 
 
 def format_results_table(rows: Sequence[Mapping[str, Any]], *, markdown: bool = False, metric: str | None = None) -> str:
-    """Ablation summary rows (``vlekit.ablation_stats.summarize``: variant, task, seeds, mean, std, min, max,
+    """Ablation summary rows (``vlekit.ablation.stats.summarize``: variant, task, seeds, mean, std, min, max,
     delta, train_loss) as a table, accuracies in percent; a single seed has no std (``n/a``). ``metric``
     (the accuracy column's name) defaults to the rows' task (``Q->A``, ``QA->R``)."""
     if metric is None:

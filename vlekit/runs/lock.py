@@ -20,7 +20,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from vlekit.run_folder import CHECKPOINTS_DIR, EXPERIMENT_FILE, METRICS_FILE, MODEL_DIR, TOKENIZER_DIR
+from vlekit.runs.folder import CHECKPOINTS_DIR, EXPERIMENT_FILE, METRICS_FILE, MODEL_DIR, TOKENIZER_DIR
 
 LOCK_FILE = ".lock"
 RUN_ENTRIES = (EXPERIMENT_FILE, CHECKPOINTS_DIR, MODEL_DIR, METRICS_FILE, TOKENIZER_DIR)

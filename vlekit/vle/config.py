@@ -5,7 +5,7 @@ Owns the folder (a local one, or a hub repository fetched with ``snapshot_downlo
 ``vision_config`` CLIP tower, the fusion fields, ``num_token_types``, a VQA config's answers), the
 weights (``model.safetensors`` / ``pytorch_model.bin``, single or sharded with an index) and
 :func:`vcr_model_from_vle_config`, the randomly initialised :class:`~vlekit.model.VCRModel` of a config.
-Loading the weights into it is :mod:`vlekit.vle_checkpoint`'s.
+Loading the weights into it is :mod:`vlekit.vle.checkpoint`'s.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from transformers import CONFIG_MAPPING, AutoConfig, CLIPVisionConfig
 
 from vlekit.model import VCRModel, build_model
 from vlekit.hf_configs import keys_from_file, saved_hf_config
-from vlekit.vle_keys import VLE_CONFIG_FILE, VLE_MODEL_TYPE, VLE_TASKS, VLECheckpointError, _shorten, task_name
+from vlekit.vle.keys import VLE_CONFIG_FILE, VLE_MODEL_TYPE, VLE_TASKS, VLECheckpointError, _shorten, task_name
 
 __all__ = [
     "FUSION_FIELDS",

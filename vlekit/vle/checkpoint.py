@@ -4,9 +4,9 @@
 local folder of the same layout) into a :class:`~vlekit.model.VCRModel` built through the registry
 (``hf-text`` DeBERTa-v2 + ``clip-vision`` + ``co-attention``) and reports what the load did
 (:class:`VLELoadReport`); ``to_vle_pretrained`` writes a vlekit model back in the official layout.
-This module owns loading and export; the names and key map are :mod:`vlekit.vle_keys`'s, reading
-the folder and building the model from ``config.json`` :mod:`vlekit.vle_config`'s, and the official
-preprocessing (``vle_preprocessor``, ``preprocessor_config.json``) :mod:`vlekit.vle_processor`'s.
+This module owns loading and export; the names and key map are :mod:`vlekit.vle.keys`'s, reading
+the folder and building the model from ``config.json`` :mod:`vlekit.vle.config`'s, and the official
+preprocessing (``vle_preprocessor``, ``preprocessor_config.json``) :mod:`vlekit.vle.processor`'s.
 
 The official layout (``models/VLE`` in github.com/iflytek/VLE):
 
@@ -41,11 +41,11 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-from vlekit.fusions import CoAttentionFusion
+from vlekit.components.fusions import CoAttentionFusion
 from vlekit.model import VCRModel
-from vlekit.text_encoders import HFTextEncoder
-from vlekit.vision_encoders import CLIPVisionEncoder, interpolate_position_embeddings
-from vlekit.vle_config import (
+from vlekit.components.text_encoders import HFTextEncoder
+from vlekit.components.vision_encoders import CLIPVisionEncoder, interpolate_position_embeddings
+from vlekit.vle.config import (
     _MODEL_FILES,
     FUSION_FIELDS,
     TEXT_MODEL_TYPE,
@@ -55,7 +55,7 @@ from vlekit.vle_config import (
     read_vle_weights,
     vcr_model_from_vle_config,
 )
-from vlekit.vle_keys import (
+from vlekit.vle.keys import (
     _ARCHITECTURE_TO_TASK,
     _HEAD_TO_VLEKIT,
     BACKBONE_PREFIX,
@@ -76,7 +76,7 @@ from vlekit.vle_keys import (
     task_name,
     vlekit_to_official_key,
 )
-from vlekit.vle_processor import _checkpoint_image_size, vle_preprocessor_config
+from vlekit.vle.processor import _checkpoint_image_size, vle_preprocessor_config
 
 __all__ = [
     "VLELoadReport",

@@ -4,11 +4,11 @@ The model is built from registered names with random weights (nothing is downloa
 VCR batches already in the batch contract, so the numbers are the model's alone: data loading is the
 training loop's business. The jobs live in their own modules:
 
-- `vlekit.bench_config`: presets and `BenchConfig` (what a run measures);
-- `vlekit.bench_batches`: the synthetic VCR batches;
-- `vlekit.flops`: FLOP counting on the meta device and the bf16 peaks MFU divides by;
-- `vlekit.bench_timing`: timing, memory, OOM handling (`run_bench`);
-- `vlekit.bench_profile`: profiler traces, top ops, host syncs;
+- `vlekit.bench.config`: presets and `BenchConfig` (what a run measures);
+- `vlekit.bench.batches`: the synthetic VCR batches;
+- `vlekit.bench.flops`: FLOP counting on the meta device and the bf16 peaks MFU divides by;
+- `vlekit.bench.timing`: timing, memory, OOM handling (`run_bench`);
+- `vlekit.bench.profile`: profiler traces, top ops, host syncs;
 - this module: the ``vlekit bench`` flags and the printed tables.
 
 Example (the issue's VLE-base Q->A setting; the official implementation runs 18.5 questions/s)::
@@ -28,11 +28,11 @@ from typing import Any
 
 import torch
 
-from vlekit.bench_batches import NUM_CHOICES
-from vlekit.bench_config import DTYPES, MODES, PRESETS, TASKS, BenchConfig, BenchConfigError
-from vlekit.bench_timing import BenchReport, run_bench
-from vlekit.deberta_attention import DEBERTA_ATTENTIONS
-from vlekit.flops import flop_table
+from vlekit.bench.batches import NUM_CHOICES
+from vlekit.bench.config import DTYPES, MODES, PRESETS, TASKS, BenchConfig, BenchConfigError
+from vlekit.bench.timing import BenchReport, run_bench
+from vlekit.components.deberta_attention import DEBERTA_ATTENTIONS
+from vlekit.bench.flops import flop_table
 from vlekit.registry import RegistryError
 
 

@@ -2,7 +2,7 @@
 
 Owns ``RunResult`` (one run's accuracy and per-question correctness, ``result.json``), reading a grid
 folder's results (``load_results``), the per-variant summary, the comparisons between two variants
-and the Markdown/JSON/figure summary. It knows nothing of how the runs were made (``vlekit.ablation``
+and the Markdown/JSON/figure summary. It knows nothing of how the runs were made (``vlekit.ablation.grid``
 runs the grid), so results from another machine are summarised the same way.
 
 Statistics (on the grid's task, which the summary names): mean and sample standard deviation over
@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from vlekit.evaluate import CHANCE
+from vlekit.evaluation.evaluate import CHANCE
 from vlekit.tables import METRIC_NAMES, format_results_table
 
 REFERENCE = "vle"
@@ -361,7 +361,7 @@ def report(results: Sequence[RunResult], *, reference: str = REFERENCE, baseline
 def write_summary(results: Sequence[RunResult], out: str | Path, *, reference: str = REFERENCE,
                   baseline: str = NO_OBJECT_TOKENS) -> Path:
     """``out/summary.md``, ``out/summary.json`` and ``out/accuracy.png``; returns the Markdown path."""
-    from vlekit.plots import plot_accuracy_bars
+    from vlekit.evaluation.plots import plot_accuracy_bars
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -31,7 +31,7 @@ Output folder::
 A finished run (its ``result.json`` written with the same resolved config) is skipped when the grid
 runs again, so an interrupted grid continues where it stopped and extra seeds only add runs.
 
-The summary (results table, comparisons, tests) is ``vlekit.ablation_stats``'s, which says what the
+The summary (results table, comparisons, tests) is ``vlekit.ablation.stats``'s, which says what the
 statistics are.
 """
 from __future__ import annotations
@@ -54,15 +54,15 @@ import yaml
 
 from data_prep.synthetic import SyntheticVCR, generate_synthetic_vcr
 from data_prep.tokenizer import build_word_tokenizer
-from vlekit.ablation_stats import NO_OBJECT_TOKENS, REFERENCE, RESULT_FILE, RunResult, write_summary
-from vlekit.evaluate import evaluate
-from vlekit.experiment import ExperimentConfig, apply_changes, experiment_from_dict
-from vlekit.registry import make_config
-from vlekit.run_folder import RunFolder
-from vlekit.train import train
+from vlekit.ablation.stats import NO_OBJECT_TOKENS, REFERENCE, RESULT_FILE, RunResult, write_summary
+from vlekit.evaluation.evaluate import evaluate
+from vlekit.runs.experiment import ExperimentConfig, apply_changes, experiment_from_dict
+from vlekit.options import make_config
+from vlekit.runs.folder import RunFolder
+from vlekit.training.train import train
 
 # The demo's grid: shipped with the repository, next to the other experiment files.
-DEMO_GRID_FILE = Path(__file__).resolve().parents[1] / "configs" / "grids" / "ablation-demo.yaml"
+DEMO_GRID_FILE = Path(__file__).resolve().parents[2] / "configs" / "grids" / "ablation-demo.yaml"
 
 
 @dataclass(frozen=True)
@@ -418,7 +418,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vlekit.ablation", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m vlekit.ablation.grid", description=__doc__.split("\n\n")[0])
     add_arguments(parser)
     return run(parser.parse_args(argv))
 

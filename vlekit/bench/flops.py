@@ -16,8 +16,8 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from vlekit.bench_batches import synthetic_batch
-from vlekit.bench_config import BenchConfig
+from vlekit.bench.batches import synthetic_batch
+from vlekit.bench.config import BenchConfig
 from vlekit.model import build_model
 
 # bf16 dense tensor-core peaks in TFLOP/s, matched in order against the lower-cased CUDA device name.

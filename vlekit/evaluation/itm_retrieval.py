@@ -10,10 +10,10 @@ from collections.abc import Sequence
 
 import torch
 
-from vlekit.heads import ITMHead
+from vlekit.components.heads import ITMHead
 from vlekit.interfaces import check_shape
 from vlekit.model import VCRModel
-from vlekit.task_metrics import RetrievalRecall, retrieval_recall
+from vlekit.evaluation.metrics import RetrievalRecall, retrieval_recall
 
 __all__ = ["itm_retrieval", "itm_score_matrix"]
 
@@ -57,7 +57,7 @@ def itm_retrieval(
 
     ``text_to_image [T]``: the index of each text's own image (several texts may share one, as the
     five captions of COCO / Flickr30k do). See :func:`itm_score_matrix` and
-    :func:`vlekit.task_metrics.retrieval_recall` (ties rank by index).
+    :func:`vlekit.evaluation.metrics.retrieval_recall` (ties rank by index).
     """
     scores = itm_score_matrix(model, input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values,
                               batch_size=batch_size)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from vlekit.bench_batches import MAX_OBJECTS, TASKS
+from vlekit.bench.batches import MAX_OBJECTS, TASKS
 
 PRESETS: dict[str, dict[str, str]] = {
     "vle-base": dict(text_encoder="deberta-v3-base-random", vision_encoder="clip-vit-b16-384-random",
@@ -35,7 +35,7 @@ class BenchConfig:
         padded length is compiled / autotuned before the clock starts.
     peak_tflops: the device's bf16 dense peak for MFU; ``None`` looks the device up.
     text_attention: the text encoder's ``attention`` option (``eager``, or ``sdpa``: DeBERTa's
-        disentangled attention fused, `vlekit.deberta_attention`).
+        disentangled attention fused, `vlekit.components.deberta_attention`).
     """
 
     text_encoder: str

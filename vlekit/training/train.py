@@ -1,24 +1,24 @@
 """Fine-tuning on VCR (``q2a``, ``qa2r``) or VQA (``vqa``) with Hugging Face Accelerate: one code path
-for CPU, one GPU, DDP / FSDP, and for every task (a VQA run differs only in its data and head: ``vlekit.run_data``).
+for CPU, one GPU, DDP / FSDP, and for every task (a VQA run differs only in its data and head: ``vlekit.runs.data``).
 
-Run folder layout (everything needed to reproduce, resume and evaluate; defined in ``vlekit.run_folder``)::
+Run folder layout (everything needed to reproduce, resume and evaluate; defined in ``vlekit.runs.folder``)::
 
     OUT/config.yaml              resolved experiment config
     OUT/tokenizer/               the tokenizer used (built from the data when tokenizer=auto)
     OUT/metrics.jsonl            one JSON object per log step (loss, the lr the step used, processes) and per evaluation
     OUT/checkpoints/step-N/      accelerate state (model, optimizer, scheduler, RNG) + trainer_state.json
     OUT/model/                   final model (vlekit_config.json, model.safetensors, tokenizer/, data.json, manifest.json)
-    OUT/.lock                    the PID and host of the process training in OUT (vlekit.run_lock)
+    OUT/.lock                    the PID and host of the process training in OUT (vlekit.runs.lock)
     OUT/curve.png                training curve (``vlekit train`` draws it; ``train()`` leaves plotting to its caller)
     OUT/tracking/OUT.name/       what ``train.report_to`` trackers write (TensorBoard events, W&B offline runs, ...)
 
 Checkpoints are written to ``step-N.tmp``, completed by a ``manifest.json`` (every file's size and
-SHA-256, written last) and renamed (``vlekit.checkpoints``), so a kill, even SIGKILL in the middle of a
+SHA-256, written last) and renamed (``vlekit.training.checkpoints``), so a kill, even SIGKILL in the middle of a
 save, never leaves a half-written ``step-N``. ``--resume`` restores the newest checkpoint whose files match its manifest
 (a truncated or corrupted one is skipped with a message), including the data-loader position, and
 continues to the same result as an uninterrupted run. SIGINT / SIGTERM (to the main process or to the
 whole process group, as clusters send them) finish the current step, save, and exit with 130 / 143.
-An OUT that holds another run is refused unless ``--resume`` or ``--overwrite`` (``vlekit.run_lock``).
+An OUT that holds another run is refused unless ``--resume`` or ``--overwrite`` (``vlekit.runs.lock``).
 """
 from __future__ import annotations
 
@@ -42,20 +42,20 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
-from data_prep.vqa_answers import AnswerVocabulary
-from vlekit.checkpoints import (
+from vlekit.training.checkpoints import (
     STATE_FILE, CheckpointSpaceError, TrainerState, replace_folder, resume_checkpoint, save_checkpoint, write_manifest,
 )
-from vlekit.evaluate import accuracy_on, vqa_accuracy_on
-from vlekit.experiment import TASKS, VQA_TASK, ExperimentConfig, load_experiment
+from vlekit.evaluation.evaluate import accuracy_on, vqa_accuracy_on
+from vlekit.runs.experiment import TASKS, VQA_TASK, ExperimentConfig, load_experiment
 from vlekit.model import VCRModel, VCRModelConfig
-from vlekit.registry import registry_for
-from vlekit.run_data import make_datasets, read_run_data, skipped_items_summary, vqa_model_config
-from vlekit.run_folder import (
+from vlekit.runs.data import make_datasets, read_run_data, skipped_items_summary
+from vlekit.runs.folder import (
     EXPERIMENT_FILE, METRICS_FILE, MODEL_DIR, PREPROCESS_FILE, TOKENIZER_DIR, RunFolder, saved_preprocessing,
 )
-from vlekit.run_lock import claim_run_folder
-from vlekit.tracking import TRACKING_DIR, check_trackers, flat_hyperparameters, tracked_scalars
+from vlekit.runs.lock import claim_run_folder
+from vlekit.training.setup import build_run_model, linear_warmup_decay, load_or_build_tokenizer, make_optimizer, resolve_mixed_precision
+from vlekit.training.stopping import StopRequested, ignore_stop_signals
+from vlekit.training.tracking import TRACKING_DIR, check_trackers, flat_hyperparameters, tracked_scalars
 
 
 class EpochShuffleSampler(Sampler[int]):
@@ -77,195 +77,6 @@ class EpochShuffleSampler(Sampler[int]):
 
 
 # -- building blocks ------------------------------------------------------------------------------
-def resolve_mixed_precision(value: str) -> str:
-    """``train.mixed_precision`` -> Accelerate's setting (``fp32`` is Accelerate's ``no``)."""
-    if value == "auto":
-        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    if value not in ("fp32", "bf16", "fp16"):
-        raise ValueError(f"train.mixed_precision {value!r}: expected auto, bf16, fp16 or fp32")
-    return "no" if value == "fp32" else value
-
-
-def load_or_build_tokenizer(config: ExperimentConfig, out: Path, accelerator: Accelerator, text: Any):
-    """The run's tokenizer: a name or path, or ``auto`` (word-level, built once from ``text``, the
-    training records :class:`vlekit.run_data.RunData` holds)."""
-    from transformers import AutoTokenizer
-
-    if config.data.tokenizer != "auto":
-        return AutoTokenizer.from_pretrained(config.data.tokenizer)
-    folder = out / TOKENIZER_DIR
-    if accelerator.is_main_process and not (folder / "tokenizer_config.json").is_file():
-        from data_prep.tokenizer import build_word_tokenizer
-
-        build_word_tokenizer(text, out_dir=folder)
-    accelerator.wait_for_everyone()
-    return AutoTokenizer.from_pretrained(folder)
-
-
-def with_component_option(spec: dict[str, Any], kind: str, key: str, value: Any, *, why: str) -> dict[str, Any]:
-    """``spec`` with ``key=value`` unless the spec sets ``key`` itself; an error naming the component
-    when its config has no such field (``why``: the run-level option that asks for it)."""
-    _, config = registry_for(kind).resolve(spec["name"], {k: v for k, v in spec.items() if k != "name"})
-    if key in spec:  # set on the component explicitly: that wins
-        return spec
-    if key not in {f.name for f in dataclasses.fields(config)}:
-        raise ValueError(
-            f"{why}, but {kind} {spec['name']!r} ({type(config).__name__}) has no {key!r} option; "
-            f"use a {kind} that has one, or change the run-level option"
-        )
-    return {**spec, key: value}
-
-
-def model_config_for_run(config: ExperimentConfig, tokenizer, model: VCRModelConfig | None = None) -> VCRModelConfig:
-    """``model`` (default: the experiment's model section) sized to a data-built tokenizer and with
-    ``train.gradient_checkpointing`` passed to every component."""
-    model = model if model is not None else config.model
-    text, vision, fusion = model.text_encoder, model.vision_encoder, model.fusion
-    if config.data.tokenizer == "auto":
-        why = f"data.tokenizer=auto builds a {len(tokenizer)}-token tokenizer the text encoder must be resized to"
-        text = with_component_option(text, "text_encoder", "vocab_size", len(tokenizer), why=why)
-    if config.train.gradient_checkpointing:
-        why = "train.gradient_checkpointing is on"
-        text = with_component_option(text, "text_encoder", "gradient_checkpointing", True, why=why)
-        vision = with_component_option(vision, "vision_encoder", "gradient_checkpointing", True, why=why)
-        fusion = with_component_option(fusion, "fusion", "gradient_checkpointing", True, why=why)
-    return dataclasses.replace(model, text_encoder=text, vision_encoder=vision, fusion=fusion)
-
-
-_COMPONENTS = ("text_encoder", "vision_encoder", "fusion")
-
-
-def build_run_model(config: ExperimentConfig, tokenizer, vocabulary: AnswerVocabulary | None = None) -> VCRModel:
-    """The model a run starts from: the ``model`` section, or an official VLE checkpoint.
-
-    With ``train.init_from_vle`` the checkpoint's architecture makes the components: the ``model``
-    section may leave them at their defaults (or repeat exactly what the checkpoint builds, as the
-    run's saved ``config.yaml`` does); ``num_token_types``, the object options and
-    ``train.gradient_checkpointing`` apply (VCR). ``vocabulary``: a VQA run's answers, for the
-    ``vqa`` head (kept from a ``VLEForVQA`` checkpoint when they are its own, else a new head).
-    ``model.config`` is what was built.
-    """
-    if config.train.init_from_vle is None:
-        model = config.model if vocabulary is None else vqa_model_config(config.model, vocabulary)
-        return VCRModel(config=model_config_for_run(config, tokenizer, model))
-    if config.data.tokenizer == "auto":
-        raise ValueError("train.init_from_vle needs the checkpoint's tokenizer: set data.tokenizer to the same name")
-    from vlekit.vle_checkpoint import from_vle_pretrained
-
-    if vocabulary is not None:
-        loaded = from_vle_pretrained(config.train.init_from_vle, task="vqa", answers=list(vocabulary.id2label))
-    else:
-        loaded = from_vle_pretrained(
-            config.train.init_from_vle, num_token_types=config.model.num_token_types,
-            use_object_tokens=config.model.use_object_tokens, use_object_types=config.model.use_object_types,
-        )
-    built = model_config_for_run(config, tokenizer, loaded.config)
-    defaults = VCRModelConfig()
-    for part in _COMPONENTS:
-        asked = getattr(config.model, part)
-        if asked != getattr(defaults, part) and asked not in (getattr(loaded.config, part), getattr(built, part)):
-            raise ValueError(
-                f"train.init_from_vle={config.train.init_from_vle!r} builds model.{part} from the checkpoint "
-                f"({getattr(loaded.config, part)['name']!r}), but the model section asks for {asked!r}: remove "
-                f"model.{part} from the config (the run's config.yaml then records the checkpoint's), or drop init_from_vle"
-            )
-    if built == loaded.config:
-        return loaded.train()
-    model = VCRModel(config=built)  # the same architecture with the run's options (gradient checkpointing)
-    model.load_state_dict(loaded.state_dict())
-    return model.train()
-
-
-def make_optimizer(model: VCRModel, config: ExperimentConfig) -> torch.optim.Optimizer:
-    """AdamW over role groups with learning-rate multipliers; no weight decay on biases and norms."""
-    train = config.train
-    unknown = set(train.lr_multipliers) - {"text_encoder", "vision_encoder", "fusion", "head"}
-    if unknown:
-        raise ValueError(f"train.lr_multipliers: unknown groups {sorted(unknown)}; use text_encoder, vision_encoder, fusion, head")
-    groups = []
-    for role, named in model.parameter_groups().items():
-        lr = train.lr * train.lr_multipliers.get(role, 1.0)
-        trainable = [(n, p) for n, p in named if p.requires_grad]
-        decay = [p for n, p in trainable if p.ndim >= 2]
-        no_decay = [p for n, p in trainable if p.ndim < 2]
-        groups += [
-            {"params": decay, "lr": lr, "weight_decay": train.weight_decay, "name": f"{role}"},
-            {"params": no_decay, "lr": lr, "weight_decay": 0.0, "name": f"{role}/no_decay"},
-        ]
-    groups = [g for g in groups if g["params"]]
-    fused = torch.cuda.is_available() and not train.cpu
-    return torch.optim.AdamW(groups, lr=train.lr, betas=(0.9, 0.98), eps=1e-6, fused=fused)
-
-
-def linear_warmup_decay(optimizer: torch.optim.Optimizer, *, total_steps: int, warmup_ratio: float):
-    warmup = max(1, int(round(total_steps * warmup_ratio)))
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-class StopRequested:
-    """SIGINT / SIGTERM set a flag; the loop finishes its step, saves a checkpoint and exits.
-
-    Clusters (``docker stop``, Kubernetes, SLURM, systemd) signal the whole process group: the DataLoader
-    workers ignore both signals (:func:`ignore_stop_signals`), so only the main process acts on them.
-    """
-
-    def __init__(self) -> None:
-        self.signal: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    @property
-    def requested(self) -> bool:
-        return self.signal is not None
-
-    def __enter__(self) -> StopRequested:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: leave signals alone
-                pass
-        return self
-
-    def agreed(self, accelerator: Accelerator, *, at_log_step: bool) -> bool:
-        """Whether the run stops after this step. One process decides alone. Several must stop at the same
-        step (a process waiting at the checkpoint's barrier while another runs the next step's collectives
-        would hang), so they compare flags at log steps, where the loss is gathered anyway, and each takes
-        the signal one of them received."""
-        if accelerator.num_processes == 1:
-            return self.requested
-        if not at_log_step:
-            return False
-        signals = accelerator.gather(torch.tensor([self.signal or 0], device=accelerator.device))
-        self.signal = int(signals.max()) or None
-        return self.requested
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.requested:
-            # A second Ctrl-C means "now". A repeated SIGTERM does not: torchrun forwards the one its
-            # process group already delivered, and a cluster that will not wait escalates to SIGKILL.
-            if signum == signal.SIGINT:
-                raise KeyboardInterrupt
-            return
-        self.signal = signum
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-def ignore_stop_signals(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: a worker leaves SIGINT / SIGTERM to the main process, which stops
-    the run cleanly and then shuts its workers down (a worker killed by the group's signal would
-    otherwise abort the loop before the checkpoint)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
 def save_final_model(model: VCRModel, tokenizer, config: ExperimentConfig, folder: Path,
                      state_dict: dict[str, torch.Tensor] | None = None) -> Path:
     """The evaluable model: weights + resolved config + tokenizer + the data options it was trained with,
@@ -375,7 +186,7 @@ def train(config: ExperimentConfig, *, resume: str | None = None, overwrite: boo
     """Fine-tune ``config.model`` on ``config.data`` as ``config.train`` says. Returns where it went.
 
     ``train.out`` must hold no run, unless ``resume`` (``"latest"`` or a checkpoint folder) continues it
-    or ``overwrite`` moves it aside (:func:`vlekit.run_lock.claim_run_folder`); it is locked meanwhile.
+    or ``overwrite`` moves it aside (:func:`vlekit.runs.lock.claim_run_folder`); it is locked meanwhile.
     """
     train_cfg = config.train
     trackers = check_trackers(train_cfg.report_to)
@@ -631,7 +442,7 @@ def run(args: argparse.Namespace) -> int:
         return result.exit_code or 130
     if not PartialState().is_main_process:  # one picture per run, not per process
         return 0
-    from vlekit.plots import save_training_curve  # matplotlib: only for the command line's picture
+    from vlekit.evaluation.plots import save_training_curve  # matplotlib: only for the command line's picture
 
     curve = save_training_curve(RunFolder(result.out), title=f"{config.data.task} training", task=config.data.task)
     print(f"done: {result.global_step} steps, model in {result.model_dir}, curve {curve}")

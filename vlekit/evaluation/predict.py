@@ -29,7 +29,7 @@ from data_prep.constants import NUM_CHOICES, TASKS
 from data_prep.vcr import VCRFormatError
 from vlekit.hub import resolve_folder
 from vlekit.model import BATCH_KEYS
-from vlekit.run_folder import TrainedModel, load_trained
+from vlekit.runs.folder import TrainedModel, load_trained
 from vlekit.tables import METRIC_NAMES, text_table
 
 Token = str | list[int]
@@ -60,7 +60,7 @@ class Predictor:
     answers for a Q->A run, the rationales for a QA->R run.
 
     Args:
-        trained: the loaded run (``vlekit.run_folder.load_trained``).
+        trained: the loaded run (``vlekit.runs.folder.load_trained``).
         device: where the model runs (default: a GPU when there is one).
         batch_size: questions per forward pass in :meth:`score_batch`.
     """
@@ -68,7 +68,7 @@ class Predictor:
     def __init__(self, *, trained: TrainedModel, device: str | torch.device | None = None, batch_size: int = 32) -> None:
         if trained.task not in TASKS:
             raise ValueError(f"{trained.folder} is a {trained.task} run; the Predictor scores VCR choices. Answer VQA "
-                             f"questions with vlekit eval --questions (vlekit.evaluate.evaluate_vqa_model)")
+                             f"questions with vlekit eval --questions (vlekit.evaluation.evaluate.evaluate_vqa_model)")
         self.trained = trained
         self.device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = trained.model.to(self.device).eval()

@@ -8,11 +8,12 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
-from vlekit.run_folder import RunFolder, read_metrics
+from vlekit.runs.folder import RunFolder, read_metrics
 
 
 def save_shown_figures(folder: str | Path) -> Path | None:
@@ -224,7 +225,7 @@ def plot_patch_grid(image, *, grid: int, patches: Sequence[Sequence[int]], label
 
 def plot_outcome_breakdown(breakdown: Mapping[str, Mapping], png: str | Path | None = None, *,
                            title: str = "outcomes by question type") -> Figure:
-    """Stacked bars, one per group, of the joint outcomes in ``vlekit.ablation_stats.breakdown_by`` output
+    """Stacked bars, one per group, of the joint outcomes in ``vlekit.ablation.stats.breakdown_by`` output
     (e.g. Q->A right / QA->R wrong), as shares of the group's questions."""
     groups = list(breakdown)
     outcomes = list(dict.fromkeys(o for entry in breakdown.values() for o in entry.get("joint", {})))

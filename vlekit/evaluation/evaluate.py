@@ -8,7 +8,7 @@ scores for every candidate answer.
 ``vlekit eval --checkpoint VQA_RUN --questions Q.json [--annotations A.json] --images DIR`` (a VQA
 model: ``--questions`` says so) writes the evaluation server's result file ``vqa_submission.json``
 (test-dev: questions only) and ``predictions.jsonl`` (top-5 answers per question); with annotations,
-``metrics.json`` with the official accuracy overall and per answer type (``vlekit.task_metrics``)
+``metrics.json`` with the official accuracy overall and per answer type (``vlekit.evaluation.metrics``)
 and the majority answer's accuracy beside it.
 
 Each model runs in the precision it was trained with (the run's ``train.mixed_precision``) unless
@@ -32,11 +32,11 @@ from tqdm.auto import tqdm
 
 from data_prep.preflight import preflight
 from data_prep.vqa import COCO_IMAGE_PATTERN, preflight_vqa, read_vqa, write_submission
-from vlekit.experiment import VQA_TASK
-from vlekit.run_folder import EXPERIMENT_FILE, TrainedModel, load_trained
+from vlekit.runs.experiment import VQA_TASK
+from vlekit.runs.folder import EXPERIMENT_FILE, TrainedModel, load_trained
 from vlekit.tables import format_metrics_table
-from vlekit.task_metrics import evaluate_vqa as score_vqa
-from vlekit.task_metrics import majority_answer, soft_accuracy
+from vlekit.evaluation.metrics import evaluate_vqa as score_vqa
+from vlekit.evaluation.metrics import majority_answer, soft_accuracy
 
 CHANCE = {"q2a": 0.25, "qa2r": 0.25, "q2ar": 0.0625}
 VQA_SUBMISSION_FILE = "vqa_submission.json"
@@ -93,7 +93,7 @@ def accuracy_on(model: torch.nn.Module, loader: DataLoader, accelerator: Any = N
 
 def vqa_accuracy_on(model: torch.nn.Module, loader: DataLoader, accelerator: Any = None) -> float:
     """VQA accuracy (in ``[0, 1]``) of the arg-max answers on a loader of soft-score labels
-    (``vlekit.task_metrics.soft_accuracy``: the official accuracy over the vocabulary's answers)."""
+    (``vlekit.evaluation.metrics.soft_accuracy``: the official accuracy over the vocabulary's answers)."""
     logits, targets = predict(model, loader, accelerator=accelerator)
     if targets is None:
         raise ValueError("VQA accuracy needs annotated questions; this loader's batches have no 'labels'")

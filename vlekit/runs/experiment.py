@@ -20,7 +20,8 @@ from data_prep.constants import TASKS as VCR_TASKS
 from data_prep.pixels import PIXEL_DTYPES
 from data_prep.preprocess import RUN_OPTIONS, PreprocessConfig
 from vlekit.model import VCRModelConfig, component_spec
-from vlekit.registry import import_plugins, make_config, registry_for
+from vlekit.options import make_config
+from vlekit.registry import import_plugins, registry_for
 
 
 VQA_TASK = "vqa"

@@ -14,7 +14,7 @@ Layout (the names below are the constants of this module)::
     RUN/curve.png                CURVE_FILE: the training curve (drawn by the caller of ``train``)
 
 ``load_trained(RUN or RUN/model)`` gives the model, its tokenizer and its preprocessing options, and
-``TrainedModel.preprocessor()`` the data pipeline that matches them; ``vlekit.predict.load_run`` wraps
+``TrainedModel.preprocessor()`` the data pipeline that matches them; ``vlekit.evaluation.predict.load_run`` wraps
 that into a predictor. Sits above the model and the data pipeline and below train / evaluate.
 """
 from __future__ import annotations
@@ -36,12 +36,12 @@ from data_prep.constants import CLIP_MEAN, CLIP_STD, MODEL_DIR, PREPROCESS_FILE,
 from data_prep.preprocess import MODEL_OPTIONS, PreprocessConfig, VCRPreprocessor
 from data_prep.vqa import MAX_QUESTION_LENGTH, VQADataset, VQAExample
 from data_prep.vqa_answers import AnswerVocabulary
-from vlekit.experiment import ExperimentConfig, load_experiment
+from vlekit.runs.experiment import ExperimentConfig, load_experiment
 from vlekit.hub import resolve_folder
-from vlekit.manifest import MANIFEST_FILE, folder_problem
+from vlekit.runs.manifest import MANIFEST_FILE, folder_problem
 from vlekit.model import MODEL_CONFIG_FILE, VCRModel
-from vlekit.vle_checkpoint import from_vle_pretrained
-from vlekit.vle_processor import is_official_vqa, official_vcr_task, warn_unofficial_inputs
+from vlekit.vle.checkpoint import from_vle_pretrained
+from vlekit.vle.processor import is_official_vqa, official_vcr_task, warn_unofficial_inputs
 
 EXPERIMENT_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -255,7 +255,7 @@ def check_model_folder(folder: Path) -> None:
 
 def checkpoint_dirs(out: Path) -> list[Path]:
     """The ``step-N`` folders under ``out/checkpoints``, oldest first (complete or not; see
-    ``vlekit.manifest.folder_problem``). Unfinished ``step-N.tmp`` and replaced ``step-N.old`` folders are not listed."""
+    ``vlekit.runs.manifest.folder_problem``). Unfinished ``step-N.tmp`` and replaced ``step-N.old`` folders are not listed."""
     folder = out / CHECKPOINTS_DIR
     if not folder.is_dir():
         return []

@@ -18,9 +18,10 @@ from transformers import CLIPVisionConfig, CLIPVisionModel
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from vlekit.interfaces import VisionEncoder, check_shape
-from vlekit.registry import VISION_ENCODERS, register_vision_encoder, thaw
+from vlekit.options import thaw
+from vlekit.registry import VISION_ENCODERS, register_vision_encoder
 from vlekit.hf_configs import check_typed_keys, keys_from_file, saved_hf_config
-from vlekit.text_encoders import enable_activation_checkpointing, load_pretrained_strictly
+from vlekit.components.text_encoders import enable_activation_checkpointing, load_pretrained_strictly
 
 # CLIPImageProcessor's defaults: every OpenAI CLIP checkpoint (and VLE) was trained with them.
 CLIP_MEAN: tuple[float, float, float] = tuple(OPENAI_CLIP_MEAN)

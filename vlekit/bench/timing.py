@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from vlekit.bench_batches import synthetic_batch
-from vlekit.bench_config import BenchConfig, BenchConfigError
-from vlekit.bench_profile import profile_steps
-from vlekit.flops import MetaFlopCounter, peak_bf16_tflops
+from vlekit.bench.batches import synthetic_batch
+from vlekit.bench.config import BenchConfig, BenchConfigError
+from vlekit.bench.profile import profile_steps
+from vlekit.bench.flops import MetaFlopCounter, peak_bf16_tflops
 from vlekit.model import VCRModel, build_model
 
 LEARNING_RATE = 1e-5  # VLE's VCR recipe (the value does not change the speed)

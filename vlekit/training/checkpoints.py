@@ -20,9 +20,9 @@ from pathlib import Path
 
 from accelerate import Accelerator
 
-from vlekit.experiment import ExperimentConfig
-from vlekit.manifest import MANIFEST_FILE, folder_problem, write_manifest
-from vlekit.run_folder import CHECKPOINTS_DIR, EXPERIMENT_FILE, checkpoint_dirs
+from vlekit.runs.experiment import ExperimentConfig
+from vlekit.runs.manifest import MANIFEST_FILE, folder_problem, write_manifest
+from vlekit.runs.folder import CHECKPOINTS_DIR, EXPERIMENT_FILE, checkpoint_dirs
 
 STATE_FILE = "trainer_state.json"
 # Test hook: with VLEKIT_TEST_STALL_IN_CHECKPOINT=N the save of step N stops for ten minutes after

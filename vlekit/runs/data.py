@@ -1,8 +1,8 @@
-"""The data a run trains on, per task: what ``vlekit.train`` reads before the model exists
+"""The data a run trains on, per task: what ``vlekit.training.train`` reads before the model exists
 (:func:`read_run_data`: the training text for an ``auto`` tokenizer; for ``task: vqa`` the splits and
 the answer vocabulary that sizes the ``vqa`` head) and the datasets made for the model once it does
 (:func:`make_datasets`). Everything else (loop, schedule, checkpoints, resume, logging) is shared by
-the tasks; ``vlekit.run_folder`` builds the data pipelines and ``vlekit.evaluate`` scores them.
+the tasks; ``vlekit.runs.folder`` builds the data pipelines and ``vlekit.evaluation.evaluate`` scores them.
 
 Reading includes the preflight (``data_prep.preflight``): image headers, sizes and boxes are checked
 before the model is built, so a bad file stops the run before its first step, naming the annotation
@@ -21,9 +21,9 @@ from data_prep.preflight import preflight
 from data_prep.vcr import VCRRecords
 from data_prep.vqa import COCO_IMAGE_PATTERN, VQAExamples, preflight_vqa, read_vqa
 from data_prep.vqa_answers import AnswerVocabulary
-from vlekit.experiment import VQA_TASK, DataConfig, ExperimentConfig
+from vlekit.runs.experiment import VQA_TASK, DataConfig, ExperimentConfig
 from vlekit.model import DEFAULT_HEAD, VCRModel, VCRModelConfig
-from vlekit.run_folder import make_preprocessor, make_vqa_dataset
+from vlekit.runs.folder import make_preprocessor, make_vqa_dataset
 
 VQA_HEAD = "vqa"
 SPLITS = ("train", "val")
@@ -77,8 +77,8 @@ def checked_records(data: DataConfig, annotations: str) -> VCRRecords:
 def checkpoint_answers(init_from_vle: str) -> list[str] | None:
     """The answers of an official ``VLEForVQA`` checkpoint (hub name or folder); ``None`` for any other VLE checkpoint."""
     from vlekit.hub import resolve_folder
-    from vlekit.vle_config import read_vle_config, vqa_answers
-    from vlekit.vle_keys import VLE_TASKS
+    from vlekit.vle.config import read_vle_config, vqa_answers
+    from vlekit.vle.keys import VLE_TASKS
 
     folder = resolve_folder(init_from_vle)
     config = read_vle_config(folder)

@@ -19,7 +19,7 @@ import yaml
 
 from vlekit.hub import model_card, push_folder
 from vlekit.model import MODEL_CONFIG_FILE
-from vlekit.run_folder import EXPERIMENT_FILE, MODEL_DIR, PREPROCESS_FILE, find_model_dir
+from vlekit.runs.folder import EXPERIMENT_FILE, MODEL_DIR, PREPROCESS_FILE, find_model_dir
 
 EVAL_METRICS_FILE = "metrics.json"  # what ``vlekit eval --out DIR`` writes
 

@@ -6,7 +6,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from vlekit.experiment import ExperimentConfig
+from vlekit.runs.experiment import ExperimentConfig
 
 TRACKING_DIR = "tracking"  # OUT/tracking/<run name>/: what file-based trackers (TensorBoard, ...) write
 

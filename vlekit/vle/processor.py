@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from transformers import AutoTokenizer, CLIPVisionConfig
 
-from vlekit.vle_config import _local_directory, read_vle_config, vision_tower_options
-from vlekit.vle_keys import PREPROCESSOR_FILE, VLE_CONFIG_FILE, VLE_MODEL_TYPE, VLE_TASKS
+from vlekit.vle.config import _local_directory, read_vle_config, vision_tower_options
+from vlekit.vle.keys import PREPROCESSOR_FILE, VLE_CONFIG_FILE, VLE_MODEL_TYPE, VLE_TASKS
 
 if TYPE_CHECKING:
     from data_prep.preprocess import VCRPreprocessor

@@ -11,10 +11,11 @@ import torch
 from torch import nn
 from transformers import CONFIG_MAPPING, AutoConfig, AutoModel, PretrainedConfig
 
-from vlekit.deberta_attention import use_deberta_attention
+from vlekit.components.deberta_attention import use_deberta_attention
 from vlekit.hf_configs import check_typed_keys, keys_from_file, saved_hf_config
 from vlekit.interfaces import TextEncoder, check_shape
-from vlekit.registry import TEXT_ENCODERS, register_text_encoder, thaw
+from vlekit.options import thaw
+from vlekit.registry import TEXT_ENCODERS, register_text_encoder
 
 
 def load_pretrained_strictly(
@@ -72,7 +73,7 @@ class HFTextConfig:
         file (:mod:`vlekit.hf_configs`).
     vocab_size: resize the token embeddings to a tokenizer's size.
     attention: DeBERTa's disentangled attention, ``eager`` (Hugging Face's) or ``sdpa`` (fused, same
-        results: `vlekit.deberta_attention`).
+        results: `vlekit.components.deberta_attention`).
     strict: pretrained weights must fill every parameter and be used entirely (apart from
         ``ignore_unexpected``); ``False`` loads what matches and warns with the lists.
     ignore_unexpected: prefixes of checkpoint keys the encoder does not use (the presets list their

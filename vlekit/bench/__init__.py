@@ -1,0 +1,1 @@
+"""Benchmarks: training and inference speed, batch search, FLOPs and MFU, profiles (``vlekit bench``)."""

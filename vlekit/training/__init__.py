@@ -1,0 +1,1 @@
+"""Training: the loop on Hugging Face Accelerate, checkpoints, stop signals, experiment trackers."""
