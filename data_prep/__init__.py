@@ -8,10 +8,12 @@
 ``compat="vle"`` reproduces the official VLE VCR pipeline exactly (for official checkpoints).
 
 Modules, one job each, each importing only those before it (and nothing of ``vlekit``):
-``constants``; ``vcr`` (reading and validating records); ``geometry`` (boxes on the patch grid);
+``constants``; ``errors`` (the format-error base); ``options`` (PreprocessOptions, the run's
+preprocessing options, declared once); ``vcr`` (reading and validating records); ``geometry`` (boxes
+on the patch grid, the one box -> patch rule);
 ``pixels`` (decoding and normalisation); ``text`` (default-mode names, rendering, truncation,
 numbering); ``vle_text`` (the official pipeline's text rules); ``collate`` (batches); ``preprocess``
-(PreprocessConfig, the one preprocessing config, and VCRPreprocessor); ``dataset`` (the torch
+(PreprocessConfig: the options plus the image side, and VCRPreprocessor); ``dataset`` (the torch
 Dataset); ``check`` (``vlekit check-data``: validation and statistics); ``compare`` (the two modes
 side by side); ``bench`` (text and pixel throughput); ``synthetic`` (a synthetic VCR-format dataset
 where grounding matters); ``tokenizer`` (offline word-level and SentencePiece tokenizers built from a
@@ -26,7 +28,8 @@ from typing import Any
 _LAZY = {
     "VCRDataset": "data_prep.dataset", "benchmark_text_prep": "data_prep.bench",
     "ImageTransform": "data_prep.geometry", "box_cells": "data_prep.geometry", "cell_patches": "data_prep.geometry",
-    "image_transform": "data_prep.geometry", "PreprocessConfig": "data_prep.preprocess",
+    "image_transform": "data_prep.geometry", "canvas_box_cells": "data_prep.geometry",
+    "PreprocessOptions": "data_prep.options", "PreprocessConfig": "data_prep.preprocess",
     "VCRPreprocessor": "data_prep.preprocess", "render_tokens": "data_prep.text", "SyntheticVCR": "data_prep.synthetic",
     "generate_synthetic_vcr": "data_prep.synthetic", "build_sentencepiece_tokenizer": "data_prep.tokenizer",
     "build_word_tokenizer": "data_prep.tokenizer", "ImageGeometry": "data_prep.vcr", "VCRFormatError": "data_prep.vcr",
@@ -48,8 +51,8 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    "ImageGeometry", "ImageTransform", "PreprocessConfig", "SyntheticVCR", "VCRDataset",
-    "VCRFormatError", "VCRPreprocessor", "VCRRecords", "benchmark_text_prep", "box_cells", "build_sentencepiece_tokenizer", "build_word_tokenizer",
+    "ImageGeometry", "ImageTransform", "PreprocessConfig", "PreprocessOptions", "SyntheticVCR", "VCRDataset",
+    "VCRFormatError", "VCRPreprocessor", "VCRRecords", "benchmark_text_prep", "box_cells", "canvas_box_cells", "build_sentencepiece_tokenizer", "build_word_tokenizer",
     "cell_patches", "generate_synthetic_vcr", "geometry_from_metadata", "image_transform", "load_geometry",
     "load_metadata", "read_vcr", "render_tokens",
 ]

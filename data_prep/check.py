@@ -41,7 +41,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from data_prep.constants import (
-    COMPAT_MODES, GEOMETRY_MODES, MODEL_DIR, NUM_CHOICES, PREPROCESS_FILE, TASKS, TOKENIZER_DIR,
+    COMPAT_MODES, GEOMETRY_MODES, MODEL_DIR, NUM_CHOICES, PIXEL_DTYPES, PREPROCESS_FILE, TASKS, TOKENIZER_DIR,
 )
 from data_prep.preflight import SplitCheck, check_split
 from data_prep.preprocess import PreprocessConfig, VCRPreprocessor
@@ -89,7 +89,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 # Choices of the string options of PreprocessConfig (the dataclass validates every value).
-_CHOICES = {"compat": COMPAT_MODES, "geometry": GEOMETRY_MODES}
+_CHOICES = {"compat": COMPAT_MODES, "geometry": GEOMETRY_MODES, "pixel_dtype": PIXEL_DTYPES}
 
 
 def _config_flags() -> dict[str, dict[str, Any]]:

@@ -6,13 +6,18 @@ PERSON_NAMES: tuple[str, ...] = (
     "Jody", "Kendall", "Payton", "Skyler", "Frankie", "Pat", "Quinn",
 )
 
-# CLIP's pixel normalisation (OpenAI CLIP, also used by VLE's processor).
+# CLIP's pixel normalisation: CLIPImageProcessor's defaults, which every OpenAI CLIP checkpoint (and
+# VLE's processor) uses; the one definition, for the data pipeline and the clip-vision encoder.
 CLIP_MEAN: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
 
 NUM_CHOICES = 4
 GEOMETRY_MODES: tuple[str, ...] = ("squash", "letterbox", "center-crop", "vle-compat")
-TASKS: tuple[str, ...] = ("q2a", "qa2r")
+TASKS: tuple[str, ...] = ("q2a", "qa2r")  # VCR's multiple-choice tasks
+VQA_TASK = "vqa"  # VQA v2 (data_prep.vqa): one question, a vocabulary of answers
+
+# Pixels handed to the model: normalised float32, or 8-bit RGB the model normalises on its device.
+PIXEL_DTYPES: tuple[str, ...] = ("float32", "uint8")
 
 # Preprocessing modes: vlekit's own ("none") or the official VLE VCR pipeline reproduced ("vle").
 COMPAT_MODES: tuple[str, ...] = ("none", "vle")

@@ -1,7 +1,8 @@
 """Geometry: where an image and its boxes land on the model's square canvas (DESIGN.md section 4).
 
-Owns ``image_transform`` (one transform for pixels and boxes per geometry mode), ``box_cells``
-(box -> rectangle of grid cells) and ``cell_patches`` (rectangle -> row-major patch indices).
+Owns ``image_transform`` (one transform for pixels and boxes per geometry mode), ``canvas_box_cells``
+(the box -> cell rule on the canvas, shared with the PBC labels), ``box_cells`` (image boxes ->
+rectangles of grid cells) and ``cell_patches`` (rectangle -> row-major patch indices).
 ``vle-compat`` boxes follow VLE's own cell rule literally (``_vle_box_cells``), so that mode is
 the official pipeline's geometry, not an approximation of it.
 """
@@ -15,7 +16,7 @@ import numpy as np
 
 from data_prep.constants import GEOMETRY_MODES
 
-__all__ = ["ImageTransform", "image_transform", "box_cells", "cell_patches"]
+__all__ = ["ImageTransform", "image_transform", "box_cells", "canvas_box_cells", "cell_patches"]
 
 
 @dataclass(frozen=True)
@@ -84,15 +85,43 @@ def _vle_box_cells(boxes: np.ndarray, *, width: int, height: int, grid: int) -> 
     return cells
 
 
+def canvas_box_cells(boxes: np.ndarray, *, image_size: int, patch_size: int) -> np.ndarray:
+    """The box -> cell rule (DESIGN.md section 4), on boxes already on the ``S x S`` canvas: the one
+    definition, used by the object tokens (:func:`box_cells`) and the PBC labels
+    (``vlekit.components.heads.box_patch_labels``).
+
+    Box ``[x1, y1, x2, y2]`` covers columns ``floor(x1 / patch_size) .. floor(x2 / patch_size)`` (the
+    cell width ``S / g`` is exactly ``patch_size``) clipped to ``[0, g - 1]``, rows likewise, with no
+    coverage threshold: an edge exactly on a cell border falls in the cell to its right (below). A box
+    entirely off the canvas (``x2 < 0``, ``x1 > S``, same for y) or inverted (``x2 < x1``) covers nothing;
+    a degenerate box (a line or a point) covers the cells it touches.
+
+    Args:
+        boxes: ``[N, 4]`` canvas pixels (float).
+
+    Returns:
+        int64 ``[N, 4]``: ``col0, row0, col1, row1`` (inclusive), all -1 for a box covering nothing.
+    """
+    if image_size % patch_size:
+        raise ValueError(f"image_size {image_size} is not a multiple of patch_size {patch_size}: the patch grid "
+                         f"must tile the canvas")
+    grid = image_size // patch_size
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    low, high = boxes[:, :2], boxes[:, 2:]
+    outside = ((high < 0) | (low > image_size) | (high < low)).any(axis=1)
+    cells = np.clip(np.floor(boxes / patch_size), 0, grid - 1).astype(np.int64)
+    cells[outside] = -1
+    return cells
+
+
 def box_cells(
     boxes: np.ndarray, *, width: int, height: int, image_size: int, patch_size: int, geometry: str
 ) -> np.ndarray:
     """The rectangle of grid cells each box touches on the model canvas.
 
-    Boxes go through ``image_transform``; box ``[x1, y1, x2, y2]`` on the canvas covers columns
-    ``floor(x1 / cw) .. floor(x2 / cw)`` clipped to ``[0, g - 1]`` (``cw = S / g``), rows likewise,
-    with no coverage threshold. A box entirely outside the canvas (cropped away) covers nothing.
-    ``vle-compat`` uses VLE's own rule (the same cells up to float rounding on cell borders).
+    Boxes go through ``image_transform``, then :func:`canvas_box_cells` (the rule; a box entirely
+    outside the canvas, cropped away, covers nothing). ``vle-compat`` uses VLE's own rule (the same
+    cells up to float rounding on cell borders).
 
     Args:
         boxes: ``[N, 4]`` (or ``[N, 5]`` with scores) in image pixels.
@@ -101,19 +130,13 @@ def box_cells(
         int64 ``[N, 4]``: ``col0, row0, col1, row1`` (inclusive), all -1 for a box covering nothing.
     """
     transform = image_transform(width, height, image_size=image_size, geometry=geometry)
-    grid = image_size // patch_size
     boxes = np.asarray(boxes, dtype=np.float64)
     boxes = boxes.reshape(0, 4) if boxes.size == 0 else boxes[:, :4]
     if geometry == "vle-compat":
-        return _vle_box_cells(boxes, width=width, height=height, grid=grid)
+        return _vle_box_cells(boxes, width=width, height=height, grid=image_size // patch_size)
     scale, offset = transform.box_scale, transform.box_offset
     canvas = boxes * np.array(scale + scale) + np.array(offset + offset)
-    low, high = canvas[:, :2], canvas[:, 2:]
-    outside = ((high < 0) | (low > image_size) | (high < low)).any(axis=1)
-    # The cell width S / g is exactly patch_size (S is a multiple of it).
-    cells = np.clip(np.floor(canvas / patch_size), 0, grid - 1).astype(np.int64)
-    cells[outside] = -1
-    return cells
+    return canvas_box_cells(canvas, image_size=image_size, patch_size=patch_size)
 
 
 def cell_patches(cells: Sequence[int], grid: int) -> list[int]:

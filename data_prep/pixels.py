@@ -26,12 +26,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from data_prep.constants import PIXEL_DTYPES
 from data_prep.geometry import image_transform
 from data_prep.vcr import VCRFormatError
 
-__all__ = ["IMAGE_ERRORS", "PIXEL_DTYPES", "exif_orientation", "load_pixels", "oriented_size", "padding_colour"]
+__all__ = ["IMAGE_ERRORS", "exif_orientation", "load_pixels", "oriented_size", "padding_colour"]
 
-PIXEL_DTYPES: tuple[str, ...] = ("float32", "uint8")
 # What PIL raises on a file it cannot open or decode (truncated data: OSError; broken chunks:
 # SyntaxError or ValueError; absurd sizes: DecompressionBombError).
 IMAGE_ERRORS: tuple[type[Exception], ...] = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)

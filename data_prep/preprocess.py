@@ -1,6 +1,7 @@
 """VCR records -> RACE-style multiple-choice examples (DESIGN.md sections 3 and 4).
 
-Owns ``PreprocessConfig`` (every option that changes a prepared example) and ``VCRPreprocessor``,
+Owns ``PreprocessConfig`` (every option that changes a prepared example: the run's
+``data_prep.options.PreprocessOptions`` and the image side) and ``VCRPreprocessor``,
 which runs the steps of the other modules: text (``data_prep.text``, or ``data_prep.vle_text``
 under ``compat="vle"``), geometry (``data_prep.geometry``), pixels (``data_prep.pixels``) and
 batching (``data_prep.collate``).
@@ -32,15 +33,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from data_prep.collate import collate_examples
-from data_prep.constants import CLIP_MEAN, CLIP_STD, COMPAT_MODES, GEOMETRY_MODES, NUM_CHOICES, TASKS
+from data_prep.constants import CLIP_MEAN, CLIP_STD, NUM_CHOICES, TASKS
 from data_prep.geometry import box_cells, cell_patches
-from data_prep.pixels import PIXEL_DTYPES, load_pixels
+from data_prep.options import RUN_OPTIONS, PreprocessOptions
+from data_prep.pixels import load_pixels
 from data_prep.text import (
     NameSpan,
     assemble_texts,
@@ -49,82 +51,34 @@ from data_prep.text import (
     tokenize_rendered,
 )
 from data_prep.vcr import ImageGeometry, VCRFormatError, geometry_from_metadata, load_geometry
-from data_prep.vle_text import (
-    NO_OBJECT,
-    VLENameCounter,
-    check_vle_tokenizer,
-    reencode,
-    set_order_numbering,
-    truncate_q2a,
-    truncate_qa2r,
-    vle_word_pieces,
-)
+from data_prep.vle_text import VLENameCounter, check_vle_tokenizer, vle_texts
 
-__all__ = ["MODEL_OPTIONS", "PreprocessConfig", "RUN_OPTIONS", "VCRPreprocessor"]
+__all__ = ["MODEL_OPTIONS", "PreprocessConfig", "VCRPreprocessor"]
 
 
 @dataclass(frozen=True)
-class PreprocessConfig:
-    """Every option that changes a prepared example (validated on construction).
+class PreprocessConfig(PreprocessOptions):
+    """Every option that changes a prepared VCR example (validated on construction): the run's
+    :class:`~data_prep.options.PreprocessOptions` (task, compat, geometry, max_length,
+    pad_to_multiple_of, jpeg_draft, pixel_dtype; VCR tasks only) and the image side, which the
+    model's vision encoder supplies in a run (``MODEL_OPTIONS``):
 
     Attributes:
-        task: ``"q2a"`` or ``"qa2r"``.
-        compat: ``"none"`` (vlekit's deterministic rules) or ``"vle"`` (the official VLE VCR
-            pipeline, exactly: for official VCR checkpoints; see the module docstring).
         image_size: side S of the square model input.
         patch_size: vision patch size; the grid is ``g = S // patch_size`` and ``P = g * g``.
-        geometry: ``squash``, ``letterbox``, ``center-crop`` or ``vle-compat`` (see
-            ``data_prep.geometry.image_transform``); None picks the mode's own: ``squash``, or
-            ``vle-compat`` under ``compat="vle"`` (the only geometry that mode accepts).
-        max_length: longest text sequence, special tokens included.
         image_mean, image_std: per-channel pixel normalisation (RGB, on 0..1 values).
-        pad_to_multiple_of: ``collate`` pads L up to a multiple of this (None: no rounding).
-        jpeg_draft: decode JPEGs at a reduced scale (PIL's ``Image.draft``: 1/2, 1/4 or 1/8, never
-            below the resize target) before the bicubic resize; faster on large frames, pixels
-            differ slightly from a full decode. Not with ``compat="vle"`` (the official processor
-            decodes in full).
-        pixel_dtype: ``"float32"`` (normalised here) or ``"uint8"`` (8-bit RGB, normalised by the
-            model on its device: a quarter of the bytes through the DataLoader and the host-to-device
-            copy); both give the same normalised pixels to float rounding (``data_prep.pixels``).
-            Not with ``compat="vle"``, whose float arithmetic is the official processor's, bit for bit.
     """
 
-    task: str = "q2a"
-    compat: str = "none"
+    tasks: ClassVar[tuple[str, ...]] = TASKS
+
     image_size: int = 224
     patch_size: int = 16
-    geometry: str | None = None
-    max_length: int = 80
     image_mean: tuple[float, float, float] = CLIP_MEAN
     image_std: tuple[float, float, float] = CLIP_STD
-    pad_to_multiple_of: int | None = 8
-    jpeg_draft: bool = False
-    pixel_dtype: str = "float32"
 
     def __post_init__(self) -> None:
-        if self.geometry is None:  # frozen: resolve the mode's geometry once, here
-            object.__setattr__(self, "geometry", "vle-compat" if self.compat == "vle" else "squash")
-        for name, value, allowed in (
-            ("task", self.task, TASKS),
-            ("compat", self.compat, COMPAT_MODES),
-            ("geometry", self.geometry, GEOMETRY_MODES),
-            ("pixel_dtype", self.pixel_dtype, PIXEL_DTYPES),
-        ):
-            if value not in allowed:
-                raise ValueError(f"{name}={value!r} is not supported; choose one of {', '.join(map(repr, allowed))}")
-        if self.compat == "vle" and self.geometry != "vle-compat":
-            raise ValueError(
-                f"compat='vle' reproduces the official pipeline, whose geometry is 'vle-compat', not "
-                f"{self.geometry!r}: leave geometry unset (or 'vle-compat'), or use compat='none'"
-            )
-        if self.compat == "vle" and self.jpeg_draft:
-            raise ValueError("jpeg_draft=True changes the pixels; compat='vle' reproduces the official full decode")
-        if self.compat == "vle" and self.pixel_dtype != "float32":
-            raise ValueError(
-                f"pixel_dtype={self.pixel_dtype!r} moves the normalisation to the model, whose float arithmetic "
-                f"is not the official processor's; compat='vle' needs pixel_dtype='float32'"
-            )
-        for name in ("image_size", "patch_size", "max_length"):
+        super().__post_init__()
+        for name in ("image_size", "patch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
@@ -133,27 +87,12 @@ class PreprocessConfig:
                 f"image_size={self.image_size} is not a multiple of patch_size={self.patch_size}; "
                 f"the patch grid must tile the image (e.g. 224/16, 224/32, 336/14)"
             )
-        # Room for the special tokens (one [CLS], a [SEP] per part) and a text token per part.
-        min_length = 5 if self.task == "q2a" else 7
-        if self.max_length < min_length:
-            raise ValueError(
-                f"max_length={self.max_length} is too short for {self.task}; use at least {min_length} (VLE uses 80)"
-            )
         for name in ("image_mean", "image_std"):
             value = getattr(self, name)
             if len(value) != 3 or not all(isinstance(v, (int, float)) for v in value):
                 raise ValueError(f"{name} must be 3 numbers (R, G, B), got {value!r}")
         if any(v <= 0 for v in self.image_std):
             raise ValueError(f"image_std must be positive, got {self.image_std!r}")
-        if self.pad_to_multiple_of is not None and (
-            not isinstance(self.pad_to_multiple_of, int) or self.pad_to_multiple_of <= 0
-        ):
-            raise ValueError(f"pad_to_multiple_of must be a positive int or None, got {self.pad_to_multiple_of!r}")
-
-    @classmethod
-    def option_names(cls) -> tuple[str, ...]:
-        """The option names, in declaration order (the single list other code derives from)."""
-        return tuple(f.name for f in fields(cls))
 
     @property
     def grid(self) -> int:
@@ -166,9 +105,8 @@ class PreprocessConfig:
         return self.grid * self.grid
 
 
-# The options the model owns (its vision encoder's input); the run's config sets the others.
-MODEL_OPTIONS: tuple[str, ...] = ("image_size", "patch_size", "image_mean", "image_std")
-RUN_OPTIONS: tuple[str, ...] = tuple(n for n in PreprocessConfig.option_names() if n not in MODEL_OPTIONS)
+# The options the model owns (its vision encoder's input); the run's config sets the others (RUN_OPTIONS).
+MODEL_OPTIONS: tuple[str, ...] = tuple(f.name for f in fields(PreprocessConfig) if f.name not in RUN_OPTIONS)
 
 
 class VCRPreprocessor:
@@ -346,39 +284,8 @@ class VCRPreprocessor:
         self, record: Mapping[str, Any], answer: int | None
     ) -> list[tuple[list[int], list[int], list[int], bool]]:
         """Per choice ``(input_ids, text_type_ids, object_ids, truncated)``: one official call."""
-        max_length = self.config.max_length
-        names = self.vle_names.names(record["objects"])
-
-        def pieces(tokens: Sequence[Any]) -> list[tuple[str, int, int]]:
-            return vle_word_pieces(tokens, names, self._tokenize_word, self.tokenizer.convert_tokens_to_ids)
-
-        question = pieces(record["question"])
-        if answer is None:
-            parts, choices = [question], [pieces(c) for c in record["answer_choices"]]
-            before = [len(question) + len(c) for c in choices]
-            truncate_q2a(question, choices, max_length=max_length)
-        else:
-            query_answer = pieces(record["answer_choices"][answer])
-            parts, choices = [question, query_answer], [pieces(c) for c in record["rationale_choices"]]
-            before = [len(question) + len(query_answer) + len(c) for c in choices]
-            truncate_qa2r(question, query_answer, choices, max_length=max_length)
-        result = []
-        for choice, length_before in zip(choices, before):
-            ids, tags = [], [NO_OBJECT]  # the official tags hold the [CLS] and [SEP] as "no object"
-            for part in (*parts, choice):
-                if ids:
-                    ids.append(self._sep_id)
-                    tags.append(NO_OBJECT)
-                ids += [piece_id for _, piece_id, _ in part]
-                tags += [tag for _, _, tag in part]
-            tags.append(NO_OBJECT)
-            input_ids = reencode(self.tokenizer, ids, max_length=max_length)
-            numbering = set_order_numbering(tags)
-            # The official model pads the type ids with 0 to the text length (or they run past it).
-            type_ids = ([numbering[t] if t != NO_OBJECT else 0 for t in tags] + [0] * len(input_ids))[: len(input_ids)]
-            truncated = sum(map(len, parts)) + len(choice) < length_before
-            result.append((input_ids, type_ids, list(numbering), truncated))
-        return result
+        return vle_texts(record, answer, names=self.vle_names.names(record["objects"]), tokenizer=self.tokenizer,
+                         tokenize=self._tokenize_word, max_length=self.config.max_length)
 
     def _geometry(self, record: Mapping[str, Any], metadata: Mapping[str, Any] | None) -> ImageGeometry:
         if metadata is not None:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from data_prep.constants import NUM_CHOICES
+from data_prep.errors import DataFormatError, describe, is_int, utf8_problem
 
 __all__ = [
     "VCRFormatError",
@@ -30,20 +31,17 @@ __all__ = [
     "load_geometry",
     "geometry_from_metadata",
     "clip_boxes",
-    "utf8_problem",
 ]
 
 
-class VCRFormatError(ValueError):
+class VCRFormatError(DataFormatError):
     """A VCR record (or its image files) does not have the expected format.
 
-    Attributes:
-        file: the annotation file (or the image/metadata file for file problems).
+    Attributes (besides ``DataFormatError``'s ``file``, ``field``, ``expected``, ``got``):
         line: 1-based line number in the annotation file, or None.
         annot_id: the record's ``annot_id`` when it could be read, or None.
-        field: the offending field, with a path into it (``answer_choices[2][5]``).
-        expected: what a valid value looks like.
-        got: a short description of what was found.
+
+    ``file`` is the annotation file (or the image/metadata file for file problems).
     """
 
     def __init__(
@@ -56,28 +54,13 @@ class VCRFormatError(ValueError):
         expected: str,
         got: str,
     ) -> None:
-        self.file = str(file)
         self.line = line
         self.annot_id = annot_id
-        self.field = field
-        self.expected = expected
-        self.got = got
-        where = Path(self.file).name
-        if line is not None:
-            where += f" line {line}"
-        if annot_id is not None:
-            where += f" (annot_id {annot_id})"
-        super().__init__(f"{where}: field '{field}': expected {expected}, got {got}")
+        location = (f" line {line}" if line is not None else "") + (f" (annot_id {annot_id})" if annot_id is not None else "")
+        super().__init__(file=file, field=field, expected=expected, got=got, location=location)
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Keyword-only __init__: pickling (DataLoader workers, multiprocessing) needs this.
-        return (_rebuild_error, (self.file, self.line, self.annot_id, self.field, self.expected, self.got))
-
-
-def _rebuild_error(
-    file: str, line: int | None, annot_id: str | None, field: str, expected: str, got: str
-) -> VCRFormatError:
-    return VCRFormatError(file=file, line=line, annot_id=annot_id, field=field, expected=expected, got=got)
+    def arguments(self) -> dict[str, Any]:
+        return {**super().arguments(), "line": self.line, "annot_id": self.annot_id}
 
 
 class _Problem(Exception):
@@ -122,18 +105,6 @@ def _top_field(field: str) -> str:
     return field.split("[", 1)[0]
 
 
-def _describe(value: Any) -> str:
-    """A short description of a bad value for error messages."""
-    if isinstance(value, (list, dict)):
-        return f"a {type(value).__name__} of length {len(value)}"
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 # ---------------------------------------------------------------------------------------------
 # Record validation
 # ---------------------------------------------------------------------------------------------
@@ -141,33 +112,33 @@ def _is_int(value: Any) -> bool:
 def _check_tokens(tokens: Any, field: str, num_objects: int) -> None:
     """A text field: a non-empty list of words and non-empty lists of valid object indices."""
     if not isinstance(tokens, list) or not tokens:
-        raise _Problem(field, "a non-empty list of VCR tokens", _describe(tokens))
+        raise _Problem(field, "a non-empty list of VCR tokens", describe(tokens))
     for i, token in enumerate(tokens):
         if isinstance(token, str):
             continue
         if not isinstance(token, list) or not token:
-            raise _Problem(f"{field}[{i}]", "a word (str) or a non-empty list of object indices", _describe(token))
+            raise _Problem(f"{field}[{i}]", "a word (str) or a non-empty list of object indices", describe(token))
         for index in token:
-            if not _is_int(index) or not 0 <= index < num_objects:
+            if not is_int(index) or not 0 <= index < num_objects:
                 raise _Problem(
                     f"{field}[{i}]",
                     f"object indices in 0..{num_objects - 1} (the record has {num_objects} objects)",
-                    _describe(index),
+                    describe(index),
                 )
 
 
 def _check_choices(choices: Any, field: str, num_objects: int) -> None:
     if not isinstance(choices, list) or len(choices) != NUM_CHOICES:
-        raise _Problem(field, f"a list of {NUM_CHOICES} token lists", _describe(choices))
+        raise _Problem(field, f"a list of {NUM_CHOICES} token lists", describe(choices))
     for i, choice in enumerate(choices):
         _check_tokens(choice, f"{field}[{i}]", num_objects)
 
 
 def _check_int_list(value: Any, field: str, length: int | None = None) -> None:
     wrong_length = length is not None and isinstance(value, list) and len(value) != length
-    if not isinstance(value, list) or not all(_is_int(v) for v in value) or wrong_length:
+    if not isinstance(value, list) or not all(is_int(v) for v in value) or wrong_length:
         size = f"{length} " if length is not None else ""
-        raise _Problem(field, f"a list of {size}ints", _describe(value))
+        raise _Problem(field, f"a list of {size}ints", describe(value))
 
 
 # Optional provenance fields and their checks; labels are checked separately (they have invariants).
@@ -179,16 +150,16 @@ _OPTIONAL_CHOICE_INTS = ("answer_match_iter", "rationale_match_iter", "answer_so
 def _validate_record(record: Any) -> None:
     """Raise ``_Problem`` for the first format problem of one parsed record (no file checks)."""
     if not isinstance(record, dict):
-        raise _Problem("<record>", "a JSON object", _describe(record))
+        raise _Problem("<record>", "a JSON object", describe(record))
     for field in ("annot_id", "img_fn", "metadata_fn"):
         value = record.get(field)
         if not isinstance(value, str) or not value:
-            got = "nothing (field missing)" if field not in record else _describe(value)
+            got = "nothing (field missing)" if field not in record else describe(value)
             raise _Problem(field, "a non-empty string", got)
     objects = record.get("objects")
     if not isinstance(objects, list) or not all(isinstance(o, str) and o for o in objects):
         raise _Problem("objects", "a list of object class names (non-empty strings)",
-                       "nothing (field missing)" if "objects" not in record else _describe(objects))
+                       "nothing (field missing)" if "objects" not in record else describe(objects))
     if "question" not in record:
         raise _Problem("question", "a non-empty list of VCR tokens", "nothing (field missing)")
     _check_tokens(record["question"], "question", len(objects))
@@ -199,10 +170,10 @@ def _validate_record(record: Any) -> None:
 
     for field in _OPTIONAL_STR:
         if field in record and not isinstance(record[field], str):
-            raise _Problem(field, "a string (optional field)", _describe(record[field]))
+            raise _Problem(field, "a string (optional field)", describe(record[field]))
     for field in _OPTIONAL_INT:
-        if field in record and not _is_int(record[field]):
-            raise _Problem(field, "an int (optional field)", _describe(record[field]))
+        if field in record and not is_int(record[field]):
+            raise _Problem(field, "an int (optional field)", describe(record[field]))
     if "interesting_scores" in record:
         _check_int_list(record["interesting_scores"], "interesting_scores")
     for field in _OPTIONAL_CHOICE_INTS:
@@ -213,8 +184,8 @@ def _validate_record(record: Any) -> None:
         label = record.get(f"{kind}_label")
         if label is None:  # test records carry no labels (absent or null)
             continue
-        if not _is_int(label) or not 0 <= label < NUM_CHOICES:
-            raise _Problem(f"{kind}_label", f"an int in 0..{NUM_CHOICES - 1}", _describe(label))
+        if not is_int(label) or not 0 <= label < NUM_CHOICES:
+            raise _Problem(f"{kind}_label", f"an int in 0..{NUM_CHOICES - 1}", describe(label))
         match_iter = record.get(f"{kind}_match_iter")
         # Clean VCR records put the human-written (gold) choice at match iteration 0.
         if match_iter is not None and match_iter[label] != 0:
@@ -256,18 +227,18 @@ def _parse_metadata(path: Path) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise _Problem("metadata_fn", "a metadata file holding valid JSON", f"invalid JSON in {path} ({exc})") from None
     if not isinstance(meta, dict):
-        raise _Problem("metadata_fn", "a metadata JSON object", f"{_describe(meta)} in {path}")
+        raise _Problem("metadata_fn", "a metadata JSON object", f"{describe(meta)} in {path}")
     for key in ("width", "height"):
         value = meta.get(key)
         if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-            raise _Problem("metadata_fn", f"metadata with a positive number '{key}'", f"{_describe(value)} in {path}")
+            raise _Problem("metadata_fn", f"metadata with a positive number '{key}'", f"{describe(value)} in {path}")
     boxes = meta.get("boxes")
     if not isinstance(boxes, list) or not all(
         isinstance(b, list) and len(b) >= 4 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in b)
         for b in boxes
     ):
         expected = "metadata 'boxes' as a list of [x1, y1, x2, y2, score]"
-        raise _Problem("metadata_fn", expected, f"{_describe(boxes)} in {path}")
+        raise _Problem("metadata_fn", expected, f"{describe(boxes)} in {path}")
     return meta
 
 
@@ -366,16 +337,6 @@ def _error_from(problem: _Problem, *, file: str | Path, line: int | None, record
         expected=problem.expected,
         got=problem.got,
     )
-
-
-def utf8_problem(data: bytes, error: UnicodeDecodeError, *, offset: int = 0, first_line: int = 1) -> str:
-    """Where ``data`` stops being UTF-8, for an error message: the bad byte, its line and byte column,
-    and its byte offset in the file (``data`` starts at byte ``offset`` and line ``first_line`` of it)."""
-    position = error.start
-    line = first_line + data.count(b"\n", 0, position)
-    column = position - (data.rfind(b"\n", 0, position) + 1) + 1
-    return (f"byte 0x{data[position]:02x} at line {line}, byte {column} of the line (offset {offset + position} "
-            f"in the file), which is not UTF-8 ({error.reason})")
 
 
 def _decode_line(raw: bytes, *, offset: int, line_number: int) -> str:

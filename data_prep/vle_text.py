@@ -20,11 +20,13 @@ official VCR checkpoint was nevertheless trained with. This module owns them:
 - Numbering (``set_order_numbering``): the referenced objects are numbered in the iteration order
   of a Python ``set`` filled with their indices in text order (a real set, so the order is exactly
   CPython's, collisions included).
+
+``vle_texts`` runs these steps for one record, as one official call does.
 """
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from data_prep.constants import PERSON_NAMES
@@ -39,6 +41,7 @@ __all__ = [
     "reencode",
     "set_order_numbering",
     "check_vle_tokenizer",
+    "vle_texts",
 ]
 
 NO_OBJECT = -1  # the official tag of a piece that names no object
@@ -167,3 +170,48 @@ def check_vle_tokenizer(tokenizer: Any) -> None:
             f"tokenizer, or compat='none'"
         )
 
+
+
+def vle_texts(
+    record: Mapping[str, Any], answer: int | None, *, names: Sequence[str], tokenizer: Any,
+    tokenize: Callable[[str], list[str]], max_length: int,
+) -> list[tuple[list[int], list[int], list[int], bool]]:
+    """One official call on ``record``: per choice ``(input_ids, text_type_ids, object_ids, truncated)``.
+
+    Args:
+        answer: the answer in a qa2r query (None: q2a).
+        names: every object's name for this call (``VLENameCounter.names``, which advances the counter).
+        tokenize: ``tokenizer.tokenize`` of one word (cached by the caller: it is a pure function).
+    """
+    sep_id = tokenizer.sep_token_id
+
+    def pieces(tokens: Sequence[Any]) -> list[Piece]:
+        return vle_word_pieces(tokens, names, tokenize, tokenizer.convert_tokens_to_ids)
+
+    question = pieces(record["question"])
+    if answer is None:
+        parts, choices = [question], [pieces(c) for c in record["answer_choices"]]
+        before = [len(question) + len(c) for c in choices]
+        truncate_q2a(question, choices, max_length=max_length)
+    else:
+        query_answer = pieces(record["answer_choices"][answer])
+        parts, choices = [question, query_answer], [pieces(c) for c in record["rationale_choices"]]
+        before = [len(question) + len(query_answer) + len(c) for c in choices]
+        truncate_qa2r(question, query_answer, choices, max_length=max_length)
+    result = []
+    for choice, length_before in zip(choices, before):
+        ids, tags = [], [NO_OBJECT]  # the official tags hold the [CLS] and [SEP] as "no object"
+        for part in (*parts, choice):
+            if ids:
+                ids.append(sep_id)
+                tags.append(NO_OBJECT)
+            ids += [piece_id for _, piece_id, _ in part]
+            tags += [tag for _, _, tag in part]
+        tags.append(NO_OBJECT)
+        input_ids = reencode(tokenizer, ids, max_length=max_length)
+        numbering = set_order_numbering(tags)
+        # The official model pads the type ids with 0 to the text length (or they run past it).
+        type_ids = ([numbering[t] if t != NO_OBJECT else 0 for t in tags] + [0] * len(input_ids))[: len(input_ids)]
+        truncated = sum(map(len, parts)) + len(choice) < length_before
+        result.append((input_ids, type_ids, list(numbering), truncated))
+    return result

@@ -26,11 +26,12 @@ import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from data_prep.constants import CLIP_MEAN, CLIP_STD
-from data_prep.geometry import image_transform
-from data_prep.pixels import PIXEL_DTYPES, load_pixels
+from data_prep.constants import CLIP_MEAN, CLIP_STD, VQA_TASK
+from data_prep.errors import DataFormatError, describe, is_int, utf8_problem
+from data_prep.options import PreprocessOptions
+from data_prep.pixels import load_pixels
 from data_prep.preflight import check_image
-from data_prep.vcr import VCRFormatError, utf8_problem
+from data_prep.vcr import VCRFormatError
 from data_prep.vqa_answers import AnswerVocabulary, soft_scores
 
 __all__ = [
@@ -48,7 +49,7 @@ COCO_IMAGE_PATTERN = "COCO_{data_subtype}_{image_id:012d}.jpg"
 # Reading
 # ---------------------------------------------------------------------------------------------
 
-class VQAFormatError(ValueError):
+class VQAFormatError(DataFormatError):
     """A VQA questions or annotations file does not have the expected format.
 
     The message names the file, the question (when known), the field, what was expected and what
@@ -58,17 +59,12 @@ class VQAFormatError(ValueError):
     """
 
     def __init__(self, *, file: str | Path, question_id: int | None, field: str, expected: str, got: str) -> None:
-        self.file, self.question_id, self.field, self.expected, self.got = str(file), question_id, field, expected, got
-        where = Path(self.file).name + (f" (question_id {question_id})" if question_id is not None else "")
-        super().__init__(f"{where}: field '{field}': expected {expected}, got {got}")
+        self.question_id = question_id
+        location = f" (question_id {question_id})" if question_id is not None else ""
+        super().__init__(file=file, field=field, expected=expected, got=got, location=location)
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Keyword-only __init__: pickling (DataLoader workers) needs this.
-        return (_rebuild_error, (self.file, self.question_id, self.field, self.expected, self.got))
-
-
-def _rebuild_error(file: str, question_id: int | None, field: str, expected: str, got: str) -> VQAFormatError:
-    return VQAFormatError(file=file, question_id=question_id, field=field, expected=expected, got=got)
+    def arguments(self) -> dict[str, Any]:
+        return {**super().arguments(), "question_id": self.question_id}
 
 
 @dataclass(frozen=True)
@@ -108,19 +104,6 @@ class VQAExamples(list):
         self.data_subtype = data_subtype
 
 
-def _describe(value: Any) -> str:
-    if isinstance(value, (list, dict)):
-        return f"a {type(value).__name__} of length {len(value)}"
-    if value is None:
-        return "nothing"
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _load_list(path: Path, key: str) -> tuple[list[Any], dict[str, Any]]:
     try:
         data = path.read_bytes()
@@ -135,16 +118,16 @@ def _load_list(path: Path, key: str) -> tuple[list[Any], dict[str, Any]]:
         raise VQAFormatError(file=path, question_id=None, field="<file>", expected="a JSON document",
                              got=f"invalid JSON ({error})") from None
     if not isinstance(document, dict) or not isinstance(document.get(key), list):
-        got = _describe(document.get(key)) if isinstance(document, dict) else _describe(document)
+        got = describe(document.get(key)) if isinstance(document, dict) else describe(document)
         raise VQAFormatError(file=path, question_id=None, field=key, expected=f"an object with a list '{key}'", got=got)
     return document[key], document
 
 
 def _require(entry: Any, field: str, kind: str, *, file: Path, question_id: int | None) -> Any:
     value = entry.get(field) if isinstance(entry, dict) else None
-    ok = _is_int(value) if kind == "int" else isinstance(value, str)
+    ok = is_int(value) if kind == "int" else isinstance(value, str)
     if not ok:
-        got = "nothing (field missing)" if isinstance(entry, dict) and field not in entry else _describe(value)
+        got = "nothing (field missing)" if isinstance(entry, dict) and field not in entry else describe(value)
         raise VQAFormatError(file=file, question_id=question_id, field=field, expected=f"a{'n' if kind == 'int' else ''} {kind}", got=got)
     return value
 
@@ -187,7 +170,7 @@ def read_vqa(
     for entry in questions:
         if not isinstance(entry, dict):
             raise VQAFormatError(file=questions_path, question_id=None, field="questions[]", expected="a JSON object",
-                                 got=_describe(entry))
+                                 got=describe(entry))
         question_id = _require(entry, "question_id", "int", file=questions_path, question_id=None)
         if question_id in seen:
             raise VQAFormatError(file=questions_path, question_id=question_id, field="question_id",
@@ -210,7 +193,7 @@ def read_vqa(
                                      expected=f"an annotation for every question of {questions_path.name}", got="none")
             if annotation["image_id"] != image_id:
                 raise VQAFormatError(file=annotations_path, question_id=question_id, field="image_id",
-                                     expected=f"{image_id} (as in {questions_path.name})", got=_describe(annotation["image_id"]))
+                                     expected=f"{image_id} (as in {questions_path.name})", got=describe(annotation["image_id"]))
             fields = {k: v for k, v in annotation.items() if k != "image_id"}
         examples.append(VQAExample(question_id=question_id, image_id=image_id, question=question,
                                    image_path=image_path, **fields))
@@ -228,7 +211,7 @@ def _read_annotations(path: Path) -> dict[int, dict[str, Any]]:
     for entry in entries:
         if not isinstance(entry, dict):
             raise VQAFormatError(file=path, question_id=None, field="annotations[]", expected="a JSON object",
-                                 got=_describe(entry))
+                                 got=describe(entry))
         question_id = _require(entry, "question_id", "int", file=path, question_id=None)
         if question_id in annotations:
             raise VQAFormatError(file=path, question_id=question_id, field="question_id",
@@ -236,12 +219,12 @@ def _read_annotations(path: Path) -> dict[int, dict[str, Any]]:
         answers = entry.get("answers")
         if not isinstance(answers, list) or len(answers) != ANSWERS_PER_QUESTION:
             raise VQAFormatError(file=path, question_id=question_id, field="answers",
-                                 expected=f"a list of {ANSWERS_PER_QUESTION} answers", got=_describe(answers))
+                                 expected=f"a list of {ANSWERS_PER_QUESTION} answers", got=describe(answers))
         for i, answer in enumerate(answers):
             if not isinstance(answer, dict) or not isinstance(answer.get("answer"), str):
                 raise VQAFormatError(file=path, question_id=question_id, field=f"answers[{i}]",
                                      expected='an object {"answer": str, "answer_confidence", "answer_id"}',
-                                     got=_describe(answer))
+                                     got=describe(answer))
         annotations[question_id] = {
             "image_id": _require(entry, "image_id", "int", file=path, question_id=question_id),
             "answers": tuple(answer["answer"] for answer in answers),
@@ -312,9 +295,10 @@ class VQADataset(Dataset):
     vocabulary is given, ``labels [num_labels]``: the soft scores (:func:`soft_scores`).
     Use ``DataLoader(dataset, collate_fn=dataset.collate)``.
 
-    The default geometry, ``center-crop`` (short side to S, centre crop), is what VLE's processor
-    does; VQA has no boxes, so nothing else depends on it. Other modes as in
-    ``data_prep.geometry.image_transform``.
+    ``geometry``, ``max_length``, ``jpeg_draft`` and ``pixel_dtype`` are
+    ``data_prep.options.PreprocessOptions``' (``task="vqa"``): unset, the geometry is ``center-crop``
+    (short side to S, centre crop), what VLE's processor does; VQA has no boxes, so nothing else
+    depends on it.
     """
 
     def __init__(
@@ -324,25 +308,23 @@ class VQADataset(Dataset):
         tokenizer: Any,
         vocabulary: AnswerVocabulary | None,
         image_size: int,
-        geometry: str = "center-crop",
+        geometry: str | None = None,
         max_length: int = MAX_QUESTION_LENGTH,
         image_mean: Sequence[float] = CLIP_MEAN,
         image_std: Sequence[float] = CLIP_STD,
         jpeg_draft: bool = False,
         pixel_dtype: str = "float32",
     ) -> None:
-        image_transform(1, 1, image_size=image_size, geometry=geometry)  # fails fast on an unknown mode
-        if pixel_dtype not in PIXEL_DTYPES:
-            raise ValueError(f"VQADataset: pixel_dtype={pixel_dtype!r}; choose one of {', '.join(map(repr, PIXEL_DTYPES))}")
+        # The run's options, validated (and geometry resolved) where every pipeline's are.
+        options = PreprocessOptions(task=VQA_TASK, geometry=geometry, max_length=max_length, jpeg_draft=jpeg_draft,
+                                    pixel_dtype=pixel_dtype)
         if tokenizer.pad_token_id is None:
             raise ValueError("VQADataset: the tokenizer has no pad token; set tokenizer.pad_token before batching")
-        if max_length < 3:
-            raise ValueError(f"VQADataset: max_length must leave room for [CLS] q [SEP], got {max_length}")
         self.examples = examples
         self.tokenizer = tokenizer
         self.vocabulary = vocabulary
         self.image_size = image_size
-        self.geometry = geometry
+        self.geometry = options.geometry
         self.max_length = max_length
         self.jpeg_draft = jpeg_draft
         self.pixel_dtype = pixel_dtype
@@ -414,7 +396,7 @@ def write_submission(
     then follows the examples' order.
     """
     for question_id, answer in predictions.items():
-        if not _is_int(question_id) or not isinstance(answer, str):
+        if not is_int(question_id) or not isinstance(answer, str):
             raise ValueError(f"write_submission: expected int question ids and str answers, got {question_id!r}: {answer!r}")
     order = list(predictions)
     if examples is not None:

@@ -9,8 +9,8 @@ import math
 import numpy as np
 import pytest
 
-from vlekit.ablation.stats import (BOOTSTRAP_TEST, CHANCE_LOSS, RunResult, compare, findings, paired_bootstrap,
-                                   report, summarize, write_summary)
+from vlekit.ablation.stats import (BOOTSTRAP_TEST, CHANCE_LOSS, RunResult, best_variant, breakdown_by, compare, findings,
+                                   mcnemar_exact, paired_bootstrap, report, summarize, welch_t_test, write_summary)
 from vlekit.tables import format_results_table
 
 
@@ -118,3 +118,28 @@ def test_a_variant_at_chance_accuracy_is_excluded_even_when_its_loss_fell():
     assert found.headline is None and found.best is not None and found.best.a == "letterbox"
     text = report(results)
     assert text.count("no-object-tokens (accuracy 27.0%") == 1 and "Headline" not in text
+
+
+def test_summary_rows_best_variant_and_the_tests_on_their_own():
+    """What the tests above do not pin by hand: the summary's rows, the best other variant, Welch's test,
+    a paired bootstrap of identical results, the per-group breakdown, and results that share no seed."""
+    ref = [run_result("vle", s, [True] * 8 + [False] * 2) for s in (0, 1)]
+    base = [run_result("none", s, [True] * 2 + [False] * 8) for s in (0, 1)]
+    rows = summarize(ref + base, reference="vle")
+    assert [(r["variant"], r["mean"], r["std"]) for r in rows] == [("vle", 0.8, 0.0), ("none", 0.2, 0.0)]
+    assert rows[1]["delta"] == pytest.approx(-0.6)
+    assert "| vle | 2 | 80.0 | 0.0 |" in format_results_table(rows, markdown=True)
+    assert math.isnan(summarize(ref[:1])[0]["std"])  # one seed: no spread
+    assert best_variant(rows, exclude="vle") == "none"
+    comparison = compare(ref + base, "vle", "none")
+    assert comparison.difference == pytest.approx(0.6) and comparison.ci95[0] > 0 and comparison.p_bootstrap < 0.01
+    assert mcnemar_exact([True] * 6, [False] * 6) == pytest.approx(2 / 2**6)  # 6 discordant pairs, all one way
+    assert math.isnan(welch_t_test([0.5], [0.4, 0.3]))  # one seed: no test
+    assert welch_t_test([0.8, 0.82, 0.79], [0.3, 0.31, 0.28]) < 0.001
+    assert paired_bootstrap([1, 0, 1], [1, 0, 1]) == ((0.0, 0.0), 1.0)
+    with pytest.raises(ValueError, match="share no seed"):
+        compare([ref[0], run_result("none", 5, [True] * 10)], "vle", "none")
+    table = breakdown_by(["a", "a", "b"], q2a=[True, False, True], qa2r=[True, True, False])
+    assert table["a"]["n"] == 2 and table["a"]["q2a"] == 0.5 and table["all"]["n"] == 3
+    assert table["b"]["joint"] == {"q2a right, qa2r right": 0, "q2a right, qa2r wrong": 1,
+                                   "q2a wrong, qa2r right": 0, "q2a wrong, qa2r wrong": 0}

@@ -256,7 +256,7 @@ def test_skip_bad_trains_on_the_rest_and_survives_a_truncated_jpeg_in_workers(
             super().__init__(*args, **kwargs)
             made.append(self)
 
-    monkeypatch.setattr("vlekit.runs.data.VCRDataset", Kept)
+    monkeypatch.setattr("vlekit.evaluation.tasks.VCRDataset", Kept)
     overrides = _overrides(data, tmp_path / "run", "data.skip_bad=true", "data.num_workers=2")
     result = train(load_experiment(None, overrides), progress=False)
     # 12 records are left (the truncated JPEG among them: its header is fine): 3 batches of 4, every

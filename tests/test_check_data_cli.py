@@ -6,6 +6,7 @@ import argparse
 import copy
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -161,18 +162,14 @@ def test_check_data_runs_offline_on_a_runs_own_tokenizer_and_options(tmp_path: P
     assert "give --run RUN" in capsys.readouterr().err
 
 
-def test_a_model_folder_whose_image_side_disagrees_with_its_model_is_refused(tmp_path: Path) -> None:
-    from vlekit.cli import main as vlekit_main
-    from data_prep.synthetic import generate_synthetic_vcr
+def test_a_model_folder_whose_image_side_disagrees_with_its_model_is_refused(trained_run, tmp_path: Path) -> None:
     from vlekit.evaluation.predict import load_run
 
-    data = generate_synthetic_vcr(tmp_path / "data", num_train=8, num_val=0, num_test=0, seed=1)
     run_dir = tmp_path / "run"
-    assert vlekit_main(["train", "--no-progress", "--train-annotations", str(data.train), "--images", str(data.images_root),
-                        "--out", str(run_dir), "--batch-size", "8", "--epochs", "1", "train.cpu=true", "data.num_workers=0"]) == 0
+    shutil.copytree(trained_run.q2a, run_dir)  # a finished 32 px run, edited below
     path = run_dir / "model" / "data.json"
     path.write_text(json.dumps({**json.loads(path.read_text()), "image_size": 224}))
     (run_dir / "model" / "manifest.json").unlink()  # as if hand-assembled: no manifest to catch the edit
     with pytest.raises(ValueError, match=r"data.json: the run was fed image_size 224, but the saved model's vision "
-                                         r"encoder takes 64"):
+                                         r"encoder takes 32"):
         load_run(run_dir)

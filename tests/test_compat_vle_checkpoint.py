@@ -1,10 +1,9 @@
 """Official checkpoints get official inputs; the official processor reads what vlekit exports.
 
-An official VCR task checkpoint (tiny, random weights, built by tests/test_vle_checkpoint.py's
-helpers) exported by ``to_vle_pretrained`` with its tokenizer: ``preprocessor_config.json`` and
-the tokenizer files are there and load with the classes ``VLEProcessor.from_pretrained`` uses
-(CLIPImageProcessor, DebertaV2Tokenizer); ``vle_preprocessor`` and ``vlekit eval`` default to
-``compat="vle"`` on it, and another mode warns once.
+An official VCR task checkpoint (tiny, random weights, built by tests/helpers.py) exported by
+``to_vle_pretrained`` with its tokenizer: ``preprocessor_config.json`` and the tokenizer files are there and
+load with the classes ``VLEProcessor.from_pretrained`` uses (CLIPImageProcessor, DebertaV2Tokenizer);
+``vle_preprocessor`` and ``vlekit eval`` default to ``compat="vle"`` on it, and another mode warns once.
 """
 from __future__ import annotations
 
@@ -14,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_vle_checkpoint import IMAGE_SIZE, PATCH_SIZE, task_checkpoint
+from helpers import IMAGE_SIZE, PATCH_SIZE, task_checkpoint
 
 from data_prep.constants import CLIP_MEAN, CLIP_STD
 from data_prep.synthetic import generate_synthetic_vcr

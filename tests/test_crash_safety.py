@@ -21,7 +21,7 @@ from vlekit.training.checkpoints import (STALL_ENV, checkpoint_dirs, latest_chec
 from vlekit.runs.manifest import MANIFEST_FILE, folder_problem
 from vlekit.training.train import train
 
-from test_train import final_weights, tiny_overrides
+from helpers import SMALL_IMAGES, final_weights, tiny_overrides
 
 SAVE_EVERY = 2
 TOTAL_STEPS = 2 * (48 // 8)
@@ -38,7 +38,7 @@ def step_of(checkpoint: Path) -> int:
 
 def test_a_truncated_corrupted_or_unfinished_checkpoint_is_reported_and_skipped(synthetic, tmp_path, capsys):
     out = tmp_path / "run"
-    overrides = tiny_overrides(synthetic, out, save_every_steps=SAVE_EVERY, keep=3, max_steps=6)
+    overrides = [*tiny_overrides(synthetic, out, save_every_steps=SAVE_EVERY, keep=3, max_steps=6), SMALL_IMAGES]
     train(load_experiment(None, overrides), progress=False)
     step2, step4, step6 = checkpoint_dirs(out)
     assert [folder_problem(c) for c in (step2, step4, step6)] == [None, None, None]

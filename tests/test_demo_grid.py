@@ -12,6 +12,7 @@ from data_prep.synthetic import SyntheticVCR, generate_synthetic_vcr
 from vlekit.ablation import grid as ablation, stats as ablation_stats
 from vlekit.cli import main as cli_main
 from vlekit.demo import DemoConfig, demo_experiment
+from vlekit.runs.experiment import ExperimentConfig
 
 
 def test_the_demo_grid_file_runs_the_demos_experiment_on_the_grid_device():
@@ -93,3 +94,29 @@ def test_grid_files_and_flags_that_do_not_fit_say_why(experiment, tmp_path, caps
     assert "has no synthetic_data" in capsys.readouterr().err
     assert cli_main(["ablate", "--config", str(experiment), "--grid", str(grid), "--variants", "nope"]) == 2
     assert "unknown variant 'nope'; known: base" in capsys.readouterr().err
+
+
+def test_variant_changes_are_applied_and_checked():
+    config = ablation.with_changes(ExperimentConfig(), {"model.fusion": "tiny-merged-attention",
+                                                        "data.geometry": "letterbox", "model.use_object_tokens": False})
+    assert config.model.fusion == {"name": "tiny-merged-attention"}
+    assert config.data.geometry == "letterbox" and config.model.use_object_tokens is False
+    with pytest.raises(TypeError, match="unknown option 'use_object_type'; did you mean 'use_object_types'"):
+        ablation.with_changes(ExperimentConfig(), {"model.use_object_type": False})
+    with pytest.raises(TypeError, match="use_object_tokens"):
+        ablation.with_changes(ExperimentConfig(), {"model.use_object_tokens": "no"})
+
+
+def test_a_grid_reuses_finished_runs_unless_what_they_depend_on_changed(tmp_path):
+    smoke = ablation.smoke_grid(tmp_path)  # the notebooks' smoke grid, cut to one step on 16 questions
+    grid = dataclasses.replace(smoke, max_steps=1, synthetic_data=dataclasses.replace(smoke.synthetic_data, num_train=16,
+                                                                                       num_val=8))
+    variant = [v for v in ablation.smoke_variants() if v.name == ablation_stats.REFERENCE]
+    first = ablation.run_grid(grid, variant, log=lambda _: None)[0]
+    assert first.steps == 1 and len(first.correct) == 8
+    result_file = Path(first.folder) / ablation_stats.RESULT_FILE
+    stamp = result_file.stat().st_mtime_ns
+    again = ablation.run_grid(dataclasses.replace(grid, num_workers=1), variant, log=lambda _: None)[0]
+    assert result_file.stat().st_mtime_ns == stamp and again == first  # workers: loaded, not re-run
+    changed = ablation.run_grid(dataclasses.replace(grid, lr=grid.lr / 2), variant, log=lambda _: None)[0]
+    assert result_file.stat().st_mtime_ns != stamp and changed.seconds != first.seconds  # lr: trained again

@@ -6,15 +6,18 @@ with ``-c requirements.lock``.
 """
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
+import time
 import tomllib
 from importlib import metadata
 from pathlib import Path
 
 import pytest
 import yaml
+from helpers import make_dry_run
 
 packaging_requirements = pytest.importorskip("packaging.requirements")
 
@@ -52,12 +55,6 @@ def makefile_variable(name: str) -> str:
     match = re.search(rf"^{name}\s*\??:?=\s*(.+)$", MAKEFILE, re.MULTILINE)
     assert match, f"Makefile defines no {name}"
     return match.group(1).strip()
-
-
-def recipe(target: str) -> list[str]:
-    match = re.search(rf"^{re.escape(target)}:[^\n]*\n((?:\t[^\n]*\n)+)", MAKEFILE, re.MULTILINE)
-    assert match, f"Makefile has no recipe for {target}"
-    return [line.strip() for line in match.group(1).splitlines()]
 
 
 def run_lock_script(*args: str) -> subprocess.CompletedProcess:
@@ -99,19 +96,37 @@ def test_torch_is_pinned_alike_in_the_makefile_the_lock_and_environment_yml():
 
 
 # -- every route installs through it ---------------------------------------------------------------
-def test_make_setup_installs_with_the_lock_and_reinstalls_when_it_changes():
-    assert makefile_variable("LOCK") == LOCK.name
-    stamp_rule = re.search(r"^\$\(STAMP\):([^\n]*)", MAKEFILE, re.MULTILINE)
-    assert stamp_rule and "$(LOCK)" in stamp_rule.group(1).split(), "make setup must depend on the lock"
-    installs = [line for line in recipe("$(STAMP)") if "pip install" in line]
-    assert installs and all("-c $(LOCK)" in line for line in installs), installs
-    assert any("$(TORCH_SPEC)" in line and "$(PROJECT)" in line for line in installs)
-    latest = [line for line in recipe("latest-env") if "pip install" in line]
-    assert latest and not any("-c" in line.split() for line in latest), "make test-latest must not use the lock"
-    assert re.search(r"^lock: latest-env$", MAKEFILE, re.MULTILINE), "make lock freezes a fresh environment"
-    freeze, suite = recipe("lock")
-    assert freeze.startswith("$(LATEST_ENV)/bin/python scripts/lock.py freeze --extras $(EXTRAS)")
-    assert suite.startswith("$(LATEST_ENV)/bin/python -m pytest ||"), "make lock runs the suite on what it froze"
+def test_make_setup_installs_with_the_lock_and_reinstalls_when_it_changes(tmp_path):
+    """What ``make -n`` says the targets run: setup installs with ``-c`` the lock, and again once the lock is
+    newer than the environment's stamp; test-latest builds a fresh environment without the lock; lock freezes
+    that environment and then runs the suite in it."""
+    env_dir, latest, lock = tmp_path / "env", tmp_path / "latest", tmp_path / "requirements.lock"
+    env_dir.mkdir()
+    lock.write_text(LOCK.read_text())
+    stamp = env_dir / ".vlekit-installed"  # what make setup leaves in the environment it installed
+    stamp.touch()
+    now = time.time()
+    os.utime(lock, (now - 3600, now - 3600))
+    variables = dict(PYTHON="PY", ENV_DIR=env_dir, LOCK=lock, LATEST_ENV=latest)
+    assert not [line for line in make_dry_run("setup", **variables) if "pip install" in line], "installed and up to date"
+
+    os.utime(lock, (now + 3600, now + 3600))  # the lock changed since
+    installs = [line for line in make_dry_run("setup", **variables) if "pip install" in line]
+    assert installs and all(f"-c {lock}" in line for line in installs), installs
+    pins = lock_pins()
+    assert any(f"torch=={pins['torch']} torchvision=={pins['torchvision']}" in line
+               and f'-e ".[{",".join(lock_extras())}]"' in line for line in installs), installs
+
+    fresh = make_dry_run("latest-env", **variables)
+    assert fresh[0] == f"rm -rf {latest}" and any(line.startswith(f"python3 -m venv --upgrade-deps {latest}") for line in fresh)
+    latest_installs = [line for line in fresh if "pip install" in line]
+    assert latest_installs and not any("-c" in line.split() for line in latest_installs), "make test-latest must not use the lock"
+    assert make_dry_run("test-latest", **variables)[-1].startswith(f"{latest}/bin/python -m pytest")
+
+    steps = make_dry_run("lock", **variables)
+    freeze = steps.index(f"{latest}/bin/python scripts/lock.py freeze --extras {','.join(lock_extras())} --output {lock}")
+    suite = next(i for i, line in enumerate(steps) if line.startswith(f"{latest}/bin/python -m pytest"))
+    assert steps[0] == f"rm -rf {latest}" and freeze < suite, "make lock freezes a fresh environment, then runs the suite on it"
 
 
 def environment_pip_lines() -> list[str]:

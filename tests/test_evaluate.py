@@ -7,28 +7,14 @@ import json
 import numpy as np
 import pytest
 
-from data_prep.synthetic import generate_synthetic_vcr
 from vlekit.cli import main as cli_main
 from vlekit.evaluation.evaluate import bootstrap_interval, evaluate, format_metrics_table
-from vlekit.runs.experiment import load_experiment
-from vlekit.training.train import train
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """One tiny Q->A and one tiny QA->R model (a few steps each) on synthetic data."""
-    root = tmp_path_factory.mktemp("eval")
-    data = generate_synthetic_vcr(root / "data", num_train=32, num_val=12, num_test=6, seed=2)
-    folders = {}
-    for task in ("q2a", "qa2r"):
-        tokenizer = "auto" if task == "q2a" else str(folders["q2a"].parent / "tokenizer")
-        config = load_experiment(None, [
-            f"data.task={task}", f"data.train_annotations={data.train}", f"data.images={data.images_root}",
-            f"data.tokenizer={tokenizer}", "data.num_workers=0", f"train.out={root / task}", "train.epochs=1",
-            "train.batch_size=8", "train.lr=1e-3", "train.mixed_precision=fp32", "train.cpu=true",
-        ])
-        folders[task] = train(config, progress=False).model_dir
-    return data, folders
+def trained(trained_run):
+    """The shared tiny Q->A and QA->R runs (conftest.trained_run): their data and model folders."""
+    return trained_run.data, {"q2a": trained_run.q2a / "model", "qa2r": trained_run.qa2r / "model"}
 
 
 def test_bootstrap_interval_brackets_the_mean_and_narrows_with_more_questions():
@@ -97,7 +83,7 @@ def test_eval_cli_refuses_two_models_of_one_task_and_bad_paths(trained, tmp_path
 def test_demo_smoke_writes_results_table_and_curve(tmp_path):
     from vlekit.demo import DemoConfig, run_demo
 
-    result = run_demo(DemoConfig(out=str(tmp_path), num_train=32, num_val=12, epochs=1, batch_size=8, num_workers=0),
+    result = run_demo(DemoConfig(out=str(tmp_path), num_train=16, num_val=8, epochs=1, batch_size=8, num_workers=0),
                       progress=False)
     assert set(result["metrics"]) == {"q2a", "qa2r", "q2ar"}
     assert "| Q->AR |" in (tmp_path / "results.md").read_text()

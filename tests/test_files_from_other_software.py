@@ -20,13 +20,8 @@ import huggingface_hub
 import pytest
 import torch
 from safetensors.torch import save_file
-from test_hub import LocalHub
-from test_model import make_batch as tiny_batch
-from test_official_heads import RUN_SIZE, OfficialTaskModel
-from test_official_heads import make_inputs as task_inputs
-from test_official_heads import reference_logits as task_reference_logits
-from test_vle_checkpoint import OfficialVCR, make_batch, randomised
-from test_vle_checkpoint import reference_logits as vcr_reference_logits
+from helpers import (RUN_SIZE, LocalHub, OfficialTaskModel, OfficialVCR, randomised, reference_logits, task_inputs,
+                     tiny_batch, vcr_batch)
 from transformers import BertConfig, BertModel, CLIPVisionConfig, DebertaV2Config
 
 from data_prep.synthetic import generate_synthetic_vcr
@@ -80,14 +75,12 @@ def test_every_official_config_loads_and_gives_the_official_logits(tmp_path: Pat
     size, patches = model.vision_encoder.image_size, model.num_patches
     with torch.no_grad():
         if report.task == "q2a":
-            batch = make_batch(seed=1)
-            assert batch["object_patch_mask"].shape[-1] == patches  # the fixture's grid is the helper's (4 x 4)
-            batch["pixel_values"] = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
-            logits, expected = model(**batch)["logits"], vcr_reference_logits(state, config, batch, head="vcr_q2a_logit")
+            inputs = vcr_batch(seed=1)
+            assert inputs["object_patch_mask"].shape[-1] == patches  # the fixture's grid is the helper's (4 x 4)
         else:
             inputs = task_inputs(seed=1)
-            inputs["pixel_values"] = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(1))
-            logits, expected = model(**inputs)["logits"], task_reference_logits(state, config, inputs, report.task)
+        inputs["pixel_values"] = torch.randn(len(inputs["input_ids"]), 3, size, size, generator=torch.Generator().manual_seed(1))
+        logits, expected = model(**inputs)["logits"], reference_logits(state, config, inputs, report.task)
     torch.testing.assert_close(logits, expected, atol=2e-5, rtol=1e-4)
     assert logits.std() > 1e-3
 

@@ -33,7 +33,7 @@ from vlekit.training.checkpoints import latest_checkpoint
 from vlekit.evaluation.evaluate import evaluate
 from vlekit.evaluation.predict import load_run
 
-from test_train import NO_DROPOUT, final_weights, metric_rows, tiny_overrides
+from helpers import NO_DROPOUT, final_weights, metric_rows, tiny_overrides
 
 PROCESSES = 2
 

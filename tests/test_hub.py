@@ -1,6 +1,6 @@
 """The Hub round trip, offline: push a trained run, load it back by repo id from huggingface_hub's cache.
 
-The stand-in for the Hub is :class:`LocalHub`, given where ``HfApi`` would be: it takes the
+The stand-in for the Hub is :class:`helpers.LocalHub`, given where ``HfApi`` would be: it takes the
 ``create_repo`` / ``create_commit`` calls vlekit makes and writes each commit into a cache folder in
 huggingface_hub's own layout (``models--org--name/{blobs,snapshots/<commit>,refs/main}``, snapshot
 files linked to content-addressed blobs). Loading then runs huggingface_hub's real
@@ -8,74 +8,21 @@ files linked to content-addressed blobs). Loading then runs huggingface_hub's re
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-from pathlib import Path
-from types import SimpleNamespace
 
-import httpx2
 import huggingface_hub
 import pytest
 import torch
 import yaml
-from huggingface_hub.utils import hf_raise_for_status
+from helpers import LocalHub, refused
 
 import vlekit
-from data_prep.synthetic import generate_synthetic_vcr
 from data_prep.vcr import read_vcr
 from vlekit.cli import main
-from vlekit.demo import DemoConfig, demo_experiment
-from vlekit.evaluation.evaluate import evaluate
 from vlekit.hub import resolve_folder
 from vlekit.model import VCRModel, build_model
-from vlekit.training.train import train
 
 REPO = "vlekit-test/tiny-q2a"
-
-
-def refused(status: int, repo_id: str) -> huggingface_hub.errors.HfHubHTTPError:
-    """The error huggingface_hub raises when the Hub answers ``status`` for ``repo_id``."""
-    response = httpx2.Response(status, headers={"X-Error-Code": "RepoNotFound"} if status == 401 else {},
-                               request=httpx2.Request("POST", f"https://huggingface.co/api/models/{repo_id}"))
-    try:
-        hf_raise_for_status(response)
-    except huggingface_hub.errors.HfHubHTTPError as error:
-        return error
-    raise AssertionError(f"HTTP {status} raised nothing")
-
-
-class LocalHub:
-    """Stands in for ``HfApi``: records the calls, writes each commit into a huggingface_hub cache."""
-
-    def __init__(self, cache_dir: Path, *, refuse: int | None = None) -> None:
-        self.cache_dir, self.refuse = cache_dir, refuse
-        self.created: list[dict] = []
-        self.commits: list[dict] = []
-
-    def create_repo(self, repo_id: str, **options) -> None:
-        if self.refuse is not None:
-            raise refused(self.refuse, repo_id)
-        self.created.append({"repo_id": repo_id, **options})
-
-    def create_commit(self, repo_id: str, operations, *, commit_message: str, revision: str | None = None, **options):
-        storage = self.cache_dir / f"models--{repo_id.replace('/', '--')}"
-        contents = {}
-        for operation in operations:
-            with operation.as_file() as handle:
-                contents[operation.path_in_repo] = handle.read()
-        commit = hashlib.sha1(json.dumps({p: hashlib.sha256(c).hexdigest() for p, c in sorted(contents.items())}).encode()).hexdigest()
-        for path_in_repo, content in contents.items():
-            blob = storage / "blobs" / hashlib.sha256(content).hexdigest()
-            blob.parent.mkdir(parents=True, exist_ok=True)
-            blob.write_bytes(content)
-            link = storage / "snapshots" / commit / path_in_repo
-            link.parent.mkdir(parents=True, exist_ok=True)
-            link.symlink_to(os.path.relpath(blob, link.parent))
-        (storage / "refs").mkdir(exist_ok=True)
-        (storage / "refs" / (revision or "main")).write_text(commit)
-        self.commits.append({"repo_id": repo_id, "message": commit_message, "files": sorted(contents)})
-        return SimpleNamespace(commit_url=f"local://{repo_id}/commit/{commit}", oid=commit)
 
 
 @pytest.fixture
@@ -86,15 +33,9 @@ def offline(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
-    """A tiny Q->A run of the demo's experiment with its evaluation in the demo's layout (OUT/eval)."""
-    root = tmp_path_factory.mktemp("hub")
-    demo = DemoConfig(out=str(root), num_train=32, num_val=12, epochs=1, batch_size=8, num_workers=0)
-    data = generate_synthetic_vcr(root / "data", num_train=demo.num_train, num_val=demo.num_val, num_test=0, seed=3)
-    run = train(demo_experiment(demo, task="q2a", data=data, tokenizer="auto"), progress=False)
-    evaluate([run.model_dir], annotations=data.val, images=data.images_root, out=root / "eval",
-             num_workers=0, progress=False, resamples=200)
-    return data, run.out
+def demo_run(trained_run):
+    """The shared tiny Q->A run of the demo's experiment, evaluated in the demo's layout (OUT/eval)."""
+    return trained_run.data, trained_run.q2a
 
 
 def front_matter(card: str) -> dict:

@@ -133,6 +133,7 @@ LAYERS = [
     ("training", ["vlekit.training"]),
     ("bench", ["vlekit.bench"]),
     ("ablation", ["vlekit.ablation"]),
+    ("diagnostics", ["vlekit.diagnose"]),
     ("application", ["vlekit.demo", "vlekit.cli"]),
 ]
 
@@ -210,9 +211,21 @@ def test_import_vlekit_loads_the_core_only():
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert len(loaded) <= 15, loaded
     application = ("data_prep", "vlekit.training", "vlekit.evaluation", "vlekit.bench", "vlekit.ablation", "vlekit.hub",
-                   "vlekit.runs", "vlekit.vle")
-    assert not [m for m in loaded if m.startswith(application)], loaded
+                   "vlekit.runs", "vlekit.vle", "vlekit.diagnose")
+    constants = ("data_prep", "data_prep.constants")  # CLIP's pixel statistics, defined once on the data side
+    assert not [m for m in loaded if m.startswith(application) and m not in constants], loaded
     lazy = subprocess.run([sys.executable, "-c", "import vlekit, data_prep; print(vlekit.load_run.__module__, "
                                                  "data_prep.generate_synthetic_vcr.__module__)"],
                           capture_output=True, text=True, check=True).stdout.split()
     assert lazy == ["vlekit.evaluation.predict", "data_prep.synthetic"]
+
+
+def test_no_test_module_imports_another():
+    """Shared test code lives in tests/conftest.py (fixtures) and tests/helpers.py, not in test modules."""
+    found = []
+    for path in sorted((REPO_ROOT / "tests").glob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            found += [f"{path.name}:{node.lineno} imports {name}" for name in names if name.split(".")[0].startswith("test_")]
+    assert found == []

@@ -24,10 +24,21 @@ def test_co_attention_layers_keep_vles_parameter_names() -> None:
     layer = FUSIONS.build("tiny-co-attention").text_layers[0]
     attention = [f"{block}.{part}.{p}" for block in ("self_attention", "cross_attention")
                  for part in ("query", "key", "value", "dense", "layer_norm") for p in ("weight", "bias")]
-    feed_forward = [f"{part}.{p}" for part in ("intermediate", "output", "output_norm") for p in ("weight", "bias")]
+    feed_forward = [f"{part}.{p}" for part in ("feed_forward.intermediate", "feed_forward.output", "output_norm")
+                    for p in ("weight", "bias")]
     assert sorted(layer.state_dict()) == sorted(attention + feed_forward)
     # Registered in the order of the computation, so a seed initialises them as before.
-    assert [name for name, _ in layer.named_children()][:3] == ["self_attention", "cross_attention", "intermediate"]
+    assert [name for name, _ in layer.named_children()] == ["self_attention", "cross_attention", "feed_forward", "output_norm"]
+
+
+def test_weights_saved_with_the_flat_feed_forward_names_load_into_the_composed_layer() -> None:
+    torch.manual_seed(0)
+    layer = FUSIONS.build("tiny-co-attention").text_layers[0]
+    flat = {key.replace("feed_forward.", ""): value.clone() + 1 for key, value in layer.state_dict().items()}
+    assert "intermediate.weight" in flat and "output.bias" in flat  # as vlekit 0.1.0 saved them
+    layer.load_state_dict(flat)
+    torch.testing.assert_close(layer.feed_forward.intermediate.weight, flat["intermediate.weight"])
+    torch.testing.assert_close(layer.output_norm.bias, flat["output_norm.bias"])
 
 
 def test_post_norm_layer_is_attention_then_the_feed_forward_block_with_residuals() -> None:
@@ -40,7 +51,7 @@ def test_post_norm_layer_is_attention_then_the_feed_forward_block_with_residuals
     keys = key_padding_mask(mask)
     with torch.no_grad():
         attended = layer.self_attention(hidden, hidden, keys)
-        expected = layer.output_norm(attended + layer.output(F.gelu(layer.intermediate(attended))))
+        expected = layer.output_norm(attended + layer.feed_forward.output(F.gelu(layer.feed_forward.intermediate(attended))))
         torch.testing.assert_close(layer(hidden, keys), expected)
         first = layer(hidden, keys, first_token_only=True)
     assert first.shape == (2, 1, 16)
@@ -112,4 +123,12 @@ def test_constructors_are_keyword_only(module_name: str) -> None:
 
 
 def test_vlekit_exports_layers_as_public_api() -> None:
-    assert vlekit.layers.masked_mean is masked_mean
+    """``from vlekit import *`` gives ``layers``, and ``vlekit.layers``' star import exactly its ``__all__``
+    (which fails on a listed name that does not exist), the blocks the plugins build on among them."""
+    public: dict = {}
+    exec("from vlekit import *", public)
+    assert public["layers"] is importlib.import_module("vlekit.layers")
+    blocks: dict = {}
+    exec("from vlekit.layers import *", blocks)
+    assert {name for name in blocks if name != "__builtins__"} == set(vlekit.layers.__all__)
+    assert {"FeedForward", "Pooler", "PostNormLayer", "TransformerConfig", "key_padding_mask", "masked_mean"} <= blocks.keys()

@@ -17,41 +17,12 @@ from vlekit import VCRModel, build_model
 from vlekit.model import BATCH_KEYS, MODEL_CONFIG_FILE, WEIGHTS_FILE, load_model_config
 from vlekit.components.text_encoders import _TINY_DEBERTA
 
+from helpers import tiny_batch
+
 B, C, L, K = 2, 4, 12, 3
 PER_CHOICE_KEYS = (
     "input_ids", "attention_mask", "text_type_ids", "object_patch_mask", "object_type_ids", "object_mask",
 )
-
-
-def make_batch(model: VCRModel, *, batch: int = B, choices: int = C, length: int = L, slots: int = K,
-               seed: int = 0) -> dict[str, torch.Tensor]:
-    """A random batch in the contract's shapes: padded text, used and padded object slots, labels."""
-    g = torch.Generator().manual_seed(seed)
-    size, patches = model.vision_encoder.image_size, model.num_patches
-    lengths = torch.randint(length // 2, length + 1, (batch, choices), generator=g)
-    attention_mask = (torch.arange(length) < lengths.unsqueeze(-1)).long()
-    input_ids = torch.randint(1, 100, (batch, choices, length), generator=g) * attention_mask
-    used = torch.randint(1, slots + 1, (batch, choices), generator=g)  # at least one object per pair
-    object_mask = (torch.arange(slots) < used.unsqueeze(-1)).long()
-    object_type_ids = (torch.arange(slots) + 2) * object_mask
-    object_patch_mask = torch.rand(batch, choices, slots, patches, generator=g) < 0.3
-    object_patch_mask &= object_mask.bool().unsqueeze(-1)
-    text_type_ids = torch.zeros(batch, choices, length, dtype=torch.long)
-    for b in range(batch):  # mention of object k at position 1 + k (when inside the text)
-        for c in range(choices):
-            for k in range(int(used[b, c])):
-                if 1 + k < int(lengths[b, c]):
-                    text_type_ids[b, c, 1 + k] = k + 2
-    return {
-        "input_ids": input_ids,
-        "attention_mask": attention_mask,
-        "text_type_ids": text_type_ids,
-        "pixel_values": torch.randn(batch, 3, size, size, generator=g),
-        "object_patch_mask": object_patch_mask,
-        "object_type_ids": object_type_ids,
-        "object_mask": object_mask,
-        "labels": torch.randint(0, choices, (batch,), generator=g),
-    }
 
 
 def logits_of(model: VCRModel, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -71,7 +42,7 @@ def model() -> VCRModel:
 
 # -- the batch contract --------------------------------------------------------------------------
 def test_logits_and_loss(model: VCRModel) -> None:
-    batch = make_batch(model)
+    batch = tiny_batch(model)
     model.train()
     try:
         output = model(**batch)
@@ -96,7 +67,7 @@ def test_batch_keys_constant_matches_the_contract() -> None:
 
 
 def test_choices_folded_and_image_shared_equal_running_each_choice_and_question_alone(model: VCRModel) -> None:
-    batch = make_batch(model, seed=1)
+    batch = tiny_batch(model, seed=1)
     full = logits_of(model, batch)
     for c in range(C):
         one_choice = {k: (v[:, c:c + 1] if k in PER_CHOICE_KEYS else v) for k, v in batch.items() if k != "labels"}
@@ -109,7 +80,7 @@ def test_choices_folded_and_image_shared_equal_running_each_choice_and_question_
 
 
 def test_padded_object_slots_change_nothing(model: VCRModel) -> None:
-    batch = make_batch(model, seed=2)
+    batch = tiny_batch(model, seed=2)
     g = torch.Generator().manual_seed(5)
     extra = 2
     padded = dict(batch)
@@ -127,7 +98,7 @@ def test_padded_object_slots_change_nothing(model: VCRModel) -> None:
 
 
 def test_padded_text_positions_change_nothing(model: VCRModel) -> None:
-    batch = make_batch(model, seed=3)
+    batch = tiny_batch(model, seed=3)
     g = torch.Generator().manual_seed(6)
     extra = 5
     padded = dict(batch)
@@ -147,7 +118,7 @@ def with_flags(model: VCRModel, **flags: bool) -> VCRModel:
 
 def test_without_object_tokens_the_patch_mask_is_ignored(model: VCRModel) -> None:
     without = with_flags(model, use_object_tokens=False)
-    batch = make_batch(model, seed=4)
+    batch = tiny_batch(model, seed=4)
     changed = dict(batch, object_patch_mask=~batch["object_patch_mask"],
                    object_mask=torch.ones_like(batch["object_mask"]))
     assert_close(logits_of(without, changed), logits_of(without, batch))
@@ -157,7 +128,7 @@ def test_without_object_tokens_the_patch_mask_is_ignored(model: VCRModel) -> Non
 
 def test_without_object_types_the_type_ids_are_ignored(model: VCRModel) -> None:
     without = with_flags(model, use_object_types=False)
-    batch = make_batch(model, seed=5)
+    batch = tiny_batch(model, seed=5)
     g = torch.Generator().manual_seed(7)
     changed = dict(batch, text_type_ids=torch.randint(0, 83, batch["text_type_ids"].shape, generator=g),
                    object_type_ids=torch.randint(0, 83, batch["object_type_ids"].shape, generator=g))
@@ -182,7 +153,7 @@ def test_object_tokens_static_method_is_the_masked_mean() -> None:
 
 
 def test_fusion_input_streams_types_and_object_token_means(model: VCRModel) -> None:
-    batch = make_batch(model, seed=9)
+    batch = tiny_batch(model, seed=9)
     seen = {}
     hook = model.fusion.register_forward_pre_hook(lambda module, args: seen.update(args=args))
     try:
@@ -217,7 +188,7 @@ def test_pooled_only_last_layer_gives_the_same_pooled_vector_and_gradients(gradi
     model = build_model(fusion={"name": "tiny-co-attention", "gradient_checkpointing": gradient_checkpointing,
                                 "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0})
     fusion = model.fusion.train()
-    assert model._fusion_takes_pooled_only
+    assert model.fusion.supports_pooled_only
     g = torch.Generator().manual_seed(3)
     n, length, tokens, width = 5, 7, 9, fusion.hidden_size
     text_mask, image_mask = torch.ones(n, length, dtype=torch.long), torch.ones(n, tokens, dtype=torch.long)
@@ -249,7 +220,7 @@ def test_components_trace_under_torch_compile() -> None:
     them (the ``eager`` backend checks the tracing without a C++ compiler) for any text length."""
     torch.manual_seed(0)
     model = build_model().eval()
-    batches = [make_batch(model, seed=2), make_batch(model, length=20, seed=3)]
+    batches = [tiny_batch(model, seed=2), tiny_batch(model, length=20, seed=3)]
     expected = [logits_of(model, batch) for batch in batches]
     torch._dynamo.reset()
     for component in (model.text_encoder, model.vision_encoder, model.fusion):
@@ -266,14 +237,14 @@ def test_components_trace_under_torch_compile() -> None:
 
 # -- shape errors ----------------------------------------------------------------------------------
 def test_wrong_number_of_patches_is_a_clear_error(model: VCRModel) -> None:
-    batch = make_batch(model)
+    batch = tiny_batch(model)
     batch["object_patch_mask"] = torch.zeros(B, C, K, model.num_patches + 1, dtype=torch.bool)
     with pytest.raises(ValueError, match=r"object_patch_mask has shape \[2, 4, 3, 65\], expected \[2, 4, K, 64\]"):
         model(**batch)
 
 
 def test_wrong_number_of_choices_is_a_clear_error(model: VCRModel) -> None:
-    batch = make_batch(model)
+    batch = tiny_batch(model)
     with pytest.raises(ValueError, match=r"VCRModel: attention_mask has shape \[2, 3, 12\], expected \[2, 4, 12\]"):
         model(**dict(batch, attention_mask=batch["attention_mask"][:, :3]))
     with pytest.raises(ValueError, match=r"object_patch_mask has shape \[2, 3, 3, 64\], expected \[2, 4, K, 64\]"):
@@ -285,7 +256,7 @@ def test_wrong_number_of_choices_is_a_clear_error(model: VCRModel) -> None:
 
 
 def test_unfolded_text_is_a_clear_error(model: VCRModel) -> None:
-    batch = make_batch(model)
+    batch = tiny_batch(model)
     text_keys = ("input_ids", "attention_mask", "text_type_ids")
     flat = {k: (v.flatten(0, 1) if k in text_keys else v) for k, v in batch.items()}
     with pytest.raises(ValueError, match=r"VCRModel: input_ids has shape \[8, 12\], expected \[B, C, L\]"):
@@ -293,7 +264,7 @@ def test_unfolded_text_is_a_clear_error(model: VCRModel) -> None:
 
 
 def test_wrong_image_size_is_a_clear_error(model: VCRModel) -> None:
-    batch = make_batch(model)
+    batch = tiny_batch(model)
     expected = r"clip-vision: pixel_values has shape \[2, 3, 32, 32\], expected \[B, 3, 64, 64\]"
     with pytest.raises(ValueError, match=expected):
         model(**dict(batch, pixel_values=torch.zeros(B, 3, 32, 32)))
@@ -301,7 +272,7 @@ def test_wrong_image_size_is_a_clear_error(model: VCRModel) -> None:
 
 # -- persistence -----------------------------------------------------------------------------------
 def test_save_pretrained_round_trip(model: VCRModel, tmp_path: Path) -> None:
-    batch = make_batch(model, seed=10)
+    batch = tiny_batch(model, seed=10)
     model.save_pretrained(tmp_path / "ckpt")
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == sorted([MODEL_CONFIG_FILE, WEIGHTS_FILE])
     saved = json.loads((tmp_path / "ckpt" / MODEL_CONFIG_FILE).read_text())
@@ -333,7 +304,7 @@ def test_from_pretrained_works_offline_from_the_folder_alone(tmp_path: Path, mon
         vision_encoder={"name": "clip-vision", "model_name": str(vision_dir), "image_size": 48},
     ).eval()
     assert model.vision_encoder.grid == 6  # position embeddings interpolated to 48 px
-    batch = make_batch(model, seed=11)
+    batch = tiny_batch(model, seed=11)
     expected = logits_of(model, batch)
     model.save_pretrained(tmp_path / "ckpt")
     shutil.rmtree(text_dir)
@@ -378,7 +349,7 @@ def test_components_by_module_class_path(tmp_path: Path) -> None:
     ).eval()
     assert type(model.fusion).__name__ == "CoAttentionFusion" and model.num_patches == 4
     assert model.resolved_config().fusion["name"] == "vlekit.components.fusions:CoAttentionFusion"
-    batch = make_batch(model, seed=12)
+    batch = tiny_batch(model, seed=12)
     assert logits_of(model, batch).shape == (B, C)
     model.save_pretrained(tmp_path)
     assert torch.equal(logits_of(VCRModel.from_pretrained(tmp_path).eval(), batch), logits_of(model, batch))
@@ -460,7 +431,7 @@ def test_task_heads_give_their_logits_and_loss_and_every_parameter_learns(head: 
 def test_task_head_model_refuses_the_vcr_batch_and_vice_versa() -> None:
     torch.manual_seed(0)
     vqa = build_model(head={"name": "vqa", "num_labels": 3}).eval()
-    vcr_batch = make_batch(vqa, seed=4)
+    vcr_batch = tiny_batch(vqa, seed=4)
     with pytest.raises(TypeError, match="'vqa' head takes input_ids, attention_mask and pixel_values.*got text_type_ids"):
         vqa(**vcr_batch)
     batch = single_batch(vqa, seed=4)
@@ -487,5 +458,5 @@ def test_default_head_is_the_vcr_head_and_old_configs_without_one_load(tmp_path:
     written = json.loads(config_path.read_text())
     del written["head"]  # a folder written before heads were registered
     config_path.write_text(json.dumps(written))
-    batch = make_batch(model, seed=5)
+    batch = tiny_batch(model, seed=5)
     assert_close(logits_of(VCRModel.from_pretrained(tmp_path).eval(), batch), logits_of(model, batch))

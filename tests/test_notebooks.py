@@ -20,7 +20,7 @@ pytest.importorskip("ipykernel")
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
-EXPECTED = ["01_quickstart", "02_data_prep", "03_finetune", "04_ablations", "05_write_a_plugin", "06_vqa"]
+EXPECTED = ["01_quickstart", "02_data_prep", "03_finetune", "04_ablations", "05_write_a_plugin", "06_vqa", "07_diagnose", "08_adaptation"]
 CELL_TIMEOUT_S = 300
 
 
@@ -102,87 +102,38 @@ def test_a_notebook_runs_as_a_plain_script_without_jupyter(tmp_path):
     assert result.returncode == 1 and "boom 7" in result.stderr and "cell 1 failed" in result.stderr
 
 
-# -- the library functions the notebooks added (vlekit.ablation.grid, vlekit.ablation.stats, vlekit.evaluation.plots) --------------------
-def run_result(variant: str, seed: int, correct: list[bool]):
-    from vlekit.ablation.stats import RunResult
-
-    return RunResult(variant=variant, seed=seed, task="q2a", accuracy=sum(correct) / len(correct),
-                     annot_ids=tuple(f"val-{i}" for i in range(len(correct))), correct=tuple(correct),
-                     steps=1, seconds=0.0, folder="")
-
-
-def test_variant_changes_are_applied_and_checked():
-    from vlekit.ablation.grid import with_changes
-    from vlekit.runs.experiment import ExperimentConfig
-
-    config = with_changes(ExperimentConfig(), {"model.fusion": "tiny-merged-attention", "data.geometry": "letterbox",
-                                               "model.use_object_tokens": False})
-    assert config.model.fusion == {"name": "tiny-merged-attention"}
-    assert config.data.geometry == "letterbox" and config.model.use_object_tokens is False
-    with pytest.raises(TypeError, match="unknown option 'use_object_type'; did you mean 'use_object_types'"):
-        with_changes(ExperimentConfig(), {"model.use_object_type": False})
-    with pytest.raises(TypeError, match="use_object_tokens"):
-        with_changes(ExperimentConfig(), {"model.use_object_tokens": "no"})
-
-
-def test_summary_and_paired_tests():
-    import math
-
-    from vlekit.ablation.stats import (best_variant, breakdown_by, compare, mcnemar_exact, paired_bootstrap,
-                                       summarize, welch_t_test)
-    from vlekit.tables import format_results_table
-
-    ref = [run_result("vle", s, [True] * 8 + [False] * 2) for s in (0, 1)]
-    base = [run_result("none", s, [True] * 2 + [False] * 8) for s in (0, 1)]
-    rows = summarize(ref + base, reference="vle")
-    assert [(r["variant"], r["mean"], r["std"]) for r in rows] == [("vle", 0.8, 0.0), ("none", 0.2, 0.0)]
-    assert rows[1]["delta"] == pytest.approx(-0.6)
-    assert "| vle | 2 | 80.0 | 0.0 |" in format_results_table(rows, markdown=True)
-    assert best_variant(rows, exclude="vle") == "none"
-    assert mcnemar_exact([True] * 6, [False] * 6) == pytest.approx(2 / 2**6)  # 6 discordant pairs, all one way
-    comparison = compare(ref + base, "vle", "none")  # 2 seeds: McNemar's pairs would not be independent
-    assert comparison.difference == pytest.approx(0.6) and math.isnan(comparison.p_mcnemar)
-    assert comparison.ci95[0] > 0 and comparison.p_bootstrap < 0.01
-    assert math.isnan(welch_t_test([0.5], [0.4, 0.3]))  # one seed: no test
-    assert welch_t_test([0.8, 0.82, 0.79], [0.3, 0.31, 0.28]) < 0.001
-    assert math.isnan(summarize(ref[:1])[0]["std"])
-    assert paired_bootstrap([1, 0, 1], [1, 0, 1]) == ((0.0, 0.0), 1.0)
-    with pytest.raises(ValueError, match="share no seed"):
-        compare([ref[0], run_result("none", 5, [True] * 10)], "vle", "none")
-    table = breakdown_by(["a", "a", "b"], q2a=[True, False, True], qa2r=[True, True, False])
-    assert table["a"]["n"] == 2 and table["a"]["q2a"] == 0.5 and table["all"]["n"] == 3
-    assert table["b"]["joint"] == {"q2a right, qa2r right": 0, "q2a right, qa2r wrong": 1,
-                                   "q2a wrong, qa2r right": 0, "q2a wrong, qa2r wrong": 0}
-
-
-def test_a_grid_reuses_finished_runs_unless_what_they_depend_on_changed(tmp_path):
-    import dataclasses
-
-    from vlekit.ablation import grid as ablation, stats as ablation_stats
-
-    grid = ablation.smoke_grid(tmp_path)
-    variant = [v for v in ablation.smoke_variants() if v.name == ablation_stats.REFERENCE]
-    first = ablation.run_grid(grid, variant, log=lambda _: None)[0]
-    result_file = Path(first.folder) / ablation_stats.RESULT_FILE
-    stamp = result_file.stat().st_mtime_ns
-    again = ablation.run_grid(dataclasses.replace(grid, num_workers=1), variant, log=lambda _: None)[0]
-    assert result_file.stat().st_mtime_ns == stamp and again == first  # workers: loaded, not re-run
-    changed = ablation.run_grid(dataclasses.replace(grid, lr=grid.lr / 2), variant, log=lambda _: None)[0]
-    assert result_file.stat().st_mtime_ns != stamp and changed.seconds != first.seconds  # lr: trained again
-
-
-def test_plot_helpers_draw():
+# -- what the notebooks draw (vlekit.evaluation.plots); the statistics and grids they call are tested in
+# tests/test_ablation_statistics.py and tests/test_demo_grid.py ---------------------------------------------
+def test_plot_helpers_draw_what_they_are_given():
     import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.patches import Rectangle
 
     from vlekit.evaluation.plots import draw_boxes, pixels_to_image, plot_outcome_breakdown, plot_patch_grid
 
     image = pixels_to_image(np.zeros((3, 32, 32), dtype=np.float32))
     assert image.shape == (32, 32, 3) and 0.4 < image.mean() < 0.5  # zero = the CLIP mean colour
-    figures = [
-        draw_boxes(np.zeros((20, 40, 3)), [[1, 1, 10, 10, 0.9]], ["[0] person"]),
-        plot_patch_grid(image, grid=4, patches=[[0, 1, 4, 5], []], labels=["a", "b"]),
-        plot_outcome_breakdown({"colour": {"n": 2, "joint": {"both right": 1, "both wrong": 1}}}),
-    ]
-    assert all(len(f.axes) >= 1 for f in figures)
-    plt.close("all")
+    try:
+        # One outlined box per row of boxes (x1, y1, x2, y2, score), at its place, with its label.
+        (axis,) = draw_boxes(np.zeros((20, 40, 3)), [[1, 1, 10, 12, 0.9], [20, 5, 30, 15, 0.5]], ["[0] person", "[1] dog"]).axes
+        boxes = [p for p in axis.patches if isinstance(p, Rectangle)]
+        assert [(b.get_xy(), b.get_width(), b.get_height(), b.get_fill()) for b in boxes] == [
+            ((1, 1), 9, 11, False), ((20, 5), 10, 10, False)]
+        assert [t.get_text() for t in axis.texts] == ["[0] person", "[1] dog"]
+        assert axis.get_xlim() == (0, 40) and axis.get_ylim() == (20, 0)  # the image's pixels, y downwards
+
+        # Object 'a' covers patches 0, 1, 4, 5 of a 4 x 4 grid on 32 px: four shaded 8 px cells and their outline.
+        (axis, *_) = plot_patch_grid(image, grid=4, patches=[[0, 1, 4, 5], []], labels=["a", "b"]).axes
+        shaded = sorted((p.get_xy(), p.get_width()) for p in axis.patches if p.get_fill())
+        assert shaded == [((0, 0), 8), ((0, 8), 8), ((8, 0), 8), ((8, 8), 8)]
+        assert [(p.get_xy(), p.get_width(), p.get_height()) for p in axis.patches if not p.get_fill()] == [((0, 0), 16, 16)]
+        assert [t.get_text() for t in axis.get_legend().get_texts()] == ["a (4 patches)", "b (0 patches)"]
+
+        # Stacked shares of each group's questions.
+        (axis,) = plot_outcome_breakdown({"colour": {"n": 4, "joint": {"both right": 1, "both wrong": 3}},
+                                          "place": {"n": 2, "joint": {"both right": 2}}}).axes
+        bars = [(round(p.get_y(), 6), round(p.get_height(), 6)) for p in axis.patches]
+        assert bars == [(0, 0.25), (0, 1.0), (0.25, 0.75), (1.0, 0)]  # per outcome: the colour bar, then place
+        assert [t.get_text() for t in axis.get_legend().get_texts()] == ["both right", "both wrong"]
+    finally:
+        plt.close("all")

@@ -24,7 +24,7 @@ from vlekit.options import FrozenDict, make_config, thaw
 from vlekit.components.text_encoders import _TINY_DEBERTA
 from vlekit.components.vision_encoders import _TINY_CLIP, CLIP_MEAN, CLIP_STD, CLIPVisionEncoder
 
-from test_model import make_batch
+from helpers import tiny_batch as make_batch
 
 
 @pytest.fixture(scope="module")
@@ -83,10 +83,11 @@ def test_frozen_configs_serialise_and_compare_as_plain_ones(model: VCRModel) -> 
 
 # -- pixel normalisation ------------------------------------------------------------------------------
 def test_clip_declares_its_processor_normalisation(model: VCRModel) -> None:
-    from data_prep.constants import CLIP_MEAN as DATA_MEAN, CLIP_STD as DATA_STD
+    from transformers import CLIPImageProcessor
 
-    assert model.vision_encoder.image_mean == CLIP_MEAN == tuple(DATA_MEAN)
-    assert model.vision_encoder.image_std == CLIP_STD == tuple(DATA_STD)
+    processor = CLIPImageProcessor()  # what the CLIP checkpoints' preprocessor_config.json hold
+    assert model.vision_encoder.image_mean == CLIP_MEAN == pytest.approx(tuple(processor.image_mean), abs=1e-8)
+    assert model.vision_encoder.image_std == CLIP_STD == pytest.approx(tuple(processor.image_std), abs=1e-8)
 
 
 def test_uint8_pixels_are_normalised_on_the_device_as_the_float_input_would_be(model: VCRModel) -> None:
@@ -181,21 +182,15 @@ def test_a_loose_vcr_model_load_reports_both_lists(model: VCRModel, tmp_path: Pa
 
 
 
-class LegacyEncoder(CLIPVisionEncoder):
-    """A vision encoder written before ``image_mean`` / ``image_std`` joined the interface."""
+class UndeclaredEncoder(CLIPVisionEncoder):
+    """A vision encoder that does not declare the pixel statistics it expects."""
 
     def __init__(self, *, config) -> None:
         super().__init__(config=config)
-        del self.image_mean, self.image_std
+        del self.image_mean
 
 
-def test_an_encoder_without_declared_normalisation_takes_float_pixels_and_refuses_uint8(model: VCRModel) -> None:
-    torch.manual_seed(0)
-    legacy = build_model(vision_encoder={"name": "test_options:LegacyEncoder", "hf_config": _TINY_CLIP}).eval()
-    assert legacy.pixel_mean is None and legacy.pixel_std is None
-    batch = make_batch(legacy, seed=5)
-    with torch.no_grad():
-        assert legacy(**batch)["logits"].shape == (2, 4)
-    with pytest.raises(ValueError, match=r"uint8 pixel_values need the vision encoder's image_mean and image_std, "
-                                         r"which LegacyEncoder does not declare"):
-        legacy(**dict(batch, pixel_values=batch["pixel_values"].to(torch.uint8)))
+def test_an_encoder_without_declared_normalisation_is_refused_when_the_model_is_built() -> None:
+    with pytest.raises(TypeError, match=r"vision encoder 'test_options:UndeclaredEncoder' \(UndeclaredEncoder\) does "
+                                        r"not declare image_mean: every vision encoder declares"):
+        build_model(vision_encoder={"name": "test_options:UndeclaredEncoder", "hf_config": _TINY_CLIP})

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import make_dry_run
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -150,11 +151,15 @@ def test_makefile_torch_pins_satisfy_pyproject() -> None:
     assert pins["torch"] in spec(torch_range), f"Makefile pins torch {pins['torch']}; pyproject: torch{torch_range}"
 
 
-def test_makefile_has_the_entry_points() -> None:
-    text = (REPO_ROOT / "Makefile").read_text()
-    targets = set(re.findall(r"^([a-z]+):", text, re.MULTILINE))
-    assert {"setup", "demo", "test"} <= targets
-    assert re.search(r"^test: setup\n\t\$\(PYTHON\) -m pytest", text, re.MULTILINE)
+def test_make_demo_test_and_test_fast_run_the_demo_and_the_suite(tmp_path: Path) -> None:
+    """What ``make -n`` runs for the entry points, in an environment make setup installed (its stamp is fresh)."""
+    (tmp_path / ".vlekit-installed").touch()
+    runs = {target: make_dry_run(target, PYTHON="PY", ENV_DIR=tmp_path) for target in ("setup", "demo", "test", "test-fast")}
+    assert runs["setup"] == []  # installed: nothing to do
+    assert runs["demo"] == ["PY -m vlekit.cli demo"]
+    (suite,), (fast,) = runs["test"], runs["test-fast"]
+    assert suite.startswith("PY -m pytest || ") and fast.startswith('PY -m pytest -m "not slow" || ')
+    assert suite.removeprefix("PY -m pytest") == fast.removeprefix('PY -m pytest -m "not slow"')  # both fail on exit 5
 
 
 # -- CI and README -------------------------------------------------------------------------------

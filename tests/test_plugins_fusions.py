@@ -223,6 +223,7 @@ def synthetic_vcr(tmp_path_factory):
     return preprocessor.collate(examples[:8]), len(tokenizer)
 
 
+@pytest.mark.slow  # loss-threshold training: 60 steps per variant
 @pytest.mark.parametrize("name", VARIANTS)
 def test_every_variant_trains_inside_a_vcr_model(name: str, synthetic_vcr) -> None:
     """On synthetic VCR questions, with object tokens and token types on, the loss falls far below chance.

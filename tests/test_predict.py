@@ -9,24 +9,16 @@ import pytest
 import torch
 
 import vlekit
-from data_prep.synthetic import generate_synthetic_vcr
 from data_prep.vcr import read_vcr
 from vlekit.cli import main as cli_main
-from vlekit.demo import DemoConfig, demo_experiment
 from vlekit.evaluation.evaluate import evaluate
 from vlekit.evaluation.predict import parse_text
-from vlekit.training.train import train
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """A tiny Q->A and a tiny QA->R run (the demo's experiment, 4 steps each) on synthetic data."""
-    root = tmp_path_factory.mktemp("predict")
-    demo = DemoConfig(out=str(root), num_train=32, num_val=12, epochs=1, batch_size=8, num_workers=0)
-    data = generate_synthetic_vcr(root / "data", num_train=demo.num_train, num_val=demo.num_val, num_test=0, seed=3)
-    q2a = train(demo_experiment(demo, task="q2a", data=data, tokenizer="auto"), progress=False)
-    qa2r = train(demo_experiment(demo, task="qa2r", data=data, tokenizer=str(q2a.out / "tokenizer")), progress=False)
-    return data, {"q2a": q2a.out, "qa2r": qa2r.out}
+def runs(trained_run):
+    """The shared tiny Q->A and QA->R runs of the demo's experiment (conftest.trained_run)."""
+    return trained_run.data, {"q2a": trained_run.q2a, "qa2r": trained_run.qa2r}
 
 
 def typed(tokens) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import huggingface_hub
 import pytest
-from test_hub import LocalHub
+from helpers import LocalHub
 
 from data_prep.synthetic import generate_synthetic_vcr
 from vlekit.cli import main
@@ -48,6 +48,15 @@ NOT_HERE = {
                                                                           "run back by repo id from its cache",
     "tensorboard --logdir runs/": "a viewer; tests/test_tracking.py reads the event files",
     "vlekit bench --preset vle-base --batch-size 16 32 64 --json bench.json": "a GPU",
+    "vlekit train --config configs/vle-base-vcr-q2a.yaml train.init_from_vle=hfl/vle-base "
+    "'model.adaptation={text: lora, vision: lora}'": "VLE-base from the Hub and a GPU; tests/test_adaptations.py trains "
+                                                      "LoRA on a named official-format base, saves adapters only",
+    "vlekit export --run runs/lora --merge --out runs/lora-merged": "the LoRA run of the line before; "
+                                                                   "tests/test_adaptations.py exports one with --merge",
+    "vlekit bench --preset vle-base --adaptations full frozen-encoders lora dora ia3 bitfit":
+        "minutes per method at VLE-base on a CPU; tests/test_adaptations.py checks the counts",
+    "vlekit ablate --grid configs/grids/adaptation.yaml --out runs/adaptation": "18 training runs; notebooks/08_adaptation "
+                                                                               "runs a 1-seed grid (tests/test_notebooks.py)",
     "bash scripts/gpu_evidence.sh OUT quick": "a GPU",
     "bash scripts/gpu_evidence.sh OUT notebooks": "a GPU",
     "bash scripts/gpu_evidence.sh OUT quick --dry-run": "minutes of CPU: tests/test_bench_gpu_evidence.py runs it",
@@ -78,19 +87,12 @@ def test_every_readme_command_is_run_or_accounted_for() -> None:
     assert not stale, f"NOT_HERE lists commands the README no longer shows: {stale}"
 
 
-@pytest.fixture(scope="module")
-def places(tmp_path_factory) -> dict[str, str]:
-    """A tiny synthetic split and a tiny Q->A and QA->R run on it (one epoch each)."""
-    root = tmp_path_factory.mktemp("readme")
-    data = generate_synthetic_vcr(root / "data", num_train=16, num_val=8, num_test=4, seed=5)
-    runs = {}
-    for task in ("q2a", "qa2r"):
-        runs[task] = root / task
-        assert main(["train", "--no-progress", "--task", task, "--train-annotations", str(data.train),
-                     "--val-annotations", str(data.val), "--images", str(data.images_root), "--out", str(runs[task]),
-                     "--batch-size", "8", "--epochs", "1", "--lr", "1e-3", "train.cpu=true", "data.num_workers=0",
-                     "model.vision_encoder.hf_config.image_size=32"]) == 0
-    return {"data": str(data.root), "q2a": str(runs["q2a"]), "qa2r": str(runs["qa2r"]), "tmp": str(root)}
+@pytest.fixture
+def places(trained_run, tmp_path) -> dict[str, str]:
+    """The shared tiny synthetic split and its Q->A and QA->R runs (conftest.trained_run, read only); what a
+    command writes (``--out runs/eval``) goes to this test's own folder."""
+    return {"data": str(trained_run.data.root), "q2a": str(trained_run.q2a), "qa2r": str(trained_run.qa2r),
+            "tmp": str(tmp_path)}
 
 
 def as_run_here(command: str, places: dict[str, str]) -> list[str]:

@@ -3,30 +3,29 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 
 from data_prep.preprocess import MODEL_OPTIONS
 from data_prep.synthetic import generate_synthetic_vcr
-from vlekit.demo import DemoConfig, demo_experiment
 from vlekit.runs.folder import PREPROCESS_FILE, RunFolder, find_model_dir, load_trained, read_metrics
-from vlekit.training.train import train
 
 
-def test_a_trained_run_has_the_layout_run_folder_names_and_loads_back(tmp_path):
-    demo = DemoConfig(out=str(tmp_path), num_train=16, num_val=8, epochs=1, batch_size=8, num_workers=0)
-    data = generate_synthetic_vcr(tmp_path / "data", num_train=16, num_val=8, num_test=0, seed=1)
-    config = demo_experiment(demo, task="q2a", data=data, tokenizer="auto")
-    result = train(config, progress=False)
-    run = RunFolder(result.out)
+def test_a_trained_run_has_the_layout_run_folder_names_and_loads_back(trained_run):
+    data, config = trained_run.data, trained_run.experiment("q2a")
+    steps = trained_run.demo.num_train // trained_run.demo.batch_size  # one epoch
+    run = RunFolder(trained_run.q2a)
+    assert run.root == Path(config.train.out)
     assert run.experiment_file.is_file() and (run.tokenizer_dir / "tokenizer_config.json").is_file()
-    assert run.model_dir == result.model_dir and [p.name for p in run.checkpoints_dir.iterdir()] == ["step-0000002"]
+    assert run.model_dir == run.root / "model" and [p.name for p in run.checkpoints_dir.iterdir()] == [f"step-{steps:07d}"]
     assert not run.curve_file.exists()  # train() leaves drawing to its caller
     recorded = run.experiment()  # what was built: the text encoder sized to the data-built tokenizer
     assert dataclasses.replace(recorded, model=config.model) == config
     assert recorded.model.text_encoder == {**config.model.text_encoder, "vocab_size": len(load_trained(run.root).tokenizer)}
     metrics = run.metrics()
-    assert metrics == read_metrics(run.metrics_file) and [m["step"] for m in metrics if "loss" in m] == [2]
+    assert config.train.log_every_steps > steps  # so the one loss row is the final step's
+    assert metrics == read_metrics(run.metrics_file) and [m["step"] for m in metrics if "loss" in m] == [steps]
     assert find_model_dir(run.root) == find_model_dir(run.model_dir) == run.model_dir
 
     trained = load_trained(run.root)

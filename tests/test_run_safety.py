@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,10 +22,10 @@ from pathlib import Path
 import pytest
 import torch
 from accelerate import Accelerator
-from test_train import final_weights, tiny_overrides
+from helpers import SMALL_IMAGES, final_weights, tiny_overrides
 
 from data_prep.synthetic import generate_synthetic_vcr
-from vlekit.training.checkpoints import CheckpointSpaceError, checkpoint_dirs, latest_checkpoint
+from vlekit.training.checkpoints import checkpoint_dirs, latest_checkpoint
 from vlekit.cli import main
 from vlekit.runs.experiment import load_experiment
 from vlekit.runs.lock import LOCK_FILE, RunFolderError, RunLock, claim_run_folder
@@ -47,29 +48,28 @@ def metric_steps(out: Path) -> list[int]:
 
 
 # -- one run per folder ----------------------------------------------------------------------------------
-def test_a_folder_holding_a_run_is_refused_unless_resume_or_overwrite(data, tmp_path, capsys):
+def test_a_folder_holding_a_run_is_refused_unless_resume_or_overwrite(trained_run, tmp_path, capsys):
     out = tmp_path / "run"
-    first = tiny_overrides(data, out, epochs=1)
-    assert main(["train", "--no-progress", *first]) == 0
-    tokenizer_before = (out / "tokenizer" / "tokenizer.json").read_text()
-    assert metric_steps(out) == [1, 2, 3, 4]
+    shutil.copytree(trained_run.q2a, out)  # a finished run
+    files = [out / "config.yaml", out / "metrics.jsonl", out / "tokenizer" / "tokenizer.json", out / "model" / "model.safetensors"]
+    before = [path.read_bytes() for path in files]
 
     # Another run into the same folder: refused before any work, the folder untouched.
     other = generate_synthetic_vcr(tmp_path / "other", num_train=16, num_val=8, num_test=4, seed=9)
-    second = tiny_overrides(other, out, epochs=1)
+    second = [*tiny_overrides(other, out, epochs=1), SMALL_IMAGES]
     assert main(["train", "--no-progress", *second]) == 2
     error = capsys.readouterr().err
     assert f"{out} already holds a run (config.yaml, checkpoints, model, metrics.jsonl, tokenizer)" in error
     assert "--resume" in error and "--overwrite" in error
-    assert metric_steps(out) == [1, 2, 3, 4]
+    assert [path.read_bytes() for path in files] == before
 
     # --overwrite: the old run moves aside (said so), the new one starts from nothing: its own tokenizer and log.
     assert main(["train", "--no-progress", "--overwrite", *second]) == 0
     said = capsys.readouterr().out
     moved = [p for p in tmp_path.iterdir() if p.name.startswith("run.replaced-")]
     assert len(moved) == 1 and f"moved the previous run in {out} to {moved[0]}" in said
-    assert (moved[0] / "tokenizer" / "tokenizer.json").read_text() == tokenizer_before
-    assert (out / "tokenizer" / "tokenizer.json").read_text() != tokenizer_before  # built from the new data
+    assert [(moved[0] / path.relative_to(out)).read_bytes() for path in files] == before
+    assert (out / "tokenizer" / "tokenizer.json").read_bytes() != before[2]  # built from the new data
     assert metric_steps(out) == [1, 2] and [p.name for p in checkpoint_dirs(out)] == ["step-0000002"]
     assert not (out / LOCK_FILE).exists()  # released at the end
 
@@ -122,7 +122,7 @@ def test_two_trainings_at_once_one_is_refused(data, tmp_path):
 # -- the final model is verified -------------------------------------------------------------------------
 def test_a_damaged_model_folder_is_refused_and_points_at_the_checkpoint(data, tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["train", "--no-progress", *tiny_overrides(data, out, epochs=1)]) == 0
+    assert main(["train", "--no-progress", *tiny_overrides(data, out, epochs=1), SMALL_IMAGES]) == 0
     assert (out / "model" / "manifest.json").is_file()
     weights = out / "model" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-100] + bytes(100))  # same size, other bytes
@@ -133,14 +133,15 @@ def test_a_damaged_model_folder_is_refused_and_points_at_the_checkpoint(data, tm
     assert f"{out / 'model'} is damaged: model.safetensors does not match its SHA-256" in error
     assert f"the newest complete checkpoint is {latest_checkpoint(out)}" in error and "--resume" in error
     # Resuming the finished run writes model/ again from its last checkpoint.
-    assert main(["train", "--no-progress", "--resume", *tiny_overrides(data, out, epochs=1)]) == 0
+    assert main(["train", "--no-progress", "--resume", *tiny_overrides(data, out, epochs=1), SMALL_IMAGES]) == 0
     assert main(args) == 0
 
 
 # -- a full disk -----------------------------------------------------------------------------------------
 def test_a_full_disk_fails_with_a_message_and_the_run_resumes_when_there_is_room(data, tmp_path, monkeypatch, capsys):
     straight, full = tmp_path / "straight", tmp_path / "full"
-    train(load_experiment(None, tiny_overrides(data, straight, epochs=2, save_every_steps=2, keep=2)), progress=False)
+    options = dict(epochs=2, save_every_steps=2, keep=2)
+    train(load_experiment(None, [*tiny_overrides(data, straight, **options), SMALL_IMAGES]), progress=False)
 
     real_save = Accelerator.save_state
 
@@ -152,7 +153,7 @@ def test_a_full_disk_fails_with_a_message_and_the_run_resumes_when_there_is_room
         return real_save(self, output_dir, **options)
 
     monkeypatch.setattr(Accelerator, "save_state", disk_fills_at_step_6)
-    assert main(["train", "--no-progress", *tiny_overrides(data, full, epochs=2, save_every_steps=2, keep=2)]) == 1
+    assert main(["train", "--no-progress", *tiny_overrides(data, full, **options), SMALL_IMAGES]) == 1
     error = capsys.readouterr().err
     assert f"no space left on the device of {full} while saving checkpoint step 6" in error
     assert f"The newest complete checkpoint is {full / 'checkpoints' / 'step-0000004'}" in error and "--resume" in error
@@ -160,7 +161,7 @@ def test_a_full_disk_fails_with_a_message_and_the_run_resumes_when_there_is_room
     assert [p.name for p in (full / "checkpoints").iterdir()] == ["step-0000004"]
 
     monkeypatch.setattr(Accelerator, "save_state", real_save)  # space freed
-    assert main(["train", "--no-progress", "--resume", *tiny_overrides(data, full, epochs=2, save_every_steps=2, keep=2)]) == 0
+    assert main(["train", "--no-progress", "--resume", *tiny_overrides(data, full, **options), SMALL_IMAGES]) == 0
     expected, resumed = final_weights(straight), final_weights(full)
     assert all(torch.equal(expected[k], resumed[k]) for k in expected)
 
@@ -232,11 +233,12 @@ def test_a_plugin_that_fails_on_import_is_named_with_its_cause(tmp_path, monkeyp
     assert f"{tmp_path / 'broken_plugin.py'}:2" in error
 
 
-def test_damaged_run_files_are_named(data, tmp_path, capsys):
-    out = tmp_path / "run"
-    assert main(["train", "--no-progress", *tiny_overrides(data, out, epochs=1)]) == 0
+def test_damaged_run_files_are_named(trained_run, tmp_path, capsys):
+    out, data = tmp_path / "run", trained_run.data
+    shutil.copytree(trained_run.q2a, out)  # a finished run, damaged below
     evaluate = ["eval", "--checkpoint", str(out), "--annotations", str(data.val), "--images", str(data.images_root),
                 "--num-workers", "0"]
+    assert main(evaluate) == 0
 
     (out / "config.yaml").write_text("model: [unclosed\n")
     assert main(["train", "--config", str(out / "config.yaml"), "--resume"]) == 2

@@ -275,6 +275,7 @@ def text_only_examples(records: list[dict[str, Any]], task: str) -> tuple[list[d
     return features, labels
 
 
+@pytest.mark.slow  # an accuracy threshold on a probe trained on 2000 questions
 @pytest.mark.parametrize("task", ["q2a", "qa2r"])
 def test_text_alone_is_at_chance(default_size: SyntheticVCR, task: str) -> None:
     """A logistic regression on the rendered text (no image) must not beat chance by much."""

@@ -24,7 +24,7 @@ from vlekit.training.setup import build_run_model, model_config_for_run, with_co
 from vlekit.training.train import train
 from vlekit.vle.checkpoint import to_vle_pretrained
 
-from test_train import tiny_overrides
+from helpers import tiny_overrides
 
 
 @dataclasses.dataclass(frozen=True)

@@ -162,8 +162,8 @@ BAD_FILES = {
     "image missing": ("img_fn", "an existing image file under images_root", "no file"),
     "metadata missing": ("metadata_fn", "an existing metadata JSON file", "no file"),
     "metadata not JSON": ("metadata_fn", "a metadata file holding valid JSON", "invalid JSON"),
-    "metadata without boxes": ("metadata_fn", "metadata 'boxes'", "None"),
-    "metadata without width": ("metadata_fn", "positive number 'width'", "None"),
+    "metadata without boxes": ("metadata_fn", "metadata 'boxes'", "nothing in"),  # a missing key: nothing
+    "metadata without width": ("metadata_fn", "positive number 'width'", "nothing in"),
     "too few boxes": ("metadata_fn", "a box for each of the record's 6 objects", "5 boxes"),
 }
 

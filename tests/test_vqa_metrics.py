@@ -93,19 +93,25 @@ def test_majority_answer_counts_normalised_answers() -> None:
 # --- easy-VQA: the majority-answer baseline on the test split --------------------------------------
 
 
+EASY_VQA_QUESTIONS = 1000  # the first 1000 of each split (about 100 images each): the whole set copies ~10,000 images
+
+
 def test_easy_vqa_majority_baseline(tmp_path: Path) -> None:
     easy_vqa = pytest.importorskip("easy_vqa", reason="easy-vqa is not installed (pip install easy-vqa)")
-    splits = convert_easy_vqa(tmp_path)
+    splits = convert_easy_vqa(tmp_path, max_questions=EASY_VQA_QUESTIONS)
     train, test = splits["train"].read(), splits["test"].read()
+    assert len(train) == len(test) == EASY_VQA_QUESTIONS
     answer = majority_answer(train)
     result = evaluate_vqa({e.question_id: answer for e in test}, test)
-    # Independent count from the package itself: ten identical answers score 1 or 0.
-    _, train_answers, _ = easy_vqa.get_train_questions()
-    _, test_answers, _ = easy_vqa.get_test_questions()
+    # Independent count from the package itself (the same first questions): ten identical answers score 1 or 0.
+    train_answers = easy_vqa.get_train_questions()[1][:EASY_VQA_QUESTIONS]
+    test_answers = easy_vqa.get_test_questions()[1][:EASY_VQA_QUESTIONS]
     assert answer == max(set(train_answers), key=train_answers.count) == "yes"
     assert result.overall == pytest.approx(100 * test_answers.count("yes") / len(test_answers))
     assert 30.0 < result.overall < 45.0  # yes/no questions are ~74% of easy-VQA, split about evenly
     assert result.per_answer_type["other"] == 0.0
+    assert result.per_answer_type["yes/no"] == pytest.approx(
+        100 * test_answers.count("yes") / sum(a in ("yes", "no") for a in test_answers))
 
 
 # --- retrieval recall ------------------------------------------------------------------------------

@@ -14,8 +14,8 @@ from typing import Any
 
 from vlekit import layers  # noqa: F401
 from vlekit.components import fusions, heads, text_encoders, vision_encoders  # noqa: F401  (register the core components)
-from vlekit.interfaces import Fusion, FusionOutput, TextEncoder, VisionEncoder
-from vlekit.model import VCRModel, VCRModelConfig, build_model, load_model_config
+from vlekit.interfaces import Fusion, FusionOutput, Head, TextEncoder, VisionEncoder
+from vlekit.model import Backbone, VCRModel, VCRModelConfig, build_model, load_model_config
 from vlekit.options import make_config
 from vlekit.registry import (
     FUSIONS,
@@ -27,6 +27,7 @@ from vlekit.registry import (
     list_components,
     register_fusion,
     register_head,
+    register_task,
     register_text_encoder,
     register_vision_encoder,
     registry_for,
@@ -56,7 +57,8 @@ def __dir__() -> list[str]:
 __version__ = "0.1.0"
 
 __all__ = [
-    "FUSIONS", "HEADS", "TEXT_ENCODERS", "VISION_ENCODERS", "Fusion", "FusionOutput", "Predictor", "RegistryError",
+    "FUSIONS", "HEADS", "TEXT_ENCODERS", "VISION_ENCODERS", "Backbone", "Fusion", "FusionOutput", "Head", "Predictor",
+    "RegistryError", "register_task",
     "TextEncoder", "VCRModel", "VCRModelConfig", "VisionEncoder", "build_model", "import_plugins", "list_components",
     "load_model_config", "load_run", "make_config", "register_fusion", "register_head", "register_text_encoder",
     "register_vision_encoder", "layers", "registry_for", "from_vle_pretrained", "to_vle_pretrained", "vle_preprocessor",

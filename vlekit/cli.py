@@ -24,8 +24,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("vlekit.evaluation.predict", "score typed answers to a typed question about an image with a trained run"),
     "demo": ("vlekit.demo", "the built-in demo: synthetic VCR data, tiny model, train, evaluate"),
     "ablate": ("vlekit.ablation.grid", "an ablation grid over any experiment (variants x seeds) with a report"),
+    "diagnose": ("vlekit.diagnose.run", "does the model look? a VCR run under shortcut probes, with paired statistics"),
     "bench": ("vlekit.bench.run", "measure training / inference speed, memory, FLOPs and MFU"),
     "push": ("vlekit.runs.push", "upload a trained run to the Hugging Face Hub with a model card"),
+    "export": ("vlekit.runs.export", "a trained run as a plain run folder: every weight, adapters merged with --merge"),
 }
 
 

@@ -1,11 +1,12 @@
-"""The three component interfaces (DESIGN.md section 1).
+"""The component interfaces (DESIGN.md section 1): text encoder, vision encoder, fusion, task head; and a task.
 
-Components need not inherit from these classes (the model checks attributes and shapes), but the
-core ones do, and the docstrings here are the contract a plugin implements.
+Encoders and fusions need not inherit from these classes (the model checks attributes and shapes),
+but the core ones do, and the docstrings here are the contract a plugin implements. A head inherits
+from :class:`Head` (the model calls its ``task_logits``).
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import nn
@@ -62,15 +63,77 @@ class Fusion(nn.Module):
     with ``pooled [N, pooled_size]`` (``2 * hidden_size`` for the co-attention reference).
     Masks are 1 for real tokens and 0 for padding.
 
-    A fusion whose ``forward`` takes a ``pooled_only`` keyword gets ``pooled_only=True`` from the model
-    (which scores ``pooled`` alone) and may skip the work only the returned streams need.
+    A fusion that declares ``supports_pooled_only = True`` takes a ``pooled_only`` keyword, which the
+    model sets when its head scores ``pooled`` alone; it may then skip the work only the returned
+    streams need (its ``pooled`` must not change).
     """
 
     hidden_size: int
     pooled_size: int
+    supports_pooled_only: ClassVar[bool] = False
 
     def resolved_config(self) -> Any:
         return self.config
+
+
+class Head(nn.Module):
+    """A task head: it reads one field of the fusion's output and owns the task's end of the forward.
+
+    Declared on the class: ``reads`` (``"pooled"`` or ``"image"``: the :class:`FusionOutput` field it
+    scores), ``multiple_choice`` (True: the model takes the VCR batch contract, C texts per image,
+    and the head turns the ``B * C`` pair scores into ``[B, C]``); as an attribute or property,
+    ``input_size`` (the width of what it reads; the model checks it against the fusion).
+
+    ``forward(x)`` scores the field it reads; :meth:`task_logits` is what the model calls; ``loss(logits,
+    labels)`` is the task's loss.
+    """
+
+    reads: ClassVar[str] = "pooled"
+    multiple_choice: ClassVar[bool] = False
+    input_size: int
+
+    def task_logits(self, fused: FusionOutput, *, choices: int) -> torch.Tensor:
+        """The task's logits from the fusion's output over ``B * choices`` (text, image) pairs; a head
+        that scores each text on its own image (``choices`` 1) returns ``forward`` of its field."""
+        return self(getattr(fused, self.reads))
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} must define loss(logits, labels)")
+
+    def resolved_config(self) -> Any:
+        return self.config
+
+
+class Task:
+    """A task (``data.task``), registered with :func:`vlekit.registry.register_task` (core ones:
+    :mod:`vlekit.evaluation.tasks`). ``head``: the registered head a run of the task trains;
+    ``multiple_choice``: whether its examples are questions with C choices (the VCR batch contract);
+    ``chance``: the score of guessing (None where it depends on the data, e.g. VQA's majority answer).
+
+    ``read(experiment config) -> RunData`` (``vlekit.runs.data``: the splits, checked, and the text an
+    ``auto`` tokenizer is built from); ``datasets(experiment config, run data, tokenizer, model) ->
+    (train, val or None)``; ``score(logits, labels)``.
+    """
+
+    head: ClassVar[str]
+    multiple_choice: ClassVar[bool]
+    chance: ClassVar[float | None] = None
+    loss_label: ClassVar[str] = "loss"  # the training curve's loss axis
+
+    def __init__(self, *, config: Any) -> None:
+        self.config = config
+
+    def read(self, config: Any) -> Any:
+        """The run's splits, checked (the preflight), with the training text for an ``auto`` tokenizer."""
+        raise NotImplementedError
+
+    def datasets(self, config: Any, run_data: Any, tokenizer: Any, model: Any) -> tuple[Any, Any]:
+        """``(train, val or None)`` datasets, fed as ``model`` needs them (image size, pixel statistics)."""
+        raise NotImplementedError
+
+    def score(self, logits: torch.Tensor, labels: torch.Tensor) -> float:
+        """The validation metric of ``logits`` against the loader's ``labels``, in ``[0, 1]``."""
+        raise NotImplementedError
 
 
 def check_shape(tensor: torch.Tensor, expected: tuple[int | str, ...], *, name: str, where: str) -> None:

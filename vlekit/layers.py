@@ -10,8 +10,8 @@ What lives here, once:
 * :class:`Pooler` (Linear, tanh), :func:`masked_mean`, :func:`key_padding_mask`;
 * :func:`init_bert_style` and :func:`run_layer` (gradient checkpointing per layer).
 
-Parameter names are VLE's co-attention names (``self_attention.query``, ``intermediate``,
-``output``, ``output_norm``, ...), which :mod:`vlekit.vle.checkpoint` maps to the official checkpoints.
+Parameter names (``self_attention.query``, ``feed_forward.intermediate``, ``output_norm``, ...) are
+mapped to the official VLE checkpoints' by :mod:`vlekit.vle.keys`.
 Plugins import these from ``vlekit.layers``; everything else in the core is private to it.
 """
 from __future__ import annotations
@@ -112,9 +112,7 @@ class PostNormAttention(nn.Module):
     """BERT attention block: multi-head attention (SDPA), output projection, residual, LayerNorm."""
 
     def __init__(self, *, hidden_size: int, num_heads: int, dropout: float, attention_dropout: float, eps: float):
-        super().__init__()
-        if hidden_size % num_heads:
-            raise ValueError(f"hidden_size {hidden_size} is not divisible by num_attention_heads {num_heads}")
+        super().__init__()  # sizes: checked once, by check_transformer_config, where the component is named
         self.num_heads = num_heads
         self.attention_dropout = attention_dropout
         self.query = nn.Linear(hidden_size, hidden_size)
@@ -135,9 +133,13 @@ class PostNormAttention(nn.Module):
         """``hidden [N, L, D]`` attends to ``context [N, S, D]`` under ``context_mask [N, 1, 1, S]``.
 
         Pass the same tensor as ``hidden`` and ``context`` for self-attention: the three projections
-        then run as one matmul (same parameters and names, fewer kernels).
+        then run as one matmul (same parameters and names, fewer kernels), unless an adapter wraps them
+        (a PEFT layer's ``weight`` is its base layer's: concatenating it would skip the adapter).
         """
-        if context is hidden:
+        plain = all(type(layer) is nn.Linear for layer in (self.query, self.key, self.value))
+        if not plain:
+            q, k, v = self.query(hidden), self.key(context), self.value(context)
+        elif context is hidden:
             weight = torch.cat([self.query.weight, self.key.weight, self.value.weight])
             bias = torch.cat([self.query.bias, self.key.bias, self.value.bias])
             q, k, v = F.linear(hidden, weight, bias).chunk(3, dim=-1)
@@ -161,9 +163,6 @@ class FeedForward(nn.Module):
 
     def __init__(self, *, config: TransformerConfig) -> None:
         super().__init__()
-        self._add_feed_forward(config)
-
-    def _add_feed_forward(self, config: TransformerConfig) -> None:
         self.intermediate = nn.Linear(config.hidden_size, config.intermediate_size)
         self.activation = ACT2FN[config.hidden_act]
         self.output = nn.Linear(config.intermediate_size, config.hidden_size)
@@ -173,23 +172,29 @@ class FeedForward(nn.Module):
         return self.output_dropout(self.output(self.activation(self.intermediate(hidden))))
 
 
-class PostNormLayer(FeedForward):
+class PostNormLayer(nn.Module):
     """BERT / VLE layer: self-attention, optionally cross-attention to another stream, feed-forward,
     each with a residual and a post-LayerNorm.
 
-    It extends :class:`FeedForward` rather than holding one so that the parameters keep VLE's flat
-    names (``intermediate``, ``output``, ``output_norm`` next to ``self_attention``), which the core's
-    checkpoints and the VLE key map use.
+    Parameters: ``self_attention.*``, ``cross_attention.*``, ``feed_forward.{intermediate,output}.*`` and
+    ``output_norm.*``. Weights saved before the feed-forward block was its own module
+    (``intermediate.*``, ``output.*`` next to ``self_attention``) load as they are.
     """
 
     def __init__(self, *, config: TransformerConfig, cross_attention: bool = False) -> None:
         # Registered in the order of the computation (attention, then feed-forward), as VLE does:
         # initialisation draws the weights in this order, so a seed gives VLE's layout the same init.
-        nn.Module.__init__(self)
+        super().__init__()
         self.self_attention = PostNormAttention.from_config(config)
         self.cross_attention = PostNormAttention.from_config(config) if cross_attention else None
-        self._add_feed_forward(config)
+        self.feed_forward = FeedForward(config=config)
         self.output_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        for part in ("intermediate", "output"):  # the names of vlekit 0.1.0's run folders
+            for key in [k for k in state_dict if k.startswith(f"{prefix}{part}.")]:
+                state_dict[f"{prefix}feed_forward.{key[len(prefix):]}"] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(
         self, hidden: torch.Tensor, mask: torch.Tensor, other: torch.Tensor | None = None,
@@ -207,4 +212,4 @@ class PostNormLayer(FeedForward):
             if other is None or other_mask is None:
                 raise ValueError("PostNormLayer with cross-attention needs the other stream and its mask")
             hidden = self.cross_attention(hidden, other, other_mask)
-        return self.output_norm(hidden + super().forward(hidden))
+        return self.output_norm(hidden + self.feed_forward(hidden))

@@ -70,7 +70,7 @@ def _source_of(module_name: str) -> str:
     if package:
         return f"package {package}"
     top = module_name.split(".")[0]
-    if top in ("vlekit", "data_prep"):
+    if top == "vlekit":
         return "core"
     if module_name == "__main__":
         return "notebook"
@@ -295,15 +295,22 @@ TEXT_ENCODERS = Registry(kind="text_encoder", entry_point_group="vlekit.text_enc
 VISION_ENCODERS = Registry(kind="vision_encoder", entry_point_group="vlekit.vision_encoders")
 FUSIONS = Registry(kind="fusion", entry_point_group="vlekit.fusions")
 HEADS = Registry(kind="head", entry_point_group="vlekit.heads")
+ADAPTATIONS = Registry(kind="adaptation", entry_point_group="vlekit.adaptations", core_module="vlekit.components.adaptations")
+# Diagnostic probes (vlekit diagnose): plain classes with a dataclass config, registered like components.
+PROBES = Registry(kind="probe", entry_point_group="vlekit.probes", core_module="vlekit.diagnose.probes")
+TASKS = Registry(kind="task", entry_point_group="vlekit.tasks", core_module="vlekit.evaluation.tasks")
 # The kinds a model is assembled from (each registered class is an ``nn.Module``); the other kinds
 # (ways to adapt a model, tasks, diagnostic probes) register the same way and are listed with them.
 MODEL_REGISTRIES: dict[str, Registry] = {r.kind: r for r in (TEXT_ENCODERS, VISION_ENCODERS, FUSIONS, HEADS)}
-REGISTRIES: dict[str, Registry] = {**MODEL_REGISTRIES}
+REGISTRIES: dict[str, Registry] = {**MODEL_REGISTRIES, **{r.kind: r for r in (ADAPTATIONS, TASKS, PROBES)}}
 
 register_text_encoder = TEXT_ENCODERS.register
 register_vision_encoder = VISION_ENCODERS.register
 register_fusion = FUSIONS.register
 register_head = HEADS.register
+register_adaptation = ADAPTATIONS.register
+register_probe = PROBES.register
+register_task = TASKS.register
 
 
 def registry_for(kind: str) -> Registry:

@@ -11,8 +11,8 @@ from collections.abc import Iterable, Mapping
 
 import torch
 
-TASKS = ("q2a", "qa2r")
-NUM_CHOICES = 4
+from data_prep.constants import NUM_CHOICES, TASKS
+
 MAX_TEXT_LENGTH = 80  # VLE's max_length for VCR
 PAD_MULTIPLE = 8  # per-batch padding rounds up to this (tensor-core friendly)
 MEAN_WORDS = {"question": 6.0, "answer": 8.0, "rationale": 16.0}  # VCR's mean lengths in words

@@ -128,6 +128,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run_group.add_argument("--dtype", choices=DTYPES, help="bf16 autocast or fp32 (default: bf16 on CUDA, fp32 on CPU)")
     run_group.add_argument("--compile", action="store_true", help="torch.compile the text encoder, vision encoder and fusion")
     run_group.add_argument("--gradient-checkpointing", action="store_true", help="checkpoint every component's layers")
+    run_group.add_argument("--adaptations", nargs="+", metavar="METHOD",
+                           help="compare adaptation methods (full, frozen-encoders, linear-probe, lora, dora, ia3, bitfit) "
+                                "at the first batch size: trainable parameters, optimizer state, memory, step time vs full")
     run_group.add_argument("--flops-only", action="store_true",
                            help="only count model FLOPs per step on the meta device (seconds, any machine)")
     run_group.add_argument("--steps", type=int, default=20, help="timed steps per measurement (default: 20)")
@@ -170,6 +173,14 @@ def run(args: argparse.Namespace) -> int:
     json_path = Path(args.json_path) if args.json_path else None
     try:
         config = config_from_args(args)
+        if args.adaptations:
+            from vlekit.bench.adaptation import bench_adaptations, format_adaptation_table
+
+            rows = bench_adaptations(config, args.adaptations)
+            print(format_adaptation_table(config, rows))
+            if json_path:
+                _write_json(json_path, {"config": dataclasses.asdict(config), "adaptations": rows})
+            return 0
         if args.flops_only:
             rows = flop_table(config)
         else:

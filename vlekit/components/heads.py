@@ -19,11 +19,12 @@ PBCHead   fused image tokens ``[B, 1 + P, H]``   ``[B, P, 2]``        per-patch 
           (CLS first, then the patch grid)                            patches a box covers
 ========  =====================================  ===================  =====================================
 
-``reads`` on each class says which ``FusionOutput`` field it takes (``"pooled"`` or ``"image"``),
-``input_size`` its width, ``multiple_choice`` whether it scores VCR choices (the model then takes
-the VCR batch contract, DESIGN.md section 3);
-a PBC model must therefore ask the fusion for its streams (not ``pooled_only``), and feed an image
-stream without appended object tokens.
+Every head is a :class:`vlekit.interfaces.Head`: ``reads`` says which ``FusionOutput`` field it
+takes (``"pooled"`` or ``"image"``), ``input_size`` its width, ``multiple_choice`` whether it scores
+VCR choices (the model then takes the VCR batch contract, DESIGN.md section 3), and ``task_logits``
+turns the fusion's output into the task's logits (the VCR head unfolds the choices). A head that
+reads the image stream gets the fusion's streams (no ``pooled_only``) and no appended object tokens.
+VCR, VQA and PBC share one classifier builder, :class:`VLEClassifierHead`.
 
 The parameter names are the official ones below the head's own prefix, so a checkpoint maps with
 one prefix each: ``vcr_q2a_logit.{0,1,3}.*`` / ``vcr_qa2r_logit.*`` -> ``VCRHead.{0,1,3}.*``, ``vqa_classifier.{0,1,3}.*`` -> ``VQAHead.{0,1,3}.*``, ``itm_score.fc.*`` ->
@@ -37,14 +38,14 @@ patches as the class dimension and fails; :meth:`PBCHead.loss` puts the class la
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from vlekit.interfaces import check_shape
+from vlekit.interfaces import FusionOutput, Head, check_shape
 from vlekit.layers import init_bert_style
 from vlekit.registry import register_head
 
@@ -57,24 +58,30 @@ __all__ = [
     "VCRHeadConfig",
     "VQAHead",
     "VQAHeadConfig",
+    "VLEClassifierHead",
     "box_patch_labels",
     "pbc_heat_map",
-    "vle_classifier",
 ]
 
 IGNORE_INDEX = -100  # F.cross_entropy's default: patch labels with this value do not count
-
-
-def vle_classifier(width: int, outputs: int, *, eps: float) -> list[nn.Module]:
-    """VLE's classifier block, as its VCR, VQA and PBC heads write it: Linear(width, width), LayerNorm,
-    GELU, Linear(width, outputs); in an ``nn.Sequential`` its weights are ``0.*``, ``1.*`` and ``3.*``."""
-    return [nn.Linear(width, width), nn.LayerNorm(width, eps=eps), nn.GELU(), nn.Linear(width, outputs)]
 
 
 def _check_positive(where: str, **sizes: int) -> None:
     for name, value in sizes.items():
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"{where}: {name} must be a positive int, got {value!r}")
+
+
+class VLEClassifierHead(nn.Sequential, Head):
+    """VLE's classifier block, as its VCR, VQA and PBC heads write it: Linear(width, width),
+    LayerNorm(width), GELU, Linear(width, outputs); weights ``0.*``, ``1.*`` and ``3.*``, initialised
+    BERT-style with the config's ``initializer_range``; the LayerNorm takes its ``layer_norm_eps``."""
+
+    def __init__(self, config: Any, *, width: int, outputs: int) -> None:
+        super().__init__(nn.Linear(width, width), nn.LayerNorm(width, eps=config.layer_norm_eps), nn.GELU(),
+                         nn.Linear(width, outputs))
+        self.config = config
+        init_bert_style(self, std=config.initializer_range)
 
 
 @dataclass(frozen=True)
@@ -87,22 +94,18 @@ class VCRHeadConfig:
 
 
 @register_head("vcr-multiple-choice", config=VCRHeadConfig, tiny={"pooled_size": 16})
-class VCRHead(nn.Sequential):
+class VCRHead(VLEClassifierHead):
     """VLE's VCR head: Linear(2H, 2H), LayerNorm, GELU, Linear(2H, 1), one score per choice.
 
     ``forward(pooled [N, 2H]) -> [N, 1]`` with ``N = B * C`` question-choice pairs (the model folds
     the choices into the batch and back); submodules ``0, 1, 3`` as in VLE's ``vcr_q2a_logit``.
     """
 
-    reads: ClassVar[str] = "pooled"
     multiple_choice: ClassVar[bool] = True
 
     def __init__(self, *, config: VCRHeadConfig) -> None:
         _check_positive("VCRHeadConfig", pooled_size=config.pooled_size)
-        width = config.pooled_size
-        super().__init__(*vle_classifier(width, 1, eps=config.layer_norm_eps))
-        self.config = config
-        init_bert_style(self, std=config.initializer_range)
+        super().__init__(config, width=config.pooled_size, outputs=1)
 
     @property
     def input_size(self) -> int:
@@ -111,6 +114,10 @@ class VCRHead(nn.Sequential):
     def forward(self, pooled: torch.Tensor) -> torch.Tensor:
         check_shape(pooled, ("N", self.config.pooled_size), name="pooled", where="VCRHead")
         return super().forward(pooled)
+
+    def task_logits(self, fused: FusionOutput, *, choices: int) -> torch.Tensor:
+        """One score per (question, choice) pair, ``[B * C, 1]``, unfolded to ``logits [B, C]``."""
+        return rearrange(self(fused.pooled), "(b c) 1 -> b c", c=choices)
 
     @staticmethod
     def loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -136,14 +143,11 @@ class VQAHeadConfig:
 
 
 @register_head("vqa", config=VQAHeadConfig, tiny={"pooled_size": 16, "num_labels": 5})
-class VQAHead(nn.Sequential):
+class VQAHead(VLEClassifierHead):
     """VLE's ``vqa_classifier``: Linear(2H, 2H), LayerNorm(2H), GELU, Linear(2H, num_labels).
 
     ``forward(pooled [B, 2H]) -> logits [B, num_labels]``; submodules ``0, 1, 3`` as in VLE.
     """
-
-    reads: ClassVar[str] = "pooled"
-    multiple_choice: ClassVar[bool] = False
 
     def __init__(self, *, config: VQAHeadConfig) -> None:
         _check_positive("VQAHeadConfig", pooled_size=config.pooled_size, num_labels=config.num_labels)
@@ -152,10 +156,7 @@ class VQAHead(nn.Sequential):
                 f"VQAHeadConfig: {len(config.answers)} answers for num_labels={config.num_labels}; give one answer "
                 f"per label, or none"
             )
-        width = config.pooled_size
-        super().__init__(*vle_classifier(width, config.num_labels, eps=config.layer_norm_eps))
-        self.config = config
-        init_bert_style(self, std=config.initializer_range)
+        super().__init__(config, width=config.pooled_size, outputs=config.num_labels)
 
     @property
     def input_size(self) -> int:
@@ -186,14 +187,11 @@ class ITMHeadConfig:
 
 
 @register_head("itm", config=ITMHeadConfig, tiny={"pooled_size": 16})
-class ITMHead(nn.Module):
+class ITMHead(Head):
     """VLE's ``itm_score``: one Linear(2H, 2) named ``fc``; class 1 means "the text matches the image".
 
     ``forward(pooled [B, 2H]) -> logits [B, 2]``.
     """
-
-    reads: ClassVar[str] = "pooled"
-    multiple_choice: ClassVar[bool] = False
 
     def __init__(self, *, config: ITMHeadConfig) -> None:
         super().__init__()
@@ -233,7 +231,7 @@ class PBCHeadConfig:
 
 
 @register_head("pbc", config=PBCHeadConfig, tiny={"hidden_size": 8})
-class PBCHead(nn.Sequential):
+class PBCHead(VLEClassifierHead):
     """VLE's ``pbc_classifier``: Linear(H, H), LayerNorm(H), GELU, Linear(H, 2), on every patch.
 
     ``forward(image [B, 1 + P, H]) -> logits [B, P, 2]``: the fused image stream, CLS first (it is
@@ -242,14 +240,10 @@ class PBCHead(nn.Sequential):
     """
 
     reads: ClassVar[str] = "image"
-    multiple_choice: ClassVar[bool] = False
 
     def __init__(self, *, config: PBCHeadConfig) -> None:
         _check_positive("PBCHeadConfig", hidden_size=config.hidden_size)
-        width = config.hidden_size
-        super().__init__(*vle_classifier(width, 2, eps=config.layer_norm_eps))
-        self.config = config
-        init_bert_style(self, std=config.initializer_range)
+        super().__init__(config, width=config.hidden_size, outputs=2)
 
     @property
     def input_size(self) -> int:
@@ -286,12 +280,14 @@ def box_patch_labels(
         image_size: the canvas side S; the grid is ``g = S // patch_size`` and ``P = g * g``.
         box_mask: ``[B, K]``, 1 for real boxes (padding boxes cover nothing).
 
-    The rule is the one of VCR object tokens (DESIGN.md section 4): a box covers columns
-    ``floor(x1 / patch_size) .. floor(x2 / patch_size)`` clipped to the grid, rows likewise, with
-    no coverage threshold; a box entirely off the canvas covers nothing. Several boxes: the union.
+    The rule is the one of VCR object tokens, ``data_prep.geometry.canvas_box_cells`` (DESIGN.md
+    section 4): a box covers columns ``floor(x1 / patch_size) .. floor(x2 / patch_size)`` clipped to
+    the grid, rows likewise, with no coverage threshold; a box entirely off the canvas covers nothing.
+    Several boxes: the union.
     """
-    if image_size % patch_size:
-        raise ValueError(f"box_patch_labels: image_size {image_size} is not a multiple of patch_size {patch_size}")
+    # The one box -> cell rule; imported here, so that ``import vlekit`` does not load data_prep.
+    from data_prep.geometry import canvas_box_cells
+
     if boxes.dim() == 2:
         boxes = boxes[:, None]
     check_shape(boxes, ("B", "K", 4), name="boxes", where="box_patch_labels")
@@ -299,12 +295,10 @@ def box_patch_labels(
     if box_mask is None:
         box_mask = torch.ones(batch, slots, dtype=torch.bool, device=boxes.device)
     check_shape(box_mask, (batch, slots), name="box_mask", where="box_patch_labels")
-    grid = image_size // patch_size
-    boxes = boxes.double()
-    low, high = boxes[..., :2], boxes[..., 2:]
-    on_canvas = ~((high < 0) | (low > image_size) | (high < low)).any(dim=-1) & box_mask.bool()  # [B, K]
-    cells = torch.floor(boxes / patch_size).clamp(0, grid - 1).long()  # [B, K, 4]: col0, row0, col1, row1
-    index = torch.arange(grid, device=boxes.device)
+    cells = canvas_box_cells(boxes.detach().double().cpu().numpy(), image_size=image_size, patch_size=patch_size)
+    cells = torch.from_numpy(cells).to(boxes.device).view(batch, slots, 4)  # col0, row0, col1, row1; -1: nothing
+    on_canvas = (cells[..., 0] >= 0) & box_mask.bool()  # [B, K]
+    index = torch.arange(image_size // patch_size, device=boxes.device)
     columns = (index >= cells[..., 0, None]) & (index <= cells[..., 2, None])  # [B, K, g]
     rows = (index >= cells[..., 1, None]) & (index <= cells[..., 3, None])  # [B, K, g]
     covered = rows[..., :, None] & columns[..., None, :] & on_canvas[..., None, None]  # [B, K, g_row, g_col]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -9,9 +10,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import CONFIG_MAPPING, AutoConfig, AutoModel, PretrainedConfig
+from transformers import CONFIG_MAPPING, MODEL_MAPPING, AutoConfig, AutoModel, PretrainedConfig
 
-from vlekit.components.deberta_attention import use_deberta_attention
 from vlekit.hf_configs import check_typed_keys, keys_from_file, saved_hf_config
 from vlekit.interfaces import TextEncoder, check_shape
 from vlekit.options import thaw
@@ -20,15 +20,16 @@ from vlekit.registry import TEXT_ENCODERS, register_text_encoder
 
 def load_pretrained_strictly(
     model_class: Any, model_name: str, *, config: PretrainedConfig, strict: bool, ignore_unexpected: Sequence[str],
-    where: str,
+    where: str, **model_options: Any,
 ) -> nn.Module:
     """``model_class.from_pretrained`` that treats missing and unexpected weights as errors.
 
     ``ignore_unexpected``: prefixes of checkpoint keys that belong to parts the encoder does not use
     (a masked-LM head, CLIP's text tower). With ``strict=False`` the mismatch is warned with the
-    full lists instead; Hugging Face itself would only log it.
+    full lists instead; Hugging Face itself would only log it. ``model_options``: further constructor
+    arguments (``add_pooling_layer``).
     """
-    model, info = model_class.from_pretrained(model_name, config=config, output_loading_info=True)
+    model, info = model_class.from_pretrained(model_name, config=config, output_loading_info=True, **model_options)
     missing = sorted(info["missing_keys"])
     unexpected = sorted(key for key in info["unexpected_keys"] if not key.startswith(tuple(ignore_unexpected)))
     if missing or unexpected:
@@ -118,23 +119,32 @@ class HFTextEncoder(TextEncoder):
             hf_config = AutoConfig.from_pretrained(config.model_name, **thaw(config.hf_config))
         else:  # model_type and the hf_config keys were checked by HFTextConfig
             hf_config = AutoConfig.for_model(config.model_type, **thaw(config.hf_config))
+        # Only the last hidden states are used: an unused pooler (BERT, RoBERTa) would get no gradient,
+        # which DDP rejects. It is not built where the model class can leave it out (a checkpoint's pooler
+        # weights are then ignored, and a masked-LM checkpoint without one loads strictly), else removed.
+        model_class = MODEL_MAPPING[type(hf_config)]
+        no_pooler = "add_pooling_layer" in inspect.signature(model_class.__init__).parameters
+        model_options = {"add_pooling_layer": False} if no_pooler else {}
+        pooler_keys = ("pooler.", f"{model_class.base_model_prefix}.pooler.") if no_pooler else ()
         if config.model_name is not None and config.pretrained:
             self.model = load_pretrained_strictly(
                 AutoModel, config.model_name, config=hf_config, strict=config.strict,
-                ignore_unexpected=config.ignore_unexpected, where="hf-text",
+                ignore_unexpected=(*config.ignore_unexpected, *pooler_keys), where="hf-text",
+                **model_options,
             )
         else:
-            self.model = AutoModel.from_config(hf_config)
-        # Only the last hidden states are used: an unused pooler (BERT, RoBERTa) would get no gradient,
-        # which DDP rejects.
+            self.model = AutoModel.from_config(hf_config, **model_options)
         if getattr(self.model, "pooler", None) is not None:
             self.model.pooler = None
         if config.vocab_size is not None and config.vocab_size != self.model.config.vocab_size:
             self.model.resize_token_embeddings(config.vocab_size)
         if config.gradient_checkpointing:
             enable_activation_checkpointing(self.model)
-        if config.attention != "eager" and use_deberta_attention(self.model, config.attention) == 0:
-            raise ValueError(f"hf-text: attention {config.attention!r} is for DeBERTa-v2/v3, not {self.model.config.model_type}")
+        if config.attention != "eager":  # DeBERTa's SDPA attention, imported only for a model that uses it
+            from vlekit.components.deberta_attention import use_deberta_attention
+
+            if use_deberta_attention(self.model, config.attention) == 0:
+                raise ValueError(f"hf-text: attention {config.attention!r} is for DeBERTa-v2/v3, not {self.model.config.model_type}")
         self.hidden_size: int = self.model.config.hidden_size
 
     @classmethod
@@ -207,4 +217,35 @@ TEXT_ENCODERS.register_preset(
     hf_config=dict(vocab_size=1024, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
                    intermediate_size=128, max_position_embeddings=128),
     description="tiny random-init BERT (64 wide, 2 layers) for tests",
+)
+TEXT_ENCODERS.register_preset(
+    "modernbert-base", base="hf-text", model_name="answerdotai/ModernBERT-base", ignore_unexpected=("head.", "decoder."),
+    description="ModernBERT-base: 768 wide, 22 layers, RoPE, alternating local / global attention, 8k context",
+)
+TEXT_ENCODERS.register_preset(
+    "modernbert-large", base="hf-text", model_name="answerdotai/ModernBERT-large", ignore_unexpected=("head.", "decoder."),
+    description="ModernBERT-large: 1024 wide, 28 layers",
+)
+TEXT_ENCODERS.register_preset(
+    "roberta-large", base="hf-text", model_name="FacebookAI/roberta-large", ignore_unexpected=("lm_head.",),
+    description="RoBERTa-large: 1024 wide, 24 layers",
+)
+TEXT_ENCODERS.register_preset(
+    "bert-large", base="hf-text", model_name="google-bert/bert-large-uncased", ignore_unexpected=("cls.",),
+    description="BERT-large uncased: 1024 wide, 24 layers",
+)
+TEXT_ENCODERS.register_preset(
+    "e5-base", base="hf-text", model_name="intfloat/e5-base-v2",
+    description="E5-base-v2 (a BERT-base retrieval encoder, contrastively trained)",
+)
+TEXT_ENCODERS.register_preset(
+    "bge-base", base="hf-text", model_name="BAAI/bge-base-en-v1.5",
+    description="BGE-base-en-v1.5 (a BERT-base retrieval encoder, contrastively trained)",
+)
+TEXT_ENCODERS.register_preset(
+    "tiny-modernbert", base="hf-text", model_type="modernbert",
+    hf_config=dict(vocab_size=1024, hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
+                   max_position_embeddings=128, local_attention=16, layer_types=["full_attention", "sliding_attention"],
+                   pad_token_id=0, bos_token_id=1, eos_token_id=2, cls_token_id=1, sep_token_id=2),
+    description="tiny random-init ModernBERT (64 wide, 2 layers: one global, one local attention) for tests",
 )

@@ -15,17 +15,15 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 from transformers import CLIPVisionConfig, CLIPVisionModel
-from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
+from data_prep.constants import CLIP_MEAN, CLIP_STD  # the pixel statistics, defined once
 from vlekit.interfaces import VisionEncoder, check_shape
 from vlekit.options import thaw
 from vlekit.registry import VISION_ENCODERS, register_vision_encoder
 from vlekit.hf_configs import check_typed_keys, keys_from_file, saved_hf_config
 from vlekit.components.text_encoders import enable_activation_checkpointing, load_pretrained_strictly
+from vlekit.components.hf_vision import HFVisionConfig, HFVisionEncoder  # noqa: F401  (registers hf-vision, its presets)
 
-# CLIPImageProcessor's defaults: every OpenAI CLIP checkpoint (and VLE) was trained with them.
-CLIP_MEAN: tuple[float, float, float] = tuple(OPENAI_CLIP_MEAN)
-CLIP_STD: tuple[float, float, float] = tuple(OPENAI_CLIP_STD)
 # What a full CLIP checkpoint holds besides the vision tower.
 _CLIP_TEXT_SIDE = ("text_model.", "text_projection.", "visual_projection.", "logit_scale")
 
@@ -166,3 +164,51 @@ VISION_ENCODERS.register_preset(
                    image_size=336, patch_size=14, projection_dim=768),
     description="CLIP ViT-L/14 at 336 px shape, random init (benchmarks, no download)",
 )
+
+
+# -- blind: a vision encoder that sees nothing (the trainable text-only baseline; vlekit diagnose) ----------
+@dataclass(frozen=True)
+class BlindVisionEncoderConfig:
+    """Options of ``blind``: the shape of the token grid it returns (the data pipeline still makes
+    pixels and object patch masks of this size, so it fits every config that names a grid).
+
+    hidden_size: width D of its tokens; image_size / patch_size: the grid, ``image_size // patch_size``.
+    """
+
+    hidden_size: int = 64
+    image_size: int = 224
+    patch_size: int = 16
+
+    def __post_init__(self) -> None:
+        for name in ("hidden_size", "image_size", "patch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"blind: {name} must be a positive int, got {value!r}")
+        if self.image_size % self.patch_size:
+            raise ValueError(f"blind: image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+
+
+@register_vision_encoder("blind", config=BlindVisionEncoderConfig, tiny=dict(hidden_size=32, image_size=32, patch_size=8))
+class BlindVisionEncoder(VisionEncoder):
+    """No image information: one learned CLS token and one learned patch token, whatever the pixels.
+
+    Every patch is the same vector, so object tokens (means of patches under a box) carry neither
+    pixels nor box geometry: with it, a VCR model is the answer-from-text baseline (VCR's "text only"),
+    trained and evaluated by the same pipeline as the model it is compared with.
+    """
+
+    def __init__(self, *, config: BlindVisionEncoderConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.hidden_size, self.image_size, self.patch_size = config.hidden_size, config.image_size, config.patch_size
+        self.grid = config.image_size // config.patch_size
+        # Declared so the pipeline normalises as for CLIP; the pixels are read for their shape only.
+        self.image_mean, self.image_std = CLIP_MEAN, CLIP_STD
+        self.cls_token = nn.Parameter(torch.randn(config.hidden_size) * 0.02)
+        self.patch_token = nn.Parameter(torch.randn(config.hidden_size) * 0.02)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """``pixel_values [B, 3, S, S]`` (shape checked, values unused) -> ``[B, 1 + grid**2, hidden_size]``."""
+        check_shape(pixel_values, ("B", 3, self.image_size, self.image_size), name="pixel_values", where="blind")
+        batch, patches = pixel_values.shape[0], self.grid**2
+        return torch.cat([self.cls_token.expand(batch, 1, -1), self.patch_token.expand(batch, patches, -1)], dim=1)

@@ -22,6 +22,7 @@ import argparse
 import csv
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +37,11 @@ from vlekit.runs.experiment import VQA_TASK
 from vlekit.runs.folder import EXPERIMENT_FILE, TrainedModel, load_trained
 from vlekit.tables import format_metrics_table
 from vlekit.evaluation.metrics import evaluate_vqa as score_vqa
-from vlekit.evaluation.metrics import majority_answer, soft_accuracy
+from vlekit.evaluation.metrics import majority_answer
+from vlekit.evaluation.tasks import VCRTask, task_for
 
-CHANCE = {"q2a": 0.25, "qa2r": 0.25, "q2ar": 0.0625}
+# VCR chance levels: one choice in C, and Q->AR needs both right.
+CHANCE = {"q2a": VCRTask.chance, "qa2r": VCRTask.chance, "q2ar": VCRTask.chance**2}
 VQA_SUBMISSION_FILE = "vqa_submission.json"
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")  # as train.mixed_precision
 
@@ -83,21 +86,14 @@ def predict(model: torch.nn.Module, loader: DataLoader, *, accelerator: Any = No
     return torch.cat(logits_chunks).cpu(), labels
 
 
-def accuracy_on(model: torch.nn.Module, loader: DataLoader, accelerator: Any = None) -> float:
-    """Accuracy of ``model`` on a labelled loader."""
+def accuracy_on(model: torch.nn.Module, loader: DataLoader, accelerator: Any = None, *,
+                score: Callable[[torch.Tensor, torch.Tensor], float]) -> float:
+    """The task metric of ``model`` on a labelled loader: ``score(logits, labels)``, a task's
+    :meth:`vlekit.evaluation.tasks.Task.score`."""
     logits, labels = predict(model, loader, accelerator=accelerator)
     if labels is None:
         raise ValueError("accuracy needs labelled data; this loader's batches have no 'labels'")
-    return float((logits.argmax(-1) == labels).float().mean())
-
-
-def vqa_accuracy_on(model: torch.nn.Module, loader: DataLoader, accelerator: Any = None) -> float:
-    """VQA accuracy (in ``[0, 1]``) of the arg-max answers on a loader of soft-score labels
-    (``vlekit.evaluation.metrics.soft_accuracy``: the official accuracy over the vocabulary's answers)."""
-    logits, targets = predict(model, loader, accelerator=accelerator)
-    if targets is None:
-        raise ValueError("VQA accuracy needs annotated questions; this loader's batches have no 'labels'")
-    return float(soft_accuracy(logits, targets))
+    return score(logits, labels)
 
 
 def bootstrap_interval(correct: np.ndarray, *, resamples: int = 1000, seed: int = 0) -> tuple[float, float]:
@@ -133,7 +129,7 @@ def evaluate(
     trained = {}
     for folder in checkpoints:
         model = load_trained(folder)
-        if model.task == VQA_TASK:
+        if not task_for(model.task).multiple_choice:
             raise ValueError(f"{model.folder} is a VQA model: evaluate it with --questions (evaluate_vqa_model)")
         if model.task in trained:
             raise ValueError(f"two {model.task} checkpoints given ({trained[model.task].folder}, {model.folder}); give one Q->A and one QA->R")
@@ -235,7 +231,7 @@ def evaluate_vqa_model(
     answer: the best any constant answer does on it, so at least the usual training-prior baseline.
     """
     trained = load_trained(checkpoint)
-    if trained.task != VQA_TASK:
+    if task_for(trained.task).multiple_choice:
         raise ValueError(f"{trained.folder} is a {trained.task} model; --questions evaluates a VQA model (vlekit train --task vqa)")
     precision = precision if precision is not None else trained.mixed_precision
     if precision is None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
@@ -58,7 +57,7 @@ def plot_training_curve(
 
     ``metrics``: a ``metrics.jsonl`` path, or ``{label: path}`` for several runs on one figure.
     ``loss_label`` / ``chance`` (a dotted line on the accuracy axis; None: none): VCR's by default,
-    :data:`TASK_CURVES` has each task's.
+    a task's are its :class:`vlekit.interfaces.Task` attributes (``loss_label``, ``chance``).
     """
     runs = {"": metrics} if isinstance(metrics, (str, Path)) else dict(metrics)
     figure, loss_axis = plt.subplots(figsize=(7, 4))
@@ -88,18 +87,13 @@ def plot_training_curve(
     return figure
 
 
-# Per task: the loss axis's label and the chance line of the validation accuracy (VQA: none, as its
-# baseline, the majority answer, depends on the data).
-TASK_CURVES: dict[str, dict[str, Any]] = {
-    "q2a": {"loss_label": "cross-entropy over choices", "chance": 0.25},
-    "qa2r": {"loss_label": "cross-entropy over choices", "chance": 0.25},
-    "vqa": {"loss_label": "BCE x answers (soft scores)", "chance": None},
-}
-
-
 def save_training_curve(run: RunFolder, *, title: str = "training", task: str = "q2a") -> Path:
     """Draw ``run``'s training curve into its ``curve.png`` (the figure is closed); returns the path."""
-    plt.close(plot_training_curve(run.metrics_file, run.curve_file, title=title, **TASK_CURVES[task]))
+    from vlekit.evaluation.tasks import task_for  # the task's loss and chance level
+
+    spec = task_for(task)
+    plt.close(plot_training_curve(run.metrics_file, run.curve_file, title=title, loss_label=spec.loss_label,
+                                  chance=spec.chance))
     return run.curve_file
 
 

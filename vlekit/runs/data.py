@@ -1,8 +1,7 @@
-"""The data a run trains on, per task: what ``vlekit.training.train`` reads before the model exists
-(:func:`read_run_data`: the training text for an ``auto`` tokenizer; for ``task: vqa`` the splits and
-the answer vocabulary that sizes the ``vqa`` head) and the datasets made for the model once it does
-(:func:`make_datasets`). Everything else (loop, schedule, checkpoints, resume, logging) is shared by
-the tasks; ``vlekit.runs.folder`` builds the data pipelines and ``vlekit.evaluation.evaluate`` scores them.
+"""The data a run trains on: what a task (:mod:`vlekit.evaluation.tasks`) reads before the model
+exists (:class:`RunData`: the training text for an ``auto`` tokenizer; for VQA the splits and the
+answer vocabulary that sizes the ``vqa`` head), checked. ``vlekit.runs.folder`` builds the data
+pipelines and ``vlekit.evaluation.evaluate`` scores them.
 
 Reading includes the preflight (``data_prep.preflight``): image headers, sizes and boxes are checked
 before the model is built, so a bad file stops the run before its first step, naming the annotation
@@ -21,9 +20,8 @@ from data_prep.preflight import preflight
 from data_prep.vcr import VCRRecords
 from data_prep.vqa import COCO_IMAGE_PATTERN, VQAExamples, preflight_vqa, read_vqa
 from data_prep.vqa_answers import AnswerVocabulary
-from vlekit.runs.experiment import VQA_TASK, DataConfig, ExperimentConfig
-from vlekit.model import DEFAULT_HEAD, VCRModel, VCRModelConfig
-from vlekit.runs.folder import make_preprocessor, make_vqa_dataset
+from vlekit.model import DEFAULT_HEAD, VCRModelConfig
+from vlekit.runs.experiment import DataConfig
 
 VQA_HEAD = "vqa"
 SPLITS = ("train", "val")
@@ -142,38 +140,6 @@ class RunData:
     vqa_val: Sequence[Any] | None = None
     vcr_train: Sequence[Mapping[str, Any]] = ()
     vcr_val: Sequence[Mapping[str, Any]] | None = None
-
-
-def read_run_data(config: ExperimentConfig) -> RunData:
-    """The run's splits, checked (the preflight), with their training text and, for ``data.task:
-    vqa``, the answers."""
-    data = config.data
-    if data.task == VQA_TASK:
-        train_split = checked_split(data, "train")
-        vocabulary = run_vocabulary(data, train_split, init_from_vle=config.train.init_from_vle)
-        return RunData(text=tokenizer_records(train_split), vocabulary=vocabulary, vqa_train=train_split,
-                       vqa_val=checked_split(data, "val"))
-    if data.train_annotations is None:
-        raise ValueError("data.train_annotations is not set (a VCR train.jsonl)")
-    train_records = checked_records(data, data.train_annotations)
-    val_records = checked_records(data, data.val_annotations) if data.val_annotations else None
-    return RunData(text=[train_records], vcr_train=train_records, vcr_val=val_records)
-
-
-def make_datasets(config: ExperimentConfig, run_data: RunData, tokenizer, model: VCRModel):
-    """``(train, val or None)`` datasets of the run, fed as ``model`` needs (image size, pixel statistics)."""
-    data = config.data
-    if data.task == VQA_TASK:
-        options = data.preprocess_options()
-        train_set = make_vqa_dataset(run_data.vqa_train, tokenizer, model, **options)
-        val_set = make_vqa_dataset(run_data.vqa_val, tokenizer, model, **options) if run_data.vqa_val else None
-        return train_set, val_set
-    preprocessor = make_preprocessor(tokenizer, model, images_root=data.images, **data.preprocess_options())
-    train_set = VCRDataset(run_data.vcr_train, preprocessor, skip_bad=data.skip_bad)
-    val_set = None
-    if run_data.vcr_val is not None:
-        val_set = VCRDataset(run_data.vcr_val, preprocessor, skip_bad=data.skip_bad)
-    return train_set, val_set
 
 
 def skipped_items_summary(*datasets: Any, limit: int = 5) -> str:

@@ -11,34 +11,38 @@ import difflib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
-from data_prep.constants import GEOMETRY_MODES
-from data_prep.constants import TASKS as VCR_TASKS
-from data_prep.pixels import PIXEL_DTYPES
-from data_prep.preprocess import RUN_OPTIONS, PreprocessConfig
+from data_prep.constants import VQA_TASK
+from data_prep.options import PREPROCESS_TASKS as TASKS  # the tasks a run may name
+from data_prep.options import VQA_OPTIONS, PreprocessOptions
 from vlekit.model import VCRModelConfig, component_spec
 from vlekit.options import make_config
 from vlekit.registry import import_plugins, registry_for
 
 
-VQA_TASK = "vqa"
-TASKS = (*VCR_TASKS, VQA_TASK)
 # Fields only a VQA run reads (a VCR run that sets one is told so).
 _VQA_FIELDS = ("train_questions", "val_questions", "val_images", "image_pattern", "answers")
 
 
 @dataclass(frozen=True)
-class DataConfig:
+class DataConfig(PreprocessOptions):
     """Where the data is and how it becomes model inputs.
+
+    The preprocessing options (``task``, ``compat``, ``geometry``, ``max_length``,
+    ``pad_to_multiple_of``, ``jpeg_draft``, ``pixel_dtype``) are ``data_prep.options.PreprocessOptions``',
+    inherited, so the YAML keys stay flat: one default and one validation each, and an unset
+    ``geometry`` is resolved on construction (the run's ``config.yaml`` holds the geometry that was used:
+    ``squash``, ``vle-compat`` under ``compat: vle``, ``center-crop`` for ``vqa``). The image side (image
+    size, patch size, pixel mean and std) is the model's vision encoder's; the run saves it, resolved, in
+    ``model/data.json``.
 
     task: ``q2a`` / ``qa2r`` (VCR multiple choice) or ``vqa`` (VQA v2 layout, the ``vqa`` head).
 
     VCR: ``train_annotations`` / ``val_annotations`` are VCR ``.jsonl`` files and ``images`` the
-    ``vcr1images`` folder. The preprocessing fields are ``data_prep.preprocess.PreprocessConfig``'s
-    run-side options (``RUN_OPTIONS``), checked by it on construction; the model supplies the rest.
+    ``vcr1images`` folder.
 
     VQA (``data_prep.vqa``): ``train_questions`` + ``train_annotations`` (and ``val_questions`` +
     ``val_annotations``) are VQA v2 questions / annotations JSON files; ``images`` holds the training
@@ -46,20 +50,18 @@ class DataConfig:
     ``image_pattern`` (``str.format`` with ``{image_id}``, ``{data_subtype}``; default COCO's). The
     answer vocabulary is ``answers`` (an ``id2label`` JSON, ``AnswerVocabulary.save``), else the
     checkpoint's when ``train.init_from_vle`` is a ``VLEForVQA`` checkpoint, else every training
-    answer seen ``answer_min_count`` times (METER / VLE: 9). ``geometry`` defaults to
-    ``center-crop`` (VLE's processor) and ``max_length`` applies to the question (VLE: 50);
-    ``compat`` is VCR's and stays ``none``.
+    answer seen ``answer_min_count`` times (METER / VLE: 9). ``max_length`` applies to the question
+    (VLE: 50); ``compat`` is VCR's and stays ``none``.
 
     tokenizer: a hub name, a local folder, or ``auto`` (build a word-level tokenizer from the
         training text; for tiny random-init models).
     compat: ``none`` (vlekit's deterministic preprocessing) or ``vle`` (the official VLE VCR
         pipeline, exactly; for official VCR task checkpoints; fine-tuning from ``hfl/vle-base`` may
         use either). See ``data_prep.preprocess``.
-    geometry: how boxes follow the pixels (``squash``, ``letterbox``, ``center-crop``, ``vle-compat``);
-        unset: the mode's own (``squash``, or ``vle-compat`` under ``compat: vle``; VQA: ``center-crop``).
     """
 
-    task: str = "q2a"
+    option_prefix: ClassVar[str] = "data."
+
     train_annotations: str | None = None
     val_annotations: str | None = None
     images: str | None = None
@@ -70,51 +72,27 @@ class DataConfig:
     answers: str | None = None
     answer_min_count: int = 9
     tokenizer: str = "auto"
-    compat: str = "none"
-    geometry: str | None = None
-    max_length: int = 80
-    pad_to_multiple_of: int | None = 8
-    jpeg_draft: bool = False
-    pixel_dtype: str = "float32"
     num_workers: int = 2
     skip_bad: bool = False
 
     def __post_init__(self) -> None:
-        missing = sorted(set(RUN_OPTIONS) - {f.name for f in dataclasses.fields(self)})
-        if missing:
-            raise TypeError(f"DataConfig lacks the preprocessing options {missing} of data_prep's PreprocessConfig")
-        if self.task not in TASKS:
-            raise ValueError(f"data.task={self.task!r} is not supported; choose one of {', '.join(map(repr, TASKS))}")
+        super().__post_init__()  # the preprocessing options: validated, geometry resolved
         if self.task == VQA_TASK:
-            self._check_vqa()
+            if self.answer_min_count < 1:
+                raise ValueError(f"data.answer_min_count must be >= 1, got {self.answer_min_count}")
             return
         stray = [name for name in _VQA_FIELDS if getattr(self, name) is not None]
         if stray:
             raise ValueError(f"data.{stray[0]} is a VQA option (data.task: vqa); a {self.task} run reads VCR "
                              f"train_annotations / val_annotations (.jsonl) and images")
-        PreprocessConfig(**self.preprocess_options())  # fail at load time on a bad option, with its message
-
-    def _check_vqa(self) -> None:
-        if self.compat != "none":
-            raise ValueError(f"data.compat={self.compat!r} is the official VCR pipeline's; a vqa run uses "
-                             f"compat none (VLE's VQA processor is geometry center-crop, the vqa default)")
-        if self.geometry is not None and self.geometry not in GEOMETRY_MODES:
-            raise ValueError(f"data.geometry={self.geometry!r}; choose one of {', '.join(map(repr, GEOMETRY_MODES))}")
-        if self.pixel_dtype not in PIXEL_DTYPES:
-            raise ValueError(f"data.pixel_dtype={self.pixel_dtype!r}; choose one of {', '.join(map(repr, PIXEL_DTYPES))}")
-        if self.max_length < 3:
-            raise ValueError(f"data.max_length={self.max_length} leaves no room for [CLS] question [SEP]; VLE uses 50")
-        if self.answer_min_count < 1:
-            raise ValueError(f"data.answer_min_count must be >= 1, got {self.answer_min_count}")
 
     def preprocess_options(self) -> dict[str, Any]:
-        """The run's preprocessing options, saved with the model (``data.json``). VCR: the
-        ``PreprocessConfig`` options (the model supplies image size, patch size, mean, std); VQA: the
-        task and ``data_prep.vqa.VQADataset``'s options."""
+        """The run's preprocessing options, resolved, saved with the model (``data.json``). VCR: all of
+        them (``data_prep.preprocess.PreprocessConfig`` adds the model's image side); VQA: the task and
+        ``data_prep.vqa.VQADataset``'s options."""
         if self.task == VQA_TASK:
-            return {"task": VQA_TASK, "geometry": self.geometry or "center-crop", "max_length": self.max_length,
-                    "jpeg_draft": self.jpeg_draft, "pixel_dtype": self.pixel_dtype}
-        return {name: getattr(self, name) for name in RUN_OPTIONS}
+            return {"task": VQA_TASK, **{name: getattr(self, name) for name in VQA_OPTIONS}}
+        return self.run_options()
 
 
 @dataclass(frozen=True)
@@ -130,6 +108,8 @@ class TrainConfig:
         object options still apply), and ``data.tokenizer`` should name the same checkpoint.
     report_to: experiment trackers that also get the ``metrics.jsonl`` scalars and the resolved config
         (Accelerate's: ``tensorboard``, ``wandb``, ``mlflow``, ...), logging under ``OUT/tracking/``.
+    layer_lr_decay: layer-wise learning-rate decay d of the encoders (1: off): layer i of n gets ``lr * d ** (n - i)``,
+        the embeddings the smallest (ELECTRA / BEiT fine-tuning; 0.65-0.9 is usual).
     save_every_steps: a checkpoint every N optimizer steps, bounding what a crash loses (1000 steps of VLE's
         batch 128 is about 15 minutes of VLE-base on one H100-class GPU); 0: only at the end and on a stop.
     """
@@ -157,6 +137,7 @@ class TrainConfig:
     cpu: bool = False
     init_from_vle: str | None = None
     report_to: list[str] = field(default_factory=list)
+    layer_lr_decay: float = 1.0
 
     def __post_init__(self) -> None:
         """Options that cannot make sense fail here, before any data is read or any step is taken."""
@@ -174,6 +155,8 @@ class TrainConfig:
         bad = {group: value for group, value in self.lr_multipliers.items() if not value > 0}
         if bad:
             raise ValueError(f"train.lr_multipliers {bad}: multipliers must be > 0 (freeze a tower with freeze_*)")
+        if not 0 < self.layer_lr_decay <= 1:
+            raise ValueError(f"train.layer_lr_decay={self.layer_lr_decay} must be in (0, 1] (1: no decay; 0.65-0.9 is usual)")
         if not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"train.warmup_ratio={self.warmup_ratio} must be in [0, 1) (VLE: 0.1)")
         if self.weight_decay < 0 or self.max_grad_norm < 0:

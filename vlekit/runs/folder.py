@@ -23,7 +23,6 @@ import dataclasses
 import json
 import re
 import sys
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from data_prep.constants import CLIP_MEAN, CLIP_STD, MODEL_DIR, PREPROCESS_FILE, TOKENIZER_DIR
+from data_prep.constants import MODEL_DIR, PREPROCESS_FILE, TOKENIZER_DIR, VQA_TASK
 from data_prep.preprocess import MODEL_OPTIONS, PreprocessConfig, VCRPreprocessor
 from data_prep.vqa import MAX_QUESTION_LENGTH, VQADataset, VQAExample
 from data_prep.vqa_answers import AnswerVocabulary
@@ -106,56 +105,49 @@ def find_model_dir(path: str | Path) -> Path:
     )
 
 
-def _pixel_statistics(model: VCRModel) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The vision encoder's ``image_mean`` / ``image_std`` (CLIP's, with a warning, when it declares none)."""
-    vision = model.vision_encoder
-    mean, std = getattr(vision, "image_mean", None), getattr(vision, "image_std", None)
-    if mean is None or std is None:  # a plugin written before the interface had them: say what it gets
-        warnings.warn(f"{type(vision).__name__} declares no image_mean / image_std: its pixels are normalised "
-                      f"with CLIP's; set both attributes to the statistics its weights were trained with",
-                      UserWarning, stacklevel=3)
-        mean, std = CLIP_MEAN, CLIP_STD
-    return tuple(mean), tuple(std)
+def image_options(model: VCRModel) -> dict[str, Any]:
+    """The image side of the preprocessing (``data_prep.preprocess.MODEL_OPTIONS``), read from the model's
+    vision encoder, as timm resolves a model's data config: ``image_size``, ``patch_size``, ``image_mean``,
+    ``image_std``."""
+    vision = model.vision_encoder  # every vision encoder declares them (vlekit.interfaces.VisionEncoder)
+    return {"image_size": vision.image_size, "patch_size": vision.patch_size,
+            "image_mean": tuple(vision.image_mean), "image_std": tuple(vision.image_std)}
 
 
 def saved_preprocessing(options: dict[str, Any], model: VCRModel) -> dict[str, Any]:
-    """What a run saves as ``data.json``: its preprocessing ``options`` (``DataConfig.preprocess_options()``)
-    resolved (the geometry the mode picked) and the image side its model's vision encoder gave
-    (``image_size``, ``patch_size``, ``image_mean``, ``image_std``), so the folder alone says how its inputs
-    were made (``vlekit check-data --run`` reads it without building the model)."""
-    mean, std = _pixel_statistics(model)
-    vision = model.vision_encoder
-    if options["task"] == "vqa":
-        return {**options, "image_size": vision.image_size, "image_mean": list(mean), "image_std": list(std)}
-    config = PreprocessConfig(**options, image_size=vision.image_size, patch_size=vision.patch_size,
-                              image_mean=mean, image_std=std)
-    return {name: list(value) if isinstance(value, tuple) else value for name, value in dataclasses.asdict(config).items()}
+    """What a run saves as ``data.json``: its preprocessing ``options`` (``DataConfig.preprocess_options()``,
+    resolved: the geometry the mode picked) and the image side its model's vision encoder gave
+    (:func:`image_options`), so the folder alone says how its inputs were made (``vlekit check-data --run``
+    reads it without building the model)."""
+    image = image_options(model)
+    if options["task"] == VQA_TASK:  # VQA has no patch grid to map boxes onto
+        resolved = {**options, **{name: image[name] for name in ("image_size", "image_mean", "image_std")}}
+    else:
+        resolved = dataclasses.asdict(PreprocessConfig(**options, **image))
+    return {name: list(value) if isinstance(value, tuple) else value for name, value in resolved.items()}
 
 
 def _run_options(saved: dict[str, Any], model: VCRModel, *, where: Path) -> dict[str, Any]:
     """The run-side options of a saved ``data.json``; the image side it records must be the model's."""
-    vision = model.vision_encoder
-    mean, std = _pixel_statistics(model)
-    actual = {"image_size": vision.image_size, "patch_size": vision.patch_size, "image_mean": list(mean), "image_std": list(std)}
+    actual = image_options(model)
     for name in MODEL_OPTIONS:
         if name in saved and not np.allclose(saved[name], actual[name], rtol=0, atol=1e-6):
+            shown = list(actual[name]) if isinstance(actual[name], tuple) else actual[name]
             raise ValueError(f"{where}: the run was fed {name} {saved[name]}, but the saved model's vision encoder "
-                             f"takes {actual[name]}: the folder mixes two runs")
+                             f"takes {shown}: the folder mixes two runs")
     return {name: value for name, value in saved.items() if name not in MODEL_OPTIONS}
 
 
 def make_preprocessor(tokenizer, model: VCRModel, *, images_root: str | Path | None, **options) -> VCRPreprocessor:
     """The VCR data pipeline for ``model``: the model supplies image size, patch grid and pixel mean/std.
 
-    ``options``: the run's ``PreprocessConfig`` fields (``data_prep.preprocess.RUN_OPTIONS``: task,
-    compat, geometry, max_length, pad_to_multiple_of), as ``DataConfig.preprocess_options()`` gives.
+    ``options``: the run's preprocessing options (``data_prep.options.PreprocessOptions``: task, compat,
+    geometry, max_length, pad_to_multiple_of, jpeg_draft, pixel_dtype), as ``DataConfig.preprocess_options()`` gives.
     """
     owned = sorted(set(options) & set(MODEL_OPTIONS))
     if owned:
         raise TypeError(f"make_preprocessor: {', '.join(owned)} come from the model's vision encoder, not the run's config")
-    mean, std = _pixel_statistics(model)
-    config = PreprocessConfig(**options, image_size=model.vision_encoder.image_size,
-                              patch_size=model.vision_encoder.patch_size, image_mean=mean, image_std=std)
+    config = PreprocessConfig(**options, **image_options(model))
     return VCRPreprocessor(tokenizer, config=config, images_root=images_root)
 
 
@@ -171,9 +163,10 @@ def make_vqa_dataset(examples: Sequence[VQAExample], tokenizer, model: VCRModel,
     if task != "vqa" or not answers:
         raise ValueError(f"make_vqa_dataset: the model needs the vqa head with its answers (got the "
                          f"{type(model.head).__name__} head, task {task!r})")
-    mean, std = _pixel_statistics(model)
+    image = image_options(model)
     return VQADataset(examples, tokenizer=tokenizer, vocabulary=AnswerVocabulary.from_id2label(answers),
-                      image_size=model.vision_encoder.image_size, image_mean=mean, image_std=std, **options)
+                      image_size=image["image_size"], image_mean=image["image_mean"], image_std=image["image_std"],
+                      **options)
 
 
 @dataclass
@@ -216,7 +209,7 @@ def load_trained(folder: str | Path) -> TrainedModel:
               f"of at most {MAX_QUESTION_LENGTH} tokens, as VLE's processor; fp32", file=sys.stderr)
         return TrainedModel(folder=Path(folder), model=from_vle_pretrained(folder, task="vqa"),
                             tokenizer=AutoTokenizer.from_pretrained(folder), mixed_precision="fp32", official=True,
-                            data={"task": "vqa", "geometry": "center-crop", "max_length": MAX_QUESTION_LENGTH})
+                            data={"task": VQA_TASK, "max_length": MAX_QUESTION_LENGTH})  # geometry: the vqa default
     official_task = official_vcr_task(folder)
     if official_task is not None:
         print(f"{folder}: an official VLE VCR checkpoint, fed the official pipeline's inputs (compat='vle')", file=sys.stderr)

@@ -34,6 +34,15 @@ def find_eval_metrics(run: Path, model_dir: Path) -> Path | None:
     return None
 
 
+def base_section(base: dict[str, Any], adaptation: dict[str, Any]) -> str:
+    """The model card's section on a run saved on a named frozen base: what is uploaded, and the base."""
+    methods = ", ".join(f"{part}: {spec['name']}" for part, spec in adaptation.items()) or "full"
+    return (f"\n## Base model\n\nThis repository holds only the parameters the run trained ({methods}); the frozen "
+            f"weights come from the base `{base['source']}` ({base['format']} format, SHA-256 of its frozen weights "
+            f"`{base['sha256']}`), which `vlekit.load_run` loads and checks. `vlekit export --merge` writes a "
+            f"self-contained model with the adapters merged.\n")
+
+
 def push_run(run: str | Path, repo_id: str, *, metrics_file: str | Path | None = None, api: Any = None,
              token: str | None = None, private: bool | None = None, revision: str | None = None) -> str:
     """Upload the trained run ``run`` (a run folder or its ``model/``) to the Hub model repo ``repo_id``
@@ -57,8 +66,11 @@ def push_run(run: str | Path, repo_id: str, *, metrics_file: str | Path | None =
     if metrics is not None:  # the other rows (QA->R, Q->AR) are other models' or joint results
         metrics = {data["task"]: metrics[data["task"]]}
     experiment = yaml.safe_load((model_dir / EXPERIMENT_FILE).read_text()) if (model_dir / EXPERIMENT_FILE).is_file() else None
-    card = model_card(repo_id=repo_id, model_config=json.loads((model_dir / MODEL_CONFIG_FILE).read_text()), data=data,
+    model_config = json.loads((model_dir / MODEL_CONFIG_FILE).read_text())
+    card = model_card(repo_id=repo_id, model_config=model_config, data=data,
                       experiment=experiment, metrics=metrics, metrics_source=metrics_path.name if metrics_path else None)
+    if model_config.get("base"):
+        card += base_section(model_config["base"], model_config.get("adaptation") or {})
     return push_folder(model_dir, repo_id, card=card, api=api, token=token, private=private, revision=revision,
                        commit_message=f"Upload vlekit {data['task']} run")
 

@@ -3,6 +3,7 @@ VLE checkpoint) and the optimizer with its learning-rate schedule."""
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import torch
 from accelerate import Accelerator
 
 from data_prep.vqa_answers import AnswerVocabulary
+from vlekit.components.adaptations import load_base_state
 from vlekit.model import VCRModel, VCRModelConfig
 from vlekit.registry import registry_for
 from vlekit.runs.data import vqa_model_config
@@ -99,7 +101,7 @@ def build_run_model(config: ExperimentConfig, tokenizer, vocabulary: AnswerVocab
             config.train.init_from_vle, num_token_types=config.model.num_token_types,
             use_object_tokens=config.model.use_object_tokens, use_object_types=config.model.use_object_types,
         )
-    built = model_config_for_run(config, tokenizer, loaded.config)
+    built = dataclasses.replace(model_config_for_run(config, tokenizer, loaded.config), adaptation=config.model.adaptation)
     defaults = VCRModelConfig()
     for part in _COMPONENTS:
         asked = getattr(config.model, part)
@@ -111,13 +113,38 @@ def build_run_model(config: ExperimentConfig, tokenizer, vocabulary: AnswerVocab
             )
     if built == loaded.config:
         return loaded.train()
-    model = VCRModel(config=built)  # the same architecture with the run's options (gradient checkpointing)
-    model.load_state_dict(loaded.state_dict())
+    model = VCRModel(config=built)  # the same architecture with the run's options (gradient checkpointing, adaptation)
+    if built.adaptation:  # a named frozen base: the run saves what it trains and the base's reference
+        source = config.train.init_from_vle
+        options = {"task": "vqa", "answers": list(vocabulary.id2label)} if vocabulary is not None else {
+            "num_token_types": config.model.num_token_types, "use_object_tokens": config.model.use_object_tokens,
+            "use_object_types": config.model.use_object_types}
+        load_base_state(model, loaded.state_dict(), where=f"train.init_from_vle={source}")
+        model.base_reference = {"format": "vle", "options": options,
+                                "source": str(Path(source).resolve()) if Path(source).is_dir() else source}
+    else:
+        model.load_state_dict(loaded.state_dict())
     return model.train()
 
 
+_LAYER_INDEX = re.compile(r"\.(?:layer|layers|blocks)\.(\d+)\.")
+
+
+def encoder_depths(named: list[tuple[str, torch.nn.Parameter]]) -> tuple[dict[str, int], int]:
+    """Each parameter's depth in its encoder: 0 for the embeddings, ``k + 1`` in layer ``k``
+    (``layer.k`` / ``layers.k`` / ``blocks.k``: Hugging Face, CLIP, timm), ``top`` after the last layer."""
+    indices = {name: int(m.group(1)) for name, _ in named if (m := _LAYER_INDEX.search(name))}
+    top = max(indices.values(), default=-1) + 2
+    depths, seen_layer = {}, False
+    for name, _ in named:  # registration order: embeddings, layers, then the final norms
+        seen_layer = seen_layer or name in indices
+        depths[name] = indices[name] + 1 if name in indices else (top if seen_layer else 0)
+    return depths, top
+
+
 def make_optimizer(model: VCRModel, config: ExperimentConfig) -> torch.optim.Optimizer:
-    """AdamW over role groups with learning-rate multipliers; no weight decay on biases and norms."""
+    """AdamW over role groups with learning-rate multipliers; no weight decay on biases and norms. With
+    ``train.layer_lr_decay`` d < 1 an encoder parameter at depth i (of ``top``) gets ``lr * d ** (top - i)``."""
     train = config.train
     unknown = set(train.lr_multipliers) - {"text_encoder", "vision_encoder", "fusion", "head"}
     if unknown:
@@ -125,13 +152,16 @@ def make_optimizer(model: VCRModel, config: ExperimentConfig) -> torch.optim.Opt
     groups = []
     for role, named in model.parameter_groups().items():
         lr = train.lr * train.lr_multipliers.get(role, 1.0)
-        trainable = [(n, p) for n, p in named if p.requires_grad]
-        decay = [p for n, p in trainable if p.ndim >= 2]
-        no_decay = [p for n, p in trainable if p.ndim < 2]
-        groups += [
-            {"params": decay, "lr": lr, "weight_decay": train.weight_decay, "name": f"{role}"},
-            {"params": no_decay, "lr": lr, "weight_decay": 0.0, "name": f"{role}/no_decay"},
-        ]
+        depths, top = encoder_depths(named) if train.layer_lr_decay != 1 and role.endswith("_encoder") else ({}, 0)
+        for depth in sorted(set(depths.values())) or [top]:
+            trainable = [(n, p) for n, p in named if p.requires_grad and depths.get(n, top) == depth]
+            scale, suffix = train.layer_lr_decay ** (top - depth), f"/depth{depth}" if depths else ""
+            groups += [
+                {"params": [p for _, p in trainable if p.ndim >= 2], "lr": lr * scale, "weight_decay": train.weight_decay,
+                 "name": f"{role}{suffix}"},
+                {"params": [p for _, p in trainable if p.ndim < 2], "lr": lr * scale, "weight_decay": 0.0,
+                 "name": f"{role}{suffix}/no_decay"},
+            ]
     groups = [g for g in groups if g["params"]]
     fused = torch.cuda.is_available() and not train.cpu
     return torch.optim.AdamW(groups, lr=train.lr, betas=(0.9, 0.98), eps=1e-6, fused=fused)

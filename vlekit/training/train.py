@@ -42,13 +42,15 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
+from vlekit.components.adaptations import parameter_counts
 from vlekit.training.checkpoints import (
     STATE_FILE, CheckpointSpaceError, TrainerState, replace_folder, resume_checkpoint, save_checkpoint, write_manifest,
 )
-from vlekit.evaluation.evaluate import accuracy_on, vqa_accuracy_on
-from vlekit.runs.experiment import TASKS, VQA_TASK, ExperimentConfig, load_experiment
+from vlekit.evaluation.evaluate import accuracy_on
+from vlekit.evaluation.tasks import task_for
+from vlekit.runs.experiment import TASKS, ExperimentConfig, load_experiment
 from vlekit.model import VCRModel, VCRModelConfig
-from vlekit.runs.data import make_datasets, read_run_data, skipped_items_summary
+from vlekit.runs.data import skipped_items_summary
 from vlekit.runs.folder import (
     EXPERIMENT_FILE, METRICS_FILE, MODEL_DIR, PREPROCESS_FILE, TOKENIZER_DIR, RunFolder, saved_preprocessing,
 )
@@ -221,7 +223,8 @@ def _train(config: ExperimentConfig, accelerator: Accelerator, *, micro: int, tr
     """The loop of :func:`train`, in a run folder this process may use."""
     train_cfg, data_cfg = config.train, config.data
     out = Path(train_cfg.out)
-    run_data = read_run_data(config)
+    task = task_for(data_cfg.task)
+    run_data = task.read(config)
     checkpoint = resume_checkpoint(resume, out, report=accelerator.print)
     set_seed(train_cfg.seed)
 
@@ -239,7 +242,7 @@ def _train(config: ExperimentConfig, accelerator: Accelerator, *, micro: int, tr
         model.text_encoder.compile()
         model.vision_encoder.compile()
 
-    dataset, val_set = make_datasets(config, run_data, tokenizer, model)
+    dataset, val_set = task.datasets(config, run_data, tokenizer, model)
     sampler = EpochShuffleSampler(len(dataset), seed=train_cfg.seed)
     # Own generators: a DataLoader draws a worker base seed from its generator at every iteration, and
     # drawing from the global RNG would shift dropout masks after a resume.
@@ -263,6 +266,7 @@ def _train(config: ExperimentConfig, accelerator: Accelerator, *, micro: int, tr
     if train_cfg.max_steps:
         total_steps = min(total_steps, train_cfg.max_steps)
     optimizer = make_optimizer(model, config)
+    counts = parameter_counts(model)  # what the adaptation leaves trainable, recorded below
     scheduler = linear_warmup_decay(optimizer, total_steps=total_steps, warmup_ratio=train_cfg.warmup_ratio)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     if val_loader is not None:
@@ -279,15 +283,18 @@ def _train(config: ExperimentConfig, accelerator: Accelerator, *, micro: int, tr
         accelerator.init_trackers(out.name, config=flat_hyperparameters(config),
                                   init_kwargs={"wandb": {"dir": str(out / TRACKING_DIR)}})
     log.rewind(state)  # a fresh start (state at step 0) empties what a run that never checkpointed logged
+    if state.global_step == 0:  # once per run: a resumed run keeps the record of its start
+        log.write(step=0, **counts)
+    accelerator.print(f"trainable parameters: {counts['trainable_parameters']:,} of {counts['total_parameters']:,} "
+                      f"({counts['trainable_parameters'] / counts['total_parameters']:.2%}); optimizer state "
+                      f"{counts['optimizer_state_bytes'] / 2**20:.1f} MiB")
     bar = tqdm(total=total_steps, initial=state.global_step, disable=not (progress and accelerator.is_local_main_process),
                desc=f"train {data_cfg.task}", dynamic_ncols=True)
     interrupted, val_accuracy = False, None
     window = LogWindow(accelerator)
 
-    validation_accuracy = vqa_accuracy_on if data_cfg.task == VQA_TASK else accuracy_on
-
     def evaluate_now() -> float:
-        accuracy = validation_accuracy(model, val_loader, accelerator)
+        accuracy = accuracy_on(model, val_loader, accelerator, score=task.score)
         log.write(step=state.global_step, epoch=state.epoch, val_accuracy=accuracy)
         accelerator.log(tracked_scalars({"val_accuracy": accuracy}), step=state.global_step)
         bar.write(f"step {state.global_step} (epoch {state.epoch}): val accuracy {accuracy:.3f}")

@@ -14,6 +14,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from data_prep.constants import TASKS
+
 __all__ = [
     "BACKBONE_PREFIX",
     "DROPPED_BUFFERS",
@@ -60,7 +62,7 @@ VLE_TASKS: dict[str, VLETask] = {
     "itm": VLETask("itm_score", "VLEForITM", "itm", ("itm_score.fc.{param}", "head.fc.{param}")),
     "pbc": VLETask("pbc_classifier", "VLEForPBC", "pbc", ("pbc_classifier.{index}.{param}", "head.{index}.{param}")),
 }
-VCR_TASKS: tuple[str, ...] = ("q2a", "qa2r")
+VCR_TASKS: tuple[str, ...] = TASKS  # data_prep's VCR tasks
 # The official task names, accepted for vlekit's at this boundary only.
 OFFICIAL_TASK_NAMES: dict[str, str] = {"vcr_q2a": "q2a", "vcr_qa2r": "qa2r"}
 # Task name -> the official head attribute; architecture names (None: a bare VLEModel).
@@ -103,8 +105,8 @@ VLE_KEY_MAP: tuple[tuple[str, str], ...] = (
     ("cross_modal_{stream}_layers.{layer}.crossattention.self.value.{param}", "fusion.{stream}_layers.{layer}.cross_attention.value.{param}"),
     ("cross_modal_{stream}_layers.{layer}.crossattention.output.dense.{param}", "fusion.{stream}_layers.{layer}.cross_attention.dense.{param}"),
     ("cross_modal_{stream}_layers.{layer}.crossattention.output.LayerNorm.{param}", "fusion.{stream}_layers.{layer}.cross_attention.layer_norm.{param}"),
-    ("cross_modal_{stream}_layers.{layer}.intermediate.dense.{param}", "fusion.{stream}_layers.{layer}.intermediate.{param}"),
-    ("cross_modal_{stream}_layers.{layer}.output.dense.{param}", "fusion.{stream}_layers.{layer}.output.{param}"),
+    ("cross_modal_{stream}_layers.{layer}.intermediate.dense.{param}", "fusion.{stream}_layers.{layer}.feed_forward.intermediate.{param}"),
+    ("cross_modal_{stream}_layers.{layer}.output.dense.{param}", "fusion.{stream}_layers.{layer}.feed_forward.output.{param}"),
     ("cross_modal_{stream}_layers.{layer}.output.LayerNorm.{param}", "fusion.{stream}_layers.{layer}.output_norm.{param}"),
     ("cross_modal_{stream}_pooler.dense.{param}", "fusion.{stream}_pooler.{param}"),
 )

@@ -1,0 +1,145 @@
+"""The passes of a trained run over a labelled VCR split that the probes ask for (``vlekit diagnose``).
+
+``DiagnoseContext`` holds the run, the split's records and their labels, and gives a probe the model's
+logits on the split (or on records the probe changed), each batch changed by the probe's transform.
+Passes are cached by name, and :meth:`DiagnoseContext.prefetch` runs several batch-level probes in one
+pass over the images (each image decoded once, the model run once per probe). The split's mean image
+(what ``image-blind`` shows instead of each picture) is summed during the first pass over the images.
+
+Each pass uses a fresh data pipeline of the run (``TrainedModel.preprocessor``), so under
+``compat="vle"`` every pass names persons as one official pass over the records would.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from data_prep.dataset import VCRDataset
+from data_prep.preprocess import VCRPreprocessor
+from vlekit.diagnose.probes import LABEL_KEY, Batch
+from vlekit.evaluation.evaluate import autocast_dtype
+from vlekit.model import BATCH_KEYS
+from vlekit.runs.folder import TrainedModel
+
+Transform = Callable[[Batch], Batch]
+
+
+class _TextOnlyDataset(Dataset):
+    """The examples of ``records`` with a zero image each (for probes that replace the pixels anyway)."""
+
+    def __init__(self, records: Sequence[Mapping[str, Any]], preprocessor: VCRPreprocessor) -> None:
+        self.examples = preprocessor.prepare_many(records)  # in order, once (VLE's name counter, as VCRDataset)
+        size = preprocessor.config.image_size
+        dtype = torch.uint8 if preprocessor.config.pixel_dtype == "uint8" else torch.float32
+        self.placeholder = torch.zeros(3, size, size, dtype=dtype)
+        self.collate = preprocessor.collate
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return {**self.examples[index], "pixel_values": self.placeholder}
+
+
+class DiagnoseContext:
+    """A trained VCR run and a labelled split, and the model's passes over it (implements
+    :class:`vlekit.diagnose.probes.ProbeContext`).
+
+    Args:
+        trained: the run (``vlekit.runs.folder.load_trained``), a Q->A or a QA->R model.
+        records: the split's VCR records, every one labelled for the run's task.
+        images: the ``vcr1images`` folder of the split.
+        precision: ``auto`` / ``bf16`` / ``fp16`` / ``fp32``; ``None``: the run's ``train.mixed_precision``
+            (fp32 when the folder does not say).
+        device: where the model runs (default: a GPU when there is one).
+    """
+
+    def __init__(self, trained: TrainedModel, records: Sequence[Mapping[str, Any]], *, images: str | Path,
+                 batch_size: int = 32, num_workers: int = 2, precision: str | None = None,
+                 device: str | torch.device | None = None, seed: int = 0, progress: bool = True) -> None:
+        if trained.task not in LABEL_KEY:
+            raise ValueError(f"{trained.folder} is a {trained.task!r} run; vlekit diagnose puts a VCR run (q2a or "
+                             f"qa2r) to the test")
+        label_key = LABEL_KEY[trained.task]
+        unlabelled = [r.get("annot_id") for r in records if r.get(label_key) is None or r.get("answer_label") is None]
+        if unlabelled:
+            raise ValueError(f"{len(unlabelled)} record(s) have no {label_key} (first: {unlabelled[0]}): the probes "
+                             f"score accuracy, so give a labelled split (val, not test)")
+        if not records:
+            raise ValueError("no records to diagnose: the split is empty")
+        self.trained, self.task, self.records = trained, trained.task, list(records)
+        self.labels = np.array([int(r[label_key]) for r in self.records])
+        self.images = Path(images)
+        self.batch_size, self.num_workers, self.seed, self.progress = batch_size, num_workers, seed, progress
+        self.device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.precision = precision or trained.mixed_precision or "fp32"
+        self.autocast = autocast_dtype(self.precision, self.device)  # a bad value fails before any work
+        self.model = trained.model.to(self.device).eval()
+        self.sep_token_id = int(trained.tokenizer.sep_token_id)
+        self._logits: dict[str, np.ndarray] = {}
+        self._mean_pixels: torch.Tensor | None = None
+
+    def __repr__(self) -> str:
+        return f"DiagnoseContext({self.task} run {self.trained.folder}, {len(self.records)} questions, {self.device})"
+
+    # -- what probes use ---------------------------------------------------------------------------------
+    def logits(self, name: str, *, transform: Transform | None = None,
+               records: Sequence[Mapping[str, Any]] | None = None, pixels: bool = True) -> np.ndarray:
+        """``[N, C]`` logits on ``records`` (default: the split's), every batch changed by ``transform``;
+        ``pixels=False``: no image is decoded (the batch holds zeros: the transform must replace them).
+        Cached by ``name``: a second call with the same name returns the first pass's logits."""
+        if name not in self._logits:
+            if records is not None and len(records) != len(self.records):
+                raise ValueError(f"probe pass {name!r}: {len(records)} records for a split of {len(self.records)}; "
+                                 f"a probe changes the split's records one for one")
+            self._logits.update(self._pass({name: transform}, records=records, pixels=pixels))
+        return self._logits[name]
+
+    def prefetch(self, transforms: Mapping[str, Transform | None]) -> None:
+        """Run the batch-level changes ``{name: transform}`` that still lack logits in one pass over the
+        split's images (decoded once), which also sums the mean image."""
+        missing = {name: fn for name, fn in transforms.items() if name not in self._logits}
+        if missing:
+            self._logits.update(self._pass(missing, records=None, pixels=True))
+
+    def mean_pixels(self) -> torch.Tensor:
+        """The split's mean image ``[3, S, S]`` (mean over its questions of the normalised pixels the
+        model takes), from the first pass over the images (one is run if none has been)."""
+        if self._mean_pixels is None:
+            self._pass({}, records=None, pixels=True)
+        assert self._mean_pixels is not None
+        return self._mean_pixels
+
+    # -- the passes --------------------------------------------------------------------------------------
+    def _pass(self, transforms: Mapping[str, Transform | None], *, records: Sequence[Mapping[str, Any]] | None,
+              pixels: bool) -> dict[str, np.ndarray]:
+        own_records = records is None
+        records = self.records if records is None else list(records)
+        preprocessor = self.trained.preprocessor(images_root=self.images)
+        dataset = VCRDataset(records, preprocessor) if pixels else _TextOnlyDataset(records, preprocessor)
+        loader = DataLoader(dataset, batch_size=self.batch_size, collate_fn=dataset.collate,
+                            num_workers=self.num_workers if pixels else 0)
+        sum_pixels = pixels and own_records and self._mean_pixels is None
+        pixel_sum = None
+        chunks: dict[str, list[torch.Tensor]] = {name: [] for name in transforms}
+        description = "diagnose " + (", ".join(transforms) if transforms else "mean image")
+        with torch.inference_mode():
+            for batch in tqdm(loader, desc=description, disable=not self.progress, dynamic_ncols=True, leave=False):
+                batch = {key: batch[key].to(self.device, non_blocking=True) for key in BATCH_KEYS}
+                if sum_pixels:
+                    images = self.model.normalise_pixels(batch["pixel_values"]).float().sum(0)
+                    pixel_sum = images if pixel_sum is None else pixel_sum + images
+                for name, transform in transforms.items():
+                    changed = transform(dict(batch)) if transform is not None else batch
+                    with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
+                        logits = self.model(**{key: changed[key] for key in BATCH_KEYS})["logits"]
+                    chunks[name].append(logits.float().cpu())
+        if sum_pixels and pixel_sum is not None:
+            self._mean_pixels = pixel_sum / len(records)
+        return {name: torch.cat(parts).numpy() for name, parts in chunks.items()}

@@ -1,0 +1,364 @@
+"""Diagnostic probes: what a trained VCR run does when one source of information is taken away.
+
+A probe is a class with a frozen dataclass config and one registration line, like a component (a
+third-party probe registers the same way, in a module or a notebook cell, or through the entry-point
+group ``vlekit.probes``)::
+
+    @dataclass(frozen=True)
+    class MyProbeConfig:
+        seed: int = 0
+
+    @vlekit.registry.register_probe("my-probe", config=MyProbeConfig)
+    class MyProbe(Probe):
+        '''One line for `vlekit list`.'''
+        def transform(self, batch, context):       # a batch-level probe: change the batch contract ...
+            return {**batch, "text_type_ids": torch.zeros_like(batch["text_type_ids"])}
+        # ... or override run(context) -> ProbeOutcome (records, several passes, no model at all)
+
+Each probe changes one thing, where the change is exact: on the batch contract (DESIGN.md section 3)
+or on the records before preprocessing.
+
+==================  ===========================================================  =========
+probe               what it changes                                              where
+==================  ===========================================================  =========
+full                nothing: the run as trained (the reference row)               -
+image-blind         pixels -> the split's mean image (object tokens pooled from it) batch
+no-object-tokens    object slots masked out of the image stream                  batch
+no-type-ids         object tags removed from the text (``text_type_ids`` -> 0)    batch
+question-blind      question tokens masked, and the objects only it names        batch
+choice-permutation  the choices reordered (4 orders per question, each gold      records
+                    position once); accuracy by gold position, and how often
+                    the prediction follows the content
+name-swap           person names changed consistently within a question          records
+word-overlap        no model: the choice sharing most words with the question    records
+                    (and the gold answer, for QA->R), ties broken at random
+==================  ===========================================================  =========
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Protocol
+
+import numpy as np
+import torch
+
+from data_prep.constants import NUM_CHOICES, PERSON_NAMES
+from data_prep.text import deterministic_person_names, render_tokens
+from vlekit.registry import register_probe
+
+Batch = dict[str, torch.Tensor]
+# Per task: the record keys that hold the C choices (and their per-choice annotations), and the label.
+CHOICE_KEYS: dict[str, tuple[str, ...]] = {
+    "q2a": ("answer_choices", "answer_match_iter", "answer_sources", "answer_likelihoods"),
+    "qa2r": ("rationale_choices", "rationale_match_iter", "rationale_sources", "rationale_likelihoods"),
+}
+LABEL_KEY: dict[str, str] = {"q2a": "answer_label", "qa2r": "rationale_label"}
+
+
+class ProbeContext(Protocol):
+    """What a probe may use (``vlekit.diagnose.context.DiagnoseContext`` implements it)."""
+
+    task: str  # "q2a" or "qa2r"
+    records: Sequence[Mapping[str, Any]]  # the split's VCR records, labelled
+    labels: np.ndarray  # [N] the gold choice of each record (the task's label)
+    sep_token_id: int  # the run's tokenizer's [SEP]
+    seed: int
+
+    def logits(self, name: str, *, transform: Callable[[Batch], Batch] | None = None,
+               records: Sequence[Mapping[str, Any]] | None = None, pixels: bool = True) -> np.ndarray:
+        """``[N, C]`` logits of the run on ``records`` (default: the split's), each batch changed by
+        ``transform``; ``pixels=False`` skips decoding images (the batch holds zeros). Cached by ``name``."""
+
+    def mean_pixels(self) -> torch.Tensor:
+        """The split's mean image ``[3, S, S]``, normalised as the model takes it."""
+
+
+@dataclass(frozen=True)
+class ProbeOutcome:
+    """What a probe measured on each question of the split.
+
+    scores: ``[N]`` in ``[0, 1]``: 1 / 0 when the probe makes one prediction per question; a share
+        when it makes several (``choice-permutation``: right in how many of its orders).
+    pairs: ``[N]`` bool, one right / wrong outcome per question for McNemar's test when ``scores``
+        are shares (``None``: ``scores`` are 0 / 1 and serve).
+    details: the probe's own figures (JSON-ready), reported beside its accuracy.
+    """
+
+    scores: np.ndarray
+    pairs: np.ndarray | None = None
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_logits(cls, logits: np.ndarray, labels: np.ndarray, **details: Any) -> ProbeOutcome:
+        return cls(scores=(np.asarray(logits).argmax(-1) == labels).astype(float), details=details)
+
+    @property
+    def outcomes(self) -> np.ndarray:
+        """``[N]`` bool: the right / wrong outcome per question that McNemar's test pairs."""
+        if self.pairs is not None:
+            return np.asarray(self.pairs, dtype=bool)
+        scores = np.asarray(self.scores, dtype=float)
+        if not np.isin(scores, (0.0, 1.0)).all():
+            raise ValueError("ProbeOutcome: scores are shares, not 0 / 1: give pairs= (one 0 / 1 outcome per question)")
+        return scores > 0.5
+
+
+class Probe:
+    """A way of putting a trained run to the test. Subclasses override :meth:`transform` (a change of
+    every batch, in the batch contract) or :meth:`run` (anything else: records, several passes, no model).
+
+    Class attributes: ``uses_model`` (False for a text-only baseline such as ``word-overlap``) and
+    ``needs_pixels`` (False when the transform replaces the pixels, so images need not be decoded).
+    """
+
+    uses_model: ClassVar[bool] = True
+    needs_pixels: ClassVar[bool] = True
+
+    def __init__(self, *, config: Any) -> None:
+        self.config = config
+
+    @property
+    def name(self) -> str:
+        return getattr(type(self), "registered_name", type(self).__name__)
+
+    @property
+    def batch_level(self) -> bool:
+        """Whether the probe is a change of the batch (several such probes share one pass over the images)."""
+        return type(self).transform is not Probe.transform
+
+    def transform(self, batch: Batch, context: ProbeContext) -> Batch:
+        """The batch (the contract's keys, on the model's device) as the probe changes it: a new dict,
+        with changed tensors replaced, never written in place (other probes read the same batch)."""
+        raise NotImplementedError(f"probe {self.name!r} overrides neither transform nor run")
+
+    def run(self, context: ProbeContext) -> ProbeOutcome:
+        """The probe on the split: by default, the model on every batch changed by :meth:`transform`."""
+        logits = context.logits(self.name, transform=lambda batch: self.transform(batch, context),
+                                pixels=self.needs_pixels)
+        return ProbeOutcome.from_logits(logits, context.labels)
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    """A probe without options."""
+
+
+@dataclass(frozen=True)
+class SeededProbeConfig:
+    """seed: the random draws of the probe (orders, names, ties) are a pure function of it."""
+
+    seed: int = 0
+
+
+# -- batch-level changes (pure functions of the batch contract) -----------------------------------------
+def blind_pixels(batch: Batch, mean_pixels: torch.Tensor) -> Batch:
+    """Every image replaced by ``mean_pixels [3, S, S]`` (normalised floats): the model's object tokens
+    are then pooled from the mean image too, so nothing of the question's own image is left."""
+    pixels = batch["pixel_values"]
+    if tuple(mean_pixels.shape) != tuple(pixels.shape[1:]):
+        raise ValueError(f"image-blind: the mean image has shape {list(mean_pixels.shape)}, the batch's images "
+                         f"{list(pixels.shape[1:])}: compute the mean with the run's own preprocessing")
+    mean = mean_pixels.to(device=pixels.device, dtype=torch.float32)
+    return {**batch, "pixel_values": mean.expand(pixels.shape[0], *mean.shape).contiguous()}
+
+
+def without_object_tokens(batch: Batch) -> Batch:
+    """Every object slot turned into padding (mask 0, type 0, no patches): no object tokens in the
+    image stream; the mentions in the text keep their type ids."""
+    return {**batch, "object_mask": torch.zeros_like(batch["object_mask"]),
+            "object_type_ids": torch.zeros_like(batch["object_type_ids"]),
+            "object_patch_mask": torch.zeros_like(batch["object_patch_mask"])}
+
+
+def without_text_types(batch: Batch) -> Batch:
+    """Object tags removed from the text: every ``text_type_ids`` 0 (the object tokens keep theirs)."""
+    return {**batch, "text_type_ids": torch.zeros_like(batch["text_type_ids"])}
+
+
+def question_positions(input_ids: torch.Tensor, sep_token_id: int) -> torch.Tensor:
+    """``[B, C, L]`` bool: the question's tokens, between the first token ([CLS]) and the first [SEP]."""
+    is_sep = input_ids == sep_token_id
+    if not bool(is_sep.any(-1).all()):
+        raise ValueError(f"question-blind: a text row has no [SEP] (id {sep_token_id}); expected the VCR layout "
+                         f"[CLS] question [SEP] ... from the run's own tokenizer")
+    first_sep = is_sep.int().argmax(-1, keepdim=True)  # [B, C, 1]: argmax is the first maximum
+    position = torch.arange(input_ids.shape[-1], device=input_ids.device)
+    return (position >= 1) & (position < first_sep)
+
+
+def question_masked(batch: Batch, sep_token_id: int) -> Batch:
+    """The question's tokens masked out of attention (and their tags dropped), and every object slot
+    that only the question names masked too, so no mention of the question survives as an object token:
+    what is left is the choice (QA->R: the gold answer and the rationale) with the image."""
+    question = question_positions(batch["input_ids"], sep_token_id)
+    attention = batch["attention_mask"] * (~question).to(batch["attention_mask"].dtype)
+    types = torch.where(question, torch.zeros_like(batch["text_type_ids"]), batch["text_type_ids"])
+    slot_types = batch["object_type_ids"]  # [B, C, K]
+    named = ((types.unsqueeze(-2) == slot_types.unsqueeze(-1)) & attention.bool().unsqueeze(-2)).any(-1)
+    kept = named & batch["object_mask"].bool()
+    return {**batch, "attention_mask": attention, "text_type_ids": types,
+            "object_mask": batch["object_mask"] * kept.to(batch["object_mask"].dtype),
+            "object_type_ids": torch.where(kept, slot_types, torch.zeros_like(slot_types)),
+            "object_patch_mask": batch["object_patch_mask"] & kept.unsqueeze(-1)}
+
+
+# -- record-level changes --------------------------------------------------------------------------------
+def latin_orders(num_questions: int, *, seed: int, choices: int = NUM_CHOICES) -> np.ndarray:
+    """``[choices, N, choices]``: per question, ``choices`` orders of its choices (order ``r`` puts
+    original choice ``orders[r, n, j]`` at position ``j``): a random permutation shifted cyclically, so
+    across the orders every choice, and so the gold one, stands once at every position."""
+    rng = np.random.default_rng(seed)
+    base = np.argsort(rng.random((num_questions, choices)), axis=1)  # a uniform random permutation per question
+    shifts = (np.arange(choices)[:, None] + np.arange(choices)[None, :]) % choices  # [r, j] -> position in base
+    return base[:, shifts].transpose(1, 0, 2)
+
+
+def permute_choices(record: Mapping[str, Any], order: Sequence[int], *, task: str) -> dict[str, Any]:
+    """``record`` with its task's choices (and their per-choice annotations) reordered so that position
+    ``j`` holds original choice ``order[j]``; the label follows the gold choice."""
+    order = [int(i) for i in order]
+    if sorted(order) != list(range(NUM_CHOICES)):
+        raise ValueError(f"choice order {order} is not a permutation of 0..{NUM_CHOICES - 1}")
+    changed = dict(record)
+    for key in CHOICE_KEYS[task]:
+        values = record.get(key)
+        if isinstance(values, Sequence) and not isinstance(values, str) and len(values) == NUM_CHOICES:
+            changed[key] = [values[i] for i in order]
+    label = record.get(LABEL_KEY[task])
+    if label is not None:
+        changed[LABEL_KEY[task]] = order.index(int(label))
+    return changed
+
+
+def swap_person_names(record: Mapping[str, Any], shift: int) -> dict[str, Any]:
+    """``record`` whose mentioned persons are called by other names, consistently in the question and
+    every choice: the name a person gets by first mention (``data_prep.text``) moves ``shift`` places
+    along VCR's name list. Done by writing the new name as the object's class name, which the text
+    rendering uses as the word (and tags as the object's mention), so the objects and boxes stay."""
+    if shift % len(PERSON_NAMES) == 0:
+        raise ValueError(f"name-swap: shift {shift} keeps every name; use 1..{len(PERSON_NAMES) - 1}")
+    objects = list(record["objects"])
+    for index, name in deterministic_person_names(record).items():
+        objects[index] = PERSON_NAMES[(PERSON_NAMES.index(name) + shift) % len(PERSON_NAMES)]
+    return {**record, "objects": objects}
+
+
+_WORD = re.compile(r"\w+")
+
+
+def rendered_words(tokens: Sequence[Any], record: Mapping[str, Any]) -> set[str]:
+    """The lower-cased words of VCR ``tokens`` as the model reads them (objects by their names)."""
+    text, _ = render_tokens(tokens, record["objects"], deterministic_person_names(record))
+    return {word.lower() for word in _WORD.findall(text)}
+
+
+def word_overlaps(record: Mapping[str, Any], *, task: str) -> list[int]:
+    """Per choice, how many distinct words it shares with the query: the question (and, for QA->R,
+    the gold answer), object mentions rendered as names (Ye & Kovashka's shortcut)."""
+    query = rendered_words(record["question"], record)
+    if task == "qa2r":
+        query |= rendered_words(record["answer_choices"][record["answer_label"]], record)
+    return [len(query & rendered_words(choice, record)) for choice in record[CHOICE_KEYS[task][0]]]
+
+
+def word_overlap_choice(record: Mapping[str, Any], *, task: str, rng: np.random.Generator) -> int:
+    """The choice with the most words in common with the query; ties broken uniformly at random."""
+    overlaps = np.array(word_overlaps(record, task=task))
+    return int(rng.choice(np.flatnonzero(overlaps == overlaps.max())))
+
+
+# -- the probes -------------------------------------------------------------------------------------------
+@register_probe("full", config=NoOptions)
+class Full(Probe):
+    """The run as trained: the reference row every other probe is compared with."""
+
+    def transform(self, batch: Batch, context: ProbeContext) -> Batch:
+        return batch
+
+
+@register_probe("image-blind", config=NoOptions)
+class ImageBlind(Probe):
+    """No visual information: every image replaced by the split's mean image (object tokens pooled from it)."""
+
+    needs_pixels = False
+
+    def transform(self, batch: Batch, context: ProbeContext) -> Batch:
+        return blind_pixels(batch, context.mean_pixels())
+
+
+@register_probe("no-object-tokens", config=NoOptions)
+class NoObjectTokens(Probe):
+    """No object tokens in the image stream (the text keeps its object tags)."""
+
+    def transform(self, batch: Batch, context: ProbeContext) -> Batch:
+        return without_object_tokens(batch)
+
+
+@register_probe("no-type-ids", config=NoOptions)
+class NoTypeIds(Probe):
+    """Object tags removed from the text: text_type_ids all 0 (object tokens keep theirs)."""
+
+    def transform(self, batch: Batch, context: ProbeContext) -> Batch:
+        return without_text_types(batch)
+
+
+@register_probe("question-blind", config=NoOptions)
+class QuestionBlind(Probe):
+    """The question's tokens masked (and objects only it names): the answer-only baseline."""
+
+    def transform(self, batch: Batch, context: ProbeContext) -> Batch:
+        return question_masked(batch, context.sep_token_id)
+
+
+@register_probe("choice-permutation", config=SeededProbeConfig)
+class ChoicePermutation(Probe):
+    """Choices reordered per question (4 orders, each gold position once): position bias, content-following."""
+
+    def run(self, context: ProbeContext) -> ProbeOutcome:
+        labels, task = context.labels, context.task
+        orders = latin_orders(len(context.records), seed=context.seed + self.config.seed)
+        rows = np.arange(len(labels))
+        chosen, gold_positions = [], []
+        for r, order in enumerate(orders):
+            permuted = [permute_choices(record, o, task=task) for record, o in zip(context.records, order)]
+            logits = context.logits(f"{self.name}/order-{r}", records=permuted)
+            chosen.append(order[rows, logits.argmax(-1)])  # the original choice each prediction points at
+            gold_positions.append((order == labels[:, None]).argmax(-1))
+        chosen_, positions = np.stack(chosen), np.stack(gold_positions)  # [orders, N]
+        correct = chosen_ == labels[None]
+        by_position = {str(p): float(correct[positions == p].mean()) for p in range(NUM_CHOICES)}
+        return ProbeOutcome(
+            scores=correct.mean(0), pairs=correct[0],
+            details={"orders": len(orders), "by_gold_position": by_position,
+                     "follows_content": float((chosen_ == chosen_[:1]).all(0).mean())})
+
+
+@register_probe("name-swap", config=SeededProbeConfig)
+class NameSwap(Probe):
+    """Person names changed consistently within each question: the prediction should not change."""
+
+    def run(self, context: ProbeContext) -> ProbeOutcome:
+        rng = np.random.default_rng(context.seed + self.config.seed)
+        shifts = rng.integers(1, len(PERSON_NAMES), size=len(context.records))
+        swapped = [swap_person_names(record, int(s)) for record, s in zip(context.records, shifts)]
+        logits = context.logits(self.name, records=swapped)
+        full = context.logits("full")
+        with_persons = np.array([bool(deterministic_person_names(r)) for r in context.records])
+        changed = logits.argmax(-1) != full.argmax(-1)
+        return ProbeOutcome.from_logits(
+            logits, context.labels, questions_with_persons=int(with_persons.sum()),
+            changed_predictions=float(changed[with_persons].mean()) if with_persons.any() else 0.0)
+
+
+@register_probe("word-overlap", config=SeededProbeConfig)
+class WordOverlap(Probe):
+    """No model: the choice sharing most words with the question (and gold answer), Ye & Kovashka's shortcut."""
+
+    uses_model = False
+
+    def run(self, context: ProbeContext) -> ProbeOutcome:
+        rng = np.random.default_rng(context.seed + self.config.seed)
+        picks = np.array([word_overlap_choice(record, task=context.task, rng=rng) for record in context.records])
+        return ProbeOutcome(scores=(picks == context.labels).astype(float))
