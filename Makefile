@@ -41,9 +41,11 @@ demo: setup
 test: setup
 	$(PYTHON) -m pytest $(NO_TESTS_FAIL)
 
-# The developer's loop: everything but the tests marked slow (pyproject.toml says which).
+# The developer's loop: everything but the tests marked slow (pyproject.toml says which), on
+# FAST_WORKERS processes (pytest-xdist; each test process uses one thread, tests/conftest.py).
+FAST_WORKERS ?= 2
 test-fast: setup
-	$(PYTHON) -m pytest -m "not slow" $(NO_TESTS_FAIL)
+	$(PYTHON) -m pytest -m "not slow" -n $(FAST_WORKERS) $(NO_TESTS_FAIL)
 
 # The newest releases pyproject.toml's ranges allow (torch stays at TORCH_SPEC), without the lock, in a
 # fresh $(LATEST_ENV). A maintainer runs `make lock` to move the lock forward to them.

@@ -60,6 +60,21 @@ def _easy_vqa_module() -> Any:
     return easy_vqa
 
 
+def _split_readers(splits: Sequence[str], max_questions: int | None, *, where: str) -> dict[str, tuple[Any, Any]]:
+    """easy-VQA's (questions, image paths) readers of each split, after checking the requested options."""
+    easy_vqa = _easy_vqa_module()
+    readers = {
+        "train": (easy_vqa.get_train_questions, easy_vqa.get_train_image_paths),
+        "test": (easy_vqa.get_test_questions, easy_vqa.get_test_image_paths),
+    }
+    unknown = [split for split in splits if split not in readers]
+    if unknown:
+        raise ValueError(f"{where}: unknown splits {unknown}; easy-VQA has {list(readers)}")
+    if max_questions is not None and max_questions < 1:
+        raise ValueError(f"{where}: max_questions must be >= 1, got {max_questions}")
+    return readers
+
+
 def convert_easy_vqa(out_dir: str | Path, *, splits: Sequence[str] = EASY_VQA_SPLITS,
                      max_questions: int | None = None) -> dict[str, EasyVQASplit]:
     """Write the easy-VQA dataset (pip package ``easy-vqa``) in the VQA v2 layout under ``out_dir``.
@@ -75,16 +90,7 @@ def convert_easy_vqa(out_dir: str | Path, *, splits: Sequence[str] = EASY_VQA_SP
     ``max_questions``: keep the first N questions of each split in easy-VQA's order (and copy only
     their images), for quick runs and tests; the ids stay those of the full split.
     """
-    easy_vqa = _easy_vqa_module()
-    readers = {
-        "train": (easy_vqa.get_train_questions, easy_vqa.get_train_image_paths),
-        "test": (easy_vqa.get_test_questions, easy_vqa.get_test_image_paths),
-    }
-    unknown = [split for split in splits if split not in readers]
-    if unknown:
-        raise ValueError(f"convert_easy_vqa: unknown splits {unknown}; easy-VQA has {list(readers)}")
-    if max_questions is not None and max_questions < 1:
-        raise ValueError(f"convert_easy_vqa: max_questions must be >= 1, got {max_questions}")
+    readers = _split_readers(splits, max_questions, where="convert_easy_vqa")
     out_dir = Path(out_dir)
     written: dict[str, EasyVQASplit] = {}
     for split in splits:
@@ -230,16 +236,7 @@ def write_easy_vqa_vcr(out_dir: str | Path, *, seed: int = 0, splits: Sequence[s
     ``max_questions``: keep the first N colour questions of each split (quick runs, tests).
     ``splits``: the easy-VQA splits to convert; a split left out gives an empty annotation file.
     """
-    easy_vqa = _easy_vqa_module()
-    readers = {
-        "train": (easy_vqa.get_train_questions, easy_vqa.get_train_image_paths),
-        "test": (easy_vqa.get_test_questions, easy_vqa.get_test_image_paths),
-    }
-    unknown = [split for split in splits if split not in readers]
-    if unknown:
-        raise ValueError(f"write_easy_vqa_vcr: unknown splits {unknown}; easy-VQA has {list(readers)}")
-    if max_questions is not None and max_questions < 1:
-        raise ValueError(f"write_easy_vqa_vcr: max_questions must be >= 1, got {max_questions}")
+    readers = _split_readers(splits, max_questions, where="write_easy_vqa_vcr")
     root = Path(out_dir)
     images_root = root / "vcr1images"
     files = {name: root / f"{name}.jsonl" for name in ("train", "val", "test")}

@@ -55,7 +55,7 @@ def test_logits_and_loss(model: VCRModel) -> None:
     # Every parameter takes part (DDP fails on unused ones); the loss reaches both encoders.
     assert [name for name, p in model.named_parameters() if p.grad is None] == []
     assert model.text_encoder.model.embeddings.word_embeddings.weight.grad.abs().sum() > 0
-    assert model.vision_encoder.transformer.embeddings.patch_embedding.weight.grad.abs().sum() > 0
+    assert model.vision_encoder.model.embeddings.patch_embedding.weight.grad.abs().sum() > 0
     model.zero_grad(set_to_none=True)
     unlabeled = {k: v for k, v in batch.items() if k != "labels"}
     output = model(**unlabeled, example_ids=["extra keys are allowed"])

@@ -158,8 +158,8 @@ def test_make_demo_test_and_test_fast_run_the_demo_and_the_suite(tmp_path: Path)
     assert runs["setup"] == []  # installed: nothing to do
     assert runs["demo"] == ["PY -m vlekit.cli demo"]
     (suite,), (fast,) = runs["test"], runs["test-fast"]
-    assert suite.startswith("PY -m pytest || ") and fast.startswith('PY -m pytest -m "not slow" || ')
-    assert suite.removeprefix("PY -m pytest") == fast.removeprefix('PY -m pytest -m "not slow"')  # both fail on exit 5
+    assert suite.startswith("PY -m pytest || ") and fast.startswith('PY -m pytest -m "not slow" -n 2 || ')
+    assert suite.removeprefix("PY -m pytest") == fast.removeprefix('PY -m pytest -m "not slow" -n 2')  # both fail on exit 5
 
 
 # -- CI and README -------------------------------------------------------------------------------

@@ -104,16 +104,11 @@ class CLIPVisionEncoder(VisionEncoder):
         self.image_mean: tuple[float, float, float] = CLIP_MEAN
         self.image_std: tuple[float, float, float] = CLIP_STD
 
-    @property
-    def transformer(self) -> nn.Module:
-        # transformers 5 flattened CLIPVisionModel; older releases nest it under ``vision_model``.
-        return getattr(self.model, "vision_model", self.model)
-
     def _resize_positions(self, image_size: int) -> None:
         patch = self.model.config.patch_size
         if image_size % patch:
             raise ValueError(f"clip-vision: image_size {image_size} is not a multiple of the patch size {patch}")
-        embeddings = self.transformer.embeddings
+        embeddings = self.model.embeddings
         new_grid = image_size // patch
         weight = interpolate_position_embeddings(embeddings.position_embedding.weight.data, new_grid)
         embeddings.position_embedding = nn.Embedding(weight.shape[0], weight.shape[1], _weight=weight.clone())
@@ -132,7 +127,7 @@ class CLIPVisionEncoder(VisionEncoder):
         """``pixel_values [B, 3, S, S]`` -> ``[B, 1 + grid**2, hidden_size]`` after post-LayerNorm."""
         check_shape(pixel_values, ("B", 3, self.image_size, self.image_size), name="pixel_values", where="clip-vision")
         hidden = self.model(pixel_values=pixel_values).last_hidden_state
-        return self.transformer.post_layernorm(hidden)
+        return self.model.post_layernorm(hidden)
 
     def resolved_config(self) -> CLIPVisionEncoderConfig:
         return dataclasses.replace(
