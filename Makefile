@@ -38,14 +38,18 @@ $(STAMP): pyproject.toml $(LOCK) $(PLUGINS)
 demo: setup
 	$(PYTHON) -m vlekit.cli demo
 
-test: setup
-	$(PYTHON) -m pytest $(NO_TESTS_FAIL)
+# Every suite runs on TEST_WORKERS processes (pytest-xdist; each test process uses one thread,
+# tests/conftest.py): 2 fits CI's 2 cores (the whole suite: about 11 minutes there, 19 in one process).
+# TEST_WORKERS=0 runs in this process (pdb, -x), TEST_WORKERS=auto one per core.
+TEST_WORKERS ?= 2
+PYTEST := -m pytest -n $(TEST_WORKERS)
 
-# The developer's loop: everything but the tests marked slow (pyproject.toml says which), on
-# FAST_WORKERS processes (pytest-xdist; each test process uses one thread, tests/conftest.py).
-FAST_WORKERS ?= 2
+test: setup
+	$(PYTHON) $(PYTEST) $(NO_TESTS_FAIL)
+
+# The developer's loop: everything but the tests marked slow (pyproject.toml says which).
 test-fast: setup
-	$(PYTHON) -m pytest -m "not slow" -n $(FAST_WORKERS) $(NO_TESTS_FAIL)
+	$(PYTHON) $(PYTEST) -m "not slow" $(NO_TESTS_FAIL)
 
 # The newest releases pyproject.toml's ranges allow (torch stays at TORCH_SPEC), without the lock, in a
 # fresh $(LATEST_ENV). A maintainer runs `make lock` to move the lock forward to them.
@@ -55,13 +59,13 @@ latest-env:
 	$(LATEST_ENV)/bin/python -m pip install --quiet $(TORCH_SPEC) $(PROJECT)
 
 test-latest: latest-env
-	$(LATEST_ENV)/bin/python -m pytest $(NO_TESTS_FAIL)
+	$(LATEST_ENV)/bin/python $(PYTEST) $(NO_TESTS_FAIL)
 
 # Freeze the newest releases into the lock (editable project packages left out), then run the suite in that
 # very environment: the lock's own tests check the new lock, so they must run after it is written.
 lock: latest-env
 	$(LATEST_ENV)/bin/python scripts/lock.py freeze --extras $(EXTRAS) --output $(LOCK)
-	$(LATEST_ENV)/bin/python -m pytest || { status=$$?; echo "the suite failed (exit $$status) on the new $(LOCK): do not commit it (git checkout $(LOCK))" >&2; exit $$status; }
+	$(LATEST_ENV)/bin/python $(PYTEST) || { status=$$?; echo "the suite failed (exit $$status) on the new $(LOCK): do not commit it (git checkout $(LOCK))" >&2; exit $$status; }
 
 bench: setup
 	$(PYTHON) -m vlekit.cli bench --preset tiny --device cpu

@@ -57,8 +57,8 @@ class PreprocessOptions:
             processor's, bit for bit.
     """
 
-    # The tasks a subclass takes (PreprocessConfig: VCR's), and the prefix of option names in its
-    # error messages (vlekit's DataConfig: "data.").
+    # The tasks a subclass takes (PreprocessConfig: VCR's; vlekit's DataConfig: every registered task,
+    # through known_tasks), and the prefix of option names in its error messages (DataConfig: "data.").
     tasks: ClassVar[tuple[str, ...]] = PREPROCESS_TASKS
     option_prefix: ClassVar[str] = ""
 
@@ -70,15 +70,28 @@ class PreprocessOptions:
     jpeg_draft: bool = False
     pixel_dtype: str = "float32"
 
+    @classmethod
+    def known_tasks(cls) -> tuple[str, ...]:
+        """The values ``task`` may take."""
+        return cls.tasks
+
+    def pipeline_task(self) -> str:
+        """The data pipeline ``task``'s examples go through (one of ``PREPROCESS_TASKS``): here the task itself;
+        vlekit's DataConfig: the registered task's ``data_task`` (a plugin task reading VCR or VQA data)."""
+        return self.task
+
     def __post_init__(self) -> None:
         name = self.option_prefix
-        _choose(f"{name}task", self.task, self.tasks)
+        _choose(f"{name}task", self.task, self.known_tasks())
+        task = self.pipeline_task()
+        if task != self.task:
+            _choose(f"task {self.task!r}'s data_task", task, PREPROCESS_TASKS)
         _choose(f"{name}compat", self.compat, COMPAT_MODES)
         if self.geometry is None:  # frozen: resolve the default once, here
-            object.__setattr__(self, "geometry", default_geometry(task=self.task, compat=self.compat))
+            object.__setattr__(self, "geometry", default_geometry(task=task, compat=self.compat))
         _choose(f"{name}geometry", self.geometry, GEOMETRY_MODES)
         _choose(f"{name}pixel_dtype", self.pixel_dtype, PIXEL_DTYPES)
-        if self.task == VQA_TASK and self.compat != "none":
+        if task == VQA_TASK and self.compat != "none":
             raise ValueError(f"{name}compat={self.compat!r} is the official VCR pipeline's; a vqa run uses compat "
                              f"'none' (VLE's VQA processor is geometry 'center-crop', the vqa default)")
         if self.compat == "vle" and self.geometry != "vle-compat":
@@ -96,18 +109,19 @@ class PreprocessOptions:
         if not isinstance(self.max_length, int) or isinstance(self.max_length, bool) or self.max_length <= 0:
             raise ValueError(f"{name}max_length must be a positive int, got {self.max_length!r}")
         # Room for the special tokens (one [CLS], a [SEP] per part) and a text token per part.
-        min_length = {"q2a": 5, "qa2r": 7, VQA_TASK: 3}[self.task]
+        min_length = {"q2a": 5, "qa2r": 7, VQA_TASK: 3}[task]
         if self.max_length < min_length:
             raise ValueError(f"{name}max_length={self.max_length} is too short for {self.task}; use at least "
-                             f"{min_length} (VLE uses {50 if self.task == VQA_TASK else 80})")
+                             f"{min_length} (VLE uses {50 if task == VQA_TASK else 80})")
         if self.pad_to_multiple_of is not None and (
             not isinstance(self.pad_to_multiple_of, int) or self.pad_to_multiple_of <= 0
         ):
             raise ValueError(f"{name}pad_to_multiple_of must be a positive int or None, got {self.pad_to_multiple_of!r}")
 
     def run_options(self) -> dict[str, Any]:
-        """The options by name (resolved), in declaration order: what a run saves and its pipeline takes."""
-        return {name: getattr(self, name) for name in RUN_OPTIONS}
+        """The options by name (resolved), in declaration order: what a run saves and its pipeline takes
+        (``task``: the pipeline's, :meth:`pipeline_task`)."""
+        return {name: getattr(self, name) for name in RUN_OPTIONS} | {"task": self.pipeline_task()}
 
 
 RUN_OPTIONS: tuple[str, ...] = tuple(f.name for f in fields(PreprocessOptions))

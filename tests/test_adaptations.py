@@ -141,6 +141,13 @@ def test_the_adaptation_is_saved_and_rebuilt_and_defaults_to_full(tmp_path):
     # Dotted overrides and YAML
     config = load_experiment(None, ["model.adaptation={text: {name: lora, r: 4}, vision: frozen}"])
     assert config.model.adaptation == {"text": {"name": "lora", "r": 4}, "vision": "frozen"}
+    # A dotted option below a method given by name: the name is the short form of {name: ...}
+    config = load_experiment(None, ["model.adaptation={text: lora}", "model.adaptation.text.r=4", "model.fusion=merged-attention",
+                                    "model.fusion.num_hidden_layers=1"])
+    assert config.model.adaptation == {"text": {"name": "lora", "r": 4}}
+    assert config.model.fusion == {"name": "merged-attention", "num_hidden_layers": 1}
+    with pytest.raises(ValueError, match=r"cannot set train.lr.x: train.lr is a value \(0.5\), not a section"):
+        load_experiment(None, ["train.lr=0.5", "train.lr.x=1"])
 
 
 @pytest.mark.parametrize(("adaptation", "message"), [

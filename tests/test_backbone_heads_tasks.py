@@ -120,3 +120,59 @@ def test_the_tasks_are_registered_with_their_head_score_and_chance() -> None:
     assert vqa.score(logits, targets) == pytest.approx(float(soft_accuracy(logits, targets))) == pytest.approx(0.8)
     with pytest.raises(RegistryError, match="unknown task 'q2r'.*Did you mean"):
         task_for("q2r")
+
+
+class _TopTwo(VCRTask):
+    """A plugin's task: VCR Q->A (its data pipeline), right when the gold answer is among the two best."""
+
+    data_task = "q2a"
+    chance = 0.5
+
+    def score(self, logits: torch.Tensor, labels: torch.Tensor) -> float:
+        return float((logits.topk(2, dim=-1).indices == labels[:, None]).any(-1).float().mean())
+
+
+def test_a_plugin_task_is_one_class_and_one_registration(trained_run, tmp_path) -> None:
+    """A registered task is a ``data.task`` a run may name (no list to add it to): the run reads, trains and
+    validates with the task's own score, saves its name in config.yaml and the pipeline's in data.json."""
+    from torch.utils.data import DataLoader
+
+    from data_prep.dataset import VCRDataset
+    from data_prep.vcr import read_vcr
+    from vlekit.evaluation.evaluate import predict
+    from vlekit.evaluation.tasks import NoOptions
+    from vlekit.registry import TASKS, register_task
+    from vlekit.runs.experiment import load_experiment
+    from vlekit.runs.folder import load_trained
+    from vlekit.training.train import train
+
+    from helpers import SMALL_IMAGES, tiny_overrides
+
+    overrides = [*tiny_overrides(trained_run.data, tmp_path / "run", epochs=1), SMALL_IMAGES, "data.task=test-q2a-top2"]
+    with pytest.raises(ValueError, match=r"data.task='test-q2a-top2' is not supported; choose one of 'q2a', 'qa2r', 'vqa'"):
+        load_experiment(None, overrides)
+    register_task("test-q2a-top2", config=NoOptions, description="Q->A, right when the gold answer is in the top two")(_TopTwo)
+    try:
+        assert "test-q2a-top2" in {row["name"] for row in vlekit.list_components("task")}
+        config = load_experiment(None, overrides)
+        result = train(config, progress=False)
+        assert load_experiment(result.out / "config.yaml").data.task == "test-q2a-top2"
+        trained = load_trained(result.model_dir)
+        assert trained.task == "q2a"  # the data pipeline it was trained with, which evaluation reads
+        records = read_vcr(trained_run.data.val)
+        dataset = VCRDataset(records, trained.preprocessor(images_root=trained_run.data.images_root))
+        logits, labels = predict(trained.model, DataLoader(dataset, batch_size=8, collate_fn=dataset.collate))
+        top_two = float((logits.topk(2, dim=-1).indices == labels[:, None]).any(-1).float().mean())
+        assert result.val_accuracy == pytest.approx(top_two, abs=1e-6)
+        assert top_two >= float((logits.argmax(-1) == labels).float().mean())
+
+        class Elsewhere(_TopTwo):
+            data_task = "retrieval"
+
+        TASKS.unregister("test-q2a-top2")
+        register_task("test-q2a-top2", config=NoOptions)(Elsewhere)
+        with pytest.raises(ValueError, match=r"task 'test-q2a-top2''s data_task='retrieval' is not supported; choose one "
+                                             r"of 'q2a', 'qa2r', 'vqa'"):
+            load_experiment(None, overrides)
+    finally:
+        TASKS.unregister("test-q2a-top2")

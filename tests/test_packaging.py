@@ -158,8 +158,11 @@ def test_make_demo_test_and_test_fast_run_the_demo_and_the_suite(tmp_path: Path)
     assert runs["setup"] == []  # installed: nothing to do
     assert runs["demo"] == ["PY -m vlekit.cli demo"]
     (suite,), (fast,) = runs["test"], runs["test-fast"]
-    assert suite.startswith("PY -m pytest || ") and fast.startswith('PY -m pytest -m "not slow" -n 2 || ')
-    assert suite.removeprefix("PY -m pytest") == fast.removeprefix('PY -m pytest -m "not slow" -n 2')  # both fail on exit 5
+    # Both on CI's two cores (pytest-xdist), and both fail on exit 5 (no tests collected).
+    assert suite.startswith("PY -m pytest -n 2 || ") and fast.startswith('PY -m pytest -n 2 -m "not slow" || ')
+    assert suite.removeprefix("PY -m pytest -n 2") == fast.removeprefix('PY -m pytest -n 2 -m "not slow"')
+    (one_process,) = make_dry_run("test", PYTHON="PY", ENV_DIR=tmp_path, TEST_WORKERS="0")
+    assert one_process.startswith("PY -m pytest -n 0 || ")
 
 
 # -- CI and README -------------------------------------------------------------------------------

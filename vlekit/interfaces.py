@@ -108,7 +108,9 @@ class Task:
     """A task (``data.task``), registered with :func:`vlekit.registry.register_task` (core ones:
     :mod:`vlekit.evaluation.tasks`). ``head``: the registered head a run of the task trains;
     ``multiple_choice``: whether its examples are questions with C choices (the VCR batch contract);
-    ``chance``: the score of guessing (None where it depends on the data, e.g. VQA's majority answer).
+    ``chance``: the score of guessing (None where it depends on the data, e.g. VQA's majority answer);
+    ``data_task``: the data pipeline its examples go through (``q2a``, ``qa2r`` or ``vqa``: the texts and
+    checks of ``data_prep``, saved in the model's ``data.json``); None: the task's own name (the core tasks).
 
     ``read(experiment config) -> RunData`` (``vlekit.runs.data``: the splits, checked, and the text an
     ``auto`` tokenizer is built from); ``datasets(experiment config, run data, tokenizer, model) ->
@@ -118,6 +120,7 @@ class Task:
     head: ClassVar[str]
     multiple_choice: ClassVar[bool]
     chance: ClassVar[float | None] = None
+    data_task: ClassVar[str | None] = None
     loss_label: ClassVar[str] = "loss"  # the training curve's loss axis
 
     def __init__(self, *, config: Any) -> None:

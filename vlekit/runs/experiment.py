@@ -16,11 +16,10 @@ from typing import Any, ClassVar
 import yaml
 
 from data_prep.constants import VQA_TASK
-from data_prep.options import PREPROCESS_TASKS as TASKS  # the tasks a run may name
 from data_prep.options import VQA_OPTIONS, PreprocessOptions
 from vlekit.model import VCRModelConfig, component_spec
 from vlekit.options import make_config
-from vlekit.registry import import_plugins, registry_for
+from vlekit.registry import TASKS, import_plugins, registry_for
 
 
 # Fields only a VQA run reads (a VCR run that sets one is told so).
@@ -62,6 +61,17 @@ class DataConfig(PreprocessOptions):
 
     option_prefix: ClassVar[str] = "data."
 
+    @classmethod
+    def known_tasks(cls) -> tuple[str, ...]:
+        """Every registered task (``vlekit.register_task``, plugins' included): a new task is one class and
+        one registration, not a name added here."""
+        return tuple(entry.name for entry in TASKS.entries())
+
+    def pipeline_task(self) -> str:
+        """The data pipeline of ``task`` (``q2a``, ``qa2r`` or ``vqa``): a registered task's ``data_task``, else
+        its own name (the core tasks)."""
+        return getattr(TASKS.get(self.task).component, "data_task", None) or self.task
+
     train_annotations: str | None = None
     val_annotations: str | None = None
     images: str | None = None
@@ -77,7 +87,7 @@ class DataConfig(PreprocessOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()  # the preprocessing options: validated, geometry resolved
-        if self.task == VQA_TASK:
+        if self.pipeline_task() == VQA_TASK:
             if self.answer_min_count < 1:
                 raise ValueError(f"data.answer_min_count must be >= 1, got {self.answer_min_count}")
             return
@@ -90,7 +100,7 @@ class DataConfig(PreprocessOptions):
         """The run's preprocessing options, resolved, saved with the model (``data.json``). VCR: all of
         them (``data_prep.preprocess.PreprocessConfig`` adds the model's image side); VQA: the task and
         ``data_prep.vqa.VQADataset``'s options."""
-        if self.task == VQA_TASK:
+        if self.pipeline_task() == VQA_TASK:
             return {"task": VQA_TASK, **{name: getattr(self, name) for name in VQA_OPTIONS}}
         return self.run_options()
 
@@ -247,10 +257,12 @@ def apply_changes(raw: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, 
     for path, value in changes.items():
         keys = path.split(".")
         node = raw
-        for key in keys[:-1]:
+        for depth, key in enumerate(keys[:-1]):
             child = node.get(key)
-            if isinstance(child, str) and key in ("text_encoder", "vision_encoder", "fusion", "head"):
+            if isinstance(child, str):  # a named spec's short form (fusion: X, adaptation.text: lora) = {name: X}
                 child = {"name": child}
+            elif child is not None and not isinstance(child, Mapping):
+                raise ValueError(f"cannot set {path}: {'.'.join(keys[:depth + 1])} is a value ({child!r}), not a section")
             node[key] = child = dict(child or {})
             node = child
         node[keys[-1]] = value

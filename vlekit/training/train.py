@@ -48,7 +48,7 @@ from vlekit.training.checkpoints import (
 )
 from vlekit.evaluation.evaluate import accuracy_on
 from vlekit.evaluation.tasks import task_for
-from vlekit.runs.experiment import TASKS, ExperimentConfig, load_experiment
+from vlekit.runs.experiment import ExperimentConfig, load_experiment
 from vlekit.model import VCRModel, VCRModelConfig
 from vlekit.runs.data import skipped_items_summary
 from vlekit.runs.folder import (
@@ -361,7 +361,8 @@ def _train(config: ExperimentConfig, accelerator: Accelerator, *, micro: int, tr
 # -- CLI ------------------------------------------------------------------------------------------
 # flag -> (dotted config key, help); each flag is a shorthand for the override ``KEY=VALUE``.
 _FLAGS = {
-    "task": ("data.task", "q2a / qa2r (VCR multiple choice) or vqa (VQA v2 layout); default q2a"),
+    "task": ("data.task", "a registered task (vlekit list --kind task): q2a / qa2r (VCR multiple choice) or vqa (VQA v2 layout), "
+                          "or a plugin's; default q2a"),
     "train_annotations": ("data.train_annotations", "VCR train.jsonl (VQA: the training annotations JSON)"),
     "val_annotations": ("data.val_annotations", "VCR val.jsonl for the per-epoch accuracy (VQA: validation annotations JSON)"),
     "images": ("data.images", "the vcr1images folder (VQA: the training images)"),
@@ -394,8 +395,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="start afresh in an --out that holds a run (the old run is moved aside to OUT.replaced-TIME)")
     for flag, (key, help_text) in _FLAGS.items():
-        parser.add_argument("--" + flag.replace("_", "-"), choices=TASKS if flag == "task" else None,
-                            help=f"{help_text} [{key}]")
+        parser.add_argument("--" + flag.replace("_", "-"), help=f"{help_text} [{key}]")
     parser.add_argument("--gradient-checkpointing", action="store_true", default=None,
                         help="recompute activations in the backward pass of every component: less memory, ~30%% slower")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs and batch jobs)")
