@@ -25,7 +25,7 @@ from vlekit.model import VCRModel, VCRModelConfig, build_model
 from vlekit.registry import REGISTRIES, RegistryError
 from vlekit.runs.experiment import TrainConfig, load_experiment
 from vlekit.training.setup import make_optimizer
-from vlekit.vle.checkpoint import to_vle_pretrained
+from vlekit.vle.checkpoint import from_vle_pretrained, to_vle_pretrained
 
 from helpers import NO_DROPOUT, LocalHub, tiny_batch, tiny_overrides, torchrun_train
 
@@ -241,6 +241,17 @@ def test_a_lora_run_on_a_named_base_saves_adapters_evaluates_exports_merged_and_
     assert main(["push", "--run", str(out), "--repo", "me/lora-q2a"]) == 0
     card = next((tmp_path / "hf-cache").rglob("README.md")).read_text()
     assert "## Base model" in card and str(folder.resolve()) in card and saved["base"]["sha256"] in card
+
+    # The official format holds no adapters: to_vle_pretrained writes the merged weights, which the official
+    # loader reads back into the same function.
+    adapted = VCRModel.from_pretrained(out / "model").eval()
+    assert main(["export", "--run", str(out), "--format", "vle", "--out", str(tmp_path / "official")]) == 0
+    assert "(the official VLE format)" in capsys.readouterr().out
+    official = from_vle_pretrained(tmp_path / "official", task="q2a").eval()
+    assert not official.resolved_config().adaptation
+    batch = tiny_batch(adapted, batch=2)
+    with torch.no_grad():
+        torch.testing.assert_close(official(**batch)["logits"], adapted(**batch)["logits"], rtol=0, atol=1e-5)
 
     # A base that no longer gives the frozen weights is refused, naming it.
     torch.manual_seed(1)

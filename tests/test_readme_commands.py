@@ -53,6 +53,8 @@ NOT_HERE = {
                                                       "LoRA on a named official-format base, saves adapters only",
     "vlekit export --run runs/lora --merge --out runs/lora-merged": "the LoRA run of the line before; "
                                                                    "tests/test_adaptations.py exports one with --merge",
+    "vlekit export --run runs/lora --format vle --out runs/lora-vle": "the LoRA run of the line before; "
+                                                                     "tests/test_adaptations.py exports one as VLE's",
     "vlekit bench --preset vle-base --adaptations full frozen-encoders lora dora ia3 bitfit":
         "minutes per method at VLE-base on a CPU; tests/test_adaptations.py checks the counts",
     "vlekit ablate --grid configs/grids/adaptation.yaml --out runs/adaptation": "18 training runs; notebooks/08_adaptation "

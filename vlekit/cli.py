@@ -27,7 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "diagnose": ("vlekit.diagnose.run", "does the model look? a VCR run under shortcut probes, with paired statistics"),
     "bench": ("vlekit.bench.run", "measure training / inference speed, memory, FLOPs and MFU"),
     "push": ("vlekit.runs.push", "upload a trained run to the Hugging Face Hub with a model card"),
-    "export": ("vlekit.runs.export", "a trained run as a plain run folder: every weight, adapters merged with --merge"),
+    "export": ("vlekit.runs.export", "a trained run as a plain run folder (every weight; --merge: adapters merged) or, --format vle, an official VLE folder"),
 }
 
 

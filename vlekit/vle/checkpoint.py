@@ -408,12 +408,20 @@ def vle_config_dict(model: VCRModel, *, task: str | None = None) -> dict[str, An
 
 
 def vle_state_dict(model: VCRModel, *, task: str | None = None) -> dict[str, torch.Tensor]:
-    """``model``'s weights under the official names: ``vle.``-prefixed plus the head for a task, bare without."""
+    """``model``'s weights under the official names: ``vle.``-prefixed plus the head for a task, bare without.
+    A model with adapters (``model.adaptation``: LoRA, DoRA, IA3) gives its merged weights, which the official
+    format holds (``vlekit.components.adaptations.merged_state_dict``)."""
     task = task_name(task)
     _check_exportable(model, task)
     prefix = BACKBONE_PREFIX if task is not None else ""
+    if model.resolved_config().adaptation:
+        from vlekit.components.adaptations import merged_state_dict  # PEFT: only for an adapted model
+
+        weights = merged_state_dict(model)
+    else:
+        weights = model.state_dict()
     state: dict[str, torch.Tensor] = {}
-    for key, tensor in model.state_dict().items():
+    for key, tensor in weights.items():
         if key.startswith("head."):
             if task is not None:
                 state[vlekit_to_official_key(key, task=task)] = tensor
