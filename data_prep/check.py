@@ -41,8 +41,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from data_prep.constants import (
-    COMPAT_MODES, GEOMETRY_MODES, MODEL_DIR, NUM_CHOICES, PIXEL_DTYPES, PREPROCESS_FILE, TASKS, TOKENIZER_DIR,
+    COMPAT_MODES, GEOMETRY_MODES, MODEL_DIR, NUM_CHOICES, PERSON_NAMINGS, PIXEL_DTYPES, PREPROCESS_FILE, TASKS,
+    TOKENIZER_DIR,
 )
+from data_prep.options import saved_run_options
 from data_prep.preflight import SplitCheck, check_split
 from data_prep.preprocess import PreprocessConfig, VCRPreprocessor
 from data_prep.vcr import VCRFormatError
@@ -89,7 +91,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 # Choices of the string options of PreprocessConfig (the dataclass validates every value).
-_CHOICES = {"compat": COMPAT_MODES, "geometry": GEOMETRY_MODES, "pixel_dtype": PIXEL_DTYPES}
+_CHOICES = {"compat": COMPAT_MODES, "geometry": GEOMETRY_MODES, "pixel_dtype": PIXEL_DTYPES, "person_names": PERSON_NAMINGS}
 
 
 def _config_flags() -> dict[str, dict[str, Any]]:
@@ -140,7 +142,7 @@ def _saved_run(run: Path) -> tuple[dict[str, Any], Path]:
     if "image_size" not in saved:
         raise ValueError(f"{path} was written before runs saved their image side: give --image-size and --patch-size "
                          f"(the model's vision encoder's) with --run")
-    return saved, model_dir / TOKENIZER_DIR
+    return saved_run_options(saved), model_dir / TOKENIZER_DIR
 
 
 def _tokenizer(name: str, annotations: Path) -> Any:

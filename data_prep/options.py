@@ -12,9 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
-from data_prep.constants import COMPAT_MODES, GEOMETRY_MODES, PIXEL_DTYPES, TASKS, VQA_TASK
+from data_prep.constants import COMPAT_MODES, GEOMETRY_MODES, PERSON_NAMINGS, PIXEL_DTYPES, TASKS, VQA_TASK
 
-__all__ = ["PREPROCESS_TASKS", "RUN_OPTIONS", "VQA_OPTIONS", "PreprocessOptions", "default_geometry"]
+__all__ = ["PREPROCESS_TASKS", "RUN_OPTIONS", "VQA_OPTIONS", "PreprocessOptions", "default_geometry", "saved_run_options"]
 
 PREPROCESS_TASKS: tuple[str, ...] = (*TASKS, VQA_TASK)
 # The options VQADataset takes (VQA has no choices to pad per batch and no official text pipeline).
@@ -55,6 +55,11 @@ class PreprocessOptions:
             the host-to-device copy); both give the same normalised pixels to float rounding
             (``data_prep.pixels``). Not with ``compat="vle"``, whose float arithmetic is the official
             processor's, bit for bit.
+        person_names: ``"by-object"`` (the k-th person among the record's objects gets the k-th name: a
+            choice reads the same whatever the other choices and their order) or ``"by-first-mention"``
+            (in order of first mention over the question and every choice: what runs saved before this
+            option were fed; :func:`saved_run_options`). See ``data_prep.text``. ``compat="vle"`` names
+            persons as the official pipeline does and ignores it.
     """
 
     # The tasks a subclass takes (PreprocessConfig: VCR's; vlekit's DataConfig: every registered task,
@@ -69,6 +74,7 @@ class PreprocessOptions:
     pad_to_multiple_of: int | None = 8
     jpeg_draft: bool = False
     pixel_dtype: str = "float32"
+    person_names: str = "by-object"
 
     @classmethod
     def known_tasks(cls) -> tuple[str, ...]:
@@ -91,6 +97,7 @@ class PreprocessOptions:
             object.__setattr__(self, "geometry", default_geometry(task=task, compat=self.compat))
         _choose(f"{name}geometry", self.geometry, GEOMETRY_MODES)
         _choose(f"{name}pixel_dtype", self.pixel_dtype, PIXEL_DTYPES)
+        _choose(f"{name}person_names", self.person_names, PERSON_NAMINGS)
         if task == VQA_TASK and self.compat != "none":
             raise ValueError(f"{name}compat={self.compat!r} is the official VCR pipeline's; a vqa run uses compat "
                              f"'none' (VLE's VQA processor is geometry 'center-crop', the vqa default)")
@@ -125,3 +132,14 @@ class PreprocessOptions:
 
 
 RUN_OPTIONS: tuple[str, ...] = tuple(f.name for f in fields(PreprocessOptions))
+
+# Options added after runs were saved without them, with the value that gives those runs' inputs.
+_UNSAVED_BEFORE = {"person_names": "by-first-mention"}
+
+
+def saved_run_options(saved: dict[str, Any]) -> dict[str, Any]:
+    """A VCR run's saved preprocessing (its ``data.json``) with what an older run did not record filled in
+    as that run was fed (``person_names``: ``by-first-mention``), so an old run is scored on its own inputs."""
+    if saved.get("task") == VQA_TASK:
+        return dict(saved)
+    return {**_UNSAVED_BEFORE, **saved}

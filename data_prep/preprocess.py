@@ -46,7 +46,7 @@ from data_prep.pixels import load_pixels
 from data_prep.text import (
     NameSpan,
     assemble_texts,
-    deterministic_person_names,
+    person_names,
     render_tokens,
     tokenize_rendered,
 )
@@ -255,7 +255,7 @@ class VCRPreprocessor:
         """Per record, per choice ``(input_ids, text_type_ids, object_ids, truncated)`` (default mode)."""
         rendered: list[tuple[str, list[NameSpan]]] = []
         for record, answer in zip(records, queries):
-            persons = deterministic_person_names(record)
+            persons = person_names(record, self.config.person_names)
             objects = record["objects"]
             texts = [record["question"]]
             if answer is not None:

@@ -1,10 +1,16 @@
 """Text of the default mode: person names, rendering, sub-token alignment, truncation, numbering.
 
 Owns how a VCR token list becomes token ids with exact object mentions (``render_tokens``,
-``tokenize_rendered``), the deterministic person names (``deterministic_person_names``: one mapping
-per record, by first mention), the truncation rule (``longest_first_lengths``) and the assembly of one
-example's sequences and type ids (``assemble_texts``). The official VLE text pipeline lives in
-``data_prep.vle_text`` (``compat="vle"``).
+``tokenize_rendered``), the deterministic person names (``person_names``: one mapping per record), the
+truncation rule (``longest_first_lengths``) and the assembly of one example's sequences and type ids
+(``assemble_texts``). The official VLE text pipeline lives in ``data_prep.vle_text`` (``compat="vle"``).
+
+Person names (the ``person_names`` option): ``by-object`` (the default) gives the k-th person among the
+record's objects the k-th of VCR's names, so a name depends on the image's detections alone: a choice
+reads the same whatever the other choices and their order, and a person has one name in every choice.
+``by-first-mention`` (runs saved before the option) names persons in order of first mention over the
+question, the answers and the rationales, so a choice's names depend on the other choices and their
+order (a choice that did not move can read differently when others are reordered).
 
 Layouts: ``q2a`` ``[CLS] question [SEP] answer_i [SEP]``; ``qa2r`` ``[CLS] question [SEP] answer
 [SEP] rationale_i [SEP]``. Truncation removes tokens one at a time from the end of the longest part
@@ -18,12 +24,15 @@ import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
-from data_prep.constants import PERSON_NAMES
+from data_prep.constants import PERSON_NAMES, PERSON_NAMINGS
 
 __all__ = [
     "NameSpan",
     "Tokenized",
-    "deterministic_person_names",
+    "PERSON_NAMINGS",
+    "first_mention_person_names",
+    "object_person_names",
+    "person_names",
     "render_tokens",
     "tokenize_rendered",
     "longest_first_lengths",
@@ -42,8 +51,24 @@ class Tokenized(NamedTuple):
     mentions: list[tuple[int, int, int]]
 
 
-def deterministic_person_names(record: Mapping[str, Any]) -> dict[int, str]:
-    """Person object index -> name, in order of first mention (question, answers, rationales)."""
+def person_names(record: Mapping[str, Any], naming: str = "by-object") -> dict[int, str]:
+    """Person object index -> name under ``naming`` (one of ``PERSON_NAMINGS``; see the module docstring)."""
+    if naming == "by-object":
+        return object_person_names(record["objects"])
+    if naming == "by-first-mention":
+        return first_mention_person_names(record)
+    raise ValueError(f"person_names={naming!r} is not supported; choose one of {', '.join(map(repr, PERSON_NAMINGS))}")
+
+
+def object_person_names(objects: Sequence[str]) -> dict[int, str]:
+    """``by-object``: the k-th person among ``objects`` (by index) gets ``PERSON_NAMES[k]`` (cycling)."""
+    persons = [index for index, name in enumerate(objects) if name == "person"]
+    return {index: PERSON_NAMES[k % len(PERSON_NAMES)] for k, index in enumerate(persons)}
+
+
+def first_mention_person_names(record: Mapping[str, Any]) -> dict[int, str]:
+    """``by-first-mention``: person object index -> name, in order of first mention over the question, the
+    answers and the rationales (persons never mentioned get none)."""
     objects = record["objects"]
     names: dict[int, str] = {}
     for tokens in (record["question"], *record["answer_choices"], *record["rationale_choices"]):

@@ -16,7 +16,7 @@ import torch
 import vlekit
 from data_prep.constants import NUM_CHOICES, PERSON_NAMES
 from data_prep.synthetic import generate_synthetic_vcr
-from data_prep.text import deterministic_person_names, render_tokens
+from data_prep.text import person_names, render_tokens
 from data_prep.tokenizer import build_word_tokenizer
 from data_prep.vcr import read_vcr
 from vlekit.cli import main as cli_main
@@ -200,13 +200,13 @@ def test_choice_permutation_tells_a_content_reader_from_a_position_picker(data):
 
 # -- name-swap -----------------------------------------------------------------------------------------------
 def test_name_swap_renames_each_person_consistently_and_nothing_else(data):
-    record = next(r for r in read_vcr(data.val) if len(deterministic_person_names(r)) >= 2)
-    names = deterministic_person_names(record)
+    record = next(r for r in read_vcr(data.val) if len(person_names(r)) >= 2)
+    names = person_names(record)
     swapped = P.swap_person_names(record, 4)
     for tokens, new_tokens in zip([record["question"], *record["answer_choices"], *record["rationale_choices"]],
                                   [swapped["question"], *swapped["answer_choices"], *swapped["rationale_choices"]]):
         old_text, old_spans = render_tokens(tokens, record["objects"], names)
-        new_text, new_spans = render_tokens(new_tokens, swapped["objects"], deterministic_person_names(swapped))
+        new_text, new_spans = render_tokens(new_tokens, swapped["objects"], person_names(swapped))
         assert [s[3] for s in old_spans] == [s[3] for s in new_spans]  # the same objects mentioned, in order
         expected = old_text
         for index, name in names.items():  # every person's name moved 4 places along VCR's list

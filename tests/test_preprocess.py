@@ -35,7 +35,7 @@ from data_prep.dataset import VCRDataset
 from data_prep.bench import benchmark_text_prep
 from data_prep.geometry import box_cells, cell_patches, image_transform
 from data_prep.preprocess import VCRPreprocessor
-from data_prep.text import deterministic_person_names, longest_first_lengths, render_tokens
+from data_prep.text import longest_first_lengths, person_names, render_tokens
 from data_prep.vcr import read_vcr
 
 GOLDEN = Path(__file__).parent / "golden" / "preprocess_golden.json"
@@ -101,7 +101,9 @@ def tokenizers(records: list[dict[str, Any]], tmp_path_factory: pytest.TempPathF
 
 
 def _person_map(record: dict[str, Any]) -> dict[int, str]:
-    return deterministic_person_names(record)
+    """The default (``by-object``) names, written out here: the k-th person among the objects, the k-th name."""
+    persons = [i for i, name in enumerate(record["objects"]) if name == "person"]
+    return {obj: PERSON_NAMES[k % len(PERSON_NAMES)] for k, obj in enumerate(persons)}
 
 
 def stand_in_metadata(record: dict[str, Any]) -> dict[str, Any]:
@@ -119,8 +121,8 @@ def prepare_all(preprocessor: VCRPreprocessor, records: list[dict[str, Any]], **
     return preprocessor.prepare_many(records, metadata=[stand_in_metadata(r) for r in records], **kwargs)
 
 
-def expected_name(record: dict[str, Any], obj: int, lowercase: bool) -> str:
-    name = _person_map(record)[obj] if record["objects"][obj] == "person" else record["objects"][obj]
+def expected_name(record: dict[str, Any], names: dict[int, str], obj: int, lowercase: bool) -> str:
+    name = names[obj] if record["objects"][obj] == "person" else record["objects"][obj]
     return name.lower() if lowercase else name
 
 
@@ -155,7 +157,7 @@ def check_example(example: dict[str, Any], record: dict[str, Any], tokenizer: An
         if names:  # each run spells its object's name (several names only if the same object repeats)
             for tag, start, end in runs:
                 text = tokenizer.convert_tokens_to_string(tokenizer.convert_ids_to_tokens(ids[start:end])).strip()
-                name = expected_name(record, objects[tag - 2], lowercase)
+                name = expected_name(record, _person_map(record), objects[tag - 2], lowercase)
                 assert text.replace(" ", "") in {name * n for n in range(1, 4)}, (text, name)
         for patch_list in patches:
             assert patch_list == sorted(set(patch_list)) and all(0 <= p < 196 for p in patch_list)
@@ -235,12 +237,48 @@ def test_qa2r_layout(records: list[dict[str, Any]], tokenizers: dict[str, Any]) 
 # --- names, tags and truncation -----------------------------------------------------------------
 
 
-def test_deterministic_names_follow_first_mention(records: list[dict[str, Any]]) -> None:
+def test_names_follow_the_objects_or_for_older_runs_the_first_mention(records: list[dict[str, Any]]) -> None:
     record = records[0]  # persons 0, 1, 2: question [0], answer 3 [1], rationale 1 [2]
-    assert _person_map(record) == {0: "Casey", 1: "Riley", 2: "Jessie"}
-    many = {"objects": ["person"] * 20, "question": [[i] for i in range(17, -1, -1)], "answer_choices": [["a"]] * 4, "rationale_choices": [["r"]] * 4}
-    mapping = _person_map(many)
-    assert [mapping[i] for i in range(17, -1, -1)] == [PERSON_NAMES[i % 15] for i in range(18)]  # cycles past 15
+    assert person_names(record) == _person_map(record) == {0: "Casey", 1: "Riley", 2: "Jessie"}
+    many = {"objects": ["dog", *["person"] * 19], "question": [[i] for i in range(18, 0, -1)], "answer_choices": [["a"]] * 4,
+            "rationale_choices": [["r"]] * 4}
+    by_object, by_first_mention = person_names(many), person_names(many, "by-first-mention")
+    assert [by_object[i] for i in range(1, 20)] == [PERSON_NAMES[i % 15] for i in range(19)]  # cycles past 15
+    assert [by_first_mention[i] for i in range(18, 0, -1)] == [PERSON_NAMES[i % 15] for i in range(18)]
+    assert 19 not in by_first_mention  # never mentioned
+    with pytest.raises(ValueError, match=r"person_names='by-name' is not supported; choose one of 'by-object', 'by-first-mention'"):
+        person_names(many, "by-name")
+
+
+PER_CHOICE_KEYS = ("input_ids", "text_type_ids", "object_ids", "object_patches", "truncated")
+
+
+def reordered(record: dict[str, Any], task: str, order: list[int]) -> dict[str, Any]:
+    """``record`` with the task's choices in ``order`` (choice i of the result is choice order[i]), label moved."""
+    key, label = ("answer_choices", "answer_label") if task == "q2a" else ("rationale_choices", "rationale_label")
+    return {**record, key: [record[key][i] for i in order], label: order.index(record[label])}
+
+
+@pytest.mark.parametrize("task", ["q2a", "qa2r"])
+def test_a_choice_reads_the_same_whatever_the_order_of_the_choices(task: str, records: list[dict[str, Any]],
+                                                                   tokenizers: dict[str, Any]) -> None:
+    """Reordering the choices reorders the examples' choices and nothing else (per-choice names, the
+    default, by-object names); naming persons by first mention over the record (what older runs saved) renames
+    a person in a choice that did not move in some real records, which is why it is no longer the default."""
+    tokenizer = tokenizers["bert-fast"]
+    orders = [[3, 2, 1, 0], [1, 2, 3, 0], [2, 0, 3, 1]]
+    changed = {}
+    for naming in ("by-object", "by-first-mention"):
+        preprocessor = VCRPreprocessor.build(tokenizer, task=task, person_names=naming)
+        original = prepare_all(preprocessor, records)
+        changed[naming] = set()
+        for order in orders:
+            for example, moved in zip(original, prepare_all(preprocessor, [reordered(r, task, order) for r in records])):
+                assert moved["label"] == order.index(example["label"])
+                if any(moved[key] != [example[key][i] for i in order] for key in PER_CHOICE_KEYS):
+                    changed[naming].add(example["annot_id"])
+    assert changed["by-object"] == set()
+    assert len(changed["by-first-mention"]) >= 3, changed["by-first-mention"]  # of 130 real records: 4 (QA->R) to 12 (Q->A)
 
 
 def test_names_identical_across_calls_in_the_default_mode(records: list[dict[str, Any]], tokenizers: dict[str, Any]) -> None:

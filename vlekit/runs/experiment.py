@@ -31,7 +31,7 @@ class DataConfig(PreprocessOptions):
     """Where the data is and how it becomes model inputs.
 
     The preprocessing options (``task``, ``compat``, ``geometry``, ``max_length``,
-    ``pad_to_multiple_of``, ``jpeg_draft``, ``pixel_dtype``) are ``data_prep.options.PreprocessOptions``',
+    ``pad_to_multiple_of``, ``jpeg_draft``, ``pixel_dtype``, ``person_names``) are ``data_prep.options.PreprocessOptions``',
     inherited, so the YAML keys stay flat: one default and one validation each, and an unset
     ``geometry`` is resolved on construction (the run's ``config.yaml`` holds the geometry that was used:
     ``squash``, ``vle-compat`` under ``compat: vle``, ``center-crop`` for ``vqa``). The image side (image

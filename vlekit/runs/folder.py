@@ -32,6 +32,7 @@ import numpy as np
 import yaml
 
 from data_prep.constants import MODEL_DIR, PREPROCESS_FILE, TOKENIZER_DIR, VQA_TASK
+from data_prep.options import saved_run_options
 from data_prep.preprocess import MODEL_OPTIONS, PreprocessConfig, VCRPreprocessor
 from data_prep.vqa import MAX_QUESTION_LENGTH, VQADataset, VQAExample
 from data_prep.vqa_answers import AnswerVocabulary
@@ -142,7 +143,7 @@ def make_preprocessor(tokenizer, model: VCRModel, *, images_root: str | Path | N
     """The VCR data pipeline for ``model``: the model supplies image size, patch grid and pixel mean/std.
 
     ``options``: the run's preprocessing options (``data_prep.options.PreprocessOptions``: task, compat,
-    geometry, max_length, pad_to_multiple_of, jpeg_draft, pixel_dtype), as ``DataConfig.preprocess_options()`` gives.
+    geometry, max_length, pad_to_multiple_of, jpeg_draft, pixel_dtype, person_names), as ``DataConfig.preprocess_options()`` gives.
     """
     owned = sorted(set(options) & set(MODEL_OPTIONS))
     if owned:
@@ -219,7 +220,7 @@ def load_trained(folder: str | Path) -> TrainedModel:
     check_model_folder(folder)
     model = VCRModel.from_pretrained(folder)
     tokenizer = AutoTokenizer.from_pretrained(folder / TOKENIZER_DIR)
-    data = _run_options(read_json_file(folder / PREPROCESS_FILE), model, where=folder / PREPROCESS_FILE)
+    data = _run_options(saved_run_options(read_json_file(folder / PREPROCESS_FILE)), model, where=folder / PREPROCESS_FILE)
     mixed_precision = None
     if (folder / EXPERIMENT_FILE).is_file():
         mixed_precision = (read_yaml_file(folder / EXPERIMENT_FILE).get("train") or {}).get("mixed_precision")
