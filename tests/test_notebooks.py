@@ -42,6 +42,9 @@ def test_the_notebooks_are_there():
 def test_committed_notebook_has_no_outputs_and_a_parameters_cell(path):
     notebook = read(path)
     nbformat.validate(notebook)
+    # nbformat 4.5 cell ids (nbformat fills a missing one in memory, with a warning, and will refuse it).
+    unnamed = [i for i, cell in enumerate(json.loads(path.read_text())["cells"]) if "id" not in cell]
+    assert not unnamed, f"{path.name}: cells {unnamed} have no id; save the notebook with nbformat.normalize()"
     dirty = [i for i, cell in enumerate(notebook.cells)
              if cell.cell_type == "code" and (cell.outputs or cell.execution_count is not None)]
     assert not dirty, f"{path.name}: cells {dirty} have outputs or execution counts; clear them before committing"
