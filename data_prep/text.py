@@ -29,7 +29,6 @@ from data_prep.constants import PERSON_NAMES, PERSON_NAMINGS
 __all__ = [
     "NameSpan",
     "Tokenized",
-    "PERSON_NAMINGS",
     "first_mention_person_names",
     "object_person_names",
     "person_names",

@@ -127,6 +127,31 @@ def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(ten, tmp_path, 
         torch.testing.assert_close(resumed[key], straight[key], rtol=0, atol=1e-6, msg=key)
 
 
+def test_a_run_saved_before_an_option_existed_resumes_as_it_started(ten, tmp_path, monkeypatch, capsys):
+    """A checkpoint whose config.yaml has no data.person_names (written before the option, when persons were
+    named by first mention) resumes with that naming, says so, and saves it with the model."""
+    import yaml
+
+    from vlekit.runs.manifest import write_manifest
+
+    overrides = [*tiny_overrides(ten, tmp_path / "run", epochs=1, batch_size=2), SMALL_IMAGES]
+    with monkeypatch.context() as patch:
+        patch.setattr("vlekit.training.train.StopRequested", StopAfter)
+        assert train(load_experiment(None, overrides), progress=False).interrupted
+    checkpoint = latest_checkpoint(tmp_path / "run")
+    saved = yaml.safe_load((checkpoint / "config.yaml").read_text())
+    assert saved["data"].pop("person_names") == "by-object"  # as an older vlekit wrote it: no such option
+    (checkpoint / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    write_manifest(checkpoint)
+    capsys.readouterr()
+
+    resumed = train(load_experiment(None, overrides), resume="latest", progress=False)
+    assert f"{checkpoint} was saved before these options existed: going on as the run started, " \
+           f"data.person_names=by-first-mention" in capsys.readouterr().out
+    assert json.loads((resumed.model_dir / "data.json").read_text())["person_names"] == "by-first-mention"
+    assert load_experiment(tmp_path / "run" / "config.yaml").data.person_names == "by-first-mention"
+
+
 def _cli(*args: str, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-m", "vlekit.cli", *args], env=env, stdout=subprocess.PIPE,

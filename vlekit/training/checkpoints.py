@@ -20,9 +20,10 @@ from pathlib import Path
 
 from accelerate import Accelerator
 
+from data_prep.options import RUN_OPTIONS, saved_run_options
 from vlekit.runs.experiment import ExperimentConfig
 from vlekit.runs.manifest import MANIFEST_FILE, folder_problem, write_manifest
-from vlekit.runs.folder import CHECKPOINTS_DIR, EXPERIMENT_FILE, checkpoint_dirs
+from vlekit.runs.folder import CHECKPOINTS_DIR, EXPERIMENT_FILE, checkpoint_dirs, read_yaml_file
 
 STATE_FILE = "trainer_state.json"
 # Test hook: with VLEKIT_TEST_STALL_IN_CHECKPOINT=N the save of step N stops for ten minutes after
@@ -139,3 +140,19 @@ def resume_checkpoint(resume: str | None, out: Path, *, report: Callable[[str], 
     if folder is None:
         report(f"--resume: no complete checkpoint in {out / CHECKPOINTS_DIR}; starting from step 0")
     return folder
+
+
+def options_as_started(config: ExperimentConfig, checkpoint: Path, *, report: Callable[[str], None] = print
+                       ) -> ExperimentConfig:
+    """``config`` with the preprocessing options the ``checkpoint``'s run did not record (it was saved before
+    they existed) set as that run was fed (``data_prep.options.saved_run_options``): a resumed run goes on
+    with the inputs it started with, not with a newer default."""
+    saved = (read_yaml_file(checkpoint / EXPERIMENT_FILE) or {}).get("data") or {}
+    filled = saved_run_options({**saved, "task": config.data.pipeline_task()})
+    changes = {name: filled[name] for name in sorted(filled.keys() - saved.keys())
+               if name in RUN_OPTIONS and getattr(config.data, name) != filled[name]}
+    if not changes:
+        return config
+    shown = ", ".join(f"data.{name}={value}" for name, value in changes.items())
+    report(f"{checkpoint} was saved before these options existed: going on as the run started, {shown}")
+    return dataclasses.replace(config, data=dataclasses.replace(config.data, **changes))

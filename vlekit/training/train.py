@@ -44,7 +44,8 @@ from tqdm.auto import tqdm
 
 from vlekit.components.adaptations import parameter_counts
 from vlekit.training.checkpoints import (
-    STATE_FILE, CheckpointSpaceError, TrainerState, replace_folder, resume_checkpoint, save_checkpoint, write_manifest,
+    STATE_FILE, CheckpointSpaceError, TrainerState, options_as_started, replace_folder, resume_checkpoint, save_checkpoint,
+    write_manifest,
 )
 from vlekit.evaluation.evaluate import accuracy_on
 from vlekit.evaluation.tasks import task_for
@@ -226,6 +227,9 @@ def _train(config: ExperimentConfig, accelerator: Accelerator, *, micro: int, tr
     task = task_for(data_cfg.task)
     run_data = task.read(config)
     checkpoint = resume_checkpoint(resume, out, report=accelerator.print)
+    if checkpoint is not None:
+        config = options_as_started(config, checkpoint, report=accelerator.print)
+        data_cfg = config.data
     set_seed(train_cfg.seed)
 
     tokenizer = load_or_build_tokenizer(config, out, accelerator, run_data.text)
