@@ -19,9 +19,9 @@ VQA_TASK = "vqa"  # VQA v2 (data_prep.vqa): one question, a vocabulary of answer
 # Pixels handed to the model: normalised float32, or 8-bit RGB the model normalises on its device.
 PIXEL_DTYPES: tuple[str, ...] = ("float32", "uint8")
 
-# How the default mode names persons (data_prep.text): by their place among the record's objects (a choice
-# reads the same whatever the other choices), or by first mention over the record (runs saved before the option).
-PERSON_NAMINGS: tuple[str, ...] = ("by-object", "by-first-mention")
+# How the default mode names persons (data_prep.text): the query's persons first, then the rest in object order
+# (the default); all in object order; or by first mention over the record (runs saved before the option).
+PERSON_NAMINGS: tuple[str, ...] = ("by-query", "by-object", "by-first-mention")
 
 # Preprocessing modes: vlekit's own ("none") or the official VLE VCR pipeline reproduced ("vle").
 COMPAT_MODES: tuple[str, ...] = ("none", "vle")

@@ -55,11 +55,11 @@ class PreprocessOptions:
             the host-to-device copy); both give the same normalised pixels to float rounding
             (``data_prep.pixels``). Not with ``compat="vle"``, whose float arithmetic is the official
             processor's, bit for bit.
-        person_names: ``"by-object"`` (the k-th person among the record's objects gets the k-th name: a
-            choice reads the same whatever the other choices and their order) or ``"by-first-mention"``
-            (in order of first mention over the question and every choice: what runs saved before this
-            option were fed; :func:`saved_run_options`). See ``data_prep.text``. ``compat="vle"`` names
-            persons as the official pipeline does and ignores it.
+        person_names: ``"by-query"`` (the query's persons by first mention, then the others in object
+            order: a choice reads the same whatever the other choices and their order), ``"by-object"``
+            (all in object order) or ``"by-first-mention"`` (over the question and every choice: what runs
+            saved before this option were fed; :func:`saved_run_options`). See ``data_prep.text``.
+            ``compat="vle"`` names persons as the official pipeline does and ignores it.
     """
 
     # The tasks a subclass takes (PreprocessConfig: VCR's; vlekit's DataConfig: every registered task,
@@ -74,7 +74,7 @@ class PreprocessOptions:
     pad_to_multiple_of: int | None = 8
     jpeg_draft: bool = False
     pixel_dtype: str = "float32"
-    person_names: str = "by-object"
+    person_names: str = "by-query"
 
     @classmethod
     def known_tasks(cls) -> tuple[str, ...]:

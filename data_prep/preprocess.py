@@ -255,7 +255,7 @@ class VCRPreprocessor:
         """Per record, per choice ``(input_ids, text_type_ids, object_ids, truncated)`` (default mode)."""
         rendered: list[tuple[str, list[NameSpan]]] = []
         for record, answer in zip(records, queries):
-            persons = person_names(record, self.config.person_names)
+            persons = person_names(record, self.config.person_names, answer=answer)
             objects = record["objects"]
             texts = [record["question"]]
             if answer is not None:

@@ -5,12 +5,15 @@ Owns how a VCR token list becomes token ids with exact object mentions (``render
 truncation rule (``longest_first_lengths``) and the assembly of one example's sequences and type ids
 (``assemble_texts``). The official VLE text pipeline lives in ``data_prep.vle_text`` (``compat="vle"``).
 
-Person names (the ``person_names`` option): ``by-object`` (the default) gives the k-th person among the
-record's objects the k-th of VCR's names, so a name depends on the image's detections alone: a choice
-reads the same whatever the other choices and their order, and a person has one name in every choice.
-``by-first-mention`` (runs saved before the option) names persons in order of first mention over the
-question, the answers and the rationales, so a choice's names depend on the other choices and their
-order (a choice that did not move can read differently when others are reordered).
+Person names (the ``person_names`` option), one mapping per example:
+
+* ``by-query`` (the default): the persons of the query (the question; and the answer for QA->R) in order
+  of first mention, then every other person of the record in object order. The question's first person is
+  always the first name, and no choice's names depend on the other choices or their order.
+* ``by-object``: the k-th person among the record's objects gets the k-th name (r2c-like), whatever the texts.
+* ``by-first-mention`` (runs saved before the option): in order of first mention over the question, the
+  answers and the rationales, so a choice's names depend on the other choices and their order (a choice
+  that did not move can read differently when others are reordered).
 
 Layouts: ``q2a`` ``[CLS] question [SEP] answer_i [SEP]``; ``qa2r`` ``[CLS] question [SEP] answer
 [SEP] rationale_i [SEP]``. Truncation removes tokens one at a time from the end of the longest part
@@ -29,7 +32,7 @@ from data_prep.constants import PERSON_NAMES, PERSON_NAMINGS
 __all__ = [
     "NameSpan",
     "Tokenized",
-    "first_mention_person_names",
+    "first_mention_names",
     "object_person_names",
     "person_names",
     "render_tokens",
@@ -50,33 +53,40 @@ class Tokenized(NamedTuple):
     mentions: list[tuple[int, int, int]]
 
 
-def person_names(record: Mapping[str, Any], naming: str = "by-object") -> dict[int, str]:
-    """Person object index -> name under ``naming`` (one of ``PERSON_NAMINGS``; see the module docstring)."""
+def person_names(record: Mapping[str, Any], naming: str = "by-query", *, answer: int | None = None) -> dict[int, str]:
+    """Person object index -> name under ``naming`` (one of ``PERSON_NAMINGS``; see the module docstring).
+    ``answer``: the answer in a QA->R query (None: Q->A), which ``by-query`` names with the question."""
+    if naming == "by-query":
+        query = [record["question"], *([] if answer is None else [record["answer_choices"][answer]])]
+        return object_person_names(record["objects"], first_mention_names(query, record["objects"]))
     if naming == "by-object":
         return object_person_names(record["objects"])
     if naming == "by-first-mention":
-        return first_mention_person_names(record)
+        return first_mention_names((record["question"], *record["answer_choices"], *record["rationale_choices"]),
+                                   record["objects"])
     raise ValueError(f"person_names={naming!r} is not supported; choose one of {', '.join(map(repr, PERSON_NAMINGS))}")
 
 
-def object_person_names(objects: Sequence[str]) -> dict[int, str]:
-    """``by-object``: the k-th person among ``objects`` (by index) gets ``PERSON_NAMES[k]`` (cycling)."""
-    persons = [index for index, name in enumerate(objects) if name == "person"]
-    return {index: PERSON_NAMES[k % len(PERSON_NAMES)] for k, index in enumerate(persons)}
-
-
-def first_mention_person_names(record: Mapping[str, Any]) -> dict[int, str]:
-    """``by-first-mention``: person object index -> name, in order of first mention over the question, the
-    answers and the rationales (persons never mentioned get none)."""
-    objects = record["objects"]
+def first_mention_names(texts: Sequence[Sequence[str | Sequence[int]]], objects: Sequence[str]) -> dict[int, str]:
+    """The persons mentioned in ``texts`` -> ``PERSON_NAMES`` in order of first mention (cycling)."""
     names: dict[int, str] = {}
-    for tokens in (record["question"], *record["answer_choices"], *record["rationale_choices"]):
+    for tokens in texts:
         for token in tokens:
             if isinstance(token, str):
                 continue
             for index in token:
                 if index not in names and objects[index] == "person":
                     names[index] = PERSON_NAMES[len(names) % len(PERSON_NAMES)]
+    return names
+
+
+def object_person_names(objects: Sequence[str], names: Mapping[int, str] | None = None) -> dict[int, str]:
+    """``names`` continued over every other person of ``objects``, in object order: the k-th name goes to the
+    k-th person named (``by-object`` alone: the k-th person among ``objects``)."""
+    names = dict(names or {})
+    for index, name in enumerate(objects):
+        if name == "person" and index not in names:
+            names[index] = PERSON_NAMES[len(names) % len(PERSON_NAMES)]
     return names
 
 

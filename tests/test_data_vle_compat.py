@@ -299,4 +299,4 @@ def test_mode_table_and_sentencepiece_builder(real_records: list[dict[str, Any]]
     rows = mode_types_table(rec, tokenizer, metadata=metadata_for(rec))
     # Gold answer: objects 1 and 8 (persons); first mention 1, 8; the set gives 8 (slot 0) before 1 (slot 1).
     assert [(r["object"], r["type (default)"], r["type (compat=vle)"]) for r in rows] == [(1, 2, 3), (8, 3, 2)]
-    assert [r["name (default)"] for r in rows] == ["Riley", "Jody"]  # by object: the record's 2nd and 9th persons
+    assert [r["name (default)"] for r in rows] == ["Casey", "Riley"]  # by query: the question's persons first

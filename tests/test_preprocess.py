@@ -76,15 +76,15 @@ def tokenizers(records: list[dict[str, Any]], tmp_path_factory: pytest.TempPathF
     vocab = wordpiece_vocab(records)
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
 
-    names = {}
-    sentences = [render_tokens(t, r["objects"], names.setdefault(r["annot_id"], _person_map(r)))[0]
-                 for r in records for t in (r["question"], *r["answer_choices"], *r["rationale_choices"])]
+    # Every text under every query's names (Q->A, and QA->R with each answer in the query).
+    sentences = [render_tokens(t, r["objects"], _person_map(r, answer))[0] for r in records for answer in (None, 0, 1, 2, 3)
+                 for t in (r["question"], *r["answer_choices"], *r["rationale_choices"])]
     spm_dir = folder / "deberta"
     spm_dir.mkdir()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(sentences), model_prefix=str(spm_dir / "spm"), vocab_size=800, model_type="unigram",
         pad_id=0, bos_id=1, eos_id=2, unk_id=3, pad_piece="[PAD]", bos_piece="[CLS]", eos_piece="[SEP]",
-        unk_piece="[UNK]", user_defined_symbols=["[MASK]"], num_threads=1, minloglevel=2,
+        unk_piece="[UNK]", user_defined_symbols=["[MASK]"], character_coverage=1.0, num_threads=1, minloglevel=2,
     )
     sp_fast = DebertaV2Tokenizer.from_pretrained(str(spm_dir))  # converted from spm.model
     sp_fast.save_pretrained(str(folder / "deberta-saved"))
@@ -100,9 +100,12 @@ def tokenizers(records: list[dict[str, Any]], tmp_path_factory: pytest.TempPathF
     }
 
 
-def _person_map(record: dict[str, Any]) -> dict[int, str]:
-    """The default (``by-object``) names, written out here: the k-th person among the objects, the k-th name."""
-    persons = [i for i, name in enumerate(record["objects"]) if name == "person"]
+def _person_map(record: dict[str, Any], answer: int | None = None) -> dict[int, str]:
+    """The default (``by-query``) names, written out here: the persons of the query (question; and the answer
+    ``answer`` for QA->R) in order of first mention, then the record's other persons in object order."""
+    query = [record["question"], *([] if answer is None else [record["answer_choices"][answer]])]
+    mentioned = [i for tokens in query for t in tokens if not isinstance(t, str) for i in t]
+    persons = [i for i in dict.fromkeys([*mentioned, *range(len(record["objects"]))]) if record["objects"][i] == "person"]
     return {obj: PERSON_NAMES[k % len(PERSON_NAMES)] for k, obj in enumerate(persons)}
 
 
@@ -157,7 +160,7 @@ def check_example(example: dict[str, Any], record: dict[str, Any], tokenizer: An
         if names:  # each run spells its object's name (several names only if the same object repeats)
             for tag, start, end in runs:
                 text = tokenizer.convert_tokens_to_string(tokenizer.convert_ids_to_tokens(ids[start:end])).strip()
-                name = expected_name(record, _person_map(record), objects[tag - 2], lowercase)
+                name = expected_name(record, _person_map(record, example["answer_index"]), objects[tag - 2], lowercase)
                 assert text.replace(" ", "") in {name * n for n in range(1, 4)}, (text, name)
         for patch_list in patches:
             assert patch_list == sorted(set(patch_list)) and all(0 <= p < 196 for p in patch_list)
@@ -222,7 +225,7 @@ def test_qa2r_layout(records: list[dict[str, Any]], tokenizers: dict[str, Any]) 
     tokenizer = tokenizers["bert-fast"]
     record = records[0]
     example = VCRPreprocessor.build(tokenizer, task="qa2r").prepare_text(record, answer_index=1, metadata=stand_in_metadata(record))
-    names = _person_map(record)
+    names = _person_map(record, 1)
 
     def ids(tokens: list[Any]) -> list[int]:
         return tokenizer(render_tokens(tokens, record["objects"], names)[0], add_special_tokens=False)["input_ids"]
@@ -237,16 +240,21 @@ def test_qa2r_layout(records: list[dict[str, Any]], tokenizers: dict[str, Any]) 
 # --- names, tags and truncation -----------------------------------------------------------------
 
 
-def test_names_follow_the_objects_or_for_older_runs_the_first_mention(records: list[dict[str, Any]]) -> None:
+def test_names_follow_the_query_then_the_objects_or_for_older_runs_the_first_mention(records: list[dict[str, Any]]) -> None:
     record = records[0]  # persons 0, 1, 2: question [0], answer 3 [1], rationale 1 [2]
     assert person_names(record) == _person_map(record) == {0: "Casey", 1: "Riley", 2: "Jessie"}
-    many = {"objects": ["dog", *["person"] * 19], "question": [[i] for i in range(18, 0, -1)], "answer_choices": [["a"]] * 4,
-            "rationale_choices": [["r"]] * 4}
-    by_object, by_first_mention = person_names(many), person_names(many, "by-first-mention")
-    assert [by_object[i] for i in range(1, 20)] == [PERSON_NAMES[i % 15] for i in range(19)]  # cycles past 15
-    assert [by_first_mention[i] for i in range(18, 0, -1)] == [PERSON_NAMES[i % 15] for i in range(18)]
-    assert 19 not in by_first_mention  # never mentioned
-    with pytest.raises(ValueError, match=r"person_names='by-name' is not supported; choose one of 'by-object', 'by-first-mention'"):
+    many = {"objects": ["dog", *["person"] * 19], "question": ["Is", [12], "with", [5], "?"],
+            "answer_choices": [[[19 - i], "."] for i in range(4)], "rationale_choices": [[[17 - i], "."] for i in range(4)]}
+    by_query, by_object, by_first_mention = (person_names(many, naming) for naming in ("by-query", "by-object", "by-first-mention"))
+    rest = [i for i in range(1, 20) if i not in (12, 5)]
+    assert [by_query[i] for i in (12, 5, *rest)] == [PERSON_NAMES[k % 15] for k in range(19)]  # cycles past 15
+    answered = person_names(many, answer=2)  # QA->R: the answer is in the query
+    assert [answered[i] for i in (12, 5, 17)] == ["Casey", "Riley", "Jessie"] and answered[1] == "Jackie"
+    assert [by_object[i] for i in range(1, 20)] == [PERSON_NAMES[k % 15] for k in range(19)]
+    assert [by_first_mention[i] for i in (12, 5, 19, 18, 17, 16, 15, 14)] == list(PERSON_NAMES[:8])
+    assert 1 not in by_first_mention  # never mentioned
+    with pytest.raises(ValueError, match=r"person_names='by-name' is not supported; choose one of 'by-query', 'by-object', "
+                                         r"'by-first-mention'"):
         person_names(many, "by-name")
 
 
@@ -262,13 +270,13 @@ def reordered(record: dict[str, Any], task: str, order: list[int]) -> dict[str, 
 @pytest.mark.parametrize("task", ["q2a", "qa2r"])
 def test_a_choice_reads_the_same_whatever_the_order_of_the_choices(task: str, records: list[dict[str, Any]],
                                                                    tokenizers: dict[str, Any]) -> None:
-    """Reordering the choices reorders the examples' choices and nothing else (per-choice names, the
-    default, by-object names); naming persons by first mention over the record (what older runs saved) renames
-    a person in a choice that did not move in some real records, which is why it is no longer the default."""
+    """Reordering the choices reorders the examples' choices and nothing else (by-query names, the default, and
+    by-object names); naming persons by first mention over the record (what older runs saved) renames a person
+    in a choice that did not move in some real records, which is why it is no longer the default."""
     tokenizer = tokenizers["bert-fast"]
     orders = [[3, 2, 1, 0], [1, 2, 3, 0], [2, 0, 3, 1]]
     changed = {}
-    for naming in ("by-object", "by-first-mention"):
+    for naming in ("by-query", "by-object", "by-first-mention"):
         preprocessor = VCRPreprocessor.build(tokenizer, task=task, person_names=naming)
         original = prepare_all(preprocessor, records)
         changed[naming] = set()
@@ -277,7 +285,7 @@ def test_a_choice_reads_the_same_whatever_the_order_of_the_choices(task: str, re
                 assert moved["label"] == order.index(example["label"])
                 if any(moved[key] != [example[key][i] for i in order] for key in PER_CHOICE_KEYS):
                     changed[naming].add(example["annot_id"])
-    assert changed["by-object"] == set()
+    assert changed["by-query"] == changed["by-object"] == set()
     assert len(changed["by-first-mention"]) >= 3, changed["by-first-mention"]  # of 130 real records: 4 (QA->R) to 12 (Q->A)
 
 

@@ -140,7 +140,7 @@ def test_a_run_saved_before_an_option_existed_resumes_as_it_started(ten, tmp_pat
         assert train(load_experiment(None, overrides), progress=False).interrupted
     checkpoint = latest_checkpoint(tmp_path / "run")
     saved = yaml.safe_load((checkpoint / "config.yaml").read_text())
-    assert saved["data"].pop("person_names") == "by-object"  # as an older vlekit wrote it: no such option
+    assert saved["data"].pop("person_names") == "by-query"  # as an older vlekit wrote it: no such option
     (checkpoint / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
     write_manifest(checkpoint)
     capsys.readouterr()

@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from data_prep.constants import NUM_CHOICES, PERSON_NAMES
-from data_prep.text import first_mention_person_names, person_names, render_tokens
+from data_prep.text import person_names, render_tokens
 from vlekit.registry import register_probe
 
 Batch = dict[str, torch.Tensor]
@@ -232,15 +232,16 @@ def permute_choices(record: Mapping[str, Any], order: Sequence[int], *, task: st
     return changed
 
 
-def swap_person_names(record: Mapping[str, Any], shift: int, *, naming: str = "by-object") -> dict[str, Any]:
+def swap_person_names(record: Mapping[str, Any], shift: int, *, naming: str = "by-query",
+                      answer: int | None = None) -> dict[str, Any]:
     """``record`` whose persons are called by other names, consistently in the question and every choice:
-    the name a person gets under ``naming`` (the run's ``person_names``, ``data_prep.text``) moves ``shift``
-    places along VCR's name list. Done by writing the new name as the object's class name, which the text
+    the name a person gets under ``naming`` (the run's ``person_names``, ``data_prep.text``; ``answer``: the
+    QA->R query's) moves ``shift`` places along VCR's name list. Done by writing the new name as the object's class name, which the text
     rendering uses as the word (and tags as the object's mention), so the objects and boxes stay."""
     if shift % len(PERSON_NAMES) == 0:
         raise ValueError(f"name-swap: shift {shift} keeps every name; use 1..{len(PERSON_NAMES) - 1}")
     objects = list(record["objects"])
-    for index, name in person_names(record, naming).items():
+    for index, name in person_names(record, naming, answer=answer).items():
         objects[index] = PERSON_NAMES[(PERSON_NAMES.index(name) + shift) % len(PERSON_NAMES)]
     return {**record, "objects": objects}
 
@@ -342,11 +343,12 @@ class NameSwap(Probe):
     def run(self, context: ProbeContext) -> ProbeOutcome:
         rng = np.random.default_rng(context.seed + self.config.seed)
         shifts = rng.integers(1, len(PERSON_NAMES), size=len(context.records))
-        naming = context.trained.data.get("person_names", "by-object")  # a compat="vle" run: not recorded
-        swapped = [swap_person_names(record, int(s), naming=naming) for record, s in zip(context.records, shifts)]
+        naming = context.trained.data.get("person_names", "by-query")  # a compat="vle" run: not recorded
+        swapped = [swap_person_names(record, int(s), naming=naming, answer=record.get("answer_label") if context.task == "qa2r" else None)
+                   for record, s in zip(context.records, shifts)]
         logits = context.logits(self.name, records=swapped)
         full = context.logits("full")
-        with_persons = np.array([bool(first_mention_person_names(r)) for r in context.records])  # persons mentioned
+        with_persons = np.array([bool(person_names(r, "by-first-mention")) for r in context.records])  # persons mentioned
         changed = logits.argmax(-1) != full.argmax(-1)
         return ProbeOutcome.from_logits(
             logits, context.labels, questions_with_persons=int(with_persons.sum()),
