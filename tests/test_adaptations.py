@@ -24,6 +24,7 @@ from vlekit.evaluation.evaluate import evaluate
 from vlekit.model import VCRModel, VCRModelConfig, build_model
 from vlekit.registry import REGISTRIES, RegistryError
 from vlekit.runs.experiment import TrainConfig, load_experiment
+from vlekit.runs.folder import load_trained
 from vlekit.training.setup import make_optimizer
 from vlekit.vle.checkpoint import from_vle_pretrained, to_vle_pretrained
 
@@ -226,6 +227,8 @@ def test_a_lora_run_on_a_named_base_saves_adapters_evaluates_exports_merged_and_
     assert sum(v.numel() for v in weights.values()) < record["total_parameters"] / 2
 
     scores = probabilities(out, synthetic)
+    [checkpoint] = (out / "checkpoints").iterdir()  # every weight, the frozen base's too
+    torch.testing.assert_close(probabilities(checkpoint, synthetic), scores, rtol=0, atol=0)
     assert main(["export", "--run", str(out), "--merge", "--out", str(tmp_path / "merged")]) == 0
     merged = json.loads((tmp_path / "merged" / "model" / "vlekit_config.json").read_text())
     assert merged["adaptation"] == {} and "base" not in merged
@@ -287,3 +290,6 @@ def test_lora_and_a_frozen_tower_under_ddp_on_two_cpu_processes(synthetic, tmp_p
     records = [json.loads(line) for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()]
     assert [r["processes"] for r in records if "loss" in r] == [2, 2]
     assert (tmp_path / "ddp" / "model" / "model.safetensors").is_file()
+    [checkpoint] = (tmp_path / "ddp" / "checkpoints").iterdir()  # DDP's state dict, read under the model's names
+    loaded, final = load_trained(checkpoint).model.state_dict(), VCRModel.from_pretrained(tmp_path / "ddp" / "model").state_dict()
+    assert loaded.keys() == final.keys() and all(torch.equal(loaded[key], final[key]) for key in loaded)

@@ -32,6 +32,7 @@ from data_prep.vcr import read_vcr
 from vlekit.training.checkpoints import latest_checkpoint
 from vlekit.evaluation.evaluate import evaluate
 from vlekit.evaluation.predict import load_run
+from vlekit.runs.folder import load_trained
 
 from helpers import NO_DROPOUT, final_weights, metric_rows, tiny_overrides
 
@@ -201,6 +202,11 @@ def test_fsdp2_on_two_cpu_processes_resumes_exactly_and_matches_ddp(synthetic, t
           f"FSDP2 vs DDP {layout_difference:.3g}")
     assert resume_difference <= 1e-6
     assert layout_difference <= 1e-4
+    # The last checkpoints load on their own (vlekit eval --checkpoint RUN/checkpoints/step-N) as the final models:
+    # FSDP2's shards merged (accelerate's merge_fsdp_weights), DDP's state dict under the model's own names.
+    for name in ("ddp", "fsdp"):
+        loaded = load_trained(tmp_path / name / "checkpoints" / "step-0000008").model.state_dict()
+        assert max_difference(loaded, weights[name]) == 0, name
 
     # The final models evaluated: unrounded answer probabilities (vlekit.load_run), and vlekit.evaluation.evaluate's
     # per-question predictions and accuracy.

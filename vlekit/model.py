@@ -258,6 +258,14 @@ class VCRModel(Backbone):
         components (``vlekit.interfaces``)."""
         return self._resolved_config
 
+    def save_config(self, directory: str | Path, **extra: Any) -> Path:
+        """Write ``vlekit_config.json``: the resolved config, tagged with its format (``extra``: more
+        top-level keys, e.g. an adapted model's ``base``). Training checkpoints hold one beside their weights."""
+        config = {"format": "vlekit", "version": 1, **dataclasses.asdict(self.resolved_config()), **extra}
+        path = Path(directory) / MODEL_CONFIG_FILE
+        path.write_text(json.dumps(config, indent=2, sort_keys=True))
+        return path
+
     @property
     def _head_name(self) -> str:
         return getattr(self.head, "registered_name", type(self.head).__name__)
@@ -384,11 +392,10 @@ class VCRModel(Backbone):
         """
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        config = {"format": "vlekit", "version": 1, **dataclasses.asdict(self.resolved_config())}
-        weights = self.state_dict() if state_dict is None else state_dict
+        weights, extra = self.state_dict() if state_dict is None else state_dict, {}
         if getattr(self, "base_reference", None):  # on a named frozen base: what was trained, the base's reference
-            weights, config["base"] = _adaptations().trained_only(self, weights, self.base_reference)
-        (directory / MODEL_CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True))
+            weights, extra["base"] = _adaptations().trained_only(self, weights, self.base_reference)
+        self.save_config(directory, **extra)
         state = {k: v.detach().contiguous().cpu() for k, v in weights.items()}
         save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
         return directory

@@ -124,7 +124,7 @@ def write_result(result: dict[str, Any], out: str | Path) -> Path:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     # dest: ``args.run`` is the sub-command's entry point (vlekit.cli)
     parser.add_argument("--run", dest="run_dir", required=True, metavar="RUN",
-                        help="a trained VCR run folder (Q->A or QA->R) from vlekit train, or its model/ folder")
+                        help="a trained VCR run folder (Q->A or QA->R) from vlekit train, its model/ or a checkpoints/step-N")
     parser.add_argument("--annotations", required=True, help="a labelled VCR split (jsonl), e.g. val.jsonl")
     parser.add_argument("--images", required=True, help="the split's vcr1images folder")
     parser.add_argument("--out", help=f"write {RESULT_FILE}, {SUMMARY_FILE} and {FIGURE_FILE} here")

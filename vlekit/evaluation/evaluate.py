@@ -282,7 +282,8 @@ def evaluate_vqa_model(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", action="append", required=True,
-                        help="a trained model folder (repeat: one Q->A and one QA->R for Q->AR; one VQA model)")
+                        help="a trained model folder: a run, its model/ or one of its checkpoints/step-N (repeat: one Q->A "
+                             "and one QA->R for Q->AR; one VQA model)")
     parser.add_argument("--annotations", help="VCR jsonl (val, or test for the leaderboard CSV); VQA: the "
                                               "annotations JSON of --questions (leave out for test-dev)")
     parser.add_argument("--images", required=True, help="the vcr1images folder; VQA: the split's image folder")

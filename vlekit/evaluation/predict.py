@@ -205,7 +205,7 @@ def parse_box(text: str) -> tuple[str, list[float]]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     # dest: ``args.run`` is the sub-command's entry point (vlekit.cli)
     parser.add_argument("--run", dest="run_dir", required=True, metavar="DIR",
-                        help="a run folder from vlekit train (or its model/ folder)")
+                        help="a run folder from vlekit train (its model/, or one of its checkpoints/step-N)")
     parser.add_argument("--image", required=True, help="the image file")
     parser.add_argument("--question", required=True, help="the question; [0], [1, 2] refer to the image's objects")
     parser.add_argument("--answers", nargs="+", metavar="ANSWER",

@@ -67,7 +67,7 @@ def export_run(run: str | Path, out: str | Path, *, merge: bool = False, format:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run", dest="run_dir", required=True, metavar="DIR", help="a run folder from vlekit train (or its model/)")
+    parser.add_argument("--run", dest="run_dir", required=True, metavar="DIR", help="a run folder from vlekit train (its model/, or one of its checkpoints/step-N)")
     parser.add_argument("--out", required=True, metavar="DIR", help="the new run folder (must not hold anything)")
     parser.add_argument("--merge", action="store_true", help="merge the adapters into their layers (a plain model)")
     parser.add_argument("--format", choices=FORMATS, default="vlekit",

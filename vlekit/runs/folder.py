@@ -5,7 +5,9 @@ Layout (the names below are the constants of this module)::
     RUN/config.yaml              EXPERIMENT_FILE: the resolved experiment config
     RUN/tokenizer/               TOKENIZER_DIR: the tokenizer (built from the data when tokenizer=auto)
     RUN/metrics.jsonl            METRICS_FILE: one JSON object per log step and per evaluation
-    RUN/checkpoints/step-N/      CHECKPOINTS_DIR: accelerate state + trainer state, to resume
+    RUN/checkpoints/step-N/      CHECKPOINTS_DIR: accelerate state + trainer state (STATE_FILE), to resume;
+                                 beside them what loads the model on its own: vlekit_config.json,
+                                 tokenizer/, data.json and config.yaml, as in model/
     RUN/model/                   MODEL_DIR: the final model, self-contained:
         vlekit_config.json, model.safetensors   the model (``VCRModel.save_pretrained``)
         tokenizer/                              TOKENIZER_DIR again
@@ -13,7 +15,8 @@ Layout (the names below are the constants of this module)::
         config.yaml                             EXPERIMENT_FILE again
     RUN/curve.png                CURVE_FILE: the training curve (drawn by the caller of ``train``)
 
-``load_trained(RUN or RUN/model)`` gives the model, its tokenizer and its preprocessing options, and
+``load_trained(RUN, RUN/model or RUN/checkpoints/step-N)`` gives the model, its tokenizer and its
+preprocessing options, and
 ``TrainedModel.preprocessor()`` the data pipeline that matches them; ``vlekit.evaluation.predict.load_run`` wraps
 that into a predictor. Sits above the model and the data pipeline and below train / evaluate.
 """
@@ -23,7 +26,8 @@ import dataclasses
 import json
 import re
 import sys
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +43,7 @@ from data_prep.vqa_answers import AnswerVocabulary
 from vlekit.runs.experiment import ExperimentConfig, load_experiment
 from vlekit.hub import resolve_folder
 from vlekit.runs.manifest import MANIFEST_FILE, folder_problem
-from vlekit.model import MODEL_CONFIG_FILE, VCRModel
+from vlekit.model import MODEL_CONFIG_FILE, VCRModel, load_model_config
 from vlekit.vle.checkpoint import from_vle_pretrained
 from vlekit.vle.processor import is_official_vqa, official_vcr_task, warn_unofficial_inputs
 
@@ -47,6 +51,10 @@ EXPERIMENT_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINTS_DIR = "checkpoints"
 CURVE_FILE = "curve.png"
+STATE_FILE = "trainer_state.json"  # in every checkpoint: where training stands
+# What accelerate's save_state writes for the model: a state dict, or FSDP's torch.distributed.checkpoint shards.
+CHECKPOINT_WEIGHTS = "model.safetensors"
+CHECKPOINT_FSDP_WEIGHTS = "pytorch_model_fsdp_0"
 _CHECKPOINT_NAME = re.compile(r"step-(\d+)")
 
 
@@ -100,10 +108,76 @@ def find_model_dir(path: str | Path) -> Path:
     for candidate in (path, path / MODEL_DIR):
         if (candidate / MODEL_CONFIG_FILE).is_file():
             return candidate
-    raise FileNotFoundError(
-        f"{path}: no {MODEL_CONFIG_FILE} here or in {MODEL_DIR}/; expected a run folder or its {MODEL_DIR}/ folder "
-        f"from vlekit train (a run that was interrupted has checkpoints but no {MODEL_DIR}/ yet: resume it)"
-    )
+    newest = latest_checkpoint(path, report=lambda message: None)
+    interrupted = (f"this run was interrupted before writing {MODEL_DIR}/: resume it, or load its newest complete "
+                   f"checkpoint, {newest}" if newest is not None else
+                   f"a run that was interrupted has checkpoints but no {MODEL_DIR}/ yet: resume it, or load one of "
+                   f"its {CHECKPOINTS_DIR}/step-N folders")
+    raise FileNotFoundError(f"{path}: no {MODEL_CONFIG_FILE} here or in {MODEL_DIR}/; expected a run folder, its "
+                            f"{MODEL_DIR}/ folder or one of its checkpoints from vlekit train ({interrupted})")
+
+
+def is_checkpoint(folder: str | Path) -> bool:
+    """``folder`` is a training checkpoint (``RUN/checkpoints/step-N``)."""
+    return (Path(folder) / STATE_FILE).is_file()
+
+
+def write_model_companions(folder: Path, model: VCRModel, tokenizer: Any, options: dict[str, Any]) -> None:
+    """What ``load_trained`` reads beside a model's weights and config: the tokenizer and the
+    preprocessing the model was trained with (``options``: ``DataConfig.preprocess_options()``)."""
+    tokenizer.save_pretrained(folder / TOKENIZER_DIR)
+    (folder / PREPROCESS_FILE).write_text(json.dumps(saved_preprocessing(options, model)))
+
+
+def checkpoint_state_dict(folder: Path) -> dict[str, Any]:
+    """The model weights a training checkpoint holds, under the model's own parameter names: accelerate's
+    ``model.safetensors`` (DDP's ``module.`` prefix dropped), or FSDP's sharded
+    ``torch.distributed.checkpoint`` files merged on the CPU (``accelerate.utils.merge_fsdp_weights``)."""
+    from safetensors.torch import load_file
+
+    if (folder / CHECKPOINT_WEIGHTS).is_file():
+        state = load_file(str(folder / CHECKPOINT_WEIGHTS))
+    elif (folder / CHECKPOINT_FSDP_WEIGHTS).is_dir():
+        from accelerate.utils import merge_fsdp_weights
+
+        with tempfile.TemporaryDirectory() as merged:
+            merge_fsdp_weights(str(folder / CHECKPOINT_FSDP_WEIGHTS), merged, safe_serialization=True)
+            state = load_file(str(Path(merged) / CHECKPOINT_WEIGHTS))
+    else:
+        raise FileNotFoundError(f"{folder}: neither {CHECKPOINT_WEIGHTS} nor {CHECKPOINT_FSDP_WEIGHTS}/ (the model "
+                                f"weights accelerate's save_state writes); not a vlekit training checkpoint")
+    if state and all(key.startswith("module.") for key in state):
+        state = {key.removeprefix("module."): value for key, value in state.items()}
+    return state
+
+
+def _load_checkpoint(folder: Path) -> TrainedModel:
+    """A training checkpoint as a trained model: its weights in the architecture its ``vlekit_config.json``
+    records, with the tokenizer and preprocessing saved beside them."""
+    from transformers import AutoTokenizer
+
+    problem = folder_problem(folder)
+    if problem is not None:
+        raise ValueError(f"{folder} is not a complete checkpoint: {problem}")
+    if not (folder / MODEL_CONFIG_FILE).is_file():
+        raise FileNotFoundError(
+            f"{folder}: a checkpoint saved before checkpoints recorded the model ({MODEL_CONFIG_FILE}, "
+            f"{TOKENIZER_DIR}/, {PREPROCESS_FILE}); resume the run from it to write {MODEL_DIR}/ "
+            f"(`vlekit train --config {folder / EXPERIMENT_FILE} --out {folder.parent.parent} --resume-from {folder}`)")
+    model = VCRModel(config=load_model_config(folder))
+    state = checkpoint_state_dict(folder)
+    result = model.load_state_dict(state, strict=False)
+    own = model.state_dict()
+    loaded = {own[key].data_ptr() for key in state if key in own}
+    missing = [key for key in result.missing_keys if own[key].data_ptr() not in loaded]  # not a tied copy
+    if missing or result.unexpected_keys:
+        raise ValueError(f"{folder}: the checkpoint's weights do not match its {MODEL_CONFIG_FILE}: missing "
+                         f"{missing[:5]}, unexpected {result.unexpected_keys[:5]} (of {len(missing)} and "
+                         f"{len(result.unexpected_keys)})")
+    data = _run_options(saved_run_options(read_json_file(folder / PREPROCESS_FILE)), model, where=folder / PREPROCESS_FILE)
+    mixed_precision = (read_yaml_file(folder / EXPERIMENT_FILE).get("train") or {}).get("mixed_precision")
+    return TrainedModel(folder=folder, model=model.eval(), tokenizer=AutoTokenizer.from_pretrained(folder / TOKENIZER_DIR),
+                        data=data, mixed_precision=mixed_precision)
 
 
 def image_options(model: VCRModel) -> dict[str, Any]:
@@ -199,9 +273,10 @@ class TrainedModel:
 
 
 def load_trained(folder: str | Path) -> TrainedModel:
-    """Load ``RUN/model`` (or a run folder ``RUN`` that contains it), or an official VLE VCR task
-    checkpoint folder (then fed the official pipeline's inputs, ``compat="vle"``, in fp32 as the
-    official pipeline runs), or an official ``VLEForVQA`` folder (center crop at its resolution, fp32)."""
+    """Load ``RUN/model`` (or a run folder ``RUN`` that contains it), a training checkpoint
+    ``RUN/checkpoints/step-N``, or an official VLE VCR task checkpoint folder (then fed the official
+    pipeline's inputs, ``compat="vle"``, in fp32 as the official pipeline runs), or an official
+    ``VLEForVQA`` folder (center crop at its resolution, fp32)."""
     from transformers import AutoTokenizer  # transformers' tokenizer machinery: only when a run is loaded
 
     folder = resolve_folder(folder)  # a Hub repo id (an official checkpoint, a pushed run) -> its cached snapshot
@@ -216,6 +291,8 @@ def load_trained(folder: str | Path) -> TrainedModel:
         print(f"{folder}: an official VLE VCR checkpoint, fed the official pipeline's inputs (compat='vle')", file=sys.stderr)
         return TrainedModel(folder=Path(folder), model=from_vle_pretrained(folder), tokenizer=AutoTokenizer.from_pretrained(folder),
                             data={"task": official_task, "compat": "vle"}, mixed_precision="fp32", official=True)
+    if is_checkpoint(folder):
+        return _load_checkpoint(Path(folder))
     folder = find_model_dir(folder)
     check_model_folder(folder)
     model = VCRModel.from_pretrained(folder)
@@ -234,7 +311,7 @@ def check_model_folder(folder: Path) -> None:
         problem = folder_problem(folder)
         if problem is not None:
             run = folder.parent if folder.name == MODEL_DIR else folder
-            newest = next((c for c in reversed(checkpoint_dirs(run)) if folder_problem(c) is None), None)
+            newest = latest_checkpoint(run, report=lambda message: None)
             advice = (f"the newest complete checkpoint is {newest}: `vlekit train --config {run / EXPERIMENT_FILE} "
                       f"--resume` writes {MODEL_DIR}/ again from it" if newest is not None else
                       "no complete checkpoint is left to write it again from")
@@ -255,6 +332,16 @@ def checkpoint_dirs(out: Path) -> list[Path]:
         return []
     found = [(int(m.group(1)), p) for p in folder.iterdir() if p.is_dir() and (m := _CHECKPOINT_NAME.fullmatch(p.name))]
     return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(out: Path, *, report: Callable[[str], None] = print) -> Path | None:
+    """The newest complete checkpoint under ``out``; each newer incomplete one is skipped and reported."""
+    for folder in reversed(checkpoint_dirs(out)):
+        problem = folder_problem(folder)
+        if problem is None:
+            return folder
+        report(f"skipping incomplete checkpoint {folder}: {problem}")
+    return None
 
 
 def read_json_file(path: Path) -> Any:

@@ -17,15 +17,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from accelerate import Accelerator
 
 from data_prep.options import RUN_OPTIONS, saved_run_options
 from vlekit.runs.experiment import ExperimentConfig
 from vlekit.runs.manifest import MANIFEST_FILE, folder_problem, write_manifest
-from vlekit.runs.folder import CHECKPOINTS_DIR, EXPERIMENT_FILE, checkpoint_dirs, read_yaml_file
-
-STATE_FILE = "trainer_state.json"
+from vlekit.runs.folder import (
+    CHECKPOINTS_DIR, EXPERIMENT_FILE, STATE_FILE, checkpoint_dirs, latest_checkpoint, read_yaml_file, write_model_companions,
+)
+from vlekit.model import VCRModel
 # Test hook: with VLEKIT_TEST_STALL_IN_CHECKPOINT=N the save of step N stops for ten minutes after
 # writing every file but the manifest, so a test can SIGKILL a run in the middle of a save.
 STALL_ENV = "VLEKIT_TEST_STALL_IN_CHECKPOINT"
@@ -70,9 +72,11 @@ def _prune(out: Path, keep: int, *, besides: Path | None = None) -> None:
         _remove_checkpoint(stale)
 
 
-def save_checkpoint(accelerator: Accelerator, out: Path, state: TrainerState, config: ExperimentConfig) -> Path:
-    """Write accelerate state + trainer state + config to ``step-N.tmp``, then the manifest, then rename
-    it to ``step-N``; keep the newest ``train.keep``. A kill at any point leaves the previous complete
+def save_checkpoint(accelerator: Accelerator, out: Path, state: TrainerState, config: ExperimentConfig, *,
+                    model: VCRModel, tokenizer: Any) -> Path:
+    """Write accelerate state + trainer state + config to ``step-N.tmp``, with what loads the model on its
+    own (``model``'s resolved config, the ``tokenizer``, the preprocessing: ``vlekit eval`` takes the
+    folder as it takes ``model/``), then the manifest, then rename it to ``step-N``; keep the newest ``train.keep``. A kill at any point leaves the previous complete
     checkpoints intact (a ``step-N`` saved again is moved aside, not deleted, until the new one is in place).
 
     With ``keep >= 2`` the oldest checkpoints are pruned to ``keep - 1`` before the save, so a full disk
@@ -94,6 +98,8 @@ def save_checkpoint(accelerator: Accelerator, out: Path, state: TrainerState, co
         if accelerator.is_main_process:
             (tmp / STATE_FILE).write_text(json.dumps(dataclasses.asdict(state)))
             config.save(tmp / EXPERIMENT_FILE)
+            model.save_config(tmp)
+            write_model_companions(tmp, model, tokenizer, config.data.preprocess_options())
             if os.environ.get(STALL_ENV) == str(state.global_step):
                 time.sleep(600)
             write_manifest(tmp)
@@ -113,16 +119,6 @@ def save_checkpoint(accelerator: Accelerator, out: Path, state: TrainerState, co
         ) from error
     accelerator.wait_for_everyone()
     return final
-
-
-def latest_checkpoint(out: Path, *, report: Callable[[str], None] = print) -> Path | None:
-    """The newest complete checkpoint under ``out``; each newer incomplete one is skipped and reported."""
-    for folder in reversed(checkpoint_dirs(out)):
-        problem = folder_problem(folder)
-        if problem is None:
-            return folder
-        report(f"skipping incomplete checkpoint {folder}: {problem}")
-    return None
 
 
 def resume_checkpoint(resume: str | None, out: Path, *, report: Callable[[str], None] = print) -> Path | None:

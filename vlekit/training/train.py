@@ -52,9 +52,7 @@ from vlekit.evaluation.tasks import task_for
 from vlekit.runs.experiment import ExperimentConfig, load_experiment
 from vlekit.model import VCRModel, VCRModelConfig
 from vlekit.runs.data import skipped_items_summary
-from vlekit.runs.folder import (
-    EXPERIMENT_FILE, METRICS_FILE, MODEL_DIR, PREPROCESS_FILE, TOKENIZER_DIR, RunFolder, saved_preprocessing,
-)
+from vlekit.runs.folder import EXPERIMENT_FILE, METRICS_FILE, MODEL_DIR, RunFolder, write_model_companions
 from vlekit.runs.lock import claim_run_folder
 from vlekit.training.setup import build_run_model, linear_warmup_decay, load_or_build_tokenizer, make_optimizer, resolve_mixed_precision
 from vlekit.training.stopping import StopRequested, ignore_stop_signals
@@ -87,8 +85,7 @@ def save_final_model(model: VCRModel, tokenizer, config: ExperimentConfig, folde
     then renamed, so ``folder`` is never half-written."""
     tmp = folder.with_name(folder.name + ".tmp")
     model.save_pretrained(tmp, state_dict=state_dict)
-    tokenizer.save_pretrained(tmp / TOKENIZER_DIR)
-    (tmp / PREPROCESS_FILE).write_text(json.dumps(saved_preprocessing(config.data.preprocess_options(), model)))
+    write_model_companions(tmp, model, tokenizer, config.data.preprocess_options())
     config.save(tmp / EXPERIMENT_FILE)
     write_manifest(tmp)
     return replace_folder(tmp, folder)
@@ -333,7 +330,7 @@ def _train(config: ExperimentConfig, accelerator: Accelerator, *, micro: int, tr
                     accelerator.log(tracked_scalars(record), step=state.global_step)
                     bar.set_postfix(loss=f"{record['loss']:.3f}", qps=f"{record['questions_per_s']:.1f}")
                 if train_cfg.save_every_steps and state.global_step % train_cfg.save_every_steps == 0:
-                    save_checkpoint(accelerator, out, state, config)
+                    save_checkpoint(accelerator, out, state, config, model=accelerator.unwrap_model(model), tokenizer=tokenizer)
                 if stop.agreed(accelerator, at_log_step=state.global_step % train_cfg.log_every_steps == 0):
                     interrupted = True
                     break
@@ -350,7 +347,7 @@ def _train(config: ExperimentConfig, accelerator: Accelerator, *, micro: int, tr
     skipped = skipped_items_summary(dataset, val_set)  # data.skip_bad: images the workers could not decode
     if skipped:
         accelerator.print(skipped)
-    save_checkpoint(accelerator, out, state, config)
+    save_checkpoint(accelerator, out, state, config, model=accelerator.unwrap_model(model), tokenizer=tokenizer)
     model_dir = None
     if not interrupted:
         weights = accelerator.get_state_dict(model)  # every process takes part: FSDP gathers its shards here
