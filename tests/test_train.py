@@ -152,6 +152,59 @@ def test_a_run_saved_before_an_option_existed_resumes_as_it_started(ten, tmp_pat
     assert load_experiment(tmp_path / "run" / "config.yaml").data.person_names == "by-first-mention"
 
 
+class StopInEpoch2(StopAfter):
+    steps = 13  # stops after step 14: two epochs of 6 steps and their validations are behind
+
+
+def test_save_best_keeps_the_best_validation_model_across_a_resume(synthetic, tmp_path, monkeypatch):
+    """train.save_best with validation scores 0.25, 0.5, 0.375, 0.4 at steps 6, 12, 18, 24: OUT/best/ holds the
+    weights of step 12 (its checkpoint's), with selected.json, whether the run went straight or was interrupted
+    at step 14 and resumed (the best score so far travels in the checkpoint: else 0.375 would replace it)."""
+    from vlekit.runs.folder import load_trained
+
+    SCORES = [0.25, 0.5, 0.375, 0.4]
+
+    def scripted(scores):
+        remaining = iter(scores)
+        return lambda *args, **kwargs: next(remaining)
+
+    overrides = {name: [*tiny_overrides(synthetic, tmp_path / name, epochs=4, batch_size=8, save_every_steps=6, keep=0),
+                        SMALL_IMAGES, "train.save_best=true"] for name in ("straight", "resumed")}
+    with monkeypatch.context() as patch:
+        patch.setattr("vlekit.training.train.accuracy_on", scripted(SCORES))
+        train(load_experiment(None, overrides["straight"]), progress=False)
+    with monkeypatch.context() as patch:
+        patch.setattr("vlekit.training.train.accuracy_on", scripted(SCORES))
+        patch.setattr("vlekit.training.train.StopRequested", StopInEpoch2)
+        assert train(load_experiment(None, overrides["resumed"]), progress=False).global_step == 14
+        assert json.loads((tmp_path / "resumed" / "best" / "selected.json").read_text())["step"] == 12
+        patch.setattr("vlekit.training.train.StopRequested", StopRequested)
+        train(load_experiment(None, overrides["resumed"]), resume="latest", progress=False)
+
+    weights = {}
+    for name in overrides:
+        records = [(r["step"], r["val_accuracy"]) for r in map(json.loads, (tmp_path / name / "metrics.jsonl")
+                                                               .read_text().splitlines()) if "val_accuracy" in r]
+        assert records == list(zip((6, 12, 18, 24), SCORES)), name
+        selected = json.loads((tmp_path / name / "best" / "selected.json").read_text())
+        assert selected == {"step": 12, "epoch": 2, "val_accuracy": 0.5}, name
+        weights[name] = load_trained(tmp_path / name / "best").model.state_dict()
+    at_step_12 = load_trained(tmp_path / "straight" / "checkpoints" / "step-0000012").model.state_dict()
+    final = load_trained(tmp_path / "straight").model.state_dict()
+    for key in at_step_12:
+        torch.testing.assert_close(weights["resumed"][key], weights["straight"][key], rtol=0, atol=1e-6, msg=key)
+        assert torch.equal(weights["straight"][key], at_step_12[key]), key
+    assert any(not torch.equal(final[key], at_step_12[key]) for key in final)
+
+
+def test_save_best_without_a_validation_split_is_an_error(ten, tmp_path):
+    overrides = [*tiny_overrides(ten, tmp_path / "run", epochs=1, batch_size=2), "data.val_annotations=null",
+                 "train.save_best=true"]
+    with pytest.raises(ValueError, match="train.save_best .* the run has no validation split: set"):
+        train(load_experiment(None, overrides), progress=False)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 def _cli(*args: str, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-m", "vlekit.cli", *args], env=env, stdout=subprocess.PIPE,

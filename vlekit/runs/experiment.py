@@ -122,6 +122,9 @@ class TrainConfig:
         the embeddings the smallest (ELECTRA / BEiT fine-tuning; 0.65-0.9 is usual).
     save_every_steps: a checkpoint every N optimizer steps, bounding what a crash loses (1000 steps of VLE's
         batch 128 is about 15 minutes of VLE-base on one H100-class GPU); 0: only at the end and on a stop.
+    save_best: after each validation that beats every earlier one of the run (resumes included), write the
+        model to ``OUT/best/`` as ``model/`` is written, with ``selected.json`` (step, epoch, score). The
+        score it was chosen on is then no longer an unbiased estimate: report a held-out split.
     """
 
     out: str = "runs/vcr"
@@ -141,6 +144,7 @@ class TrainConfig:
     seed: int = 0
     save_every_steps: int = 1000
     keep: int = 2
+    save_best: bool = False
     log_every_steps: int = 10
     eval_every_epochs: int = 1
     max_steps: int = 0

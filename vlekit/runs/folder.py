@@ -13,6 +13,8 @@ Layout (the names below are the constants of this module)::
         tokenizer/                              TOKENIZER_DIR again
         data.json                               PREPROCESS_FILE: the run's preprocessing, resolved, with the image side
         config.yaml                             EXPERIMENT_FILE again
+    RUN/best/                    BEST_DIR (train.save_best): the model at the best validation score so far, as
+                                 model/, with SELECTION_FILE (the step, epoch and score it was chosen at)
     RUN/curve.png                CURVE_FILE: the training curve (drawn by the caller of ``train``)
 
 ``load_trained(RUN, RUN/model or RUN/checkpoints/step-N)`` gives the model, its tokenizer and its
@@ -51,6 +53,8 @@ EXPERIMENT_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINTS_DIR = "checkpoints"
 CURVE_FILE = "curve.png"
+BEST_DIR = "best"
+SELECTION_FILE = "selected.json"
 STATE_FILE = "trainer_state.json"  # in every checkpoint: where training stands
 # What accelerate's save_state writes for the model: a state dict, or FSDP's torch.distributed.checkpoint shards.
 CHECKPOINT_WEIGHTS = "model.safetensors"
@@ -83,6 +87,10 @@ class RunFolder:
     @property
     def model_dir(self) -> Path:
         return self.root / MODEL_DIR
+
+    @property
+    def best_dir(self) -> Path:
+        return self.root / BEST_DIR
 
     @property
     def curve_file(self) -> Path:

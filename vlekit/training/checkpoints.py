@@ -40,6 +40,8 @@ class TrainerState:
     epoch: int = 0
     batches_in_epoch: int = 0  # micro-batches of the current epoch already consumed
     global_step: int = 0  # optimizer steps
+    best_score: float | None = None  # train.save_best: the best validation score so far, and its step
+    best_step: int | None = None
 
 
 def _remove_checkpoint(folder: Path) -> None:

@@ -27,6 +27,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import shutil
 import signal
 import sys
 import time
@@ -52,7 +53,9 @@ from vlekit.evaluation.tasks import task_for
 from vlekit.runs.experiment import ExperimentConfig, load_experiment
 from vlekit.model import VCRModel, VCRModelConfig
 from vlekit.runs.data import skipped_items_summary
-from vlekit.runs.folder import EXPERIMENT_FILE, METRICS_FILE, MODEL_DIR, RunFolder, write_model_companions
+from vlekit.runs.folder import (
+    BEST_DIR, EXPERIMENT_FILE, METRICS_FILE, MODEL_DIR, SELECTION_FILE, RunFolder, write_model_companions,
+)
 from vlekit.runs.lock import claim_run_folder
 from vlekit.training.setup import build_run_model, linear_warmup_decay, load_or_build_tokenizer, make_optimizer, resolve_mixed_precision
 from vlekit.training.stopping import StopRequested, ignore_stop_signals
@@ -79,14 +82,18 @@ class EpochShuffleSampler(Sampler[int]):
 
 # -- building blocks ------------------------------------------------------------------------------
 def save_final_model(model: VCRModel, tokenizer, config: ExperimentConfig, folder: Path,
-                     state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+                     state_dict: dict[str, torch.Tensor] | None = None, *, selection: dict[str, Any] | None = None) -> Path:
     """The evaluable model: weights + resolved config + tokenizer + the data options it was trained with,
     written to ``folder.tmp`` with a manifest (as checkpoints are, verified when the run is loaded) and
-    then renamed, so ``folder`` is never half-written."""
+    then renamed, so ``folder`` is never half-written. ``selection``: why this model (``OUT/best/``)."""
     tmp = folder.with_name(folder.name + ".tmp")
+    if tmp.exists():  # left by a save a kill cut short
+        shutil.rmtree(tmp)
     model.save_pretrained(tmp, state_dict=state_dict)
     write_model_companions(tmp, model, tokenizer, config.data.preprocess_options())
     config.save(tmp / EXPERIMENT_FILE)
+    if selection is not None:
+        (tmp / SELECTION_FILE).write_text(json.dumps(selection, indent=1))
     write_manifest(tmp)
     return replace_folder(tmp, folder)
 
@@ -254,6 +261,9 @@ def _train(config: ExperimentConfig, accelerator: Accelerator, *, micro: int, tr
         persistent_workers=data_cfg.num_workers > 0, prefetch_factor=4 if data_cfg.num_workers > 0 else None,
         worker_init_fn=ignore_stop_signals,
     )
+    if train_cfg.save_best and val_set is None:
+        raise ValueError("train.save_best keeps the model of the best validation score, but the run has no validation "
+                         "split: set its validation data (data.val_annotations; VQA: data.val_questions) or drop save_best")
     val_loader = None
     if val_set is not None:
         val_loader = DataLoader(val_set, batch_size=micro, collate_fn=val_set.collate, num_workers=data_cfg.num_workers,
@@ -299,6 +309,15 @@ def _train(config: ExperimentConfig, accelerator: Accelerator, *, micro: int, tr
         log.write(step=state.global_step, epoch=state.epoch, val_accuracy=accuracy)
         accelerator.log(tracked_scalars({"val_accuracy": accuracy}), step=state.global_step)
         bar.write(f"step {state.global_step} (epoch {state.epoch}): val accuracy {accuracy:.3f}")
+        if train_cfg.save_best and (state.best_score is None or accuracy > state.best_score):
+            state.best_score, state.best_step = accuracy, state.global_step
+            weights = accelerator.get_state_dict(model)  # every process takes part (FSDP gathers its shards)
+            if accelerator.is_main_process:
+                selection = {"step": state.global_step, "epoch": state.epoch, "val_accuracy": accuracy}
+                best = save_final_model(accelerator.unwrap_model(model), tokenizer, config, out / BEST_DIR, weights,
+                                        selection=selection)
+                bar.write(f"  the best so far: saved to {best}")
+            accelerator.wait_for_everyone()
         return accuracy
 
     with StopRequested() as stop:
