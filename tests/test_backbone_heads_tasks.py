@@ -132,18 +132,19 @@ class _TopTwo(VCRTask):
         return float((logits.topk(2, dim=-1).indices == labels[:, None]).any(-1).float().mean())
 
 
-def test_a_plugin_task_is_one_class_and_one_registration(trained_run, tmp_path) -> None:
+def test_a_plugin_task_is_one_class_and_one_registration(trained_run, tmp_path, capsys) -> None:
     """A registered task is a ``data.task`` a run may name (no list to add it to): the run reads, trains and
     validates with the task's own score, saves its name in config.yaml and the pipeline's in data.json."""
     from torch.utils.data import DataLoader
 
     from data_prep.dataset import VCRDataset
     from data_prep.vcr import read_vcr
-    from vlekit.evaluation.evaluate import predict
+    from vlekit.evaluation.evaluate import evaluate, predict
     from vlekit.evaluation.tasks import NoOptions
     from vlekit.registry import TASKS, register_task
     from vlekit.runs.experiment import load_experiment
     from vlekit.runs.folder import load_trained
+    from vlekit.tables import format_metrics_table
     from vlekit.training.train import train
 
     from helpers import SMALL_IMAGES, tiny_overrides
@@ -166,6 +167,16 @@ def test_a_plugin_task_is_one_class_and_one_registration(trained_run, tmp_path) 
         assert result.val_accuracy == pytest.approx(top_two, abs=1e-6)
         assert top_two >= float((logits.argmax(-1) == labels).float().mean())
 
+        # vlekit eval reports the task's own score (and its bootstrap interval) beside the pipeline's accuracy.
+        evaluated = evaluate([result.model_dir], annotations=trained_run.data.val, images=trained_run.data.images_root,
+                             num_workers=0, progress=False, resamples=200)["metrics"]
+        assert evaluated.keys() == {"q2a", "test-q2a-top2"}
+        assert evaluated["q2a"]["accuracy"] == pytest.approx(float((logits.argmax(-1) == labels).float().mean()))
+        mine = evaluated["test-q2a-top2"]
+        assert mine["accuracy"] == pytest.approx(top_two, abs=1e-6) and (mine["chance"], mine["n"]) == (0.5, len(records))
+        assert mine["ci95"][0] <= mine["accuracy"] <= mine["ci95"][1] and mine["ci95"][0] < mine["ci95"][1]
+        assert "test-q2a-top2" in format_metrics_table(evaluated)
+
         class Elsewhere(_TopTwo):
             data_task = "retrieval"
 
@@ -174,5 +185,9 @@ def test_a_plugin_task_is_one_class_and_one_registration(trained_run, tmp_path) 
         with pytest.raises(ValueError, match=r"task 'test-q2a-top2''s data_task='retrieval' is not supported; choose one "
                                              r"of 'q2a', 'qa2r', 'vqa'"):
             load_experiment(None, overrides)
+        TASKS.unregister("test-q2a-top2")  # where the plugin is not installed: the pipeline's accuracy, and why
+        assert evaluate([result.model_dir], annotations=trained_run.data.val, images=trained_run.data.images_root,
+                        num_workers=0, progress=False, resamples=10)["metrics"].keys() == {"q2a"}
+        assert "trained for the task 'test-q2a-top2', which cannot be found here" in capsys.readouterr().err
     finally:
         TASKS.unregister("test-q2a-top2")

@@ -70,10 +70,11 @@ def text_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None 
 def format_metrics_table(metrics: Mapping[str, Mapping[str, Any]], *, markdown: bool = False) -> str:
     """Evaluation metrics (``{task: {"accuracy", "ci95", "chance", "n"}}``, as ``vlekit.evaluation.evaluate``
     returns them): one row per task, Q->A, QA->R, Q->AR, VQA in that order, then any other rows (VQA's
-    per-answer-type rows) in their own order. VQA's ``chance`` is the majority answer's accuracy."""
+    per-answer-type rows, a plugin task's score) in their own order. VQA's ``chance`` is the majority answer's
+    accuracy; a task without one shows ``n/a``."""
     order = [task for task in METRIC_NAMES if task in metrics] + [task for task in metrics if task not in METRIC_NAMES]
     rows = [{"metric": METRIC_NAMES.get(task, task), "accuracy": f"{m['accuracy']:.3f}",
-             "95% CI": f"[{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]", "chance": f"{m['chance']:.4f}", "n": m["n"]}
+             "95% CI": f"[{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]", "chance": "n/a" if m["chance"] is None else f"{m['chance']:.4f}", "n": m["n"]}
             for task, m in ((task, metrics[task]) for task in order)]
     columns = ["metric", "accuracy", "95% CI", "chance", "n"]
     return markdown_table(rows, columns) if markdown else text_table(rows, columns)

@@ -39,6 +39,8 @@ from vlekit.tables import format_metrics_table
 from vlekit.evaluation.metrics import evaluate_vqa as score_vqa
 from vlekit.evaluation.metrics import majority_answer
 from vlekit.evaluation.tasks import VCRTask, task_for
+from vlekit.interfaces import Task
+from vlekit.registry import RegistryError, import_plugins
 
 # VCR chance levels: one choice in C, and Q->AR needs both right.
 CHANCE = {"q2a": VCRTask.chance, "qa2r": VCRTask.chance, "q2ar": VCRTask.chance**2}
@@ -106,6 +108,32 @@ def bootstrap_interval(correct: np.ndarray, *, resamples: int = 1000, seed: int 
     return float(low), float(high)
 
 
+def bootstrap_score(score: Callable[[torch.Tensor, torch.Tensor], float], logits: torch.Tensor, labels: torch.Tensor, *,
+                    resamples: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile bootstrap interval of any task score (``Task.score``; questions resampled)."""
+    if len(labels) == 0:
+        return (float("nan"), float("nan"))
+    rng = np.random.default_rng(seed)
+    draws = torch.from_numpy(rng.integers(0, len(labels), size=(resamples, len(labels))))
+    low, high = np.percentile([score(logits[rows], labels[rows]) for rows in draws], [2.5, 97.5])
+    return float(low), float(high)
+
+
+def plugin_task(trained: TrainedModel) -> Task | None:
+    """The task ``trained`` was trained for when that is a plugin's, not its data pipeline's (``data.task:
+    my-task`` with ``data_task = "q2a"``): its score is reported beside the pipeline's accuracy. ``None`` for
+    the built-in tasks, and, said on stderr, for a task not registered here (its plugin not installed)."""
+    if trained.run_task is None:
+        return None
+    try:
+        import_plugins(trained.plugins)
+        return task_for(trained.run_task)
+    except RegistryError as error:
+        print(f"{trained.folder}: trained for the task {trained.run_task!r}, which cannot be found here ({error}); "
+              f"scored as {trained.task} only", file=sys.stderr)
+        return None
+
+
 def _loader(trained: TrainedModel, records: list[dict], *, images: str, batch_size: int, num_workers: int,
             expand_answers: bool = False, compat: str | None = None) -> DataLoader:
     from data_prep.dataset import VCRDataset
@@ -124,7 +152,8 @@ def evaluate(
 
     precision: ``auto``, ``bf16``, ``fp16`` or ``fp32`` for every model; ``None``: each model's own
         ``train.mixed_precision`` (from the ``config.yaml`` that ``vlekit train`` saves with it).
-    Returns ``{"metrics": {task: {"accuracy", "ci95", "chance", "n"}}, "leaderboard": path or None}``.
+    Returns ``{"metrics": {task: {"accuracy", "ci95", "chance", "n"}}, "leaderboard": path or None}``; a run
+    trained for a plugin's task (:func:`plugin_task`) adds a row under that task's name with its own score.
     """
     trained = {}
     for folder in checkpoints:
@@ -150,6 +179,7 @@ def evaluate(
     options = dict(images=str(images), batch_size=batch_size, num_workers=num_workers, compat=compat)
     answer_probs = rationale_probs = None
     per_question: dict[str, np.ndarray] = {}
+    scored: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # task -> (logits, labels) of a labelled split
     predictions: list[dict[str, Any]] = [{"annot_id": r["annot_id"]} for r in records]
 
     if "q2a" in trained:
@@ -159,13 +189,15 @@ def evaluate(
         for row, p in zip(predictions, answer_probs):
             row.update(answer_probs=p.round(5).tolist(), answer_pred=int(p.argmax()))
         if labelled:
-            per_question["q2a"] = answer_probs.argmax(-1) == np.array([r["answer_label"] for r in records])
+            labels = np.array([r["answer_label"] for r in records])
+            per_question["q2a"], scored["q2a"] = answer_probs.argmax(-1) == labels, (logits, torch.from_numpy(labels))
     if "qa2r" in trained:
         if labelled:  # the standard metric: the gold answer in the query
             logits, _ = predict(trained["qa2r"].model, _loader(trained["qa2r"], records, **options),
                                 precision=precisions["qa2r"], progress=progress)
             rationale_probs = logits.softmax(-1).numpy()
-            per_question["qa2r"] = rationale_probs.argmax(-1) == np.array([r["rationale_label"] for r in records])
+            labels = np.array([r["rationale_label"] for r in records])
+            per_question["qa2r"], scored["qa2r"] = rationale_probs.argmax(-1) == labels, (logits, torch.from_numpy(labels))
             for row, p in zip(predictions, rationale_probs):
                 row.update(rationale_probs=p.round(5).tolist(), rationale_pred=int(p.argmax()))
         else:  # leaderboard: every candidate answer in the query -> [N, 4 answers, 4 rationales]
@@ -179,6 +211,12 @@ def evaluate(
     for task, correct in per_question.items():
         low, high = bootstrap_interval(correct.astype(float), resamples=resamples)
         metrics[task] = {"accuracy": float(correct.mean()), "ci95": [low, high], "chance": CHANCE[task], "n": int(len(correct))}
+    for task, (logits, labels) in scored.items():
+        plugin = plugin_task(trained[task])
+        if plugin is not None:
+            metrics[trained[task].run_task] = {
+                "accuracy": float(plugin.score(logits, labels)), "chance": plugin.chance, "n": int(len(labels)),
+                "ci95": list(bootstrap_score(plugin.score, logits, labels, resamples=resamples))}
     for task, correct in per_question.items():
         for row, ok in zip(predictions, correct):
             row[f"{task}_correct"] = bool(ok)

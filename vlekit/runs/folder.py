@@ -183,9 +183,8 @@ def _load_checkpoint(folder: Path) -> TrainedModel:
                          f"{missing[:5]}, unexpected {result.unexpected_keys[:5]} (of {len(missing)} and "
                          f"{len(result.unexpected_keys)})")
     data = _run_options(saved_run_options(read_json_file(folder / PREPROCESS_FILE)), model, where=folder / PREPROCESS_FILE)
-    mixed_precision = (read_yaml_file(folder / EXPERIMENT_FILE).get("train") or {}).get("mixed_precision")
     return TrainedModel(folder=folder, model=model.eval(), tokenizer=AutoTokenizer.from_pretrained(folder / TOKENIZER_DIR),
-                        data=data, mixed_precision=mixed_precision)
+                        data=data, **_experiment_facts(folder, data["task"]))
 
 
 def image_options(model: VCRModel) -> dict[str, Any]:
@@ -262,6 +261,8 @@ class TrainedModel:
     data: dict[str, Any]
     mixed_precision: str | None  # the run's train.mixed_precision (None: the folder has no config.yaml)
     official: bool = False  # an official VLE task checkpoint (VCR: fed compat="vle" by default)
+    run_task: str | None = None  # the run's data.task when a plugin's task, not its data pipeline's (``task``)
+    plugins: tuple[str, ...] = ()  # the run's ``plugins:`` modules (where such a task is registered)
 
     @property
     def task(self) -> str:
@@ -306,10 +307,18 @@ def load_trained(folder: str | Path) -> TrainedModel:
     model = VCRModel.from_pretrained(folder)
     tokenizer = AutoTokenizer.from_pretrained(folder / TOKENIZER_DIR)
     data = _run_options(saved_run_options(read_json_file(folder / PREPROCESS_FILE)), model, where=folder / PREPROCESS_FILE)
-    mixed_precision = None
-    if (folder / EXPERIMENT_FILE).is_file():
-        mixed_precision = (read_yaml_file(folder / EXPERIMENT_FILE).get("train") or {}).get("mixed_precision")
-    return TrainedModel(folder=folder, model=model, tokenizer=tokenizer, data=data, mixed_precision=mixed_precision)
+    return TrainedModel(folder=folder, model=model, tokenizer=tokenizer, data=data, **_experiment_facts(folder, data["task"]))
+
+
+def _experiment_facts(folder: Path, task: str) -> dict[str, Any]:
+    """What a model folder's ``config.yaml`` adds to its ``data.json``: the run's precision, and its task and
+    plugins when the task is a plugin's (``data.json`` records the data pipeline's). Empty without one."""
+    if not (folder / EXPERIMENT_FILE).is_file():
+        return {"mixed_precision": None}
+    saved = read_yaml_file(folder / EXPERIMENT_FILE) or {}
+    run_task = (saved.get("data") or {}).get("task")
+    return {"mixed_precision": (saved.get("train") or {}).get("mixed_precision"),
+            "run_task": run_task if run_task not in (None, task) else None, "plugins": tuple(saved.get("plugins") or ())}
 
 
 def check_model_folder(folder: Path) -> None:
