@@ -125,68 +125,6 @@ def find_model_dir(path: str | Path) -> Path:
                             f"{MODEL_DIR}/ folder or one of its checkpoints from vlekit train ({interrupted})")
 
 
-def is_checkpoint(folder: str | Path) -> bool:
-    """``folder`` is a training checkpoint (``RUN/checkpoints/step-N``)."""
-    return (Path(folder) / STATE_FILE).is_file()
-
-
-def write_model_companions(folder: Path, model: VCRModel, tokenizer: Any, options: dict[str, Any]) -> None:
-    """What ``load_trained`` reads beside a model's weights and config: the tokenizer and the
-    preprocessing the model was trained with (``options``: ``DataConfig.preprocess_options()``)."""
-    tokenizer.save_pretrained(folder / TOKENIZER_DIR)
-    (folder / PREPROCESS_FILE).write_text(json.dumps(saved_preprocessing(options, model)))
-
-
-def checkpoint_state_dict(folder: Path) -> dict[str, Any]:
-    """The model weights a training checkpoint holds, under the model's own parameter names: accelerate's
-    ``model.safetensors`` (DDP's ``module.`` prefix dropped), or FSDP's sharded
-    ``torch.distributed.checkpoint`` files merged on the CPU (``accelerate.utils.merge_fsdp_weights``)."""
-    from safetensors.torch import load_file
-
-    if (folder / CHECKPOINT_WEIGHTS).is_file():
-        state = load_file(str(folder / CHECKPOINT_WEIGHTS))
-    elif (folder / CHECKPOINT_FSDP_WEIGHTS).is_dir():
-        from accelerate.utils import merge_fsdp_weights
-
-        with tempfile.TemporaryDirectory() as merged:
-            merge_fsdp_weights(str(folder / CHECKPOINT_FSDP_WEIGHTS), merged, safe_serialization=True)
-            state = load_file(str(Path(merged) / CHECKPOINT_WEIGHTS))
-    else:
-        raise FileNotFoundError(f"{folder}: neither {CHECKPOINT_WEIGHTS} nor {CHECKPOINT_FSDP_WEIGHTS}/ (the model "
-                                f"weights accelerate's save_state writes); not a vlekit training checkpoint")
-    if state and all(key.startswith("module.") for key in state):
-        state = {key.removeprefix("module."): value for key, value in state.items()}
-    return state
-
-
-def _load_checkpoint(folder: Path) -> TrainedModel:
-    """A training checkpoint as a trained model: its weights in the architecture its ``vlekit_config.json``
-    records, with the tokenizer and preprocessing saved beside them."""
-    from transformers import AutoTokenizer
-
-    problem = folder_problem(folder)
-    if problem is not None:
-        raise ValueError(f"{folder} is not a complete checkpoint: {problem}")
-    if not (folder / MODEL_CONFIG_FILE).is_file():
-        raise FileNotFoundError(
-            f"{folder}: a checkpoint saved before checkpoints recorded the model ({MODEL_CONFIG_FILE}, "
-            f"{TOKENIZER_DIR}/, {PREPROCESS_FILE}); resume the run from it to write {MODEL_DIR}/ "
-            f"(`vlekit train --config {folder / EXPERIMENT_FILE} --out {folder.parent.parent} --resume-from {folder}`)")
-    model = VCRModel(config=load_model_config(folder))
-    state = checkpoint_state_dict(folder)
-    result = model.load_state_dict(state, strict=False)
-    own = model.state_dict()
-    loaded = {own[key].data_ptr() for key in state if key in own}
-    missing = [key for key in result.missing_keys if own[key].data_ptr() not in loaded]  # not a tied copy
-    if missing or result.unexpected_keys:
-        raise ValueError(f"{folder}: the checkpoint's weights do not match its {MODEL_CONFIG_FILE}: missing "
-                         f"{missing[:5]}, unexpected {result.unexpected_keys[:5]} (of {len(missing)} and "
-                         f"{len(result.unexpected_keys)})")
-    data = _run_options(saved_run_options(read_json_file(folder / PREPROCESS_FILE)), model, where=folder / PREPROCESS_FILE)
-    return TrainedModel(folder=folder, model=model.eval(), tokenizer=AutoTokenizer.from_pretrained(folder / TOKENIZER_DIR),
-                        data=data, **_experiment_facts(folder, data["task"]))
-
-
 def image_options(model: VCRModel) -> dict[str, Any]:
     """The image side of the preprocessing (``data_prep.preprocess.MODEL_OPTIONS``), read from the model's
     vision encoder, as timm resolves a model's data config: ``image_size``, ``patch_size``, ``image_mean``,
@@ -207,6 +145,13 @@ def saved_preprocessing(options: dict[str, Any], model: VCRModel) -> dict[str, A
     else:
         resolved = dataclasses.asdict(PreprocessConfig(**options, **image))
     return {name: list(value) if isinstance(value, tuple) else value for name, value in resolved.items()}
+
+
+def write_model_companions(folder: Path, model: VCRModel, tokenizer: Any, options: dict[str, Any]) -> None:
+    """What ``load_trained`` reads beside a model's weights and config: the tokenizer and the
+    preprocessing the model was trained with (``options``: ``DataConfig.preprocess_options()``)."""
+    tokenizer.save_pretrained(folder / TOKENIZER_DIR)
+    (folder / PREPROCESS_FILE).write_text(json.dumps(saved_preprocessing(options, model)))
 
 
 def _run_options(saved: dict[str, Any], model: VCRModel, *, where: Path) -> dict[str, Any]:
@@ -319,6 +264,61 @@ def _experiment_facts(folder: Path, task: str) -> dict[str, Any]:
     run_task = (saved.get("data") or {}).get("task")
     return {"mixed_precision": (saved.get("train") or {}).get("mixed_precision"),
             "run_task": run_task if run_task not in (None, task) else None, "plugins": tuple(saved.get("plugins") or ())}
+
+
+def is_checkpoint(folder: str | Path) -> bool:
+    """``folder`` is a training checkpoint (``RUN/checkpoints/step-N``)."""
+    return (Path(folder) / STATE_FILE).is_file()
+
+
+def checkpoint_state_dict(folder: Path) -> dict[str, Any]:
+    """The model weights a training checkpoint holds, under the model's own parameter names: accelerate's
+    ``model.safetensors`` (DDP's ``module.`` prefix dropped), or FSDP's sharded
+    ``torch.distributed.checkpoint`` files merged on the CPU (``accelerate.utils.merge_fsdp_weights``)."""
+    from safetensors.torch import load_file
+
+    if (folder / CHECKPOINT_WEIGHTS).is_file():
+        state = load_file(str(folder / CHECKPOINT_WEIGHTS))
+    elif (folder / CHECKPOINT_FSDP_WEIGHTS).is_dir():
+        from accelerate.utils import merge_fsdp_weights
+
+        with tempfile.TemporaryDirectory() as merged:
+            merge_fsdp_weights(str(folder / CHECKPOINT_FSDP_WEIGHTS), merged, safe_serialization=True)
+            state = load_file(str(Path(merged) / CHECKPOINT_WEIGHTS))
+    else:
+        raise FileNotFoundError(f"{folder}: neither {CHECKPOINT_WEIGHTS} nor {CHECKPOINT_FSDP_WEIGHTS}/ (the model "
+                                f"weights accelerate's save_state writes); not a vlekit training checkpoint")
+    if state and all(key.startswith("module.") for key in state):
+        state = {key.removeprefix("module."): value for key, value in state.items()}
+    return state
+
+
+def _load_checkpoint(folder: Path) -> TrainedModel:
+    """A training checkpoint as a trained model: its weights in the architecture its ``vlekit_config.json``
+    records, with the tokenizer and preprocessing saved beside them."""
+    from transformers import AutoTokenizer
+
+    problem = folder_problem(folder)
+    if problem is not None:
+        raise ValueError(f"{folder} is not a complete checkpoint: {problem}")
+    if not (folder / MODEL_CONFIG_FILE).is_file():
+        raise FileNotFoundError(
+            f"{folder}: a checkpoint saved before checkpoints recorded the model ({MODEL_CONFIG_FILE}, "
+            f"{TOKENIZER_DIR}/, {PREPROCESS_FILE}); resume the run from it to write {MODEL_DIR}/ "
+            f"(`vlekit train --config {folder / EXPERIMENT_FILE} --out {folder.parent.parent} --resume-from {folder}`)")
+    model = VCRModel(config=load_model_config(folder))
+    state = checkpoint_state_dict(folder)
+    result = model.load_state_dict(state, strict=False)
+    own = model.state_dict()
+    loaded = {own[key].data_ptr() for key in state if key in own}
+    missing = [key for key in result.missing_keys if own[key].data_ptr() not in loaded]  # not a tied copy
+    if missing or result.unexpected_keys:
+        raise ValueError(f"{folder}: the checkpoint's weights do not match its {MODEL_CONFIG_FILE}: missing "
+                         f"{missing[:5]}, unexpected {result.unexpected_keys[:5]} (of {len(missing)} and "
+                         f"{len(result.unexpected_keys)})")
+    data = _run_options(saved_run_options(read_json_file(folder / PREPROCESS_FILE)), model, where=folder / PREPROCESS_FILE)
+    return TrainedModel(folder=folder, model=model.eval(), tokenizer=AutoTokenizer.from_pretrained(folder / TOKENIZER_DIR),
+                        data=data, **_experiment_facts(folder, data["task"]))
 
 
 def check_model_folder(folder: Path) -> None:
