@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ablate": ("vlekit.ablation.grid", "an ablation grid over any experiment (variants x seeds) with a report"),
     "diagnose": ("vlekit.diagnose.run", "does the model look? a VCR run under shortcut probes, with paired statistics"),
     "bench": ("vlekit.bench.run", "measure training / inference speed, memory, FLOPs and MFU"),
+    "runs": ("vlekit.evaluation.overview", "the training runs under folders: where each stands, its scores, the options that differ; curves"),
     "push": ("vlekit.runs.push", "upload a trained run to the Hugging Face Hub with a model card"),
     "export": ("vlekit.runs.export", "a trained run as a plain run folder (every weight; --merge: adapters merged) or, --format vle, an official VLE folder"),
 }

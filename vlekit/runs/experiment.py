@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -208,6 +209,25 @@ class ExperimentConfig:
 
 
 _SECTIONS = {"model": VCRModelConfig, "data": DataConfig, "train": TrainConfig}
+
+
+def flat_options(raw: Mapping[str, Any]) -> dict[str, bool | int | float | str]:
+    """A config as ``{"train.lr": 1e-5, "model.fusion.name": "co-attention", ...}`` (``raw``: a saved
+    ``config.yaml`` or :meth:`ExperimentConfig.to_dict`): scalars as they are, lists as JSON text,
+    ``None`` as ``"None"``."""
+    flat: dict[str, bool | int | float | str] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, Mapping):
+            for key, item in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), item)
+        elif isinstance(value, (bool, int, float, str)):
+            flat[prefix] = value
+        else:
+            flat[prefix] = json.dumps(value) if isinstance(value, (list, tuple)) else str(value)
+
+    walk("", raw)
+    return flat
 
 
 def experiment_from_dict(raw: Mapping[str, Any], *, where: str = "config") -> ExperimentConfig:

@@ -106,8 +106,18 @@ class RunFolder:
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """The JSON records of a ``metrics.jsonl`` file (blank lines skipped)."""
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """The JSON records of a ``metrics.jsonl`` file (blank lines skipped). A last line that is not JSON yet
+    is being written (or was cut short by a kill) and is left out; another is an error naming its line."""
+    lines = [(number, line) for number, line in enumerate(Path(path).read_text().splitlines(), 1) if line.strip()]
+    records = []
+    for index, (number, line) in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except ValueError as error:
+            if index == len(lines) - 1:
+                break
+            raise ValueError(f"{path}:{number}: not a JSON record ({error}); the file is damaged") from error
+    return records
 
 
 def find_model_dir(path: str | Path) -> Path:

@@ -55,6 +55,18 @@ def _read_lock(path: Path) -> dict[str, Any] | None:
     return owner if isinstance(owner, dict) else {}
 
 
+def running_owner(out: Path) -> dict[str, Any] | None:
+    """The process training in ``out`` now (its lock's ``pid``, ``host``, ``started``), or ``None``. A lock
+    held from another host counts as running: its process cannot be checked from here."""
+    owner = _read_lock(out / LOCK_FILE)
+    if not owner:
+        return None
+    pid = owner.get("pid")
+    if owner.get("host") == socket.gethostname() and isinstance(pid, int) and not _alive(pid):
+        return None  # left by a process that was killed
+    return owner
+
+
 class RunLock:
     """``OUT/.lock`` held for the lifetime of one training process (a context manager)."""
 

@@ -2,11 +2,10 @@
 (the config as flat hyper-parameters, the ``metrics.jsonl`` records as scalars)."""
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from typing import Any
 
-from vlekit.runs.experiment import ExperimentConfig
+from vlekit.runs.experiment import ExperimentConfig, flat_options
 
 TRACKING_DIR = "tracking"  # OUT/tracking/<run name>/: what file-based trackers (TensorBoard, ...) write
 
@@ -30,19 +29,7 @@ def check_trackers(report_to: str | Iterable[str]) -> list[str]:
 def flat_hyperparameters(config: ExperimentConfig) -> dict[str, bool | int | float | str]:
     """The resolved config as ``{"train.lr": 1e-5, "model.fusion.name": "co-attention", ...}``: the
     scalar values trackers take as hyper-parameters (lists as JSON text, ``None`` as ``"None"``)."""
-    flat: dict[str, bool | int | float | str] = {}
-
-    def walk(prefix: str, value: Any) -> None:
-        if isinstance(value, dict):
-            for key, item in value.items():
-                walk(f"{prefix}.{key}" if prefix else str(key), item)
-        elif isinstance(value, (bool, int, float, str)):
-            flat[prefix] = value
-        else:
-            flat[prefix] = json.dumps(value) if isinstance(value, (list, tuple)) else str(value)
-
-    walk("", config.to_dict())
-    return flat
+    return flat_options(config.to_dict())
 
 
 def tracked_scalars(record: dict[str, Any]) -> dict[str, float]:
