@@ -187,6 +187,8 @@ class SplitCheck:
         problems: every problem, in file order.
         num_read: the records read (non-blank lines).
         decoded: whether images were decoded completely (``decode=True``) or only their headers read.
+        images_hint: when no record's image was found, why, and where they are if one folder up or
+            down holds them (:func:`images_root_hint`); else ``None``.
     """
 
     source: Path
@@ -194,6 +196,7 @@ class SplitCheck:
     problems: list[DataProblem]
     num_read: int
     decoded: bool
+    images_hint: str | None = None
 
     @property
     def errors(self) -> list[DataProblem]:
@@ -218,6 +221,8 @@ class SplitCheck:
         warned_only = len({p.error.line for p in self.warnings} - {p.error.line for p in self.errors})
         lines = [f"{name}: {self.num_read} records read: {with_errors} with errors, {warned_only} with warnings only "
                  f"({'images decoded' if self.decoded else 'image headers read, not decoded'})"]
+        if self.images_hint:
+            lines.append(self.images_hint)
         for severity, problems, note in (
             (ERROR, self.errors, " (a run with data.skip_bad=true skips these records; without it, it stops)"),
             (WARNING, self.warnings, ""),
@@ -255,10 +260,10 @@ class PreflightError(ValueError):
         self.check = check
         skipped = check.skipped_by_kind()
         reasons = ", ".join(f"{count} {kind}" for kind, count in skipped.most_common())
-        super().__init__(
-            f"{check.errors[0]}\n  {sum(skipped.values())} of {check.num_read} records of {check.source.name} have "
-            f"errors ({reasons}): `vlekit check-data` lists them all; a training run skips them with data.skip_bad=true"
-        )
+        advice = check.images_hint or ("`vlekit check-data` lists them all; a training run skips them with "
+                                       "data.skip_bad=true")
+        super().__init__(f"{check.errors[0]}\n  {sum(skipped.values())} of {check.num_read} records of "
+                         f"{check.source.name} have errors ({reasons}): {advice}")
 
 
 class _Checker:
@@ -339,8 +344,26 @@ def check_split(
     problems.sort(key=lambda p: p.error.line or 0)  # stable: a record's problems keep their order
     skipped.sort(key=lambda e: e.line or 0)
     good = VCRRecords(kept, source=annotations, skipped=skipped, lines=kept_lines)
-    return SplitCheck(source=annotations, records=good, problems=problems,
-                      num_read=len(records) + len(records.skipped), decoded=decode)
+    check = SplitCheck(source=annotations, records=good, problems=problems,
+                       num_read=len(records) + len(records.skipped), decoded=decode)
+    if len(records) and check.skipped_by_kind()["missing-image"] == len(records):  # not one image where it should be
+        check.images_hint = images_root_hint(Path(images_root), records[0]["img_fn"])
+    return check
+
+
+def images_root_hint(images_root: Path, img_fn: str) -> str:
+    """What to say when no record's image is under ``images_root``: the folder one level up or down that
+    holds them (a dataset's folder given for its ``vcr1images/``, or one of the movie folders), if any."""
+    nearby = [images_root / "vcr1images", images_root.parent, images_root.parent.parent]
+    if images_root.is_dir():
+        nearby[1:1] = sorted(p for p in images_root.iterdir() if p.is_dir())
+    found = next((folder for folder in nearby if (folder / img_fn).is_file()), None)
+    if found is not None:
+        return (f"no image is under {images_root}, but {found} holds them: give that folder as the images root "
+                f"(--images / data.images)")
+    what = "is not a folder" if not images_root.is_dir() else "holds none of the records' images"
+    return (f"the images root {images_root} {what}: it must be the folder that holds VCR's movie folders "
+            f"(vcr1images/), so that ROOT/{img_fn} is a file")
 
 
 def _to_stderr(text: str) -> None:

@@ -8,6 +8,7 @@ line with a byte that is not UTF-8.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -242,6 +243,30 @@ def test_preflight_stops_train_before_step_1_naming_the_first_bad_file(clean: Sy
     assert len(message) == 1 and records[2]["img_fn"] in message[0]
     assert "5 of 17 records of train.jsonl have errors" in err and "data.skip_bad=true" in err
     assert "Traceback" not in err and not (out / "metrics.jsonl").exists()
+
+
+def test_an_images_root_one_folder_off_is_named_with_the_folder_that_holds_the_images(
+        clean: SyntheticVCR, tokenizer_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The dataset's folder given for its vcr1images/, or one movie folder: every image is missing, and the
+    message names the folder that holds them instead of suggesting data.skip_bad (which would skip them all)."""
+    root = clean.images_root
+    movie = next(p for p in sorted(root.iterdir()) if p.is_dir())
+    for wrong in (root.parent, movie):
+        with pytest.raises(PreflightError, match=rf"no image is under {wrong}, but {root} holds them: give that folder "
+                                                 r"as the images root \(--images / data.images\)$"):
+            preflight(clean.val, wrong)
+    with pytest.raises(PreflightError, match=rf"the images root {tmp_path / 'none'} is not a folder: it must be the folder"):
+        preflight(clean.val, tmp_path / "none")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(PreflightError, match="holds none of the records' images: .* so that ROOT/.*jpg is a file"):
+        preflight(clean.val, tmp_path / "empty")
+    assert check_split(clean.val, root).images_hint is None
+
+    assert _check_data(dataclasses.replace(clean, images_root=root.parent), tokenizer_dir) == 1
+    assert f"but {root} holds them" in capsys.readouterr().out
+    assert cli_main(["train", "--no-progress", *_overrides(clean, tmp_path / "run"), f"data.images={root.parent}"]) == 2
+    err = capsys.readouterr().err
+    assert f"but {root} holds them" in err and "skip_bad" not in err
 
 
 def test_skip_bad_trains_on_the_rest_and_survives_a_truncated_jpeg_in_workers(
