@@ -197,12 +197,47 @@ def test_save_best_keeps_the_best_validation_model_across_a_resume(synthetic, tm
     assert any(not torch.equal(final[key], at_step_12[key]) for key in final)
 
 
-def test_save_best_without_a_validation_split_is_an_error(ten, tmp_path):
+@pytest.mark.parametrize("option", ["save_best=true", "early_stopping_patience=2"])
+def test_options_that_need_validation_without_a_validation_split_are_an_error(ten, tmp_path, option):
     overrides = [*tiny_overrides(ten, tmp_path / "run", epochs=1, batch_size=2), "data.val_annotations=null",
-                 "train.save_best=true"]
-    with pytest.raises(ValueError, match="train.save_best .* the run has no validation split: set"):
+                 f"train.{option}"]
+    name = option.split("=")[0]
+    with pytest.raises(ValueError, match=f"train.{name} .* the run has no validation split: set"):
         train(load_experiment(None, overrides), progress=False)
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_early_stopping_stops_after_patience_validations_without_a_better_score_and_stays_stopped(
+        synthetic, tmp_path, monkeypatch, capsys):
+    """Scores 0.5, 0.25, 0.375 (then 0.4 if it went on) with patience 2: the run stops at the third validation,
+    step 18 of 24, and writes model/. Interrupted at step 14 and resumed, it stops at the same step (the count
+    travels in the checkpoint); resumed once more, it does not train on."""
+    scores = [0.5, 0.25, 0.375, 0.4]
+    overrides = {name: [*tiny_overrides(synthetic, tmp_path / name, epochs=4, batch_size=8), SMALL_IMAGES,
+                        "train.early_stopping_patience=2"] for name in ("straight", "resumed")}
+    with monkeypatch.context() as patch:
+        remaining = iter(scores)
+        patch.setattr("vlekit.training.train.accuracy_on", lambda *args, **kwargs: next(remaining))
+        straight = train(load_experiment(None, overrides["straight"]), progress=False)
+    assert (straight.global_step, straight.stopped_early, straight.interrupted) == (18, True, False)
+    assert straight.model_dir.is_dir()
+    assert "no better validation score in 2 validations (the best, 0.500, at step 6): stopping early" in capsys.readouterr().out
+    with monkeypatch.context() as patch:
+        remaining = iter(scores)
+        patch.setattr("vlekit.training.train.accuracy_on", lambda *args, **kwargs: next(remaining))
+        patch.setattr("vlekit.training.train.StopRequested", StopInEpoch2)
+        assert train(load_experiment(None, overrides["resumed"]), progress=False).global_step == 14
+        patch.setattr("vlekit.training.train.StopRequested", StopRequested)
+        resumed = train(load_experiment(None, overrides["resumed"]), resume="latest", progress=False)
+        assert (resumed.global_step, resumed.stopped_early) == (18, True)
+        again = train(load_experiment(None, overrides["resumed"]), resume="latest", progress=False)
+    assert (again.global_step, again.stopped_early) == (18, True)
+    for name in overrides:
+        assert [r["step"] for r in map(json.loads, (tmp_path / name / "metrics.jsonl").read_text().splitlines())
+                if "val_accuracy" in r] == [6, 12, 18], name
+    straight_weights, resumed_weights = final_weights(tmp_path / "straight"), final_weights(tmp_path / "resumed")
+    for key in straight_weights:
+        torch.testing.assert_close(resumed_weights[key], straight_weights[key], rtol=0, atol=1e-6, msg=key)
 
 
 def _cli(*args: str, **kwargs) -> subprocess.Popen:

@@ -126,6 +126,9 @@ class TrainConfig:
     save_best: after each validation that beats every earlier one of the run (resumes included), write the
         model to ``OUT/best/`` as ``model/`` is written, with ``selected.json`` (step, epoch, score). The
         score it was chosen on is then no longer an unbiased estimate: report a held-out split.
+    early_stopping_patience: stop once this many validations in a row have not beaten the best score of
+        the run (0: off); the run then ends as at its last step (a checkpoint, ``model/``), and
+        ``save_best`` keeps the best model.
     """
 
     out: str = "runs/vcr"
@@ -146,6 +149,7 @@ class TrainConfig:
     save_every_steps: int = 1000
     keep: int = 2
     save_best: bool = False
+    early_stopping_patience: int = 0
     log_every_steps: int = 10
     eval_every_epochs: int = 1
     max_steps: int = 0
@@ -157,7 +161,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         """Options that cannot make sense fail here, before any data is read or any step is taken."""
         at_least = {"batch_size": 1, "gradient_accumulation_steps": 1, "log_every_steps": 1, "eval_every_epochs": 1,
-                    "max_steps": 0, "save_every_steps": 0, "keep": 0}
+                    "max_steps": 0, "save_every_steps": 0, "keep": 0, "early_stopping_patience": 0}
         for name, low in at_least.items():
             if getattr(self, name) < low:
                 raise ValueError(f"train.{name}={getattr(self, name)} must be >= {low}" + _ZERO_MEANS.get(name, ""))
@@ -184,7 +188,7 @@ class TrainConfig:
 MIXED_PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 # What 0 means for the options where it is allowed.
 _ZERO_MEANS = {"max_steps": " (0: no limit but epochs)", "save_every_steps": " (0: a checkpoint only at the end)",
-               "keep": " (0: keep every checkpoint)"}
+               "keep": " (0: keep every checkpoint)", "early_stopping_patience": " (0: no early stopping)"}
 
 
 @dataclass(frozen=True)

@@ -40,8 +40,10 @@ class TrainerState:
     epoch: int = 0
     batches_in_epoch: int = 0  # micro-batches of the current epoch already consumed
     global_step: int = 0  # optimizer steps
-    best_score: float | None = None  # train.save_best: the best validation score so far, and its step
+    best_score: float | None = None  # the best validation score so far, and its step
     best_step: int | None = None
+    validations_since_best: int = 0  # train.early_stopping_patience counts these
+    stopped_early: bool = False  # a resume of a run that stopped early does not train on
 
 
 def _remove_checkpoint(folder: Path) -> None:

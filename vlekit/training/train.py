@@ -181,6 +181,7 @@ class TrainResult:
     interrupted: bool
     val_accuracy: float | None
     stop_signal: int | None = None  # the signal that interrupted the run
+    stopped_early: bool = False  # train.early_stopping_patience validations without a better score
 
     @property
     def exit_code(self) -> int:
@@ -261,9 +262,11 @@ def _train(config: ExperimentConfig, accelerator: Accelerator, *, micro: int, tr
         persistent_workers=data_cfg.num_workers > 0, prefetch_factor=4 if data_cfg.num_workers > 0 else None,
         worker_init_fn=ignore_stop_signals,
     )
-    if train_cfg.save_best and val_set is None:
-        raise ValueError("train.save_best keeps the model of the best validation score, but the run has no validation "
-                         "split: set its validation data (data.val_annotations; VQA: data.val_questions) or drop save_best")
+    for option, why in (("save_best", "keeps the model of the best validation score"),
+                        ("early_stopping_patience", "stops when validation scores stop improving")):
+        if getattr(train_cfg, option) and val_set is None:
+            raise ValueError(f"train.{option} {why}, but the run has no validation split: set its validation data "
+                             f"(data.val_annotations; VQA: data.val_questions) or drop {option}")
     val_loader = None
     if val_set is not None:
         val_loader = DataLoader(val_set, batch_size=micro, collate_fn=val_set.collate, num_workers=data_cfg.num_workers,
@@ -309,19 +312,27 @@ def _train(config: ExperimentConfig, accelerator: Accelerator, *, micro: int, tr
         log.write(step=state.global_step, epoch=state.epoch, val_accuracy=accuracy)
         accelerator.log(tracked_scalars({"val_accuracy": accuracy}), step=state.global_step)
         bar.write(f"step {state.global_step} (epoch {state.epoch}): val accuracy {accuracy:.3f}")
-        if train_cfg.save_best and (state.best_score is None or accuracy > state.best_score):
-            state.best_score, state.best_step = accuracy, state.global_step
-            weights = accelerator.get_state_dict(model)  # every process takes part (FSDP gathers its shards)
-            if accelerator.is_main_process:
-                selection = {"step": state.global_step, "epoch": state.epoch, "val_accuracy": accuracy}
-                best = save_final_model(accelerator.unwrap_model(model), tokenizer, config, out / BEST_DIR, weights,
-                                        selection=selection)
-                bar.write(f"  the best so far: saved to {best}")
-            accelerator.wait_for_everyone()
+        if state.best_score is None or accuracy > state.best_score:  # the same on every process (gathered scores)
+            state.best_score, state.best_step, state.validations_since_best = accuracy, state.global_step, 0
+            if train_cfg.save_best:
+                weights = accelerator.get_state_dict(model)  # every process takes part (FSDP gathers its shards)
+                if accelerator.is_main_process:
+                    selection = {"step": state.global_step, "epoch": state.epoch, "val_accuracy": accuracy}
+                    best = save_final_model(accelerator.unwrap_model(model), tokenizer, config, out / BEST_DIR, weights,
+                                            selection=selection)
+                    bar.write(f"  the best so far: saved to {best}")
+                accelerator.wait_for_everyone()
+        else:
+            state.validations_since_best += 1
+            patience = train_cfg.early_stopping_patience
+            if patience and state.validations_since_best >= patience:
+                state.stopped_early = True
+                bar.write(f"no better validation score in {patience} validations (the best, {state.best_score:.3f}, "
+                          f"at step {state.best_step}): stopping early")
         return accuracy
 
     with StopRequested() as stop:
-        while state.global_step < total_steps and not interrupted:
+        while state.global_step < total_steps and not interrupted and not state.stopped_early:
             epoch_loader = accelerator.skip_first_batches(loader, state.batches_in_epoch) if state.batches_in_epoch else loader
             # Accelerate's loaders pass their own iteration count to the sampler; set it to the real epoch.
             epoch_loader.set_epoch(state.epoch)
@@ -375,7 +386,7 @@ def _train(config: ExperimentConfig, accelerator: Accelerator, *, micro: int, tr
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return TrainResult(out=out, model_dir=model_dir, global_step=state.global_step, interrupted=interrupted,
-                       val_accuracy=val_accuracy, stop_signal=stop.signal)
+                       val_accuracy=val_accuracy, stop_signal=stop.signal, stopped_early=state.stopped_early)
 
 
 # -- CLI ------------------------------------------------------------------------------------------
@@ -472,5 +483,6 @@ def run(args: argparse.Namespace) -> int:
     from vlekit.evaluation.plots import save_training_curve  # matplotlib: only for the command line's picture
 
     curve = save_training_curve(RunFolder(result.out), title=f"{config.data.task} training", task=config.data.task)
-    print(f"done: {result.global_step} steps, model in {result.model_dir}, curve {curve}")
+    early = " (stopped early: train.early_stopping_patience)" if result.stopped_early else ""
+    print(f"done: {result.global_step} steps{early}, model in {result.model_dir}, curve {curve}")
     return 0
