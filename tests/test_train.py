@@ -127,6 +127,32 @@ def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(ten, tmp_path, 
         torch.testing.assert_close(resumed[key], straight[key], rtol=0, atol=1e-6, msg=key)
 
 
+def test_a_resume_with_options_that_change_the_run_is_refused_unless_allowed(ten, tmp_path, monkeypatch, capsys):
+    """Resuming with another batch size (the data position and schedule of another run) is refused before
+    anything is written, naming the options and the ways out; bookkeeping options (logging, workers, where the
+    data is) may change and are reported; --allow-changes goes on with the new values and says so."""
+    overrides = [*tiny_overrides(ten, tmp_path / "run", epochs=2, batch_size=2), SMALL_IMAGES]
+    with monkeypatch.context() as patch:
+        patch.setattr("vlekit.training.train.StopRequested", StopAfter)
+        assert train(load_experiment(None, overrides), progress=False).interrupted
+    saved = (tmp_path / "run" / "config.yaml").read_text()
+    with pytest.raises(ValueError, match=r"these options differ from its checkpoint step-0000004: train.batch_size: 2 -> 1; "
+                                         r"train.lr: 0.001 -> 0.002\. Resume with the run's own config \(vlekit train "
+                                         rf"--config {tmp_path / 'run' / 'config.yaml'} --resume\), start afresh"):
+        train(load_experiment(None, [*overrides, "train.batch_size=1", "train.lr=2e-3"]), resume="latest", progress=False)
+    assert (tmp_path / "run" / "config.yaml").read_text() == saved  # nothing written
+
+    capsys.readouterr()
+    free = train(load_experiment(None, [*overrides, "train.log_every_steps=3", "train.save_best=true"]),
+                 resume="latest", progress=False)
+    assert free.global_step == 10
+    assert "resuming with: train.log_every_steps: 1 -> 3; train.save_best: False -> True" in capsys.readouterr().out
+
+    allowed = [*overrides, "train.epochs=3", "train.log_every_steps=3", "train.save_best=true"]
+    assert train(load_experiment(None, allowed), resume="latest", progress=False, allow_changes=True).global_step == 15
+    assert "resuming with changed options (--allow-changes): train.epochs: 2 -> 3" in capsys.readouterr().out
+
+
 def test_a_run_saved_before_an_option_existed_resumes_as_it_started(ten, tmp_path, monkeypatch, capsys):
     """A checkpoint whose config.yaml has no data.person_names (written before the option, when persons were
     named by first mention) resumes with that naming, says so, and saves it with the model."""
@@ -263,7 +289,8 @@ def test_sigterm_leaves_a_checkpoint_that_resumes(synthetic, tmp_path):
     assert checkpoint is not None and (checkpoint / "trainer_state.json").is_file()
     assert not list((out / "checkpoints").glob("*.tmp"))
     stopped_at = json.loads((checkpoint / "trainer_state.json").read_text())["global_step"]
-    resumed = _cli("train", "--no-progress", "--resume", *tiny_overrides(synthetic, out, epochs=40, max_steps=stopped_at + 2))
+    resumed = _cli("train", "--no-progress", "--resume", "--allow-changes",  # a shorter run from here: a new schedule
+                   *tiny_overrides(synthetic, out, epochs=40, max_steps=stopped_at + 2))
     output, _ = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, output
     assert f"resumed from {checkpoint}" in output and (out / "model" / "model.safetensors").is_file()

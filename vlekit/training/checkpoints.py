@@ -22,7 +22,7 @@ from typing import Any
 from accelerate import Accelerator
 
 from data_prep.options import RUN_OPTIONS, saved_run_options
-from vlekit.runs.experiment import ExperimentConfig
+from vlekit.runs.experiment import ExperimentConfig, flat_options
 from vlekit.runs.manifest import MANIFEST_FILE, folder_problem, write_manifest
 from vlekit.runs.folder import (
     CHECKPOINTS_DIR, EXPERIMENT_FILE, STATE_FILE, checkpoint_dirs, latest_checkpoint, read_yaml_file, write_model_companions,
@@ -44,6 +44,7 @@ class TrainerState:
     best_step: int | None = None
     validations_since_best: int = 0  # train.early_stopping_patience counts these
     stopped_early: bool = False  # a resume of a run that stopped early does not train on
+    validated_step: int | None = None  # the step of the last validation (a resumed finished run does not repeat it)
 
 
 def _remove_checkpoint(folder: Path) -> None:
@@ -156,3 +157,45 @@ def options_as_started(config: ExperimentConfig, checkpoint: Path, *, report: Ca
     shown = ", ".join(f"data.{name}={value}" for name, value in changes.items())
     report(f"{checkpoint} was saved before these options existed: going on as the run started, {shown}")
     return dataclasses.replace(config, data=dataclasses.replace(config.data, **changes))
+
+
+# What a resumed run may change without changing what it computes: where things are, how often it logs,
+# checkpoints and validates, what it keeps, the device and speed options. Any other option differing from the
+# checkpoint's config.yaml would make the resumed run something else than the one that was started.
+FREE_ON_RESUME = frozenset({
+    "plugins", "train.out", "train.save_every_steps", "train.keep", "train.log_every_steps", "train.eval_every_epochs",
+    "train.report_to", "train.save_best", "train.early_stopping_patience", "train.cpu", "train.compile",
+    "train.gradient_checkpointing", "data.num_workers", "data.skip_bad", "data.train_annotations", "data.val_annotations",
+    "data.images", "data.train_questions", "data.val_questions", "data.val_images",
+})
+
+
+def resume_changes(config: ExperimentConfig, checkpoint: Path) -> tuple[dict[str, tuple], dict[str, tuple]]:
+    """How ``config`` (as built: the model section is ``model.config``) differs from the ``checkpoint``'s
+    ``config.yaml``: ``(changes, free)``, each ``{option: (then, now)}``; ``free``: those in ``FREE_ON_RESUME``
+    (and any component's ``gradient_checkpointing``). An option the checkpoint does not record (it predates
+    the option) is not a change."""
+    then = flat_options(read_yaml_file(checkpoint / EXPERIMENT_FILE) or {})
+    now = flat_options(config.to_dict())
+    differing = {key: (then[key], now.get(key)) for key in sorted(then) if then[key] != now.get(key)}
+    is_free = lambda key: key in FREE_ON_RESUME or key.endswith(".gradient_checkpointing")  # noqa: E731
+    return ({k: v for k, v in differing.items() if not is_free(k)}, {k: v for k, v in differing.items() if is_free(k)})
+
+
+def check_resume_changes(config: ExperimentConfig, checkpoint: Path, *, allow: bool,
+                         report: Callable[[str], None] = print) -> None:
+    """Refuse to resume from ``checkpoint`` with options that change what the run computes (the batch, the
+    schedule, the model, the data pipeline...) unless ``allow``; the changes are reported either way."""
+    changes, free = resume_changes(config, checkpoint)
+    shown = lambda found: "; ".join(f"{key}: {then!r} -> {now!r}" for key, (then, now) in found.items())  # noqa: E731
+    if changes and not allow:
+        run = checkpoint.parent.parent
+        raise ValueError(
+            f"--resume continues the run in {run} as it started, but these options differ from its checkpoint "
+            f"{checkpoint.name}: {shown(changes)}. Resume with the run's own config (vlekit train --config "
+            f"{run / EXPERIMENT_FILE} --resume), start afresh (--overwrite), or go on with the new values, no longer "
+            f"an exact continuation (--allow-changes; train(..., allow_changes=True))")
+    if changes:
+        report(f"resuming with changed options (--allow-changes): {shown(changes)}")
+    if free:
+        report(f"resuming with: {shown(free)}")

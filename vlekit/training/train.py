@@ -45,8 +45,8 @@ from tqdm.auto import tqdm
 
 from vlekit.components.adaptations import parameter_counts
 from vlekit.training.checkpoints import (
-    STATE_FILE, CheckpointSpaceError, TrainerState, options_as_started, replace_folder, resume_checkpoint, save_checkpoint,
-    write_manifest,
+    STATE_FILE, CheckpointSpaceError, TrainerState, check_resume_changes, options_as_started, replace_folder,
+    resume_checkpoint, save_checkpoint, write_manifest,
 )
 from vlekit.evaluation.evaluate import accuracy_on
 from vlekit.evaluation.tasks import task_for
@@ -190,11 +190,13 @@ class TrainResult:
 
 
 def train(config: ExperimentConfig, *, resume: str | None = None, overwrite: bool = False,
-          progress: bool = True) -> TrainResult:
+          progress: bool = True, allow_changes: bool = False) -> TrainResult:
     """Fine-tune ``config.model`` on ``config.data`` as ``config.train`` says. Returns where it went.
 
     ``train.out`` must hold no run, unless ``resume`` (``"latest"`` or a checkpoint folder) continues it
     or ``overwrite`` moves it aside (:func:`vlekit.runs.lock.claim_run_folder`); it is locked meanwhile.
+    A resume with options that change what the run computes is refused unless ``allow_changes``
+    (:func:`vlekit.training.checkpoints.check_resume_changes`).
     """
     train_cfg = config.train
     trackers = check_trackers(train_cfg.report_to)
@@ -221,11 +223,12 @@ def train(config: ExperimentConfig, *, resume: str | None = None, overwrite: boo
         if accelerator.is_main_process else contextlib.nullcontext()
     accelerator.wait_for_everyone()
     with lock:
-        return _train(config, accelerator, micro=micro, trackers=trackers, resume=resume, progress=progress)
+        return _train(config, accelerator, micro=micro, trackers=trackers, resume=resume, progress=progress,
+                      allow_changes=allow_changes)
 
 
 def _train(config: ExperimentConfig, accelerator: Accelerator, *, micro: int, trackers: list[str],
-           resume: str | None, progress: bool) -> TrainResult:
+           resume: str | None, progress: bool, allow_changes: bool) -> TrainResult:
     """The loop of :func:`train`, in a run folder this process may use."""
     train_cfg, data_cfg = config.train, config.data
     out = Path(train_cfg.out)
@@ -240,6 +243,8 @@ def _train(config: ExperimentConfig, accelerator: Accelerator, *, micro: int, tr
     tokenizer = load_or_build_tokenizer(config, out, accelerator, run_data.text)
     model = build_run_model(config, tokenizer, run_data.vocabulary)
     config = dataclasses.replace(config, model=model.config)  # what was built, for config.yaml and checkpoints
+    if checkpoint is not None:
+        check_resume_changes(config, checkpoint, allow=allow_changes, report=accelerator.print)
     if accelerator.is_main_process:
         config.save(out / EXPERIMENT_FILE)
     if train_cfg.freeze_text_encoder:
@@ -309,6 +314,7 @@ def _train(config: ExperimentConfig, accelerator: Accelerator, *, micro: int, tr
 
     def evaluate_now() -> float:
         accuracy = accuracy_on(model, val_loader, accelerator, score=task.score)
+        state.validated_step = state.global_step
         log.write(step=state.global_step, epoch=state.epoch, val_accuracy=accuracy)
         accelerator.log(tracked_scalars({"val_accuracy": accuracy}), step=state.global_step)
         bar.write(f"step {state.global_step} (epoch {state.epoch}): val accuracy {accuracy:.3f}")
@@ -371,7 +377,8 @@ def _train(config: ExperimentConfig, accelerator: Accelerator, *, micro: int, tr
                 state.batches_in_epoch = 0
                 if val_loader is not None and state.epoch % train_cfg.eval_every_epochs == 0:
                     val_accuracy = evaluate_now()
-        if not interrupted and val_loader is not None and state.batches_in_epoch:  # stopped mid-epoch (max_steps)
+        if not interrupted and val_loader is not None and state.batches_in_epoch and \
+                state.validated_step != state.global_step:  # stopped mid-epoch (max_steps), not validated there yet
             val_accuracy = evaluate_now()
     bar.close()
     skipped = skipped_items_summary(dataset, val_set)  # data.skip_bad: images the workers could not decode
@@ -423,6 +430,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=3e-5 model.fusion=merged-attention")
     parser.add_argument("--resume", action="store_const", const="latest", help="continue from the newest checkpoint in --out")
     parser.add_argument("--resume-from", dest="resume", metavar="CHECKPOINT", help="continue from this checkpoint folder")
+    parser.add_argument("--allow-changes", action="store_true",
+                        help="resume with options that differ from the checkpoint's (batch, schedule, ...): not an "
+                             "exact continuation; without it such a resume is refused, naming them")
     parser.add_argument("--overwrite", action="store_true",
                         help="start afresh in an --out that holds a run (the old run is moved aside to OUT.replaced-TIME)")
     for flag, (key, help_text) in _FLAGS.items():
@@ -467,7 +477,8 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
     resume_command = f"vlekit train --config {Path(config.train.out) / EXPERIMENT_FILE} --resume"
     try:
-        result = train(config, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+        result = train(config, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,
+                       allow_changes=args.allow_changes)
     except CheckpointSpaceError as error:
         print(f"vlekit train: {error}\n  resume with: {resume_command}", file=sys.stderr)
         return 1
