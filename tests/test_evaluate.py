@@ -67,6 +67,43 @@ def test_leaderboard_csv_on_unlabelled_test_records(trained, tmp_path):
         assert values[4:].reshape(4, 4).sum(axis=1) == pytest.approx(np.ones(4), abs=1e-4)  # per answer
 
 
+def test_an_out_holding_another_evaluation_is_refused_and_a_rerun_or_overwrite_leaves_no_stale_file(
+        trained, tmp_path, capsys):
+    """inputs.json records what the results are of (models with their weights' SHA-256, data files with theirs);
+    the same evaluation may run again into its --out, another is refused before any work (the test split's
+    leaderboard would sit beside the val split's metrics) unless --overwrite, which removes the old files."""
+    from vlekit.runs.manifest import file_sha256
+
+    data, folders = trained
+    both = [str(folders["q2a"]), str(folders["qa2r"])]
+    out = tmp_path / "eval"
+    evaluate(both, annotations=data.test, images=data.images_root, out=out, num_workers=0, progress=False)
+    inputs = json.loads((out / "inputs.json").read_text())
+    manifest = json.loads((folders["q2a"] / "manifest.json").read_text())["files"]
+    assert inputs["models"][0] == {"folder": str(folders["q2a"].resolve()), "task": "q2a",
+                                   "weights_sha256": manifest["model.safetensors"]["sha256"]}
+    assert inputs["data"]["annotations"] == {"path": str(data.test.resolve()), "sha256": file_sha256(data.test)}
+    assert inputs["options"]["precision"] == {"q2a": "fp32", "qa2r": "fp32"}
+    assert sorted(p.name for p in out.iterdir()) == ["inputs.json", "leaderboard.csv", "metrics.json", "predictions.jsonl"]
+    evaluate(both, annotations=data.test, images=data.images_root, out=out, num_workers=0, progress=False)  # a rerun
+
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    arguments = ["eval", "--checkpoint", both[0], "--checkpoint", both[1], "--annotations", str(data.val),
+                 "--images", str(data.images_root), "--num-workers", "0", "--out", str(out)]
+    assert cli_main(arguments) == 2
+    error = capsys.readouterr().err
+    assert f"--out {out} holds the results of another evaluation" in error and str(data.test.resolve()) in error
+    assert "--overwrite to replace them" in error
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # untouched
+    assert cli_main([*arguments, "--overwrite"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["inputs.json", "metrics.json", "predictions.jsonl"]  # no stale CSV
+    assert json.loads((out / "inputs.json").read_text())["data"]["annotations"]["path"] == str(data.val.resolve())
+
+    (out / "inputs.json").unlink()  # results an older vlekit wrote: what they are of is unknown
+    with pytest.raises(ValueError, match="an evaluation that did not record its inputs"):
+        evaluate(both, annotations=data.val, images=data.images_root, out=out, num_workers=0, progress=False)
+
+
 def test_eval_cli_refuses_two_models_of_one_task_and_bad_paths(trained, tmp_path, capsys):
     data, folders = trained
     code = cli_main(["eval", "--checkpoint", str(folders["q2a"]), "--checkpoint", str(folders["q2a"]),

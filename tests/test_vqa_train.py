@@ -114,6 +114,9 @@ def test_test_dev_style_questions_give_the_result_file_only(easy, tmp_path):
     out = tmp_path / "eval"
     assert main(eval_args(easy, run, out, annotations=False)) == 0
     assert (out / "vqa_submission.json").is_file() and not (out / "metrics.json").exists()
+    inputs = json.loads((out / "inputs.json").read_text())
+    assert inputs["data"]["questions"]["path"] == str(Path(easy["test"].questions_file).resolve())
+    assert "annotations" not in inputs["data"] and inputs["options"]["image_pattern"] == easy["test"].image_pattern
     result = evaluate_vqa_model(run, questions=easy["test"].questions_file, annotations=None,
                                 images=easy["test"].image_dir, image_pattern=easy["test"].image_pattern,
                                 num_workers=0, progress=False)

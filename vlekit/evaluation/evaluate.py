@@ -34,7 +34,9 @@ from tqdm.auto import tqdm
 from data_prep.preflight import preflight
 from data_prep.vqa import COCO_IMAGE_PATTERN, preflight_vqa, read_vqa, write_submission
 from vlekit.runs.experiment import VQA_TASK
+from vlekit import __version__ as vlekit_version
 from vlekit.runs.folder import EXPERIMENT_FILE, TrainedModel, load_trained
+from vlekit.runs.manifest import MANIFEST_FILE, file_sha256
 from vlekit.tables import format_metrics_table
 from vlekit.evaluation.metrics import evaluate_vqa as score_vqa
 from vlekit.evaluation.metrics import majority_answer
@@ -134,6 +136,44 @@ def plugin_task(trained: TrainedModel) -> Task | None:
         return None
 
 
+# What an evaluation writes into --out: the results, and what they are the results of.
+METRICS_FILE, PREDICTIONS_FILE, LEADERBOARD_FILE, INPUTS_FILE = "metrics.json", "predictions.jsonl", "leaderboard.csv", "inputs.json"
+EVAL_FILES = (METRICS_FILE, PREDICTIONS_FILE, LEADERBOARD_FILE, VQA_SUBMISSION_FILE, INPUTS_FILE)
+
+
+def evaluation_inputs(trained: list[TrainedModel], *, data: dict[str, str | Path | None], **options: Any) -> dict[str, Any]:
+    """What an evaluation is of, written to ``OUT/inputs.json``: each model (folder, task, its weights' SHA-256
+    from the folder's manifest), the data files (path and SHA-256) and the options; ``identity`` (models and
+    data paths) says whether a rerun into the same ``--out`` is the same evaluation."""
+    models = []
+    for model in trained:
+        manifest = model.folder / MANIFEST_FILE
+        files = json.loads(manifest.read_text())["files"] if manifest.is_file() else {}
+        models.append({"folder": str(model.folder.resolve()), "task": model.run_task or model.task,
+                       "weights_sha256": (files.get("model.safetensors") or {}).get("sha256")})
+    files = {name: {"path": str(Path(path).resolve()), "sha256": file_sha256(Path(path)) if Path(path).is_file() else None}
+             for name, path in data.items() if path is not None}
+    return {"models": models, "data": files, "options": options, "vlekit": vlekit_version,
+            "identity": {"models": [m["folder"] for m in models], "data": {k: v["path"] for k, v in files.items()}}}
+
+
+def claim_eval_folder(out: Path, inputs: dict[str, Any], *, overwrite: bool) -> None:
+    """Make ``out`` ready for this evaluation's files: it may hold none, or those of an evaluation of the same
+    models and data (a rerun), or any with ``overwrite``. The files of the evaluation there are removed first,
+    so none of them is left beside the new ones (a leaderboard CSV of another split, say)."""
+    found = [name for name in EVAL_FILES if (out / name).exists()]
+    if found and not overwrite:
+        previous = json.loads((out / INPUTS_FILE).read_text()) if (out / INPUTS_FILE).is_file() else None
+        if previous is None or previous.get("identity") != inputs["identity"]:
+            what = ("models " + ", ".join(previous["identity"]["models"]) + " on " + ", ".join(previous["identity"]["data"].values())
+                    if previous else "an evaluation that did not record its inputs")
+            raise ValueError(f"--out {out} holds the results of another evaluation ({', '.join(found)}: {what}); "
+                             f"choose another --out, or --overwrite to replace them")
+    for name in found:
+        (out / name).unlink()
+    out.mkdir(parents=True, exist_ok=True)
+
+
 def _loader(trained: TrainedModel, records: list[dict], *, images: str, batch_size: int, num_workers: int,
             expand_answers: bool = False, compat: str | None = None) -> DataLoader:
     from data_prep.dataset import VCRDataset
@@ -146,7 +186,7 @@ def evaluate(
     checkpoints: list[str | Path], *, annotations: str | Path, images: str | Path, out: str | Path | None = None,
     batch_size: int = 32, num_workers: int = 2, progress: bool = True, resamples: int = 1000,
     precision: str | None = None,
-    compat: str | None = None,
+    compat: str | None = None, overwrite: bool = False,
 ) -> dict[str, Any]:
     """Evaluate one Q->A and/or one QA->R checkpoint on a VCR split; Q->AR when both are given.
 
@@ -154,6 +194,8 @@ def evaluate(
         ``train.mixed_precision`` (from the ``config.yaml`` that ``vlekit train`` saves with it).
     Returns ``{"metrics": {task: {"accuracy", "ci95", "chance", "n"}}, "leaderboard": path or None}``; a run
     trained for a plugin's task (:func:`plugin_task`) adds a row under that task's name with its own score.
+    out: where to write the files (:data:`EVAL_FILES`); one that holds another evaluation's is refused
+        before any work unless ``overwrite`` (:func:`claim_eval_folder`).
     """
     trained = {}
     for folder in checkpoints:
@@ -170,12 +212,16 @@ def evaluate(
             raise ValueError(f"{model.folder}: no {EXPERIMENT_FILE} to take the evaluation precision from "
                              f"(train.mixed_precision); give one: --precision {{{','.join(PRECISIONS)}}}")
         autocast_dtype(precisions[task], torch.device("cpu"))  # a bad value fails before any work
+    out_dir = Path(out) if out is not None else None
+    if out_dir is not None:
+        inputs = evaluation_inputs(list(trained.values()), data={"annotations": annotations, "images": images},
+                                   precision=precisions, compat=compat)
+        claim_eval_folder(out_dir, inputs, overwrite=overwrite)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     for model in trained.values():
         model.model.to(device)
     records = preflight(annotations, images, progress=progress)
     labelled = all(r.get("answer_label") is not None for r in records)
-    out_dir = Path(out) if out is not None else None
     options = dict(images=str(images), batch_size=batch_size, num_workers=num_workers, compat=compat)
     answer_probs = rationale_probs = None
     per_question: dict[str, np.ndarray] = {}
@@ -223,13 +269,13 @@ def evaluate(
 
     leaderboard = None
     if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        with (out_dir / "predictions.jsonl").open("w") as handle:
+        (out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+        with (out_dir / PREDICTIONS_FILE).open("w") as handle:
             for row in predictions:
                 handle.write(json.dumps(row) + "\n")
         if not labelled and answer_probs is not None and rationale_probs is not None:
-            leaderboard = write_leaderboard_csv(out_dir / "leaderboard.csv", records, answer_probs, rationale_probs)
+            leaderboard = write_leaderboard_csv(out_dir / LEADERBOARD_FILE, records, answer_probs, rationale_probs)
+        (out_dir / INPUTS_FILE).write_text(json.dumps(inputs, indent=1))
     return {"metrics": metrics, "leaderboard": leaderboard, "predictions": predictions}
 
 
@@ -254,7 +300,7 @@ def evaluate_vqa_model(
     checkpoint: str | Path, *, questions: str | Path, annotations: str | Path | None, images: str | Path,
     image_pattern: str = COCO_IMAGE_PATTERN, data_subtype: str | None = None, out: str | Path | None = None,
     batch_size: int = 32, num_workers: int = 2, progress: bool = True, resamples: int = 1000,
-    precision: str | None = None, top_k: int = 5,
+    precision: str | None = None, top_k: int = 5, overwrite: bool = False,
 ) -> dict[str, Any]:
     """Answer a VQA v2 split with a trained VQA model; score it when ``annotations`` are given.
 
@@ -275,6 +321,10 @@ def evaluate_vqa_model(
     if precision is None:
         raise ValueError(f"{trained.folder}: no {EXPERIMENT_FILE} to take the evaluation precision from; give --precision")
     autocast_dtype(precision, torch.device("cpu"))  # a bad value fails before any work
+    if out is not None:
+        inputs = evaluation_inputs([trained], data={"questions": questions, "annotations": annotations, "images": images},
+                                   precision=precision, image_pattern=image_pattern, data_subtype=data_subtype)
+        claim_eval_folder(Path(out), inputs, overwrite=overwrite)
     examples = preflight_vqa(read_vqa(questions, annotations, image_dir=images, image_pattern=image_pattern,
                                       data_subtype=data_subtype), progress=progress)
     dataset = trained.vqa_dataset(examples)
@@ -302,9 +352,8 @@ def evaluate_vqa_model(
     submission = None
     if out is not None:
         out_dir = Path(out)
-        out_dir.mkdir(parents=True, exist_ok=True)
         submission = write_submission(predictions, out_dir / VQA_SUBMISSION_FILE, examples=examples)
-        with (out_dir / "predictions.jsonl").open("w") as handle:
+        with (out_dir / PREDICTIONS_FILE).open("w") as handle:
             for example, row, scores in zip(examples, labels, probabilities):
                 record = {"question_id": example.question_id, "question": example.question,
                           "answer": answers[int(row[0])],
@@ -313,7 +362,8 @@ def evaluate_vqa_model(
                     record.update(accuracy=accuracy.per_question[example.question_id] / 100, answer_type=example.answer_type)
                 handle.write(json.dumps(record) + "\n")
         if metrics:
-            (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+            (out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+        (out_dir / INPUTS_FILE).write_text(json.dumps(inputs, indent=1))
     return {"metrics": metrics, "accuracy": accuracy, "majority": majority, "predictions": predictions,
             "submission": submission}
 
@@ -329,7 +379,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-pattern", default=COCO_IMAGE_PATTERN,
                         help="VQA image file names from {image_id} and {data_subtype} (default: COCO's)")
     parser.add_argument("--data-subtype", help="VQA: the {data_subtype} of the image names (test-dev: test2015)")
-    parser.add_argument("--out", help="where to write metrics.json, predictions.jsonl, leaderboard.csv / vqa_submission.json")
+    parser.add_argument("--out", help="where to write metrics.json, predictions.jsonl, leaderboard.csv / vqa_submission.json "
+                                      "and inputs.json (what they are the results of)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the results of another evaluation in --out (without it, such an --out is refused)")
     parser.add_argument("--batch-size", type=int, default=32, help="questions per forward pass (default 32)")
     parser.add_argument("--num-workers", type=int, default=2, help="DataLoader processes decoding images (default 2; 0: in this process)")
     parser.add_argument("--precision", choices=PRECISIONS,
@@ -355,7 +408,7 @@ def run(args: argparse.Namespace) -> int:
 def _run_vcr(args: argparse.Namespace) -> None:
     result = evaluate(args.checkpoint, annotations=args.annotations, images=args.images, out=args.out,
                       batch_size=args.batch_size, num_workers=args.num_workers, precision=args.precision,
-                      compat=args.compat)
+                      compat=args.compat, overwrite=args.overwrite)
     if result["metrics"]:
         print(format_metrics_table(result["metrics"]))
     if result["leaderboard"]:
@@ -368,7 +421,7 @@ def _run_vqa(args: argparse.Namespace) -> None:
     result = evaluate_vqa_model(args.checkpoint[0], questions=args.questions, annotations=args.annotations,
                                 images=args.images, image_pattern=args.image_pattern, data_subtype=args.data_subtype,
                                 out=args.out, batch_size=args.batch_size, num_workers=args.num_workers,
-                                precision=args.precision)
+                                precision=args.precision, overwrite=args.overwrite)
     if result["metrics"]:
         print(format_metrics_table(result["metrics"]))
         print(f"majority answer {result['majority']['answer']!r}: {100 * result['majority']['accuracy']:.2f}% "
