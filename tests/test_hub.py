@@ -9,11 +9,13 @@ files linked to content-addressed blobs). Loading then runs huggingface_hub's re
 from __future__ import annotations
 
 import json
+import shutil
 
 import huggingface_hub
 import pytest
 import torch
 import yaml
+from safetensors.torch import load_file, save_file
 from helpers import LocalHub, refused
 
 import vlekit
@@ -21,6 +23,8 @@ from data_prep.vcr import read_vcr
 from vlekit.cli import main
 from vlekit.hub import resolve_folder
 from vlekit.model import VCRModel, build_model
+from vlekit.runs.manifest import write_manifest
+from vlekit.runs.push import push_run
 
 REPO = "vlekit-test/tiny-q2a"
 
@@ -76,6 +80,23 @@ def test_a_pushed_run_loads_back_offline_with_identical_scores_and_its_model_car
     assert f"[{metrics['ci95'][0]:.3f}, {metrics['ci95'][1]:.3f}]" in card  # the evaluation table, with its interval
     assert "lr: 0.001" in card and "vlekit train --config config.yaml" in card
     assert str(data.train) in card  # the data it was trained on
+
+
+def test_a_card_never_shows_the_results_of_other_weights(demo_run, trained_run, tmp_path, monkeypatch):
+    """The evaluation beside a run (OUT/eval) records the weights it scored (inputs.json): pushing another run
+    with it as --metrics is refused, naming both; the QA->R run's own evaluation is accepted for it."""
+    data, run = demo_run
+    hub = LocalHub(tmp_path / "hf-cache")
+    monkeypatch.setattr(huggingface_hub, "HfApi", lambda token=None: hub)
+    other = tmp_path / "other"
+    shutil.copytree(run, other)  # the same run retrained: other weights, where its model/ says so
+    weights = other / "model" / "model.safetensors"
+    state = load_file(str(weights))
+    save_file({key: value + 1 if key.endswith("bias") else value for key, value in state.items()}, str(weights))
+    write_manifest(other / "model")
+    with pytest.raises(ValueError, match=r"holds the results of other weights .* than .*other/model: evaluate this run"):
+        push_run(other, REPO, metrics_file=run.parent / "eval" / "metrics.json", api=hub)
+    push_run(trained_run.qa2r, REPO, metrics_file=run.parent / "eval" / "metrics.json", api=hub)  # evaluated with it
 
 
 def test_model_push_to_hub_and_from_pretrained_by_repo_id(tmp_path, offline):

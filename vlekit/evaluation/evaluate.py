@@ -35,7 +35,7 @@ from data_prep.preflight import preflight
 from data_prep.vqa import COCO_IMAGE_PATTERN, preflight_vqa, read_vqa, write_submission
 from vlekit.runs.experiment import VQA_TASK
 from vlekit import __version__ as vlekit_version
-from vlekit.runs.folder import EXPERIMENT_FILE, TrainedModel, load_trained
+from vlekit.runs.folder import EVAL_INPUTS_FILE, EVAL_METRICS_FILE, EXPERIMENT_FILE, TrainedModel, load_trained
 from vlekit.runs.manifest import MANIFEST_FILE, file_sha256
 from vlekit.tables import format_metrics_table
 from vlekit.evaluation.metrics import evaluate_vqa as score_vqa
@@ -137,8 +137,8 @@ def plugin_task(trained: TrainedModel) -> Task | None:
 
 
 # What an evaluation writes into --out: the results, and what they are the results of.
-METRICS_FILE, PREDICTIONS_FILE, LEADERBOARD_FILE, INPUTS_FILE = "metrics.json", "predictions.jsonl", "leaderboard.csv", "inputs.json"
-EVAL_FILES = (METRICS_FILE, PREDICTIONS_FILE, LEADERBOARD_FILE, VQA_SUBMISSION_FILE, INPUTS_FILE)
+PREDICTIONS_FILE, LEADERBOARD_FILE = "predictions.jsonl", "leaderboard.csv"
+EVAL_FILES = (EVAL_METRICS_FILE, PREDICTIONS_FILE, LEADERBOARD_FILE, VQA_SUBMISSION_FILE, EVAL_INPUTS_FILE)
 
 
 def evaluation_inputs(trained: list[TrainedModel], *, data: dict[str, str | Path | None], **options: Any) -> dict[str, Any]:
@@ -163,7 +163,7 @@ def claim_eval_folder(out: Path, inputs: dict[str, Any], *, overwrite: bool) -> 
     so none of them is left beside the new ones (a leaderboard CSV of another split, say)."""
     found = [name for name in EVAL_FILES if (out / name).exists()]
     if found and not overwrite:
-        previous = json.loads((out / INPUTS_FILE).read_text()) if (out / INPUTS_FILE).is_file() else None
+        previous = json.loads((out / EVAL_INPUTS_FILE).read_text()) if (out / EVAL_INPUTS_FILE).is_file() else None
         if previous is None or previous.get("identity") != inputs["identity"]:
             what = ("models " + ", ".join(previous["identity"]["models"]) + " on " + ", ".join(previous["identity"]["data"].values())
                     if previous else "an evaluation that did not record its inputs")
@@ -269,13 +269,13 @@ def evaluate(
 
     leaderboard = None
     if out_dir is not None:
-        (out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+        (out_dir / EVAL_METRICS_FILE).write_text(json.dumps(metrics, indent=2))
         with (out_dir / PREDICTIONS_FILE).open("w") as handle:
             for row in predictions:
                 handle.write(json.dumps(row) + "\n")
         if not labelled and answer_probs is not None and rationale_probs is not None:
             leaderboard = write_leaderboard_csv(out_dir / LEADERBOARD_FILE, records, answer_probs, rationale_probs)
-        (out_dir / INPUTS_FILE).write_text(json.dumps(inputs, indent=1))
+        (out_dir / EVAL_INPUTS_FILE).write_text(json.dumps(inputs, indent=1))
     return {"metrics": metrics, "leaderboard": leaderboard, "predictions": predictions}
 
 
@@ -362,8 +362,8 @@ def evaluate_vqa_model(
                     record.update(accuracy=accuracy.per_question[example.question_id] / 100, answer_type=example.answer_type)
                 handle.write(json.dumps(record) + "\n")
         if metrics:
-            (out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2))
-        (out_dir / INPUTS_FILE).write_text(json.dumps(inputs, indent=1))
+            (out_dir / EVAL_METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+        (out_dir / EVAL_INPUTS_FILE).write_text(json.dumps(inputs, indent=1))
     return {"metrics": metrics, "accuracy": accuracy, "majority": majority, "predictions": predictions,
             "submission": submission}
 

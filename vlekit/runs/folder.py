@@ -56,6 +56,9 @@ CURVE_FILE = "curve.png"
 BEST_DIR = "best"
 SELECTION_FILE = "selected.json"
 STATE_FILE = "trainer_state.json"  # in every checkpoint: where training stands
+# What ``vlekit eval --out DIR`` writes beside its predictions (read back by ``vlekit push`` for the model card).
+EVAL_METRICS_FILE = "metrics.json"
+EVAL_INPUTS_FILE = "inputs.json"  # what the results are of: models (weights' SHA-256), data, options
 # What accelerate's save_state writes for the model: a state dict, or FSDP's torch.distributed.checkpoint shards.
 CHECKPOINT_WEIGHTS = "model.safetensors"
 CHECKPOINT_FSDP_WEIGHTS = "pytorch_model_fsdp_0"

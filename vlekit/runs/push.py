@@ -19,9 +19,8 @@ import yaml
 
 from vlekit.hub import model_card, push_folder
 from vlekit.model import MODEL_CONFIG_FILE
-from vlekit.runs.folder import EXPERIMENT_FILE, MODEL_DIR, PREPROCESS_FILE, find_model_dir
-
-EVAL_METRICS_FILE = "metrics.json"  # what ``vlekit eval --out DIR`` writes
+from vlekit.runs.folder import EVAL_INPUTS_FILE, EVAL_METRICS_FILE, EXPERIMENT_FILE, MODEL_DIR, PREPROCESS_FILE, find_model_dir
+from vlekit.runs.manifest import MANIFEST_FILE
 
 
 def find_eval_metrics(run: Path, model_dir: Path) -> Path | None:
@@ -32,6 +31,21 @@ def find_eval_metrics(run: Path, model_dir: Path) -> Path | None:
         if candidate.is_file():
             return candidate
     return None
+
+
+def check_metrics_are_of(metrics_path: Path, model_dir: Path) -> None:
+    """The evaluation beside ``metrics_path`` (its ``inputs.json``) scored the weights in ``model_dir``: the same
+    SHA-256 (where both are recorded), so a card never shows another model's results."""
+    inputs_path = metrics_path.with_name(EVAL_INPUTS_FILE)
+    manifest = model_dir / MANIFEST_FILE
+    if not inputs_path.is_file() or not manifest.is_file():
+        return  # an evaluation or a run from before these records: nothing to check against
+    weights = (json.loads(manifest.read_text())["files"].get("model.safetensors") or {}).get("sha256")
+    scored = [model for model in json.loads(inputs_path.read_text()).get("models", [])]
+    if weights is not None and weights not in {model.get("weights_sha256") for model in scored}:
+        raise ValueError(f"{metrics_path} holds the results of other weights ({', '.join(m['folder'] for m in scored)}, "
+                         f"per {inputs_path.name}) than {model_dir}: evaluate this run (vlekit eval --checkpoint "
+                         f"{model_dir} --out DIR) and give --metrics DIR/{EVAL_METRICS_FILE}")
 
 
 def base_section(base: dict[str, Any], adaptation: dict[str, Any]) -> str:
@@ -58,6 +72,8 @@ def push_run(run: str | Path, repo_id: str, *, metrics_file: str | Path | None =
     metrics_path = Path(metrics_file) if metrics_file is not None else find_eval_metrics(run, model_dir)
     if metrics_path is not None and not metrics_path.is_file():
         raise FileNotFoundError(f"--metrics {metrics_path} not found (vlekit eval --out DIR writes DIR/{EVAL_METRICS_FILE})")
+    if metrics_path is not None:
+        check_metrics_are_of(metrics_path, model_dir)
     data = json.loads((model_dir / PREPROCESS_FILE).read_text())
     metrics = json.loads(metrics_path.read_text()) if metrics_path is not None else None
     if metrics is not None and data["task"] not in metrics:
