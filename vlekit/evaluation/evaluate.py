@@ -37,6 +37,7 @@ from vlekit.runs.experiment import VQA_TASK
 from vlekit import __version__ as vlekit_version
 from vlekit.runs.folder import EVAL_INPUTS_FILE, EVAL_METRICS_FILE, EXPERIMENT_FILE, TrainedModel, load_trained
 from vlekit.runs.manifest import MANIFEST_FILE, file_sha256
+from vlekit.model import WEIGHTS_FILE
 from vlekit.tables import format_metrics_table
 from vlekit.evaluation.metrics import evaluate_vqa as score_vqa
 from vlekit.evaluation.metrics import majority_answer
@@ -150,7 +151,7 @@ def evaluation_inputs(trained: list[TrainedModel], *, data: dict[str, str | Path
         manifest = model.folder / MANIFEST_FILE
         files = json.loads(manifest.read_text())["files"] if manifest.is_file() else {}
         models.append({"folder": str(model.folder.resolve()), "task": model.run_task or model.task,
-                       "weights_sha256": (files.get("model.safetensors") or {}).get("sha256")})
+                       "weights_sha256": (files.get(WEIGHTS_FILE) or {}).get("sha256")})
     files = {name: {"path": str(Path(path).resolve()), "sha256": file_sha256(Path(path)) if Path(path).is_file() else None}
              for name, path in data.items() if path is not None}
     return {"models": models, "data": files, "options": options, "vlekit": vlekit_version,

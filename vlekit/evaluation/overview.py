@@ -23,8 +23,9 @@ from typing import Any
 
 from vlekit.model import MODEL_CONFIG_FILE
 from vlekit.runs.experiment import flat_options
-from vlekit.runs.folder import EXPERIMENT_FILE, METRICS_FILE, MODEL_DIR, latest_checkpoint, read_metrics, read_yaml_file
+from vlekit.runs.folder import EXPERIMENT_FILE, METRICS_FILE, MODEL_DIR, checkpoint_dirs, read_metrics, read_yaml_file
 from vlekit.runs.lock import running_owner
+from vlekit.runs.manifest import MANIFEST_FILE
 from vlekit.tables import markdown_table, text_table
 
 # Options every run has its own value of: not a difference worth a column.
@@ -77,7 +78,8 @@ def summarize_run(folder: str | Path) -> RunSummary:
     evals = [r for r in records if "val_accuracy" in r]
     best = max(evals, key=lambda r: r["val_accuracy"], default=None)  # the first of equal scores
     owner = running_owner(folder)
-    checkpoint = latest_checkpoint(folder, report=lambda message: None)
+    # The newest checkpoint whose save finished (its manifest is written last); not hashed here: that is for loading.
+    checkpoint = next((c for c in reversed(checkpoint_dirs(folder)) if (c / MANIFEST_FILE).is_file()), None)
     if owner is not None:
         where = "" if owner.get("host") == socket.gethostname() else f" on {owner.get('host')}"
         state = f"running (pid {owner.get('pid')}{where})"

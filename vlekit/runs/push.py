@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from vlekit.hub import model_card, push_folder
-from vlekit.model import MODEL_CONFIG_FILE
+from vlekit.model import MODEL_CONFIG_FILE, WEIGHTS_FILE
 from vlekit.runs.folder import EVAL_INPUTS_FILE, EVAL_METRICS_FILE, EXPERIMENT_FILE, MODEL_DIR, PREPROCESS_FILE, find_model_dir
 from vlekit.runs.manifest import MANIFEST_FILE
 
@@ -40,7 +40,7 @@ def check_metrics_are_of(metrics_path: Path, model_dir: Path) -> None:
     manifest = model_dir / MANIFEST_FILE
     if not inputs_path.is_file() or not manifest.is_file():
         return  # an evaluation or a run from before these records: nothing to check against
-    weights = (json.loads(manifest.read_text())["files"].get("model.safetensors") or {}).get("sha256")
+    weights = (json.loads(manifest.read_text())["files"].get(WEIGHTS_FILE) or {}).get("sha256")
     scored = [model for model in json.loads(inputs_path.read_text()).get("models", [])]
     if weights is not None and weights not in {model.get("weights_sha256") for model in scored}:
         raise ValueError(f"{metrics_path} holds the results of other weights ({', '.join(m['folder'] for m in scored)}, "

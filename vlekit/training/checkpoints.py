@@ -81,8 +81,8 @@ def save_checkpoint(accelerator: Accelerator, out: Path, state: TrainerState, co
                     model: VCRModel, tokenizer: Any) -> Path:
     """Write accelerate state + trainer state + config to ``step-N.tmp``, with what loads the model on its
     own (``model``'s resolved config, the ``tokenizer``, the preprocessing: ``vlekit eval`` takes the
-    folder as it takes ``model/``), then the manifest, then rename it to ``step-N``; keep the newest ``train.keep``. A kill at any point leaves the previous complete
-    checkpoints intact (a ``step-N`` saved again is moved aside, not deleted, until the new one is in place).
+    folder as it takes ``model/``), then the manifest, then rename it to ``step-N``; keep the newest
+    ``train.keep``. A kill at any point leaves the previous complete checkpoints intact (a ``step-N`` saved again is moved aside, not deleted, until the new one is in place).
 
     With ``keep >= 2`` the oldest checkpoints are pruned to ``keep - 1`` before the save, so a full disk
     cannot fail every resume at the same save; a save the disk cannot hold removes its incomplete folder
@@ -178,8 +178,12 @@ def resume_changes(config: ExperimentConfig, checkpoint: Path) -> tuple[dict[str
     then = flat_options(read_yaml_file(checkpoint / EXPERIMENT_FILE) or {})
     now = flat_options(config.to_dict())
     differing = {key: (then[key], now.get(key)) for key in sorted(then) if then[key] != now.get(key)}
-    is_free = lambda key: key in FREE_ON_RESUME or key.endswith(".gradient_checkpointing")  # noqa: E731
-    return ({k: v for k, v in differing.items() if not is_free(k)}, {k: v for k, v in differing.items() if is_free(k)})
+    free = {key for key in differing if key in FREE_ON_RESUME or key.endswith(".gradient_checkpointing")}
+    return ({k: v for k, v in differing.items() if k not in free}, {k: v for k, v in differing.items() if k in free})
+
+
+def _listed(changes: dict[str, tuple]) -> str:
+    return "; ".join(f"{key}: {then!r} -> {now!r}" for key, (then, now) in changes.items())
 
 
 def check_resume_changes(config: ExperimentConfig, checkpoint: Path, *, allow: bool,
@@ -187,15 +191,14 @@ def check_resume_changes(config: ExperimentConfig, checkpoint: Path, *, allow: b
     """Refuse to resume from ``checkpoint`` with options that change what the run computes (the batch, the
     schedule, the model, the data pipeline...) unless ``allow``; the changes are reported either way."""
     changes, free = resume_changes(config, checkpoint)
-    shown = lambda found: "; ".join(f"{key}: {then!r} -> {now!r}" for key, (then, now) in found.items())  # noqa: E731
     if changes and not allow:
         run = checkpoint.parent.parent
         raise ValueError(
             f"--resume continues the run in {run} as it started, but these options differ from its checkpoint "
-            f"{checkpoint.name}: {shown(changes)}. Resume with the run's own config (vlekit train --config "
+            f"{checkpoint.name}: {_listed(changes)}. Resume with the run's own config (vlekit train --config "
             f"{run / EXPERIMENT_FILE} --resume), start afresh (--overwrite), or go on with the new values, no longer "
             f"an exact continuation (--allow-changes; train(..., allow_changes=True))")
     if changes:
-        report(f"resuming with changed options (--allow-changes): {shown(changes)}")
+        report(f"resuming with changed options (--allow-changes): {_listed(changes)}")
     if free:
-        report(f"resuming with: {shown(free)}")
+        report(f"resuming with: {_listed(free)}")
