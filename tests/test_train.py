@@ -223,6 +223,18 @@ def test_save_best_keeps_the_best_validation_model_across_a_resume(synthetic, tm
     assert any(not torch.equal(final[key], at_step_12[key]) for key in final)
 
 
+def test_record_validation_keeps_the_first_best_and_counts_patience():
+    from vlekit.training.checkpoints import TrainerState
+
+    state, never = TrainerState(), TrainerState()
+    for step, score, best in ((6, 0.5, True), (12, 0.5, False), (18, 0.75, True), (24, 0.7, False), (30, 0.75, False)):
+        state.global_step = never.global_step = step
+        assert state.record_validation(score, patience=2) is best and never.record_validation(score, patience=0) is best
+        assert state.validated_step == step
+    assert (state.best_score, state.best_step, state.validations_since_best, state.stopped_early) == (0.75, 18, 2, True)
+    assert never.validations_since_best == 2 and not never.stopped_early  # patience 0: no early stopping
+
+
 @pytest.mark.parametrize("option", ["save_best=true", "early_stopping_patience=2"])
 def test_options_that_need_validation_without_a_validation_split_are_an_error(ten, tmp_path, option):
     overrides = [*tiny_overrides(ten, tmp_path / "run", epochs=1, batch_size=2), "data.val_annotations=null",

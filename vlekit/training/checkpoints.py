@@ -46,6 +46,17 @@ class TrainerState:
     stopped_early: bool = False  # a resume of a run that stopped early does not train on
     validated_step: int | None = None  # the step of the last validation (a resumed finished run does not repeat it)
 
+    def record_validation(self, score: float, *, patience: int) -> bool:
+        """Note a validation ``score`` at the current step; whether it is the run's best so far (the first of
+        equal scores stays the best). ``patience`` validations in a row without one set ``stopped_early`` (0: never)."""
+        self.validated_step = self.global_step
+        if self.best_score is None or score > self.best_score:
+            self.best_score, self.best_step, self.validations_since_best = score, self.global_step, 0
+            return True
+        self.validations_since_best += 1
+        self.stopped_early = self.stopped_early or bool(patience and self.validations_since_best >= patience)
+        return False
+
 
 def _remove_checkpoint(folder: Path) -> None:
     (folder / MANIFEST_FILE).unlink(missing_ok=True)  # first: a removal cut short leaves an incomplete folder

@@ -314,27 +314,21 @@ def _train(config: ExperimentConfig, accelerator: Accelerator, *, micro: int, tr
 
     def evaluate_now() -> float:
         accuracy = accuracy_on(model, val_loader, accelerator, score=task.score)
-        state.validated_step = state.global_step
         log.write(step=state.global_step, epoch=state.epoch, val_accuracy=accuracy)
         accelerator.log(tracked_scalars({"val_accuracy": accuracy}), step=state.global_step)
         bar.write(f"step {state.global_step} (epoch {state.epoch}): val accuracy {accuracy:.3f}")
-        if state.best_score is None or accuracy > state.best_score:  # the same on every process (gathered scores)
-            state.best_score, state.best_step, state.validations_since_best = accuracy, state.global_step, 0
-            if train_cfg.save_best:
-                weights = accelerator.get_state_dict(model)  # every process takes part (FSDP gathers its shards)
-                if accelerator.is_main_process:
-                    selection = {"step": state.global_step, "epoch": state.epoch, "val_accuracy": accuracy}
-                    best = save_final_model(accelerator.unwrap_model(model), tokenizer, config, out / BEST_DIR, weights,
-                                            selection=selection)
-                    bar.write(f"  the best so far: saved to {best}")
-                accelerator.wait_for_everyone()
-        else:
-            state.validations_since_best += 1
-            patience = train_cfg.early_stopping_patience
-            if patience and state.validations_since_best >= patience:
-                state.stopped_early = True
-                bar.write(f"no better validation score in {patience} validations (the best, {state.best_score:.3f}, "
-                          f"at step {state.best_step}): stopping early")
+        # The gathered score is the same on every process, so they all agree on what follows.
+        if state.record_validation(accuracy, patience=train_cfg.early_stopping_patience) and train_cfg.save_best:
+            weights = accelerator.get_state_dict(model)  # every process takes part (FSDP gathers its shards)
+            if accelerator.is_main_process:
+                selection = {"step": state.global_step, "epoch": state.epoch, "val_accuracy": accuracy}
+                best = save_final_model(accelerator.unwrap_model(model), tokenizer, config, out / BEST_DIR, weights,
+                                        selection=selection)
+                bar.write(f"  the best so far: saved to {best}")
+            accelerator.wait_for_everyone()
+        if state.stopped_early:
+            bar.write(f"no better validation score in {train_cfg.early_stopping_patience} validations (the best, "
+                      f"{state.best_score:.3f}, at step {state.best_step}): stopping early")
         return accuracy
 
     with StopRequested() as stop:
