@@ -120,9 +120,13 @@ def test_eval_cli_refuses_two_models_of_one_task_and_bad_paths(trained, tmp_path
 def test_demo_smoke_writes_results_table_and_curve(tmp_path):
     from vlekit.demo import DemoConfig, run_demo
 
+    (tmp_path / "eval").mkdir()  # what a demo of an older vlekit left: results without inputs.json
+    (tmp_path / "eval" / "metrics.json").write_text("{}")
+    (tmp_path / "eval" / "leaderboard.csv").write_text("annot_id\n")
     result = run_demo(DemoConfig(out=str(tmp_path), num_train=16, num_val=8, epochs=1, batch_size=8, num_workers=0),
                       progress=False)
     assert set(result["metrics"]) == {"q2a", "qa2r", "q2ar"}
     assert "| Q->AR |" in (tmp_path / "results.md").read_text()
     assert (tmp_path / "curve.png").stat().st_size > 1000
     assert json.loads((tmp_path / "results.json").read_text())["metrics"] == result["metrics"]
+    assert sorted(p.name for p in (tmp_path / "eval").iterdir()) == ["inputs.json", "metrics.json", "predictions.jsonl"]

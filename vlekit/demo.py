@@ -76,7 +76,8 @@ def run_demo(config: DemoConfig = DemoConfig(), *, progress: bool = True) -> dic
     qa2r = train(demo_experiment(config, task="qa2r", data=data, tokenizer=str(q2a.out / TOKENIZER_DIR)),
                  progress=progress)
     result = evaluate([q2a.model_dir, qa2r.model_dir], annotations=data.val, images=data.images_root,
-                      out=out / "eval", num_workers=config.num_workers, progress=progress)
+                      out=out / "eval", num_workers=config.num_workers, progress=progress,
+                      overwrite=True)  # the demo's own evaluation, of the runs it has just replaced
     metrics = result["metrics"]
     for task, run in (("q2a", q2a), ("qa2r", qa2r)):
         save_training_curve(RunFolder(run.out), title=f"{task} training")
