@@ -351,13 +351,19 @@ def check_split(
     return check
 
 
-def images_root_hint(images_root: Path, img_fn: str) -> str:
-    """What to say when no record's image is under ``images_root``: the folder one level up or down that
-    holds them (a dataset's folder given for its ``vcr1images/``, or one of the movie folders), if any."""
+def folder_holding(images_root: Path, name: str) -> Path | None:
+    """The folder one level up or down from ``images_root`` (a dataset's folder given for its ``vcr1images/``
+    or ``val2014/``, or one of VCR's movie folders) under which ``name`` is a file, if any."""
     nearby = [images_root / "vcr1images", images_root.parent, images_root.parent.parent]
     if images_root.is_dir():
         nearby[1:1] = sorted(p for p in images_root.iterdir() if p.is_dir())
-    found = next((folder for folder in nearby if (folder / img_fn).is_file()), None)
+    return next((folder for folder in nearby if (folder / name).is_file()), None)
+
+
+def images_root_hint(images_root: Path, img_fn: str) -> str:
+    """What to say when no record's image is under ``images_root``: the folder nearby that holds them
+    (:func:`folder_holding`), or what the root must hold."""
+    found = folder_holding(images_root, img_fn)
     if found is not None:
         return (f"no image is under {images_root}, but {found} holds them: give that folder as the images root "
                 f"(--images / data.images)")

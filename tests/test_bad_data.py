@@ -223,6 +223,17 @@ def test_vqa_preflight_names_the_question_of_an_unreadable_image(tmp_path: Path)
     assert reports == [reports[0]] and reports[0].startswith(
         "questions.json: skipped 2 of 3 questions (data.skip_bad): 1 unreadable-image, 1 missing-image; first: ")
 
+    (tmp_path / "val2014").mkdir()  # the dataset's folder given for the split's image folder
+    Image.new("RGB", (8, 8)).save(tmp_path / "val2014" / "2.png")
+    (tmp_path / "1.png").unlink()
+    examples = read_vqa(tmp_path / "questions.json", image_dir=tmp_path, image_pattern="{image_id}.png")
+    with pytest.raises(VQAFormatError, match=rf"question_id 11\): .*got no file .*1.png$"):  # nowhere nearby: no hint
+        preflight_vqa(examples)
+    Image.new("RGB", (8, 8)).save(tmp_path / "1.png")
+    with pytest.raises(VQAFormatError, match=rf"question_id 12\): .*2.png; {tmp_path / 'val2014'} holds it: is that "
+                                             r"the split's image folder \(--images / data.images\)\?$"):
+        preflight_vqa(examples)
+
 
 # -- the preflight of a run -----------------------------------------------------------------------------
 def _overrides(data: SyntheticVCR, out: Path, *extra: str) -> list[str]:

@@ -33,6 +33,7 @@ def test_runs_are_found_summarised_and_their_differences_tabled(trained_run, tmp
     with (running / "metrics.jsonl").open("a") as handle:
         handle.write('{"step": 5, "lo')  # a line being written
     (root / "sweep" / "notes").mkdir()  # not a run
+    (root / "sweep" / "up").symlink_to(root)  # a link back up: read once, no loop
     shutil.copytree(trained_run.q2a / "model", root / "exported")  # a model folder is not a run either
 
     assert find_runs([root]) == [root / "lr-1e-3", root / "sweep" / "lr-1e-2", root / "sweep" / "lr-3e-3"]

@@ -38,10 +38,16 @@ def is_run_folder(folder: Path) -> bool:
 
 
 def find_runs(paths: Iterable[str | Path]) -> list[Path]:
-    """The run folders among and below ``paths``, in path order (hidden folders skipped)."""
+    """The run folders among and below ``paths``, in path order (hidden folders skipped; a folder reached
+    twice, through a link, is read once)."""
     found: list[Path] = []
+    seen: set[Path] = set()
 
     def walk(folder: Path) -> None:
+        real = folder.resolve()
+        if real in seen:
+            return
+        seen.add(real)
         if is_run_folder(folder):
             found.append(folder)
             return
