@@ -74,6 +74,8 @@ def test_an_interrupted_run_points_at_its_checkpoint_and_an_old_checkpoint_at_re
     with pytest.raises(FileNotFoundError, match=f"interrupted before writing model/.*newest complete checkpoint, {checkpoint}\\)$"):
         load_trained(run)
     assert load_trained(checkpoint).task == "q2a"
+    with pytest.raises(FileNotFoundError, match=f"newest complete checkpoint, {checkpoint}\\)$"):
+        load_trained(run / "checkpoints")  # the folder of checkpoints given for one of them
 
     for name in ("vlekit_config.json", "data.json", "tokenizer", "manifest.json"):  # as an older vlekit saved it
         (shutil.rmtree if (checkpoint / name).is_dir() else Path.unlink)(checkpoint / name)

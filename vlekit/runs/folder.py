@@ -129,7 +129,8 @@ def find_model_dir(path: str | Path) -> Path:
     for candidate in (path, path / MODEL_DIR):
         if (candidate / MODEL_CONFIG_FILE).is_file():
             return candidate
-    newest = latest_checkpoint(path, report=lambda message: None)
+    run = path.parent if path.name == CHECKPOINTS_DIR else path  # RUN/checkpoints given for one of its step-N
+    newest = latest_checkpoint(run, report=lambda message: None)
     interrupted = (f"this run was interrupted before writing {MODEL_DIR}/: resume it, or load its newest complete "
                    f"checkpoint, {newest}" if newest is not None else
                    f"a run that was interrupted has checkpoints but no {MODEL_DIR}/ yet: resume it, or load one of "
