@@ -96,6 +96,7 @@ def test_an_out_holding_another_evaluation_is_refused_and_a_rerun_or_overwrite_l
     assert "--overwrite to replace them" in error
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # untouched
     assert cli_main([*arguments, "--overwrite"]) == 0
+    assert f"written to {out}: inputs.json, metrics.json, predictions.jsonl" in capsys.readouterr().out
     assert sorted(p.name for p in out.iterdir()) == ["inputs.json", "metrics.json", "predictions.jsonl"]  # no stale CSV
     assert json.loads((out / "inputs.json").read_text())["data"]["annotations"]["path"] == str(data.val.resolve())
 

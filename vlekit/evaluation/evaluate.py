@@ -406,6 +406,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _say_written(out: str | None) -> None:
+    if out:
+        print(f"written to {out}: {', '.join(sorted(p.name for p in Path(out).iterdir() if p.name in EVAL_FILES))}")
+
+
 def _run_vcr(args: argparse.Namespace) -> None:
     result = evaluate(args.checkpoint, annotations=args.annotations, images=args.images, out=args.out,
                       batch_size=args.batch_size, num_workers=args.num_workers, precision=args.precision,
@@ -414,6 +419,7 @@ def _run_vcr(args: argparse.Namespace) -> None:
         print(format_metrics_table(result["metrics"]))
     if result["leaderboard"]:
         print(f"leaderboard CSV: {result['leaderboard']}")
+    _say_written(args.out)
 
 
 def _run_vqa(args: argparse.Namespace) -> None:
@@ -429,3 +435,4 @@ def _run_vqa(args: argparse.Namespace) -> None:
               f"(the 'chance' column); VQA accuracy {result['accuracy'].overall:.2f}%")
     if result["submission"]:
         print(f"VQA result file (evaluation server format): {result['submission']}")
+    _say_written(args.out)

@@ -490,4 +490,8 @@ def run(args: argparse.Namespace) -> int:
     curve = save_training_curve(RunFolder(result.out), title=f"{config.data.task} training", task=config.data.task)
     early = " (stopped early: train.early_stopping_patience)" if result.stopped_early else ""
     print(f"done: {result.global_step} steps{early}, model in {result.model_dir}, curve {curve}")
+    best = RunFolder(result.out).best_dir
+    if config.train.save_best and (best / SELECTION_FILE).is_file():
+        selected = json.loads((best / SELECTION_FILE).read_text())
+        print(f"best validation score {selected['val_accuracy']:.3f} at step {selected['step']}: model in {best}")
     return 0
