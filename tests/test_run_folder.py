@@ -106,6 +106,10 @@ def test_vlekit_train_draws_the_curve_train_leaves_out(tmp_path, capsys):
     data = generate_synthetic_vcr(tmp_path / "data", num_train=16, num_val=8, num_test=0, seed=1)
     code = cli_main(["train", "--train-annotations", str(data.train), "--images", str(data.images_root),
                      "--out", str(tmp_path / "run"), "--epochs", "1", "--batch-size", "8", "--no-progress",
-                     "data.num_workers=0", "train.mixed_precision=fp32", "train.cpu=true"])
-    assert code == 0 and "curve" in capsys.readouterr().out
+                     "data.num_workers=0", "train.mixed_precision=fp32", "train.cpu=true", f"data.val_annotations={data.val}",
+                     "train.save_best=true"])
+    printed = capsys.readouterr().out
+    assert code == 0 and "curve" in printed
+    selected = json.loads((tmp_path / "run" / "best" / "selected.json").read_text())
+    assert f"best validation score {selected['val_accuracy']:.3f} at step 2: model in {tmp_path / 'run' / 'best'}" in printed
     assert RunFolder(tmp_path / "run").curve_file.stat().st_size > 1000
