@@ -74,6 +74,17 @@ def test_an_interrupted_run_points_at_its_checkpoint_and_an_old_checkpoint_at_re
     with pytest.raises(FileNotFoundError, match=f"interrupted before writing model/.*newest complete checkpoint, {checkpoint}\\)$"):
         load_trained(run)
     assert load_trained(checkpoint).task == "q2a"
+    optimizer = checkpoint / "optimizer.bin"  # what only a resume reads is not checked to load the model
+    saved_optimizer = optimizer.read_bytes()
+    optimizer.write_bytes(saved_optimizer[:-1] + bytes([saved_optimizer[-1] ^ 1]))
+    assert load_trained(checkpoint).task == "q2a"
+    optimizer.write_bytes(saved_optimizer)
+    weights = checkpoint / "model.safetensors"
+    saved_weights = weights.read_bytes()
+    weights.write_bytes(saved_weights[:-1] + bytes([saved_weights[-1] ^ 1]))
+    with pytest.raises(ValueError, match="is not a complete checkpoint: model.safetensors does not match its SHA-256"):
+        load_trained(checkpoint)
+    weights.write_bytes(saved_weights)
     with pytest.raises(FileNotFoundError, match=f"newest complete checkpoint, {checkpoint}\\)$"):
         load_trained(run / "checkpoints")  # the folder of checkpoints given for one of them
 

@@ -62,6 +62,8 @@ EVAL_INPUTS_FILE = "inputs.json"  # what the results are of: models (weights' SH
 # What accelerate's save_state writes for the model: a state dict, or FSDP's torch.distributed.checkpoint shards.
 CHECKPOINT_WEIGHTS = "model.safetensors"
 CHECKPOINT_FSDP_WEIGHTS = "pytorch_model_fsdp_0"
+# What only a resume reads (optimizer, scheduler, RNG: most of a checkpoint's bytes): not hashed to load its model.
+CHECKPOINT_RESUME_ONLY = ("optimizer", "scheduler", "random_states")
 _CHECKPOINT_NAME = re.compile(r"step-(\d+)")
 
 
@@ -312,7 +314,7 @@ def _load_checkpoint(folder: Path) -> TrainedModel:
     records, with the tokenizer and preprocessing saved beside them."""
     from transformers import AutoTokenizer
 
-    problem = folder_problem(folder)
+    problem = folder_problem(folder, skip=CHECKPOINT_RESUME_ONLY)
     if problem is not None:
         raise ValueError(f"{folder} is not a complete checkpoint: {problem}")
     if not (folder / MODEL_CONFIG_FILE).is_file():

@@ -34,9 +34,10 @@ def write_manifest(folder: Path) -> Path:
     return path
 
 
-def folder_problem(folder: Path) -> str | None:
+def folder_problem(folder: Path, *, skip: tuple[str, ...] = ()) -> str | None:
     """Why ``folder`` is not complete (no manifest, a file missing, truncated or changed),
-    or ``None`` when every file matches its manifest."""
+    or ``None`` when every file matches its manifest; files whose path starts with one of ``skip``
+    are not read (a reader that does not need them)."""
     manifest = folder / MANIFEST_FILE
     if not manifest.is_file():
         return f"no {MANIFEST_FILE} (it is written last: the save did not finish)"
@@ -45,6 +46,8 @@ def folder_problem(folder: Path) -> str | None:
     except (ValueError, KeyError, TypeError) as error:
         return f"unreadable {MANIFEST_FILE} ({error})"
     for name, entry in entries.items():
+        if name.startswith(skip):  # str.startswith(()) is False: nothing skipped by default
+            continue
         path = folder / name
         if not path.is_file():
             return f"{name} is missing"
