@@ -354,6 +354,45 @@ def test_vlekit_diagnose_on_the_shared_trained_run(trained_run, tmp_path, capsys
     assert "unknown probe 'no-such-probe'" in capsys.readouterr().err
 
 
+def test_an_out_holding_another_diagnosis_is_refused_and_an_evaluation_beside_it_is_left_alone(
+        trained_run, tmp_path, capsys):
+    """diagnose-inputs.json records what a diagnosis is of (as vlekit eval's inputs.json): the same run on the same
+    split may run again into its --out, another run is refused before any work unless --overwrite; the files of an
+    evaluation in the same folder (the README's --out runs/eval for both) are not touched either way."""
+    import shutil
+
+    data, out = trained_run.data, tmp_path / "eval"
+    shutil.copytree(trained_run.eval, out)  # an evaluation's files, as vlekit eval wrote them
+    evaluation = {p.name: p.read_bytes() for p in out.iterdir()}
+    common = ["--annotations", str(data.val), "--images", str(data.images_root), "--out", str(out),
+              "--num-workers", "0", "--no-progress", "--probes", "image-blind"]
+    assert cli_main(["diagnose", "--run", str(trained_run.q2a), *common]) == 0
+    assert str(out / "diagnose.json") in capsys.readouterr().out
+    inputs = json.loads((out / "diagnose-inputs.json").read_text())
+    manifest = json.loads((trained_run.q2a / "model" / "manifest.json").read_text())["files"]
+    assert inputs["models"] == [{"folder": str((trained_run.q2a / "model").resolve()), "task": "q2a",
+                                 "weights_sha256": manifest["model.safetensors"]["sha256"]}]
+    assert inputs["options"]["probes"] == ["full", "image-blind"]
+    assert cli_main(["diagnose", "--run", str(trained_run.q2a), *common, "question-blind"]) == 0  # a rerun, other probes
+    assert list(json.loads((out / "diagnose.json").read_text())["probes"]) == ["full", "image-blind", "question-blind"]
+
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+    assert cli_main(["diagnose", "--run", str(trained_run.qa2r), *common]) == 2
+    error = capsys.readouterr().err
+    assert f"--out {out} holds the results of another diagnosis" in error and str(trained_run.q2a / "model") in error
+    assert "--overwrite" in error
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # untouched
+    assert cli_main(["diagnose", "--run", str(trained_run.qa2r), "--overwrite", *common]) == 0
+    assert json.loads((out / "diagnose.json").read_text())["task"] == "qa2r"
+    assert {name: (out / name).read_bytes() for name in evaluation} == evaluation  # the evaluation's files, as they were
+
+    (out / "diagnose-inputs.json").unlink()  # a diagnosis an older vlekit wrote: what it is of is unknown
+    with pytest.raises(ValueError, match="no diagnose-inputs.json: results of an older vlekit"):
+        diagnose(trained_run.qa2r, annotations=data.val, images=data.images_root, out=out, probes=["image-blind"],
+                 num_workers=0, progress=False)
+
+
 def test_the_blind_grid_adds_the_text_only_row_to_the_demo_grids_own_runs(tmp_path):
     from data_prep.synthetic import SyntheticVCR
     from vlekit.ablation import grid as ablation

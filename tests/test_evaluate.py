@@ -101,7 +101,7 @@ def test_an_out_holding_another_evaluation_is_refused_and_a_rerun_or_overwrite_l
     assert json.loads((out / "inputs.json").read_text())["data"]["annotations"]["path"] == str(data.val.resolve())
 
     (out / "inputs.json").unlink()  # results an older vlekit wrote: what they are of is unknown
-    with pytest.raises(ValueError, match="an evaluation that did not record its inputs"):
+    with pytest.raises(ValueError, match="no inputs.json: results of an older vlekit"):
         evaluate(both, annotations=data.val, images=data.images_root, out=out, num_workers=0, progress=False)
 
 

@@ -11,7 +11,9 @@ Runs a Q->A or a QA->R run (one per call) on a labelled split under each probe
 reports each probe's accuracy with its 95% interval and its paired difference from ``full``
 (``vlekit.diagnose.report``), overall and per question type. With ``out``: ``diagnose.json``
 (``{"task", "run", "annotations", "n", "probes": {name: {"accuracy", "ci95", "delta", ...}},
-"by_question_type": {...}}``), ``diagnose.md`` and ``diagnose.png``.
+"by_question_type": {...}}``), ``diagnose.md``, ``diagnose.png`` and ``diagnose-inputs.json`` (the run's
+weights and the split's files with their SHA-256, as ``vlekit eval``'s ``inputs.json``): an ``out`` holding
+another run's or split's diagnosis is refused unless ``overwrite``.
 """
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ from vlekit.diagnose.report import (
     summary_markdown,
     types_table,
 )
-from vlekit.evaluation.evaluate import CHANCE
+from vlekit.evaluation.evaluate import CHANCE, claim_results_folder, evaluation_inputs
 from vlekit.registry import PROBES
 from vlekit.runs.folder import TrainedModel, load_trained
 
@@ -46,6 +48,8 @@ DEFAULT_PROBES: tuple[str, ...] = (
     "word-overlap",
 )
 RESULT_FILE, SUMMARY_FILE, FIGURE_FILE = "diagnose.json", "diagnose.md", "diagnose.png"
+INPUTS_FILE = "diagnose-inputs.json"  # what the diagnosis is of (as vlekit eval's inputs.json); beside an evaluation's
+DIAGNOSE_FILES = (RESULT_FILE, SUMMARY_FILE, FIGURE_FILE, INPUTS_FILE)
 
 
 def build_probes(names: Sequence[str]) -> list[Probe]:
@@ -76,7 +80,7 @@ def diagnose(
     run: str | Path | TrainedModel, *, annotations: str | Path, images: str | Path, out: str | Path | None = None,
     probes: Sequence[str] = DEFAULT_PROBES, batch_size: int = 32, num_workers: int = 2, precision: str | None = None,
     device: str | None = None, seed: int = 0, resamples: int = 1000, min_type_questions: int = 30,
-    progress: bool = True,
+    progress: bool = True, overwrite: bool = False,
 ) -> dict[str, Any]:
     """Put a trained VCR run (a run folder, its ``model/``, or a loaded ``TrainedModel``) through ``probes``
     on the labelled split ``annotations`` (images under ``images``).
@@ -86,9 +90,17 @@ def diagnose(
     from this many questions on. Returns ``{"task", "run", "annotations", "n", "probes": {name: row},
     "by_question_type": {type: {"n", "probes": {name: {"accuracy", "ci95", "delta"}}}}}`` (rows:
     :func:`vlekit.diagnose.report.probe_row`) and writes it, with the tables and the plot, under ``out``.
+    An ``out`` holding the diagnosis of another run or split is refused before any work unless ``overwrite``
+    (a rerun of the same run on the same split replaces its files; an evaluation's files there are not touched).
     """
     built = build_probes(probes)  # unknown names fail before the run is loaded
     trained = run if isinstance(run, TrainedModel) else load_trained(run)
+    if out is not None:
+        inputs = evaluation_inputs([trained], data={"annotations": annotations, "images": images},
+                                   probes=[probe.name for probe in built], precision=precision, seed=seed,
+                                   resamples=resamples)
+        claim_results_folder(Path(out), inputs, overwrite=overwrite, files=DIAGNOSE_FILES, inputs_file=INPUTS_FILE,
+                             kind="diagnosis")
     records = preflight(annotations, images, progress=progress)
     context = DiagnoseContext(trained, records, images=images, batch_size=batch_size, num_workers=num_workers,
                               precision=precision, device=device, seed=seed, progress=progress)
@@ -105,6 +117,7 @@ def diagnose(
     }
     if out is not None:
         write_result(result, out)
+        (Path(out) / INPUTS_FILE).write_text(json.dumps(inputs, indent=1))
     return result
 
 
@@ -127,7 +140,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a trained VCR run folder (Q->A or QA->R) from vlekit train, its model/ or a checkpoints/step-N")
     parser.add_argument("--annotations", required=True, help="a labelled VCR split (jsonl), e.g. val.jsonl")
     parser.add_argument("--images", required=True, help="the split's vcr1images folder")
-    parser.add_argument("--out", help=f"write {RESULT_FILE}, {SUMMARY_FILE} and {FIGURE_FILE} here")
+    parser.add_argument("--out", help=f"write {RESULT_FILE}, {SUMMARY_FILE}, {FIGURE_FILE} and {INPUTS_FILE} here")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the diagnosis of another run or split found in --out")
     parser.add_argument("--probes", nargs="+", default=list(DEFAULT_PROBES), metavar="PROBE",
                         help=f"registered probes to run (full is always run; default: {' '.join(DEFAULT_PROBES)}; "
                              f"`vlekit list --kind probe` lists them)")
@@ -147,7 +162,8 @@ def run(args: argparse.Namespace) -> int:
         result = diagnose(args.run_dir, annotations=args.annotations, images=args.images, out=args.out,
                           probes=args.probes, batch_size=args.batch_size, num_workers=args.num_workers,
                           precision=args.precision, device=args.device, seed=args.seed,
-                          min_type_questions=args.min_type_questions, progress=not args.no_progress)
+                          min_type_questions=args.min_type_questions, progress=not args.no_progress,
+                          overwrite=args.overwrite)
     except (FileNotFoundError, ValueError, VCRFormatError, LookupError) as error:
         print(f"vlekit diagnose: {error}", file=sys.stderr)
         return 2
@@ -158,6 +174,6 @@ def run(args: argparse.Namespace) -> int:
     print(probes_table(result))
     if len(result["by_question_type"]) > 1:
         print(f"\naccuracy % per question type:\n{types_table(result)}")
-    print(f"\nwritten: {Path(args.out) / RESULT_FILE}, {SUMMARY_FILE}, {FIGURE_FILE}" if args.out else
+    print(f"\nwritten: {Path(args.out) / RESULT_FILE}, {SUMMARY_FILE}, {FIGURE_FILE}, {INPUTS_FILE}" if args.out else
           f"\n(--out DIR writes {RESULT_FILE}, {SUMMARY_FILE} and {FIGURE_FILE})")
     return 0

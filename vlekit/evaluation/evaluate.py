@@ -22,7 +22,7 @@ import argparse
 import csv
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -158,17 +158,20 @@ def evaluation_inputs(trained: list[TrainedModel], *, data: dict[str, str | Path
             "identity": {"models": [m["folder"] for m in models], "data": {k: v["path"] for k, v in files.items()}}}
 
 
-def claim_eval_folder(out: Path, inputs: dict[str, Any], *, overwrite: bool) -> None:
-    """Make ``out`` ready for this evaluation's files: it may hold none, or those of an evaluation of the same
-    models and data (a rerun), or any with ``overwrite``. The files of the evaluation there are removed first,
-    so none of them is left beside the new ones (a leaderboard CSV of another split, say)."""
-    found = [name for name in EVAL_FILES if (out / name).exists()]
+def claim_results_folder(out: Path, inputs: dict[str, Any], *, overwrite: bool, files: Sequence[str] = EVAL_FILES,
+                         inputs_file: str = EVAL_INPUTS_FILE, kind: str = "evaluation") -> None:
+    """Make ``out`` ready for the ``files`` of an evaluation (or of another ``kind`` of results, such as a
+    diagnosis) whose ``inputs`` (:func:`evaluation_inputs`) are recorded in ``inputs_file``: it may hold none
+    of them, or those of the same models on the same data (a rerun), or any with ``overwrite``. The files there
+    are removed first, so none of them is left beside the new ones (a leaderboard CSV of another split, say);
+    other files in ``out`` are not touched."""
+    found = [name for name in files if (out / name).exists()]
     if found and not overwrite:
-        previous = json.loads((out / EVAL_INPUTS_FILE).read_text()) if (out / EVAL_INPUTS_FILE).is_file() else None
+        previous = json.loads((out / inputs_file).read_text()) if (out / inputs_file).is_file() else None
         if previous is None or previous.get("identity") != inputs["identity"]:
             what = ("models " + ", ".join(previous["identity"]["models"]) + " on " + ", ".join(previous["identity"]["data"].values())
-                    if previous else "an evaluation that did not record its inputs")
-            raise ValueError(f"--out {out} holds the results of another evaluation ({', '.join(found)}: {what}); "
+                    if previous else f"no {inputs_file}: results of an older vlekit, of unknown models and data")
+            raise ValueError(f"--out {out} holds the results of another {kind} ({', '.join(found)}: {what}); "
                              f"choose another --out, or --overwrite to replace them")
     for name in found:
         (out / name).unlink()
@@ -196,7 +199,7 @@ def evaluate(
     Returns ``{"metrics": {task: {"accuracy", "ci95", "chance", "n"}}, "leaderboard": path or None}``; a run
     trained for a plugin's task (:func:`plugin_task`) adds a row under that task's name with its own score.
     out: where to write the files (:data:`EVAL_FILES`); one that holds another evaluation's is refused
-        before any work unless ``overwrite`` (:func:`claim_eval_folder`).
+        before any work unless ``overwrite`` (:func:`claim_results_folder`).
     """
     trained = {}
     for folder in checkpoints:
@@ -217,7 +220,7 @@ def evaluate(
     if out_dir is not None:
         inputs = evaluation_inputs(list(trained.values()), data={"annotations": annotations, "images": images},
                                    precision=precisions, compat=compat)
-        claim_eval_folder(out_dir, inputs, overwrite=overwrite)
+        claim_results_folder(out_dir, inputs, overwrite=overwrite)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     for model in trained.values():
         model.model.to(device)
@@ -325,7 +328,7 @@ def evaluate_vqa_model(
     if out is not None:
         inputs = evaluation_inputs([trained], data={"questions": questions, "annotations": annotations, "images": images},
                                    precision=precision, image_pattern=image_pattern, data_subtype=data_subtype)
-        claim_eval_folder(Path(out), inputs, overwrite=overwrite)
+        claim_results_folder(Path(out), inputs, overwrite=overwrite)
     examples = preflight_vqa(read_vqa(questions, annotations, image_dir=images, image_pattern=image_pattern,
                                       data_subtype=data_subtype), progress=progress)
     dataset = trained.vqa_dataset(examples)
