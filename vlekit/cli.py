@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("vlekit.evaluation.predict", "score typed answers to a typed question about an image with a trained run"),
     "demo": ("vlekit.demo", "the built-in demo: synthetic VCR data, tiny model, train, evaluate"),
     "ablate": ("vlekit.ablation.grid", "an ablation grid over any experiment (variants x seeds) with a report"),
+    "compare": ("vlekit.diagnose.compare", "evaluations of different models on the same questions, paired: differences, CIs, per type"),
     "diagnose": ("vlekit.diagnose.run", "does the model look? a VCR run under shortcut probes, with paired statistics"),
     "bench": ("vlekit.bench.run", "measure training / inference speed, memory, FLOPs and MFU"),
     "runs": ("vlekit.evaluation.overview", "the training runs under folders: where each stands, its scores, the options that differ; curves"),

@@ -62,11 +62,17 @@ def question_types(records: Sequence[Mapping[str, Any]], *, min_questions: int =
     return [word if counts[word] >= min_questions else OTHER_TYPE for word in first]
 
 
+def type_order(types: Sequence[str]) -> list[str]:
+    """The distinct question types, largest first (ties by name), ``other`` last."""
+    counts = Counter(types)
+    return sorted(counts, key=lambda t: (t == OTHER_TYPE, -counts[t], t))
+
+
 def by_question_type(outcomes: Mapping[str, ProbeOutcome], types: Sequence[str], *, resamples: int = 1000,
                      seed: int = 0) -> dict[str, dict[str, Any]]:
     """``{type: {"n", "probes": {name: {"accuracy", "ci95", "delta"}}}}``, types by size (``other`` last)."""
     labels = np.asarray(types)
-    order = sorted(set(types), key=lambda t: (t == OTHER_TYPE, -int((labels == t).sum()), t))
+    order = type_order(types)
     reference = np.asarray(outcomes[REFERENCE].scores, dtype=float)
     table: dict[str, dict[str, Any]] = {}
     for group in order:
@@ -81,8 +87,11 @@ def by_question_type(outcomes: Mapping[str, ProbeOutcome], types: Sequence[str],
     return table
 
 
-def _p(value: float, *, resamples: int | None = None) -> str:
-    """A p-value for a table: ``-`` at 1, ``<1/resamples`` for a bootstrap that saw no resample across 0."""
+def format_p(value: float | None, *, resamples: int | None = None) -> str:
+    """A p-value for a table: ``-`` at 1, ``<1/resamples`` for a bootstrap that saw no resample across 0,
+    ``n/a`` for none (McNemar on soft scores)."""
+    if value is None:
+        return "n/a"
     if value >= 1.0:
         return "-"
     return f"<{1 / resamples:.2g}" if value == 0 and resamples else f"{value:.2g}"
@@ -110,8 +119,8 @@ def probes_table(result: Mapping[str, Any], *, markdown: bool = False) -> str:
             "95% CI": f"[{100 * row['ci95'][0]:.1f}, {100 * row['ci95'][1]:.1f}]",
             "vs full": "-" if name == REFERENCE else f"{100 * row['delta']:+.1f}",
             "diff 95% CI": "-" if name == REFERENCE else f"[{100 * row['delta_ci95'][0]:+.1f}, {100 * row['delta_ci95'][1]:+.1f}]",
-            "p bootstrap": "-" if name == REFERENCE else _p(row["p_bootstrap"], resamples=result.get("resamples")),
-            "p McNemar": "-" if name == REFERENCE else _p(row["p_mcnemar"]),
+            "p bootstrap": "-" if name == REFERENCE else format_p(row["p_bootstrap"], resamples=result.get("resamples")),
+            "p McNemar": "-" if name == REFERENCE else format_p(row["p_mcnemar"]),
             "at chance": "yes" if row["includes_chance"] else "no",
             "notes": _detail(row),
         })
