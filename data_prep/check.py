@@ -45,7 +45,7 @@ from data_prep.constants import (
     TOKENIZER_DIR,
 )
 from data_prep.options import saved_run_options
-from data_prep.preflight import SplitCheck, check_split
+from data_prep.preflight import SplitCheck, archive_hint, check_split
 from data_prep.preprocess import PreprocessConfig, VCRPreprocessor
 from data_prep.vcr import VCRFormatError
 
@@ -180,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.annotations.is_file():
         return _fail(f"annotation file not found: {args.annotations}")
     if not args.images.is_dir():
-        return _fail(f"images folder not found: {args.images} (expected the vcr1images folder)")
+        return _fail(archive_hint(args.images) or f"images folder not found: {args.images} (expected the vcr1images folder)")
     try:
         tokenizer = _tokenizer(tokenizer_name, args.annotations)
     except (OSError, ValueError, VCRFormatError) as exc:

@@ -31,6 +31,8 @@ An image or metadata file shared by several records is checked once; every recor
 from __future__ import annotations
 
 import sys
+import tarfile
+import zipfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -114,7 +116,7 @@ def check_image(
                 except IMAGE_ERRORS as exc:
                     expected = "an image whose pixel data decodes completely"
                     return [_image_error("undecodable-image", expected, path, exc)]
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # the latter: a file (an archive, say) where a folder should be
         expected = "an existing image file under images_root"
         return [Finding(ERROR, "missing-image", "img_fn", expected, f"no file {path}")]
     except IMAGE_ERRORS as exc:
@@ -360,9 +362,31 @@ def folder_holding(images_root: Path, name: str) -> Path | None:
     return next((folder for folder in nearby if (folder / name).is_file()), None)
 
 
+def archive_hint(images_root: Path, *, holds: str = "vcr1images/") -> str | None:
+    """When ``images_root`` is an archive (VCR ships its images as ``vcr1images.zip``), or is missing with the
+    archive beside it (``vcr1images`` given, ``vcr1images.zip`` there): what to unpack; else ``None``."""
+    candidates = [images_root] if images_root.is_file() else [
+        images_root.with_name(images_root.name + suffix) for suffix in (".zip", ".tar", ".tar.gz", ".tgz")]
+    for archive in candidates:
+        if archive.is_file() and zipfile.is_zipfile(archive):
+            unpack = f"unzip {archive} -d {archive.parent}"
+        elif archive.is_file() and tarfile.is_tarfile(archive):
+            unpack = f"tar -xf {archive} -C {archive.parent}"
+        else:
+            continue
+        given = "is" if archive == images_root else f"is not a folder, but {archive} is"
+        return (f"the images root {images_root} {given} an archive: unpack it ({unpack}) and give the folder it holds "
+                f"({holds}) as the images root (--images / data.images); images are read from files, not archives")
+    return None
+
+
 def images_root_hint(images_root: Path, img_fn: str) -> str:
-    """What to say when no record's image is under ``images_root``: the folder nearby that holds them
-    (:func:`folder_holding`), or what the root must hold."""
+    """What to say when no record's image is under ``images_root``: the archive to unpack
+    (:func:`archive_hint`), the folder nearby that holds them (:func:`folder_holding`), or what the root
+    must hold."""
+    archive = archive_hint(images_root)
+    if archive is not None:
+        return archive
     found = folder_holding(images_root, img_fn)
     if found is not None:
         return (f"no image is under {images_root}, but {found} holds them: give that folder as the images root "

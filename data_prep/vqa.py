@@ -30,7 +30,7 @@ from data_prep.constants import CLIP_MEAN, CLIP_STD, VQA_TASK
 from data_prep.errors import DataFormatError, describe, is_int, utf8_problem
 from data_prep.options import PreprocessOptions
 from data_prep.pixels import load_pixels
-from data_prep.preflight import check_image, folder_holding
+from data_prep.preflight import archive_hint, check_image, folder_holding
 from data_prep.vcr import VCRFormatError
 from data_prep.vqa_answers import AnswerVocabulary, soft_scores
 
@@ -269,8 +269,11 @@ def preflight_vqa(
             kept.append(example)
             continue
         finding = problems[path][0]
-        nearby = folder_holding(path.parent, path.name) if finding.kind == "missing-image" else None
-        got = finding.got + (f"; {nearby} holds it: is that the split's image folder (--images / data.images)?"
+        missing = finding.kind == "missing-image"
+        archive = archive_hint(path.parent, holds="the split's image folder") if missing and not path.parent.is_dir() else None
+        nearby = folder_holding(path.parent, path.name) if missing and archive is None else None
+        got = finding.got + (f"; {archive}" if archive is not None else
+                             f"; {nearby} holds it: is that the split's image folder (--images / data.images)?"
                              if nearby is not None else "")
         error = VQAFormatError(file=examples.questions_file, question_id=example.question_id, field="image_id",
                                expected=finding.expected, got=got)

@@ -280,6 +280,45 @@ def test_an_images_root_one_folder_off_is_named_with_the_folder_that_holds_the_i
     assert f"but {root} holds them" in err and "skip_bad" not in err
 
 
+def test_an_images_root_that_is_still_an_archive_says_what_to_unpack(
+        clean: SyntheticVCR, tokenizer_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """VCR ships its images as vcr1images.zip: given the archive, or the folder's name with only the archive
+    beside it, the message says to unpack it (the command), not that a folder is missing or images are bad."""
+    import shutil
+
+    archive = Path(shutil.make_archive(str(tmp_path / "vcr1images"), "zip", clean.images_root.parent,
+                                       clean.images_root.name))
+    unzip = rf"unpack it \(unzip {archive} -d {tmp_path}\) and give the folder it holds \(vcr1images/\)"
+    with pytest.raises(PreflightError, match=rf"the images root {archive} is an archive: {unzip}"):
+        preflight(clean.val, archive)
+    with pytest.raises(PreflightError, match=rf"the images root {tmp_path / 'vcr1images'} is not a folder, but {archive} "
+                                             rf"is an archive: {unzip}"):
+        preflight(clean.val, tmp_path / "vcr1images")
+    tar = Path(shutil.make_archive(str(tmp_path / "frames"), "gztar", clean.images_root.parent, clean.images_root.name))
+    with pytest.raises(PreflightError, match=rf"{tar} is an archive: unpack it \(tar -xf {tar} -C {tmp_path}\)"):
+        preflight(clean.val, tar)
+    (tmp_path / "notes.txt").write_text("not an archive")  # a file that is no archive: the usual message
+    with pytest.raises(PreflightError, match="notes.txt is not a folder: it must be the folder"):
+        preflight(clean.val, tmp_path / "notes.txt")
+
+    assert _check_data(dataclasses.replace(clean, images_root=archive), tokenizer_dir) == 2
+    assert f"the images root {archive} is an archive: unpack it (unzip" in capsys.readouterr().err
+    assert cli_main(["train", "--no-progress", *_overrides(clean, tmp_path / "run"), f"data.images={archive}"]) == 2
+    err = capsys.readouterr().err
+    assert f"{archive} is an archive: unpack it" in err and "skip_bad" not in err and "Traceback" not in err
+
+    # VQA: COCO ships val2014.zip; the split's image folder given with only the archive there.
+    questions = [{"image_id": 1, "question": "what is it?", "question_id": 10}]
+    (tmp_path / "questions.json").write_text(json.dumps({"data_subtype": "val2014", "questions": questions}))
+    (tmp_path / "coco").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "coco" / "1.png")
+    coco = Path(shutil.make_archive(str(tmp_path / "val2014"), "zip", tmp_path / "coco"))
+    examples = read_vqa(tmp_path / "questions.json", image_dir=tmp_path / "val2014", image_pattern="{image_id}.png")
+    with pytest.raises(VQAFormatError, match=rf"{coco} is an archive: unpack it \(unzip {coco} -d {tmp_path}\) and give "
+                                             r"the folder it holds \(the split's image folder\)"):
+        preflight_vqa(examples)
+
+
 def test_skip_bad_trains_on_the_rest_and_survives_a_truncated_jpeg_in_workers(
     clean: SyntheticVCR, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
