@@ -47,7 +47,7 @@ from data_prep.constants import (
 from data_prep.options import saved_run_options
 from data_prep.preflight import SplitCheck, archive_hint, check_split
 from data_prep.preprocess import PreprocessConfig, VCRPreprocessor
-from data_prep.vcr import VCRFormatError
+from data_prep.vcr import VCRFormatError, check_not_packed
 
 __all__ = ["add_arguments", "run", "main"]
 
@@ -179,6 +179,10 @@ def run(args: argparse.Namespace) -> int:
         return _fail(f"invalid option: {exc}")
     if not args.annotations.is_file():
         return _fail(f"annotation file not found: {args.annotations}")
+    try:
+        check_not_packed(args.annotations)
+    except VCRFormatError as exc:
+        return _fail(str(exc))
     if not args.images.is_dir():
         return _fail(archive_hint(args.images) or f"images folder not found: {args.images} (expected the vcr1images folder)")
     try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DataFormatError", "describe", "is_int", "utf8_problem"]
+__all__ = ["DataFormatError", "describe", "is_int", "packed_as", "utf8_problem"]
 
 
 class DataFormatError(ValueError):
@@ -67,3 +67,33 @@ def utf8_problem(data: bytes, error: UnicodeDecodeError, *, offset: int = 0, fir
     column = position - (data.rfind(b"\n", 0, position) + 1) + 1
     return (f"byte 0x{data[position]:02x} at line {line}, byte {column} of the line (offset {offset + position} "
             f"in the file), which is not UTF-8 ({error.reason})")
+
+
+# The first bytes of the archive and compression formats datasets ship in (VCR: vcr1images.zip, vcr1annots.zip;
+# VQA v2 and COCO: zip): (offset, magic, format, the command that unpacks it).
+_PACKED = (
+    (0, b"PK\x03\x04", "zip", "unzip {file} -d {folder}"),
+    (0, b"PK\x05\x06", "zip", "unzip {file} -d {folder}"),  # an empty one
+    (0, b"\x1f\x8b", "gzip", "gunzip -k {file}"),
+    (0, b"BZh", "bzip2", "bunzip2 -k {file}"),
+    (0, b"\xfd7zXZ\x00", "xz", "unxz -k {file}"),
+    (0, b"(\xb5/\xfd", "zstd", "unzstd {file}"),
+    (0, b"7z\xbc\xaf'\x1c", "7z", "7z x {file} -o{folder}"),
+    (257, b"ustar", "tar", "tar -xf {file} -C {folder}"),
+)
+
+
+def packed_as(path: Path) -> tuple[str, str] | None:
+    """``(format, the command that unpacks it)`` when the file ``path`` is an archive or a compressed file
+    (by its first bytes, whatever its name), else ``None`` (not one, or not a readable file)."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(262)
+    except OSError:
+        return None
+    for offset, magic, kind, command in _PACKED:
+        if head[offset:offset + len(magic)] == magic:
+            if kind in ("gzip", "bzip2", "xz", "zstd") and (".tar" in path.suffixes or path.suffix in (".tgz", ".tbz2", ".txz")):
+                kind, command = f"tar.{kind}", "tar -xf {file} -C {folder}"  # GNU tar finds the compression itself
+            return kind, command.format(file=path, folder=path.parent)
+    return None

@@ -31,8 +31,6 @@ An image or metadata file shared by several records is checked once; every recor
 from __future__ import annotations
 
 import sys
-import tarfile
-import zipfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -43,6 +41,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from data_prep.errors import packed_as
 from data_prep.pixels import IMAGE_ERRORS, exif_orientation, oriented_size
 from data_prep.vcr import VCRFormatError, VCRRecords, clip_boxes, load_metadata, read_vcr
 
@@ -368,15 +367,13 @@ def archive_hint(images_root: Path, *, holds: str = "vcr1images/") -> str | None
     candidates = [images_root] if images_root.is_file() else [
         images_root.with_name(images_root.name + suffix) for suffix in (".zip", ".tar", ".tar.gz", ".tgz")]
     for archive in candidates:
-        if archive.is_file() and zipfile.is_zipfile(archive):
-            unpack = f"unzip {archive} -d {archive.parent}"
-        elif archive.is_file() and tarfile.is_tarfile(archive):
-            unpack = f"tar -xf {archive} -C {archive.parent}"
-        else:
+        packed = packed_as(archive) if archive.is_file() else None
+        if packed is None:
             continue
         given = "is" if archive == images_root else f"is not a folder, but {archive} is"
-        return (f"the images root {images_root} {given} an archive: unpack it ({unpack}) and give the folder it holds "
-                f"({holds}) as the images root (--images / data.images); images are read from files, not archives")
+        return (f"the images root {images_root} {given} a {packed[0]} archive: unpack it ({packed[1]}) and give the "
+                f"folder it holds ({holds}) as the images root (--images / data.images); images are read from files, "
+                f"not archives")
     return None
 
 

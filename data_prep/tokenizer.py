@@ -22,6 +22,7 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processor
 from transformers import PreTrainedTokenizerFast
 
 from data_prep.constants import PERSON_NAMES
+from data_prep.vcr import check_not_packed
 
 __all__ = ["SPECIAL_TOKENS", "build_sentencepiece_tokenizer", "build_word_tokenizer"]
 
@@ -151,6 +152,7 @@ def _iter_records(sources: RecordSource | Iterable[RecordSource]) -> Iterator[Ma
 def _read_jsonl(path: Path) -> Iterator[Mapping[str, Any]]:
     if not path.is_file():
         raise FileNotFoundError(f"VCR annotation file not found: {path}")
+    check_not_packed(path)
     with path.open(encoding="utf-8") as lines:
         for number, line in enumerate(lines, start=1):
             if not line.strip():

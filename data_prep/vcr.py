@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from data_prep.constants import NUM_CHOICES
-from data_prep.errors import DataFormatError, describe, is_int, utf8_problem
+from data_prep.errors import DataFormatError, describe, is_int, packed_as, utf8_problem
 
 __all__ = [
     "VCRFormatError",
@@ -349,6 +349,17 @@ def _decode_line(raw: bytes, *, offset: int, line_number: int) -> str:
     return text.removeprefix("\ufeff") if offset == 0 else text  # a byte-order mark is no JSON
 
 
+def check_not_packed(path: Path) -> None:
+    """Raise a ``VCRFormatError`` saying what to unpack when the annotation file ``path`` is an archive or a
+    compressed file (VCR ships its annotations as ``vcr1annots.zip``): read as lines, a stored zip would give
+    most of its records and a few bad ones, a compressed one nothing but bad ones."""
+    packed = packed_as(path)
+    if packed is not None:
+        raise VCRFormatError(file=path, line=None, annot_id=None, field="<file>",
+                             expected="VCR annotations as UTF-8 JSON lines (train.jsonl, val.jsonl or test.jsonl)",
+                             got=f"a {packed[0]} file: unpack it ({packed[1]}) and give the .jsonl file it holds")
+
+
 def read_vcr(path: str | Path, *, images_root: str | Path | None = None, skip_bad: bool = False) -> VCRRecords:
     """Read and validate a VCR ``.jsonl`` annotation file.
 
@@ -371,10 +382,12 @@ def read_vcr(path: str | Path, *, images_root: str | Path | None = None, skip_ba
         The valid records, as dicts exactly as in the file.
 
     Raises:
-        VCRFormatError: the first bad record (unless ``skip_bad``).
+        VCRFormatError: the first bad record (unless ``skip_bad``); the file is an archive
+            (:func:`check_not_packed`, whatever ``skip_bad``).
         OSError: the annotation file cannot be read.
     """
     path = Path(path)
+    check_not_packed(path)
     root = Path(images_root) if images_root is not None else None
     records: list[dict[str, Any]] = []
     lines: list[int] = []

@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from data_prep.constants import CLIP_MEAN, CLIP_STD, VQA_TASK
-from data_prep.errors import DataFormatError, describe, is_int, utf8_problem
+from data_prep.errors import DataFormatError, describe, is_int, packed_as, utf8_problem
 from data_prep.options import PreprocessOptions
 from data_prep.pixels import load_pixels
 from data_prep.preflight import archive_hint, check_image, folder_holding
@@ -109,6 +109,10 @@ def _load_list(path: Path, key: str) -> tuple[list[Any], dict[str, Any]]:
         data = path.read_bytes()
     except FileNotFoundError:
         raise FileNotFoundError(f"VQA file not found: {path}") from None
+    packed = packed_as(path)
+    if packed is not None:  # VQA v2 ships each file zipped (v2_Questions_Val_mscoco.zip, ...)
+        raise VQAFormatError(file=path, question_id=None, field="<file>", expected="a VQA JSON file",
+                             got=f"a {packed[0]} file: unpack it ({packed[1]}) and give the .json file it holds")
     try:
         document = json.loads(data.decode("utf-8").removeprefix("\ufeff"))  # a byte-order mark is no JSON
     except UnicodeDecodeError as error:

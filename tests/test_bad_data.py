@@ -289,23 +289,23 @@ def test_an_images_root_that_is_still_an_archive_says_what_to_unpack(
     archive = Path(shutil.make_archive(str(tmp_path / "vcr1images"), "zip", clean.images_root.parent,
                                        clean.images_root.name))
     unzip = rf"unpack it \(unzip {archive} -d {tmp_path}\) and give the folder it holds \(vcr1images/\)"
-    with pytest.raises(PreflightError, match=rf"the images root {archive} is an archive: {unzip}"):
+    with pytest.raises(PreflightError, match=rf"the images root {archive} is a zip archive: {unzip}"):
         preflight(clean.val, archive)
     with pytest.raises(PreflightError, match=rf"the images root {tmp_path / 'vcr1images'} is not a folder, but {archive} "
-                                             rf"is an archive: {unzip}"):
+                                             rf"is a zip archive: {unzip}"):
         preflight(clean.val, tmp_path / "vcr1images")
     tar = Path(shutil.make_archive(str(tmp_path / "frames"), "gztar", clean.images_root.parent, clean.images_root.name))
-    with pytest.raises(PreflightError, match=rf"{tar} is an archive: unpack it \(tar -xf {tar} -C {tmp_path}\)"):
+    with pytest.raises(PreflightError, match=rf"{tar} is a tar.gzip archive: unpack it \(tar -xf {tar} -C {tmp_path}\)"):
         preflight(clean.val, tar)
     (tmp_path / "notes.txt").write_text("not an archive")  # a file that is no archive: the usual message
     with pytest.raises(PreflightError, match="notes.txt is not a folder: it must be the folder"):
         preflight(clean.val, tmp_path / "notes.txt")
 
     assert _check_data(dataclasses.replace(clean, images_root=archive), tokenizer_dir) == 2
-    assert f"the images root {archive} is an archive: unpack it (unzip" in capsys.readouterr().err
+    assert f"the images root {archive} is a zip archive: unpack it (unzip" in capsys.readouterr().err
     assert cli_main(["train", "--no-progress", *_overrides(clean, tmp_path / "run"), f"data.images={archive}"]) == 2
     err = capsys.readouterr().err
-    assert f"{archive} is an archive: unpack it" in err and "skip_bad" not in err and "Traceback" not in err
+    assert f"{archive} is a zip archive: unpack it" in err and "skip_bad" not in err and "Traceback" not in err
 
     # VQA: COCO ships val2014.zip; the split's image folder given with only the archive there.
     questions = [{"image_id": 1, "question": "what is it?", "question_id": 10}]
@@ -314,9 +314,52 @@ def test_an_images_root_that_is_still_an_archive_says_what_to_unpack(
     Image.new("RGB", (8, 8)).save(tmp_path / "coco" / "1.png")
     coco = Path(shutil.make_archive(str(tmp_path / "val2014"), "zip", tmp_path / "coco"))
     examples = read_vqa(tmp_path / "questions.json", image_dir=tmp_path / "val2014", image_pattern="{image_id}.png")
-    with pytest.raises(VQAFormatError, match=rf"{coco} is an archive: unpack it \(unzip {coco} -d {tmp_path}\) and give "
+    with pytest.raises(VQAFormatError, match=rf"{coco} is a zip archive: unpack it \(unzip {coco} -d {tmp_path}\) and give "
                                              r"the folder it holds \(the split's image folder\)"):
         preflight_vqa(examples)
+
+
+def test_annotations_still_in_their_archive_are_refused_with_what_to_unpack(
+        clean: SyntheticVCR, tokenizer_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """VCR ships its annotations as vcr1annots.zip. Read as lines, a zip that stores them uncompressed gives most
+    records and a couple of bad ones (a run with data.skip_bad would train on them); a compressed file gives only bad
+    ones. Either is refused as a whole, whatever skip_bad, with the command that unpacks it."""
+    import gzip
+    import tarfile
+    import zipfile
+
+    stored = tmp_path / "vcr1annots.zip"
+    with zipfile.ZipFile(stored, "w", compression=zipfile.ZIP_STORED) as archive:
+        archive.write(clean.val, "val.jsonl")
+    expected = r"field '<file>': expected VCR annotations as UTF-8 JSON lines \(train.jsonl, val.jsonl or test.jsonl\), got "
+    for skip_bad in (False, True):
+        with pytest.raises(VCRFormatError, match=rf"{expected}a zip file: unpack it \(unzip {stored} -d {tmp_path}\) and "
+                                                 r"give the .jsonl file it holds$"):
+            read_vcr(stored, skip_bad=skip_bad)
+    squeezed = tmp_path / "val.jsonl.gz"
+    squeezed.write_bytes(gzip.compress(clean.val.read_bytes()))
+    with pytest.raises(VCRFormatError, match=rf"{expected}a gzip file: unpack it \(gunzip -k {squeezed}\)"):
+        read_vcr(squeezed)
+    with tarfile.open(tmp_path / "annotations.tar.gz", "w:gz") as archive:
+        archive.add(clean.val, "val.jsonl")
+    with pytest.raises(VCRFormatError, match=rf"a tar.gzip file: unpack it \(tar -xf {tmp_path / 'annotations.tar.gz'} "
+                                             rf"-C {tmp_path}\)"):
+        read_vcr(tmp_path / "annotations.tar.gz")
+
+    assert cli_main(["check-data", "--annotations", str(stored), "--images", str(clean.images_root), "--task", "q2a",
+                     "--tokenizer", "auto"]) == 2
+    assert "got a zip file: unpack it (unzip" in capsys.readouterr().err
+    overrides = [*_overrides(clean, tmp_path / "run", "data.skip_bad=true"), f"data.train_annotations={stored}"]
+    assert cli_main(["train", "--no-progress", *overrides]) == 2
+    err = capsys.readouterr().err
+    assert "got a zip file: unpack it (unzip" in err and "Traceback" not in err
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+    questions = tmp_path / "v2_Questions_Val_mscoco.zip"  # VQA v2 ships each JSON file zipped
+    with zipfile.ZipFile(questions, "w") as archive:
+        archive.writestr("questions.json", json.dumps({"questions": []}))
+    with pytest.raises(VQAFormatError, match=rf"expected a VQA JSON file, got a zip file: unpack it \(unzip {questions} "):
+        read_vqa(questions, image_dir=tmp_path)
 
 
 def test_skip_bad_trains_on_the_rest_and_survives_a_truncated_jpeg_in_workers(
