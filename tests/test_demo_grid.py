@@ -118,5 +118,41 @@ def test_a_grid_reuses_finished_runs_unless_what_they_depend_on_changed(tmp_path
     stamp = result_file.stat().st_mtime_ns
     again = ablation.run_grid(dataclasses.replace(grid, num_workers=1), variant, log=lambda _: None)[0]
     assert result_file.stat().st_mtime_ns == stamp and again == first  # workers: loaded, not re-run
-    changed = ablation.run_grid(dataclasses.replace(grid, lr=grid.lr / 2), variant, log=lambda _: None)[0]
+    other = dataclasses.replace(grid, lr=grid.lr / 2)  # another grid in the same folder: refused before any work
+    with pytest.raises(ValueError, match=rf"--out {grid.out} holds finished runs of another grid, which this one would "
+                                         rf"replace: vle seed 0 \(train.lr {grid.lr} there, {grid.lr / 2} here\); "
+                                         r"choose another --out, or --overwrite"):
+        ablation.run_grid(other, variant, log=lambda _: None)
+    assert result_file.stat().st_mtime_ns == stamp
+    changed = ablation.run_grid(other, variant, log=lambda _: None, overwrite=True)[0]
     assert result_file.stat().st_mtime_ns != stamp and changed.seconds != first.seconds  # lr: trained again
+
+
+def test_a_grid_folder_holding_another_grids_runs_is_refused_and_a_moved_one_is_reused(tmp_path, capsys):
+    """A smoke grid run into a full grid's folder would have replaced its data and runs one by one; now it is
+    refused, naming what differs. The same grid in a moved (or copied) folder reuses its runs: the identity
+    writes the grid folder's paths relative to it."""
+    import shutil
+
+    smoke = ablation.smoke_grid(tmp_path / "grid")
+    grid = dataclasses.replace(smoke, max_steps=1, synthetic_data=dataclasses.replace(smoke.synthetic_data, num_train=16,
+                                                                                       num_val=8))
+    variant = [v for v in ablation.smoke_variants() if v.name == ablation_stats.REFERENCE]
+    first = ablation.run_grid(grid, variant, log=lambda _: None)[0]
+    data_stamp = (tmp_path / "grid" / "data" / "options.json").read_text()
+
+    bigger = dataclasses.replace(grid, synthetic_data=dataclasses.replace(grid.synthetic_data, num_train=24))
+    with pytest.raises(ValueError, match=r"vle seed 0 \(synthetic_data.num_train 16 there, 24 here\), the synthetic "
+                                         r"data its runs were evaluated on"):
+        ablation.run_grid(bigger, variant, log=lambda _: None)
+    assert (tmp_path / "grid" / "data" / "options.json").read_text() == data_stamp  # the data was not rewritten
+
+    args = ["ablate", "--out", str(tmp_path / "grid"), "--smoke"]  # the smoke grid's own sizes: other data and steps
+    assert cli_main(args) == 2
+    assert f"vlekit ablate: --out {tmp_path / 'grid'} holds finished runs of another grid" in capsys.readouterr().err
+
+    shutil.move(tmp_path / "grid", tmp_path / "moved")
+    moved = dataclasses.replace(grid, out=str(tmp_path / "moved"))
+    again = ablation.run_grid(moved, variant, log=lambda _: None)[0]
+    assert again.seconds == first.seconds and again.correct == first.correct  # loaded, not trained again
+    assert again.folder == str(tmp_path / "moved" / "runs" / "vle" / "seed-0")  # where it is now

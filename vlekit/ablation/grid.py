@@ -5,17 +5,7 @@ significance tests.
     vlekit ablate --out runs/ablation          # the demo's grid (configs/grids/ablation-demo.yaml; a GPU)
     vlekit ablate --out /tmp/abl --smoke       # the reference and the baseline, 1 seed, a few steps (a CPU)
 
-A grid file (YAML; ``configs/grids/ablation-demo.yaml`` is one) says::
-
-    experiment: base.yaml        # the base experiment: a path (relative to the grid file) or the sections
-                                 # themselves; --config replaces it
-    variants:                    # the rows: a name and dotted config changes (any ``section.key``)
-      - {name: vle, description: "the reference"}
-      - {name: no-object-tokens, changes: {model.use_object_tokens: false}}
-    seeds: [0, 1, 2]             # training seeds: they change the initialisation and data order, not the data
-    reference: vle               # the row every other is compared with
-    baseline: no-object-tokens   # the other side of the headline comparison (optional)
-    synthetic_data: {num_train: 2000, num_val: 300, seed: 0}   # optional: see below
+A grid file (YAML) is described in ``vlekit.ablation.config``.
 
 With ``synthetic_data`` the grid writes one synthetic VCR dataset under ``OUT/data`` and every run trains
 on it; without it every run uses the experiment's own ``data`` section. A word-level tokenizer
@@ -29,7 +19,9 @@ Output folder::
     OUT/summary.md, summary.json   the results table and the tests; OUT/accuracy.png the bar chart
 
 A finished run (its ``result.json`` written with the same resolved config) is skipped when the grid
-runs again, so an interrupted grid continues where it stopped and extra seeds only add runs.
+runs again, so an interrupted grid continues where it stopped and extra seeds only add runs. A folder whose
+finished runs ran with another config (another lr, other data, a smoke grid's sizes) is refused unless
+``overwrite`` (``--overwrite``): a grid does not replace another's results unasked.
 
 The summary (results table, comparisons, tests) is ``vlekit.ablation.stats``'s, which says what the
 statistics are.
@@ -39,181 +31,31 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import difflib
 import json
 import shutil
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from data_prep.synthetic import SyntheticVCR, generate_synthetic_vcr
 from data_prep.tokenizer import build_word_tokenizer
-from vlekit.ablation.stats import NO_OBJECT_TOKENS, REFERENCE, RESULT_FILE, RunResult, write_summary
+from vlekit.ablation.config import DEMO_GRID_FILE, GridConfig, Variant, demo_grid, load_grid, smoke
+from vlekit.ablation.config import (  # noqa: F401  (re-exported: notebooks call them as ablation.* with the above)
+    SyntheticData,
+    check_grid,
+    default_variants,
+    smoke_grid,
+    smoke_variants,
+)
+from vlekit.ablation.stats import RESULT_FILE, RunResult, write_summary
 from vlekit.evaluation.evaluate import evaluate
-from vlekit.runs.experiment import ExperimentConfig, apply_changes, experiment_from_dict
-from vlekit.options import make_config
+from vlekit.runs.experiment import ExperimentConfig, apply_changes, experiment_from_dict, flat_options
 from vlekit.runs.folder import RunFolder
 from vlekit.training.train import train
-
-# The demo's grid: shipped with the repository, next to the other experiment files.
-DEMO_GRID_FILE = Path(__file__).resolve().parents[2] / "configs" / "grids" / "ablation-demo.yaml"
-
-
-@dataclass(frozen=True)
-class Variant:
-    """One row of an ablation grid.
-
-    changes: dotted ``section.key`` -> value, applied to the base experiment, e.g.
-        ``{"model.fusion": "tiny-merged-attention"}`` or ``{"data.geometry": "letterbox"}``.
-    """
-
-    name: str
-    changes: Mapping[str, Any] = field(default_factory=dict)
-    description: str = ""
-
-
-@dataclass(frozen=True)
-class SyntheticData:
-    """The synthetic VCR data a grid writes once under ``OUT/data`` (``data_prep.generate_synthetic_vcr``)."""
-
-    num_train: int = 2000
-    num_val: int = 300
-    seed: int = 0
-
-
-@dataclass(frozen=True)
-class GridConfig:
-    """A grid: the base experiment, its rows and seeds, and what every run shares.
-
-    experiment: the base experiment as nested sections (``plugins``, ``model``, ``data``, ``train``),
-        as in an experiment YAML; validated, with the run's changes, when a run is built.
-    variants: the rows (unique names); seeds: one run per row and seed.
-    synthetic_data: write this synthetic data under ``out/data`` and train every run on it (None: the
-        experiment's ``data`` section).
-    reference / baseline: the row the others are compared with / the headline's other side.
-    epochs, batch_size, lr, max_steps, num_workers: every run's ``train.*`` / ``data.num_workers``
-        (None: as the experiment says).
-    device: ``auto`` (a GPU when there is one), ``cpu``, or None (the experiment's ``train.cpu``).
-    torch_threads: ``torch.set_num_threads`` for the runs (0 leaves torch's default).
-    """
-
-    out: str = "runs/ablation"
-    experiment: Mapping[str, Any] = field(default_factory=dict)
-    variants: tuple[Variant, ...] = ()
-    seeds: tuple[int, ...] = (0, 1, 2)
-    synthetic_data: SyntheticData | None = None
-    reference: str = REFERENCE
-    baseline: str | None = NO_OBJECT_TOKENS
-    epochs: float | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    max_steps: int | None = None
-    num_workers: int | None = None
-    device: str | None = None
-    torch_threads: int = 0
-
-
-# -- grid files -----------------------------------------------------------------------------------
-_GRID_KEYS = ("experiment", "variants", "seeds", "reference", "baseline", "synthetic_data")
-
-
-def _variant(raw: Any, *, where: str) -> Variant:
-    if not isinstance(raw, Mapping) or not isinstance(raw.get("name"), str):
-        raise TypeError(f"{where}: a variant is a mapping with a 'name' (and optional 'changes', 'description'), "
-                        f"got {raw!r}")
-    variant = make_config(Variant, dict(raw), where=f"{where}: variant {raw['name']!r}")
-    if not isinstance(variant.changes, Mapping):
-        raise TypeError(f"{where}: variant {variant.name!r}: 'changes' must map dotted keys (section.key) to values")
-    return variant
-
-
-def load_grid(path: str | Path, *, experiment: str | Path | None = None, **settings: Any) -> GridConfig:
-    """Read a grid file; ``experiment`` (a YAML path) replaces its base experiment; ``settings`` are
-    other :class:`GridConfig` fields (``out``, ``seeds``, ``epochs``, ...)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"grid file {path} not found")
-    raw = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(raw, dict):
-        raise TypeError(f"{path}: expected a mapping with keys {', '.join(_GRID_KEYS)}")
-    unknown = [key for key in raw if key not in _GRID_KEYS]
-    if unknown:
-        close = difflib.get_close_matches(unknown[0], _GRID_KEYS, n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise TypeError(f"{path}: unknown key {unknown[0]!r}{hint} Keys: {', '.join(_GRID_KEYS)}")
-    base = experiment if experiment is not None else raw.get("experiment")
-    if base is None:
-        raise ValueError(f"{path}: no base experiment: add 'experiment: FILE.yaml' to the grid file or pass --config")
-    if isinstance(base, (str, Path)):
-        base_path = Path(base) if experiment is not None or Path(base).is_absolute() else path.parent / base
-        if not base_path.is_file():
-            raise FileNotFoundError(f"{path}: experiment config {base_path} not found")
-        base = yaml.safe_load(base_path.read_text()) or {}
-    if not isinstance(base, Mapping):
-        raise TypeError(f"{path}: the experiment must be a YAML file or a mapping with sections "
-                        f"plugins/model/data/train")
-    variants = tuple(_variant(v, where=str(path)) for v in raw.get("variants") or ())
-    if not variants:
-        raise ValueError(f"{path}: 'variants' lists no rows; give at least one {{name: ..., changes: {{...}}}}")
-    grid = {key: raw[key] for key in ("reference", "baseline") if key in raw}
-    if "seeds" in raw:
-        grid["seeds"] = tuple(raw["seeds"])
-    if raw.get("synthetic_data") is not None:
-        grid["synthetic_data"] = make_config(SyntheticData, raw["synthetic_data"], where=f"{path}: synthetic_data")
-    return check_grid(GridConfig(experiment=dict(base), variants=variants, **{**grid, **settings}), where=str(path))
-
-
-def check_grid(grid: GridConfig, *, where: str = "grid") -> GridConfig:
-    """``grid``, after checking its rows: unique names, and the reference among them."""
-    names = [v.name for v in grid.variants]
-    if len(set(names)) != len(names):
-        raise ValueError(f"{where}: variant names must be unique, got {names}")
-    if grid.reference not in names:
-        raise ValueError(f"{where}: the reference {grid.reference!r} is not a variant; variants: {', '.join(names)}")
-    if grid.device not in (None, "auto", "cpu"):
-        raise ValueError(f"{where}: device={grid.device!r}; expected 'auto', 'cpu' or None (the experiment's)")
-    return grid
-
-
-def demo_grid(**settings: Any) -> GridConfig:
-    """The demo's grid (``configs/grids/ablation-demo.yaml``: the demo's tiny experiment, ten rows, three seeds)."""
-    if not DEMO_GRID_FILE.is_file():
-        raise FileNotFoundError(f"the demo's grid file {DEMO_GRID_FILE} is missing (vlekit installed without its "
-                                f"repository?): pass a grid file of your own")
-    return load_grid(DEMO_GRID_FILE, **settings)
-
-
-def default_variants() -> list[Variant]:
-    """The demo grid's rows: the reference (VLE's VCR adaptation on the tiny co-attention model) and
-    one change per row."""
-    return list(demo_grid().variants)
-
-
-def smoke_variants(grid: GridConfig | None = None) -> list[Variant]:
-    """The two rows of the headline comparison (reference and baseline) of ``grid`` (default: the demo's)."""
-    grid = grid if grid is not None else demo_grid()
-    return [v for v in grid.variants if v.name in (grid.reference, grid.baseline)]
-
-
-def smoke(grid: GridConfig) -> GridConfig:
-    """``grid`` cut to seconds on a CPU: the headline rows, one seed, one epoch of 8-question batches;
-    32 training and validation questions of synthetic data, or at most 4 steps on real data."""
-    sizes: dict[str, Any] = {"max_steps": 4} if grid.synthetic_data is None else {
-        "synthetic_data": dataclasses.replace(grid.synthetic_data, num_train=32, num_val=32)}
-    return dataclasses.replace(grid, variants=tuple(smoke_variants(grid)), seeds=grid.seeds[:1], epochs=1.0,
-                               batch_size=8, num_workers=0, device="cpu", torch_threads=1, **sizes)
-
-
-def smoke_grid(out: str | Path = "runs/ablation-smoke") -> GridConfig:
-    """The demo grid, :func:`smoke`-sized (``lr`` set, as the demo's, so that a test can vary it)."""
-    grid = smoke(demo_grid(out=str(out)))
-    return dataclasses.replace(grid, lr=float(grid.experiment["train"]["lr"]))
 
 
 # -- configs --------------------------------------------------------------------------------------
@@ -257,7 +99,17 @@ def variant_config(grid: GridConfig, variant: Variant, *, seed: int, data: Synth
 
 
 # -- running --------------------------------------------------------------------------------------
-# -- running --------------------------------------------------------------------------------------
+def _synthetic_paths(root: Path) -> SyntheticVCR:
+    return SyntheticVCR(root, root / "vcr1images", root / "train.jsonl", root / "val.jsonl", root / "test.jsonl")
+
+
+def planned_data(grid: GridConfig) -> tuple[SyntheticVCR | None, str | None]:
+    """Where :func:`prepare_data` puts the grid's synthetic data and shared tokenizer, without writing them."""
+    data = _synthetic_paths(Path(grid.out) / "data") if grid.synthetic_data is not None else None
+    tokenizer = experiment_from_dict(grid.experiment, where="the grid's experiment").data.tokenizer
+    return data, str(Path(grid.out) / "tokenizer") if tokenizer == "auto" else None
+
+
 def prepare_data(grid: GridConfig) -> tuple[SyntheticVCR | None, str | None]:
     """The grid's synthetic data (None without ``synthetic_data``) and its shared tokenizer (None when
     the experiment names one), under ``grid.out``; both kept while the options they came from match."""
@@ -269,8 +121,7 @@ def prepare_data(grid: GridConfig) -> tuple[SyntheticVCR | None, str | None]:
         options = dataclasses.asdict(grid.synthetic_data)
         stamp = root / "options.json"
         if stamp.is_file() and json.loads(stamp.read_text()) == options:
-            data = SyntheticVCR(root, root / "vcr1images", root / "train.jsonl", root / "val.jsonl",
-                                root / "test.jsonl")
+            data = _synthetic_paths(root)
         else:
             data = generate_synthetic_vcr(root, num_test=0, **options)
             stamp.write_text(json.dumps(options))
@@ -288,6 +139,33 @@ def prepare_data(grid: GridConfig) -> tuple[SyntheticVCR | None, str | None]:
     return data, str(tokenizer)
 
 
+def other_grid_in(grid: GridConfig, variants: Sequence[Variant]) -> list[str]:
+    """What in ``grid.out`` this grid would replace: each finished run of its (variant, seed) pairs that ran with
+    another config (the options that differ), and synthetic data written with other options while finished runs
+    were evaluated on it. Empty: the folder is this grid's (or new)."""
+    data, tokenizer = planned_data(grid)
+    found = []
+    for variant in variants:
+        for seed in grid.seeds:
+            path = run_folder(grid, variant.name, seed) / RESULT_FILE
+            if not path.is_file():
+                continue
+            stored = json.loads(path.read_text()).get("config")
+            if not stored:
+                continue  # no config to compare with: a result an older vlekit wrote (trained again, as before)
+            config = variant_config(grid, variant, seed=seed, data=data, tokenizer=tokenizer)
+            there, here = flat_options(portable_identity(stored)), flat_options(portable_identity(run_identity(config, grid)))
+            changed = [f"{key} {there.get(key, '(unset)')} there, {here.get(key, '(unset)')} here"
+                       for key in sorted(set(there) | set(here)) if there.get(key) != here.get(key)]
+            if changed:
+                found.append(f"{variant.name} seed {seed} ({'; '.join(changed[:3])}{'; ...' if len(changed) > 3 else ''})")
+    stamp = Path(grid.out) / "data" / "options.json"
+    if (grid.synthetic_data is not None and stamp.is_file() and any(Path(grid.out).glob(f"runs/*/seed-*/{RESULT_FILE}"))
+            and json.loads(stamp.read_text()) != dataclasses.asdict(grid.synthetic_data)):
+        found.append(f"the synthetic data its runs were evaluated on ({stamp}: {stamp.read_text()})")
+    return found
+
+
 def run_identity(config: ExperimentConfig, grid: GridConfig) -> dict[str, Any]:
     """What a run's result depends on: its config without the data-loader workers (they change the
     speed, not the batches), plus the synthetic data's options (the config names the data by path)."""
@@ -297,6 +175,28 @@ def run_identity(config: ExperimentConfig, grid: GridConfig) -> dict[str, Any]:
     return {**raw, "synthetic_data": synthetic}
 
 
+GRID_FOLDER = "<out>"  # the grid folder in a portable identity
+
+
+def portable_identity(identity: Mapping[str, Any]) -> dict[str, Any]:
+    """A run identity (:func:`run_identity`, or one a ``result.json`` holds) with the grid folder's paths written
+    relative to it (``<out>/data/train.jsonl``), the folder taken from the run's own ``train.out``
+    (``OUT/runs/<variant>/seed-<s>``): the same run whether the grid folder was given relative or absolute, or has
+    been moved or copied since."""
+    out = str(Path(identity["train"]["out"]).parent.parent.parent)
+
+    def portable(value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return {key: portable(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [portable(item) for item in value]
+        if isinstance(value, str) and (value == out or value.startswith(out + "/")):
+            return GRID_FOLDER + value[len(out):]
+        return value
+
+    return portable(json.loads(json.dumps(identity)))
+
+
 def run_variant(grid: GridConfig, variant: Variant, seed: int, *, data: SyntheticVCR | None, tokenizer: str | None,
                 progress: bool = False) -> RunResult:
     """Train and evaluate one (variant, seed), or load its result when it already ran with this config."""
@@ -304,7 +204,8 @@ def run_variant(grid: GridConfig, variant: Variant, seed: int, *, data: Syntheti
     folder = run_folder(grid, variant.name, seed)
     result_path = folder / RESULT_FILE
     resolved = run_identity(config, grid)
-    if result_path.is_file() and json.loads(result_path.read_text()).get("config") == resolved:
+    stored = json.loads(result_path.read_text()).get("config") if result_path.is_file() else None
+    if stored and portable_identity(stored) == portable_identity(resolved):
         return RunResult.load(result_path)
     if folder.exists():  # a stale or unfinished run: start it again from nothing
         shutil.rmtree(folder)
@@ -330,15 +231,22 @@ def run_variant(grid: GridConfig, variant: Variant, seed: int, *, data: Syntheti
 
 
 def run_grid(grid: GridConfig, variants: Sequence[Variant] | None = None, *, progress: bool = False,
-             log: Callable[[str], None] = print) -> list[RunResult]:
+             log: Callable[[str], None] = print, overwrite: bool = False) -> list[RunResult]:
     """Every (variant, seed) of the grid, in order; finished runs are loaded, not repeated.
 
-    ``variants``: these rows instead of ``grid.variants``.
+    ``variants``: these rows instead of ``grid.variants``. A ``grid.out`` holding finished runs of another grid
+    (:func:`other_grid_in`: another lr, other data, ...) is refused before anything is written unless ``overwrite``,
+    which trains those runs again in their folders.
     """
     variants = list(variants if variants is not None else grid.variants)
     names = [v.name for v in variants]
     if len(set(names)) != len(names):
         raise ValueError(f"variant names must be unique, got {names}")
+    replaced = other_grid_in(grid, variants)
+    if replaced and not overwrite:
+        raise ValueError(f"--out {grid.out} holds finished runs of another grid, which this one would replace: "
+                         f"{', '.join(replaced[:3])}{f' and {len(replaced) - 3} more' if len(replaced) > 3 else ''}; "
+                         f"choose another --out, or --overwrite (overwrite=True) to replace them")
     if grid.torch_threads:
         torch.set_num_threads(grid.torch_threads)
     data, tokenizer = prepare_data(grid)
@@ -357,7 +265,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="EXPERIMENT.yaml", help="the base experiment (replaces the grid file's)")
     parser.add_argument("--grid", metavar="GRID.yaml",
                         help=f"the grid file: variants, seeds, reference (default: the demo's, {DEMO_GRID_FILE.name})")
-    parser.add_argument("--out", default=GridConfig.out, help="grid folder (finished runs in it are reused)")
+    parser.add_argument("--out", default=GridConfig.out,
+                        help="grid folder (its finished runs are reused; those of another config refused: --overwrite)")
     parser.add_argument("--smoke", action="store_true",
                         help="the reference and the baseline x 1 seed x a few steps on the CPU (seconds)")
     parser.add_argument("--variants", nargs="+", metavar="NAME", help="only these variants (default: all)")
@@ -372,6 +281,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cpu", action="store_true", help="train on the CPU even when there is a GPU")
     parser.add_argument("--torch-threads", type=int, help="torch.set_num_threads for the runs (default: torch's)")
     parser.add_argument("--progress", action="store_true", help="show a progress bar per run")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="train again the finished runs in --out that ran with another config (default: refused)")
 
 
 def grid_from_args(args: argparse.Namespace) -> GridConfig:
@@ -409,7 +320,11 @@ def run(args: argparse.Namespace) -> int:
         return 2
     started = time.perf_counter()
     print(f"ablation grid: {len(grid.variants)} variants x {len(grid.seeds)} seeds -> {grid.out}")
-    results = run_grid(grid, progress=args.progress)
+    try:
+        results = run_grid(grid, progress=args.progress, overwrite=args.overwrite)
+    except ValueError as error:
+        print(f"vlekit ablate: {error}", file=sys.stderr)
+        return 2
     summary = write_summary(results, grid.out, reference=grid.reference, baseline=grid.baseline)
     print("\n" + summary.read_text())
     print(f"written: {summary}, {Path(grid.out) / 'summary.json'}, {Path(grid.out) / 'accuracy.png'} "

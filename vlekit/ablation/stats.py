@@ -55,9 +55,11 @@ class RunResult:
 
     @classmethod
     def load(cls, path: str | Path) -> RunResult:
+        """The result in ``path``; its ``folder`` is where the file is now (a grid folder may have moved)."""
         raw = json.loads(Path(path).read_text())
         raw.pop("config", None)
-        return cls(**{**raw, "annot_ids": tuple(raw["annot_ids"]), "correct": tuple(raw["correct"])})
+        return cls(**{**raw, "annot_ids": tuple(raw["annot_ids"]), "correct": tuple(raw["correct"]),
+                      "folder": str(Path(path).parent)})
 
 
 def load_results(out: str | Path) -> list[RunResult]:
