@@ -62,7 +62,23 @@ def main(argv: list[str] | None = None) -> int:
             module.add_arguments(sub)
             sub.set_defaults(run=module.run)
     args = parser.parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except (FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError) as error:
+        print(f"vlekit {args.command}: {path_problem(error)}", file=sys.stderr)  # a path of the wrong kind: no traceback
+        return 2
+
+
+def path_problem(error: OSError) -> str:
+    """What is wrong with the path an ``OSError`` names, in words (a file given for ``--out``, say)."""
+    path = error.filename if error.filename is not None else ""
+    if isinstance(error, FileExistsError):
+        return f"{path} is a file where a folder is needed (--out, say): choose another path"
+    if isinstance(error, NotADirectoryError):
+        return f"{path}: a part of this path is a file, not a folder: choose another path"
+    if isinstance(error, IsADirectoryError):
+        return f"{path} is a folder where a file is needed: name a file"
+    return f"{path}: permission denied ({error.strerror}): choose a path you may write to" if path else str(error)
 
 
 if __name__ == "__main__":
