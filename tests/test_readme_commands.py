@@ -59,6 +59,8 @@ NOT_HERE = {
         "minutes per method at VLE-base on a CPU; tests/test_adaptations.py checks the counts",
     "vlekit ablate --grid configs/grids/adaptation.yaml --out runs/adaptation": "18 training runs; notebooks/08_adaptation "
                                                                                "runs a 1-seed grid (tests/test_notebooks.py)",
+    "vlekit compare runs/ablation/runs/vle/seed-0/eval runs/ablation/runs/dual-encoder/seed-0/eval --plot compare.png":
+        "the ablation grid's runs (73 min); tests/test_compare.py runs the command on what vlekit eval wrote",
     "bash scripts/gpu_evidence.sh OUT quick": "a GPU",
     "bash scripts/gpu_evidence.sh OUT notebooks": "a GPU",
     "bash scripts/gpu_evidence.sh OUT quick --dry-run": "minutes of CPU: tests/test_bench_gpu_evidence.py runs it",
