@@ -118,3 +118,38 @@ def test_vlekit_compare_on_what_vlekit_eval_wrote(trained_run, tmp_path, capsys)
     q2a_types = {row["type"]: row["n"] for row in result["by_type"] if row["task"] == "q2a"}
     assert q2a_types == {kind: types.count(kind) for kind in set(types)} and len(q2a_types) > 1
     assert png.stat().st_size > 5000
+
+
+def test_several_runs_a_side_give_the_ablation_grids_own_statistics(tmp_path, capsys):
+    """--against: the reference's runs (one per seed) and the other model's, paired in order. The difference, its
+    interval and p-values are those vlekit ablate's summary gives for the same runs (bootstrap with the seeds
+    nested, Welch over the seeds): a tiny grid of two variants x two seeds, compared both ways."""
+    import dataclasses
+
+    from vlekit.ablation import grid as ablation, stats as ablation_stats
+
+    smoke = ablation.smoke_grid(tmp_path / "grid")
+    grid = dataclasses.replace(smoke, max_steps=2, seeds=(0, 1),
+                               synthetic_data=dataclasses.replace(smoke.synthetic_data, num_train=16, num_val=24))
+    results = ablation.run_grid(grid, ablation.smoke_variants(), log=lambda _: None)
+    expected = ablation_stats.compare(results, ablation_stats.NO_OBJECT_TOKENS, ablation_stats.REFERENCE, resamples=2000)
+
+    runs = tmp_path / "grid" / "runs"
+    reference = [runs / ablation_stats.REFERENCE / f"seed-{s}" / "eval" for s in (0, 1)]
+    other = [runs / ablation_stats.NO_OBJECT_TOKENS / f"seed-{s}" / "eval" for s in (0, 1)]
+    result = compare_evaluations(reference, against=other, resamples=2000, min_type_questions=4)
+    (row,) = result["rows"]
+    assert result["reference"] == "vle/seed-*" and result["others"] == ["no-object-tokens/seed-*"]
+    assert row["runs"] == 2 and row["n"] == expected.questions == 24 and row["p_mcnemar"] is None
+    assert row["delta"] == pytest.approx(expected.difference) and row["accuracy"] == pytest.approx(expected.mean_a)
+    assert row["delta_ci95"] == pytest.approx(list(expected.ci95)) and row["p_bootstrap"] == pytest.approx(expected.p_bootstrap)
+    assert row["p_welch"] == pytest.approx(expected.p_welch, nan_ok=True)
+    assert sum(entry["n"] for entry in result["by_type"]) == 24
+
+    with pytest.raises(ValueError, match="give as many runs of each side, paired in order"):
+        compare_evaluations(reference, against=other[:1])
+    args = ["compare", *map(str, reference), "--against", *map(str, other), "--resamples", "2000"]
+    capsys.readouterr()  # the grid's training output
+    assert cli_main(args) == 0
+    printed = capsys.readouterr().out
+    assert "runs" in printed.splitlines()[0] and "p (Welch)" in printed and "p (McNemar)" not in printed

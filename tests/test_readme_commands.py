@@ -61,6 +61,9 @@ NOT_HERE = {
                                                                                "runs a 1-seed grid (tests/test_notebooks.py)",
     "vlekit compare runs/ablation/runs/vle/seed-0/eval runs/ablation/runs/dual-encoder/seed-0/eval --plot compare.png":
         "the ablation grid's runs (73 min); tests/test_compare.py runs the command on what vlekit eval wrote",
+    "vlekit compare runs/ablation/runs/vle/seed-{0,1,2,3,4}/eval --against "
+    "runs/ablation/runs/dual-encoder/seed-{0,1,2,3,4}/eval": "the ablation grid's runs; tests/test_compare.py compares "
+                                                             "a tiny grid's runs and checks the grid's own statistics",
     "bash scripts/gpu_evidence.sh OUT quick": "a GPU",
     "bash scripts/gpu_evidence.sh OUT notebooks": "a GPU",
     "bash scripts/gpu_evidence.sh OUT quick --dry-run": "minutes of CPU: tests/test_bench_gpu_evidence.py runs it",

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from data_prep.vcr import read_vcr
-from vlekit.ablation.stats import mcnemar_exact, paired_bootstrap
+from vlekit.ablation.stats import mcnemar_exact, paired_bootstrap, welch_t_test
 from vlekit.diagnose.report import OTHER_TYPE, format_p, question_types, type_order
 from vlekit.evaluation.evaluate import PREDICTIONS_FILE
 from vlekit.runs.experiment import VQA_TASK
@@ -119,47 +119,69 @@ def vcr_question_types(evaluation: Evaluation, *, min_questions: int) -> tuple[d
 
 
 def paired_row(reference: np.ndarray, other: np.ndarray, *, resamples: int, seed: int) -> dict[str, Any]:
-    """``other`` against ``reference`` on the same questions (see the module)."""
+    """``other`` against ``reference``, each ``[runs, questions]`` (the same questions, run ``i`` of each side
+    paired; one run a side: ``[1, questions]``): the nested bootstrap the ablation grid uses, McNemar with one run
+    a side, Welch's t-test over the runs' accuracies with two or more (see the module)."""
     (low, high), p_bootstrap = paired_bootstrap(other, reference, resamples=resamples, seed=seed)
     binary = bool(np.isin(reference, (0, 1)).all() and np.isin(other, (0, 1)).all())
-    return {"n": int(len(reference)), "reference_accuracy": float(reference.mean()), "accuracy": float(other.mean()),
-            "delta": float(other.mean() - reference.mean()), "delta_ci95": [low, high], "p_bootstrap": p_bootstrap,
-            "p_mcnemar": mcnemar_exact(other, reference) if binary else None,
+    runs = len(reference)
+    return {"runs": runs, "n": int(reference.shape[1]), "reference_accuracy": float(reference.mean()),
+            "accuracy": float(other.mean()), "delta": float(other.mean() - reference.mean()), "delta_ci95": [low, high],
+            "p_bootstrap": p_bootstrap, "p_mcnemar": mcnemar_exact(other[0], reference[0]) if binary and runs == 1 else None,
+            "p_welch": welch_t_test(other.mean(axis=1), reference.mean(axis=1)) if runs > 1 else None,
             "only_reference": int((reference > other).sum()), "only_other": int((other > reference).sum())}
 
 
-def compare_evaluations(folders: Sequence[str | Path], *, resamples: int = 10000, seed: int = 0,
-                        min_type_questions: int = 30) -> dict[str, Any]:
+def group_label(labels: Sequence[str]) -> str:
+    """One name for the runs of one side (``full/seed-0``, ``full/seed-1`` -> ``full/seed-*``)."""
+    if len(labels) == 1:
+        return labels[0]
+    common = os.path.commonprefix(list(labels))
+    return f"{common}*" if common else f"{labels[0]} (+{len(labels) - 1})"
+
+
+def compare_evaluations(folders: Sequence[str | Path], *, against: Sequence[str | Path] | None = None,
+                        resamples: int = 10000, seed: int = 0, min_type_questions: int = 30) -> dict[str, Any]:
     """Each evaluation after the first against the first, per task and per question type (see the module).
 
-    Returns ``{"reference", "others", "labels", "tasks", "rows": [{"other", "task", "n", "reference_accuracy",
-    "accuracy", "delta", "delta_ci95", "p_bootstrap", "p_mcnemar", "only_reference", "only_other"}],
-    "by_type": [the same with "type"], "notes": [...]}`` (accuracies and differences as fractions).
+    against: instead, the evaluations of ``folders`` are several runs of the reference (training seeds, say) and
+        these as many runs of the other model, paired in order: the difference of the means, with the ablation
+        grid's bootstrap over questions with the runs nested, and Welch's t-test over the runs.
+    Returns ``{"reference", "others", "labels", "tasks", "rows": [{"other", "task", "runs", "n",
+    "reference_accuracy", "accuracy", "delta", "delta_ci95", "p_bootstrap", "p_mcnemar", "p_welch",
+    "only_reference", "only_other"}], "by_type": [the same with "type"], "notes": [...]}`` (accuracies and
+    differences as fractions; ``only_*`` count (run, question) pairs).
     """
-    if len(folders) < 2:
+    groups = [[Path(f)] for f in folders] if against is None else [[Path(f) for f in folders], [Path(f) for f in against]]
+    if against is None and len(folders) < 2:
         raise ValueError(f"give at least two evaluations to compare (got {len(folders)})")
-    evaluations = [read_evaluation(folder) for folder in folders]
-    labels = labels_for([e.folder for e in evaluations])
-    reference = evaluations[0]
-    tasks = [task for task in (*VCR_TASKS, VQA_TASK) if all(task in e.scores for e in evaluations)]
+    if against is not None and (not folders or len(folders) != len(against)):
+        raise ValueError(f"give as many runs of each side, paired in order (their seeds, say): {len(folders)} of "
+                         f"the reference, {len(against)} against it")
+    flat = [folder for group in groups for folder in group]
+    evaluations = {folder: read_evaluation(folder) for folder in flat}
+    names = dict(zip(flat, labels_for(flat)))
+    labels = [group_label([names[f] for f in group]) for group in groups]
+    reference = evaluations[groups[0][0]]
+    tasks = [task for task in (*VCR_TASKS, VQA_TASK) if all(task in e.scores for e in evaluations.values())]
     if not tasks:
-        scored = "; ".join(f"{label}: {', '.join(METRIC_NAMES[t] for t in e.scores)}" for label, e in zip(labels, evaluations))
+        scored = "; ".join(f"{names[f]}: {', '.join(METRIC_NAMES[t] for t in e.scores)}" for f, e in evaluations.items())
         raise ValueError(f"the evaluations share no scored task ({scored})")
     for task in tasks:
         questions = set(reference.scores[task])
-        for label, evaluation in zip(labels[1:], evaluations[1:]):
-            theirs = set(evaluation.scores[task])
+        for folder in flat[1:]:
+            theirs = set(evaluations[folder].scores[task])
             if theirs != questions:
                 raise ValueError(
-                    f"{labels[0]} scored {len(questions)} {METRIC_NAMES[task]} questions, {label} {len(theirs)}, "
-                    f"{len(questions & theirs)} of them the same: evaluations compare only on the same questions "
-                    f"(evaluate both on the same split)")
+                    f"{names[flat[0]]} scored {len(questions)} {METRIC_NAMES[task]} questions, {names[folder]} "
+                    f"{len(theirs)}, {len(questions & theirs)} of them the same: evaluations compare only on the same "
+                    f"questions (evaluate both on the same split)")
     notes = []
-    for label, evaluation in zip(labels[1:], evaluations[1:]):
-        mine, theirs = reference.annotations, evaluation.annotations
+    for folder in flat[1:]:
+        mine, theirs = reference.annotations, evaluations[folder].annotations
         if mine and theirs and mine.get("sha256") != theirs.get("sha256"):
-            notes.append(f"{labels[0]} read {mine['path']}, {label} {theirs['path']}: files that differ in content "
-                         f"but hold the same question ids; compared by id")
+            notes.append(f"{names[flat[0]]} read {mine['path']}, {names[folder]} {theirs['path']}: files that differ "
+                         f"in content but hold the same question ids; compared by id")
 
     types: dict[Any, str] = {}
     if any(task in VCR_TASKS for task in tasks):
@@ -169,11 +191,11 @@ def compare_evaluations(folders: Sequence[str | Path], *, resamples: int = 10000
     types.update(reference.answer_types)
 
     rows, by_type = [], []
-    for label, evaluation in zip(labels[1:], evaluations[1:]):
+    for label, group in zip(labels[1:], groups[1:]):
         for task in tasks:
             ids = list(reference.scores[task])
-            mine = np.array([reference.scores[task][i] for i in ids])
-            theirs = np.array([evaluation.scores[task][i] for i in ids])
+            mine = np.array([[evaluations[f].scores[task][i] for i in ids] for f in groups[0]])  # [runs, questions]
+            theirs = np.array([[evaluations[f].scores[task][i] for i in ids] for f in group])
             rows.append({"other": label, "task": task, **paired_row(mine, theirs, resamples=resamples, seed=seed)})
             task_types = [types.get(i, OTHER_TYPE) for i in ids]
             if len(set(task_types)) < 2:
@@ -181,8 +203,8 @@ def compare_evaluations(folders: Sequence[str | Path], *, resamples: int = 10000
             for kind in type_order(task_types):
                 chosen = np.array([t == kind for t in task_types])
                 by_type.append({"other": label, "task": task, "type": kind,
-                                **paired_row(mine[chosen], theirs[chosen], resamples=resamples, seed=seed)})
-    return {"reference": labels[0], "others": labels[1:], "labels": dict(zip(labels, map(str, folders))),
+                                **paired_row(mine[:, chosen], theirs[:, chosen], resamples=resamples, seed=seed)})
+    return {"reference": labels[0], "others": labels[1:], "labels": {names[f]: str(f) for f in flat},
             "tasks": tasks, "resamples": resamples, "seed": seed, "rows": rows, "by_type": by_type, "notes": notes}
 
 
@@ -193,17 +215,20 @@ def _points(value: float) -> str:
 
 def comparison_table(result: dict[str, Any], *, markdown: bool = False) -> str:
     """One row per (evaluation, task): both accuracies, the difference in points with its interval, the
-    p-values and the questions only one of the two gets right."""
-    reference = result["reference"]
-    table = [{"evaluation": row["other"], "task": METRIC_NAMES[row["task"]], "n": row["n"],
-              f"{reference} %": f"{100 * row['reference_accuracy']:.1f}", "%": f"{100 * row['accuracy']:.1f}",
-              "difference": _points(row["delta"]),
-              "95% CI": f"[{_points(row['delta_ci95'][0])}, {_points(row['delta_ci95'][1])}]",
-              "p (bootstrap)": format_p(row["p_bootstrap"], resamples=result["resamples"]),
-              "p (McNemar)": format_p(row["p_mcnemar"]),
-              "only it right": row["only_other"], f"only {reference} right": row["only_reference"]}
-             for row in result["rows"]]
-    return markdown_table(table) if markdown else text_table(table, align="llrrrrrrrrr")
+    p-values and the questions only one of the two gets right (with several runs a side: their number,
+    Welch's test over them instead of McNemar's, and (run, question) pairs)."""
+    reference, several = result["reference"], any(row["runs"] > 1 for row in result["rows"])
+    table = []
+    for row in result["rows"]:
+        entry = {"evaluation": row["other"], "task": METRIC_NAMES[row["task"]], **({"runs": row["runs"]} if several else {}),
+                 "n": row["n"], f"{reference} %": f"{100 * row['reference_accuracy']:.1f}",
+                 "%": f"{100 * row['accuracy']:.1f}", "difference": _points(row["delta"]),
+                 "95% CI": f"[{_points(row['delta_ci95'][0])}, {_points(row['delta_ci95'][1])}]",
+                 "p (bootstrap)": format_p(row["p_bootstrap"], resamples=result["resamples"])}
+        entry.update({"p (Welch)": format_p(row["p_welch"])} if several else {"p (McNemar)": format_p(row["p_mcnemar"])})
+        entry.update({"only it right": row["only_other"], f"only {reference} right": row["only_reference"]})
+        table.append(entry)
+    return markdown_table(table) if markdown else text_table(table, align="ll" + "r" * (len(table[0]) - 2))
 
 
 def types_table(result: dict[str, Any], *, markdown: bool = False) -> str:
@@ -255,7 +280,11 @@ def plot_comparison(result: dict[str, Any], png: str | Path | None = None):
 # -- command line ---------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("folders", nargs="+", metavar="EVAL",
-                        help="vlekit eval --out folders on the same labelled split; the first is the reference")
+                        help="vlekit eval --out folders on the same labelled split; the first is the reference "
+                             "(with --against: the reference's runs, one per seed)")
+    parser.add_argument("--against", nargs="+", metavar="EVAL",
+                        help="as many runs of the other model, paired in order with EVAL...: the difference of the "
+                             "means, with the runs nested in the bootstrap (as vlekit ablate) and Welch's test over them")
     parser.add_argument("--markdown", action="store_true", help="Markdown tables (for notes and issues)")
     parser.add_argument("--plot", metavar="PNG", help="also draw the differences with their intervals here")
     parser.add_argument("--json", metavar="FILE", help="also write the whole comparison as JSON here")
@@ -267,7 +296,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        result = compare_evaluations(args.folders, resamples=args.resamples, seed=args.seed,
+        result = compare_evaluations(args.folders, against=args.against, resamples=args.resamples, seed=args.seed,
                                      min_type_questions=args.min_type_questions)
     except (FileNotFoundError, ValueError) as error:
         print(f"vlekit compare: {error}", file=sys.stderr)
