@@ -14,6 +14,12 @@ question). The first is the reference; each other is compared with it question f
 - the same difference per question type: the question's first word (why, what, how, ...) from the annotations
   file the reference's ``inputs.json`` names, when it is still there unchanged; VQA's answer types.
 
+With ``--against`` (``against=``) each side is several runs (one per training seed, say), paired in order: the
+difference of their means with the ablation grid's statistics (the bootstrap over questions with the runs nested,
+Welch's t-test over the runs; ``vlekit.ablation.stats``), so a claim about a method need not rest on one seed:
+
+    vlekit compare runs/full-s{0,1,2}/eval --against runs/lora-s{0,1,2}/eval
+
 Two evaluations compare only on the same questions (the same ids): evaluations of different splits, or of part
 of one, are refused. Annotation files that differ in content while holding the same ids are compared and said so.
 """
