@@ -62,7 +62,7 @@ def adapted_modules(model: nn.Module, attribute: str) -> set[str]:
 
 
 @pytest.mark.parametrize("kind", MODELS)
-@pytest.mark.parametrize("method", ["full", "frozen", "bitfit", "lora", "dora", "ia3"])
+@pytest.mark.parametrize("method", ["full", "frozen", "bitfit", "lora", "dora", "ia3", "loha", "lokr", "oft"])
 def test_each_method_trains_what_it_says_and_the_rest_gets_no_gradient(kind, method):
     model = build(kind, {part: method for part in PARTS})
     for part, attribute in PARTS.items():
@@ -82,6 +82,13 @@ def test_each_method_trains_what_it_says_and_the_rest_gets_no_gradient(kind, met
             if method == "dora" and "attention" in targets:  # PEFT's DoRA does not take nn.MultiheadAttention
                 targets = targets - {"attention", "out_proj"}
             assert adapted_modules(model, attribute) == targets
+        elif method in ("loha", "lokr", "oft"):  # LoRA's targets; PEFT takes no nn.MultiheadAttention for these
+            marker = {"loha": ".hada_", "lokr": ".lokr_", "oft": ".oft_R."}[method]
+            assert names and all(is_adapter_key(n) and marker in n for n in names)
+            targets = LORA_TARGETS.get((kind, part), LORA_TARGETS["core", part]) - {"attention", "out_proj"}
+            if (kind, part) == ("core", "vision"):
+                targets = targets | {"out_proj"}  # CLIP's out_proj is a plain Linear
+            assert adapted_modules(model, attribute) == targets
         else:
             assert names and all(".ia3_l." in n for n in names)
     # The glue (projections, token types) and the head stay trained unless the fusion is frozen.
@@ -96,9 +103,11 @@ def test_each_method_trains_what_it_says_and_the_rest_gets_no_gradient(kind, met
 
 
 @pytest.mark.parametrize("kind", MODELS)
-@pytest.mark.parametrize("method", [{"name": "lora", "r": 4, "dropout": 0.1}, "dora", "ia3", "bitfit"])
+@pytest.mark.parametrize("method", [{"name": "lora", "r": 4, "dropout": 0.1}, "dora", "ia3", "bitfit", "loha", "lokr",
+                                    {"name": "oft", "block_size": 16}])
 def test_adapted_model_equals_its_base_at_init_and_merges_to_the_same_outputs(kind, method):
-    """PEFT's guarantee: LoRA's B = 0, DoRA's magnitude = |W|, IA3's scales = 1. Trained adapters merged
+    """PEFT's guarantee: LoRA's B = 0, DoRA's magnitude = |W|, IA3's scales = 1, LoHa's and LoKr's second factor 0,
+    OFT's rotation the identity. Trained adapters merged
     into their layers (``vlekit export --merge``) give the adapted model's outputs."""
     base, adapted = build(kind), build(kind, {part: method for part in PARTS}, seed=1)
     load_base_state(adapted, base.state_dict(), where="test")
@@ -115,6 +124,21 @@ def test_adapted_model_equals_its_base_at_init_and_merges_to_the_same_outputs(ki
         torch.testing.assert_close(plain(**batch)["logits"], changed, rtol=0, atol=1e-5)
 
 
+def test_every_adapter_parameter_peft_names_for_these_methods_is_known_as_one():
+    """Saving adapters only, merging and loading a base tell an adapter's weights by PEFT's names for them."""
+    from peft.tuners.ia3 import IA3Layer
+    from peft.tuners.loha import LoHaLayer
+    from peft.tuners.lokr import LoKrLayer
+    from peft.tuners.lora import LoraLayer
+    from peft.tuners.oft import OFTLayer
+
+    from vlekit.components.adaptations import ADAPTER_PARAMETERS
+
+    peft_names = {name for layer in (LoraLayer, IA3Layer, LoHaLayer, LoKrLayer, OFTLayer) for name in layer.adapter_layer_names}
+    assert peft_names <= set(ADAPTER_PARAMETERS), sorted(peft_names - set(ADAPTER_PARAMETERS))
+    assert is_adapter_key("text_encoder.model.x.query_proj.hada_w1_a.default") and not is_adapter_key("x.lora.weight")
+
+
 def test_lora_r8_on_the_vle_base_shape_trains_at_most_3_percent():
     with torch.device("meta"):  # shapes only: the VLE-base model's parameters are not allocated
         model = build_model(text_encoder="deberta-v3-base-random", vision_encoder="clip-vit-b16-384-random",
@@ -126,7 +150,8 @@ def test_lora_r8_on_the_vle_base_shape_trains_at_most_3_percent():
 
 def test_the_adaptation_is_saved_and_rebuilt_and_defaults_to_full(tmp_path):
     assert VCRModelConfig().adaptation == {} and resolve_adaptation({"text": "full"}) == {}
-    assert "adaptation" in REGISTRIES and {"full", "frozen", "lora", "dora", "ia3", "bitfit"} <= {e.name for e in ADAPTATIONS.entries()}
+    assert "adaptation" in REGISTRIES and {"full", "frozen", "lora", "dora", "ia3", "bitfit", "loha", "lokr", "oft"} <= {
+        e.name for e in ADAPTATIONS.entries()}
     model = build("core", {"text": {"name": "lora", "r": 2}, "vision": "frozen", "head": "bitfit"})
     assert model.resolved_config().adaptation == {
         "text": {"name": "lora", "r": 2, "alpha": 16.0, "dropout": 0.0, "target_modules": None},
@@ -153,7 +178,9 @@ def test_the_adaptation_is_saved_and_rebuilt_and_defaults_to_full(tmp_path):
 
 @pytest.mark.parametrize(("adaptation", "message"), [
     ({"text": "lorra"}, r"model.adaptation.text: unknown adaptation 'lorra'. Did you mean 'lora'.*Known adaptations: "
-                        r"bitfit, dora, frozen, full, ia3, lora"),
+                        r"bitfit, dora, frozen, full, ia3, loha, lokr, lora, oft"),
+    ({"text": {"name": "oft", "block_size": 48}}, r"oft block_size=48 does not divide the input width \[64, 128\] of some targets"),
+    ({"text": {"name": "loha", "rank_dropout": 1.0}}, r"need r >= 1, alpha > 0 and dropouts in \[0, 1\)"),
     ({"text": {"name": "lora", "rank": 4}}, r"model.adaptation.text: .*'rank'.*"),
     ({"text": {"name": "lora", "r": 0}}, r"need r >= 1"),
     ({"txt": "lora"}, r"unknown part 'txt'; the parts are text, vision, fusion, head"),
@@ -163,7 +190,8 @@ def test_the_adaptation_is_saved_and_rebuilt_and_defaults_to_full(tmp_path):
 def test_unknown_methods_and_bad_options_are_errors_that_say_what_is_right(adaptation, message):
     with pytest.raises((RegistryError, TypeError, ValueError), match=message):
         build("core", adaptation)
-    if "target_modules" not in str(adaptation):  # caught when the config is read, before any weight is built
+    if "target_modules" not in str(adaptation) and "block_size" not in str(adaptation):  # caught when the config is
+        # read, before any weight is built (the targets' names and widths are known once they are)
         with pytest.raises((RegistryError, TypeError, ValueError), match=message):
             VCRModelConfig(adaptation=adaptation)
 

@@ -151,6 +151,20 @@ def test_a_grid_folder_holding_another_grids_runs_is_refused_and_a_moved_one_is_
     assert cli_main(args) == 2
     assert f"vlekit ablate: --out {tmp_path / 'grid'} holds finished runs of another grid" in capsys.readouterr().err
 
+    # A run an older vlekit finished: an option added since is not recorded, and is no difference (new options
+    # default to what runs did before); a preprocessing option it did not record counts at what it was fed.
+    result_file = Path(first.folder) / ablation_stats.RESULT_FILE
+    saved = json.loads(result_file.read_text())
+    older = json.loads(json.dumps(saved))
+    del older["config"]["train"]["save_best"], older["config"]["train"]["early_stopping_patience"]
+    result_file.write_text(json.dumps(older))
+    assert ablation.run_grid(grid, variant, log=lambda _: None)[0].seconds == first.seconds  # reused
+    del older["config"]["data"]["person_names"]  # before the option: persons named by first mention
+    result_file.write_text(json.dumps(older))
+    with pytest.raises(ValueError, match=r"vle seed 0 \(data.person_names by-first-mention there, by-query here\)"):
+        ablation.run_grid(grid, variant, log=lambda _: None)
+    result_file.write_text(json.dumps(saved))
+
     shutil.move(tmp_path / "grid", tmp_path / "moved")
     moved = dataclasses.replace(grid, out=str(tmp_path / "moved"))
     again = ablation.run_grid(moved, variant, log=lambda _: None)[0]

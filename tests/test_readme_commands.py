@@ -55,9 +55,9 @@ NOT_HERE = {
                                                                    "tests/test_adaptations.py exports one with --merge",
     "vlekit export --run runs/lora --format vle --out runs/lora-vle": "the LoRA run of the line before; "
                                                                      "tests/test_adaptations.py exports one as VLE's",
-    "vlekit bench --preset vle-base --adaptations full frozen-encoders lora dora ia3 bitfit":
+    "vlekit bench --preset vle-base --adaptations full frozen-encoders lora dora ia3 loha lokr oft bitfit":
         "minutes per method at VLE-base on a CPU; tests/test_adaptations.py checks the counts",
-    "vlekit ablate --grid configs/grids/adaptation.yaml --out runs/adaptation": "18 training runs; notebooks/08_adaptation "
+    "vlekit ablate --grid configs/grids/adaptation.yaml --out runs/adaptation": "27 training runs; notebooks/08_adaptation "
                                                                                "runs a 1-seed grid (tests/test_notebooks.py)",
     "vlekit compare runs/ablation/runs/vle/seed-0/eval runs/ablation/runs/dual-encoder/seed-0/eval --plot compare.png":
         "the ablation grid's runs (73 min); tests/test_compare.py runs the command on what vlekit eval wrote",

@@ -41,6 +41,7 @@ from typing import Any
 
 import torch
 
+from data_prep.options import saved_run_options
 from data_prep.synthetic import SyntheticVCR, generate_synthetic_vcr
 from data_prep.tokenizer import build_word_tokenizer
 from vlekit.ablation.config import DEMO_GRID_FILE, GridConfig, Variant, demo_grid, load_grid, smoke
@@ -154,9 +155,7 @@ def other_grid_in(grid: GridConfig, variants: Sequence[Variant]) -> list[str]:
             if not stored:
                 continue  # no config to compare with: a result an older vlekit wrote (trained again, as before)
             config = variant_config(grid, variant, seed=seed, data=data, tokenizer=tokenizer)
-            there, here = flat_options(portable_identity(stored)), flat_options(portable_identity(run_identity(config, grid)))
-            changed = [f"{key} {there.get(key, '(unset)')} there, {here.get(key, '(unset)')} here"
-                       for key in sorted(set(there) | set(here)) if there.get(key) != here.get(key)]
+            changed = run_differences(stored, run_identity(config, grid))
             if changed:
                 found.append(f"{variant.name} seed {seed} ({'; '.join(changed[:3])}{'; ...' if len(changed) > 3 else ''})")
     stamp = Path(grid.out) / "data" / "options.json"
@@ -197,6 +196,17 @@ def portable_identity(identity: Mapping[str, Any]) -> dict[str, Any]:
     return portable(json.loads(json.dumps(identity)))
 
 
+def run_differences(stored: Mapping[str, Any], identity: Mapping[str, Any]) -> list[str]:
+    """How a finished run's recorded identity differs from the one this grid gives it, option by option, in
+    portable form (:func:`portable_identity`). Only the options the run recorded count (one added since is not a
+    difference, as a resume sees it), but a preprocessing option an older run did not record counts at what that
+    run was fed (``data_prep.options.saved_run_options``: ``person_names`` ``by-first-mention``)."""
+    stored = portable_identity(stored)
+    stored["data"] = saved_run_options(stored.get("data") or {})
+    there, here = flat_options(stored), flat_options(portable_identity(identity))
+    return [f"{key} {there[key]} there, {here.get(key, '(unset)')} here" for key in sorted(there) if there[key] != here.get(key)]
+
+
 def run_variant(grid: GridConfig, variant: Variant, seed: int, *, data: SyntheticVCR | None, tokenizer: str | None,
                 progress: bool = False) -> RunResult:
     """Train and evaluate one (variant, seed), or load its result when it already ran with this config."""
@@ -205,7 +215,7 @@ def run_variant(grid: GridConfig, variant: Variant, seed: int, *, data: Syntheti
     result_path = folder / RESULT_FILE
     resolved = run_identity(config, grid)
     stored = json.loads(result_path.read_text()).get("config") if result_path.is_file() else None
-    if stored and portable_identity(stored) == portable_identity(resolved):
+    if stored and not run_differences(stored, resolved):
         return RunResult.load(result_path)
     if folder.exists():  # a stale or unfinished run: start it again from nothing
         shutil.rmtree(folder)

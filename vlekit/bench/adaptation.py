@@ -6,7 +6,7 @@ CPU: the static part, weights + gradients + optimizer state) and the training st
 ``full`` measured in the same run::
 
     vlekit bench --preset vle-base --device cpu --batch-size 1 --steps 3 --warmup 1 \\
-        --adaptations full frozen-encoders lora dora ia3 bitfit
+        --adaptations full frozen-encoders lora dora ia3 loha lokr oft bitfit
 """
 from __future__ import annotations
 

@@ -8,6 +8,9 @@ before). Methods:
 * ``lora`` (``r``, ``alpha``, ``dropout``, ``target_modules``), ``dora`` (LoRA with a learnt magnitude)
   and ``ia3`` (learnt scales): adapters injected by the PEFT library into the part's submodule
   (``peft.inject_adapter_in_model``), so the model keeps its class and its ``forward``.
+* ``loha`` / ``lokr`` (``r``, ``alpha``, ``rank_dropout``, ``module_dropout``, ``target_modules``): LyCORIS'
+  Hadamard and Kronecker products of low-rank factors; ``oft`` (``block_size``, ``coft``): a learnt block-diagonal
+  rotation of each target's input side. Through PEFT as LoRA, on the same natural targets.
 * ``bitfit``: the part's biases (and its LayerNorms with ``layer_norms: true``).
 
 Each component family names its natural targets (:data:`NATURAL_TARGETS`, keyed by registered name; a
@@ -15,7 +18,7 @@ component may instead declare an ``adaptation_targets`` attribute of the same fo
 projections and feed-forward layers. Fused projections are targets like any linear layer (timm's
 ``qkv``: one LoRA pair for q, k and v; peft #691); an ``nn.MultiheadAttention`` is adapted as one module by
 LoRA (peft #761: its ``out_proj`` is called through its weight, so a LoRA on it alone would do nothing)
-and left frozen by DoRA and IA3, which PEFT does not support on it. The glue between encoders and fusion
+and left frozen by DoRA, IA3, LoHa, LoKr and OFT, which PEFT does not support on it. The glue between encoders and fusion
 (the projections and the token-type table, whose VCR rows are new) is trained unless the fusion is ``frozen``.
 
 A third-party method registers like a component (entry-point group ``vlekit.adaptations``): a class with
@@ -41,8 +44,14 @@ from vlekit.registry import ADAPTATIONS, register_adaptation
 # part of model.adaptation -> the VCRModel attribute it adapts
 PARTS = {"text": "text_encoder", "vision": "vision_encoder", "fusion": "fusion", "head": "head"}
 GLUE = ("text_projection", "image_projection", "token_type_embeddings")
-# PEFT's parameter names inside an adapted layer (LoRA, DoRA's magnitude, IA3's scales).
-_ADAPTER_KEY = re.compile(r"\.(lora_[A-Za-z_]+|ia3_l)\.")
+# PEFT's parameter names inside an adapted layer, its layer classes' ``adapter_layer_names`` for the methods
+# registered here (LoRA with DoRA's magnitude, IA3, LoHa, LoKr, OFT); tests/test_adaptations.py checks them.
+ADAPTER_PARAMETERS = (
+    "lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B", "lora_magnitude_vector", "ia3_l",
+    "hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2",
+    "lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2", "oft_R", "oft_embedding_R",
+)
+_ADAPTER_KEY = re.compile(r"\.(" + "|".join(ADAPTER_PARAMETERS) + r")\.")
 
 
 @dataclass(frozen=True)
@@ -237,6 +246,95 @@ class IA3:
         pattern = re.compile(feedforward) if isinstance(feedforward, str) else None
         ff = [m for m in modules if (pattern.fullmatch(m) if pattern else any(m == t or m.endswith("." + t) for t in feedforward))]
         inject_adapter_in_model(PeftIA3Config(target_modules=modules, feedforward_modules=ff), part)
+
+
+@dataclass(frozen=True)
+class LycorisConfig:
+    """r: rank of the factors; alpha: scale numerator (``alpha / r``); rank_dropout / module_dropout: dropping
+    ranks / the whole adapter while training; target_modules: as :class:`LoRAConfig`'s."""
+
+    r: int = 8
+    alpha: float = 8.0
+    rank_dropout: float = 0.0
+    module_dropout: float = 0.0
+    target_modules: Any = None
+
+    def __post_init__(self) -> None:
+        if self.r < 1 or not self.alpha > 0 or not (0 <= self.rank_dropout < 1 and 0 <= self.module_dropout < 1):
+            raise ValueError(f"options r={self.r}, alpha={self.alpha}, rank_dropout={self.rank_dropout}, module_dropout="
+                             f"{self.module_dropout}: need r >= 1, alpha > 0 and dropouts in [0, 1)")
+
+
+@register_adaptation("loha", config=LycorisConfig)
+class LoHa:
+    """Each update a Hadamard product of two low-rank products (Hyeon-Woo et al. 2022; LyCORIS), through PEFT."""
+
+    def __init__(self, *, config: LycorisConfig) -> None:
+        self.config = config
+
+    def peft_config(self, modules: list[str]) -> Any:
+        from peft import LoHaConfig
+
+        return LoHaConfig(r=self.config.r, alpha=self.config.alpha, rank_dropout=self.config.rank_dropout,
+                          module_dropout=self.config.module_dropout, target_modules=modules)
+
+    def apply(self, part: nn.Module, *, where: str) -> None:
+        from peft import inject_adapter_in_model
+
+        targets = thaw(self.config.target_modules) or natural_targets(part).lora
+        inject_adapter_in_model(self.peft_config(select_modules(part, targets, attention=False, where=where)), part)
+
+
+@register_adaptation("lokr", config=LycorisConfig)
+class LoKr(LoHa):
+    """Each update a Kronecker product of a small matrix and a low-rank one (Edalati et al. 2022; LyCORIS), through PEFT."""
+
+    def peft_config(self, modules: list[str]) -> Any:
+        from peft import LoKrConfig
+
+        return LoKrConfig(r=self.config.r, alpha=self.config.alpha, rank_dropout=self.config.rank_dropout,
+                          module_dropout=self.config.module_dropout, target_modules=modules)
+
+
+@dataclass(frozen=True)
+class OFTConfig:
+    """block_size: the side of the orthogonal blocks (it divides every target's input width: 32 divides
+    VLE's 768, 1024 and 3072); coft: constrained OFT (the rotation kept within ``eps`` of the identity);
+    module_dropout: dropping the whole adapter while training; target_modules: as :class:`LoRAConfig`'s."""
+
+    block_size: int = 32
+    coft: bool = False
+    eps: float = 6e-5
+    module_dropout: float = 0.0
+    target_modules: Any = None
+
+    def __post_init__(self) -> None:
+        if self.block_size < 1 or not 0 <= self.module_dropout < 1:
+            raise ValueError(f"oft options block_size={self.block_size}, module_dropout={self.module_dropout}: "
+                             f"need block_size >= 1 and 0 <= module_dropout < 1")
+
+
+@register_adaptation("oft", config=OFTConfig)
+class OFT:
+    """A learnt block-diagonal rotation of each weight's input side (orthogonal fine-tuning, Qiu et al. 2023),
+    through PEFT: the angles between a layer's neurons are kept."""
+
+    def __init__(self, *, config: OFTConfig) -> None:
+        self.config = config
+
+    def apply(self, part: nn.Module, *, where: str) -> None:
+        from peft import OFTConfig as PeftOFTConfig, inject_adapter_in_model
+
+        targets = thaw(self.config.target_modules) or natural_targets(part).lora
+        modules = select_modules(part, targets, attention=False, where=where)
+        narrow = {module.in_features for name, module in part.named_modules()
+                  if name in modules and module.in_features % self.config.block_size}
+        if narrow:
+            raise ValueError(f"{where}: oft block_size={self.config.block_size} does not divide the input width "
+                             f"{sorted(narrow)} of some targets; choose a divisor of each")
+        config = PeftOFTConfig(r=0, oft_block_size=self.config.block_size, coft=self.config.coft, eps=self.config.eps,
+                               module_dropout=self.config.module_dropout, target_modules=modules)
+        inject_adapter_in_model(config, part)
 
 
 # -- a model's adaptation ----------------------------------------------------------------------------
