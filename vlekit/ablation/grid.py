@@ -182,14 +182,15 @@ def portable_identity(identity: Mapping[str, Any]) -> dict[str, Any]:
     relative to it (``<out>/data/train.jsonl``), the folder taken from the run's own ``train.out``
     (``OUT/runs/<variant>/seed-<s>``): the same run whether the grid folder was given relative or absolute, or has
     been moved or copied since."""
-    out = str(Path(identity["train"]["out"]).parent.parent.parent)
+    run = (identity.get("train") or {}).get("out")
+    out = str(Path(run).parent.parent.parent) if run else None
 
     def portable(value: Any) -> Any:
         if isinstance(value, Mapping):
             return {key: portable(item) for key, item in value.items()}
         if isinstance(value, (list, tuple)):
             return [portable(item) for item in value]
-        if isinstance(value, str) and (value == out or value.startswith(out + "/")):
+        if out and isinstance(value, str) and (value == out or value.startswith(out + "/")):
             return GRID_FOLDER + value[len(out):]
         return value
 
