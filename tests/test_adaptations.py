@@ -124,6 +124,31 @@ def test_adapted_model_equals_its_base_at_init_and_merges_to_the_same_outputs(ki
         torch.testing.assert_close(plain(**batch)["logits"], changed, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("method", ["lora", "loha", "lokr", {"name": "oft", "block_size": 16}])
+def test_a_model_on_a_named_base_saves_what_it_trained_and_is_rebuilt_on_the_base(method, tmp_path):
+    """Each PEFT method on a named frozen base: the saved file holds its adapters and what else it trained (the
+    head, the glue), not the frozen weights; loading rebuilds it on the base with the same outputs."""
+    from safetensors.torch import load_file
+
+    base = build("core")
+    adapted = build("core", {part: method for part in PARTS}, seed=1)
+    load_base_state(adapted, base.state_dict(), where="test")
+    with torch.no_grad():
+        for parameter in (p for p in adapted.parameters() if p.requires_grad):  # as if trained
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    adapted.base_reference = {"format": "vlekit", "source": str(base.save_pretrained(tmp_path / "base"))}
+    folder = adapted.save_pretrained(tmp_path / "run")
+    saved = load_file(str(folder / "model.safetensors"))
+    trained = {name for name, p in adapted.named_parameters() if p.requires_grad}
+    assert trained <= set(saved) and not any(name in saved for name, p in adapted.named_parameters() if not p.requires_grad)
+    assert any(is_adapter_key(key) for key in saved) and len(saved) < len(adapted.state_dict())
+    loaded = VCRModel.from_pretrained(folder).eval()
+    adapted.eval()
+    batch = tiny_batch(adapted)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**batch)["logits"], adapted(**batch)["logits"], rtol=0, atol=0)
+
+
 def test_every_adapter_parameter_peft_names_for_these_methods_is_known_as_one():
     """Saving adapters only, merging and loading a base tell an adapter's weights by PEFT's names for them."""
     from peft.tuners.ia3 import IA3Layer
