@@ -56,6 +56,8 @@ class VCRDataset(Dataset):
         skip_bad: an item whose image (or metadata) fails to load is replaced by the next item that
             loads (deterministic: the same failures give the same batches), not raised. For
             training (``data.skip_bad``); an evaluation must not swap questions.
+        metadata: per record, ``{"boxes", "width", "height"}`` to use instead of its metadata file
+            (``VCRPreprocessor.prepare_text``'s ``metadata``): a probe that moves the boxes.
     """
 
     def __init__(
@@ -65,6 +67,7 @@ class VCRDataset(Dataset):
         *,
         expand_answers: bool = False,
         skip_bad: bool = False,
+        metadata: Sequence[Mapping[str, Any]] | None = None,
     ) -> None:
         task = preprocessor.config.task
         if expand_answers and task != "qa2r":
@@ -82,17 +85,21 @@ class VCRDataset(Dataset):
             raise ValueError(
                 "VCRDataset decodes images: create the preprocessor with images_root= (the vcr1images folder)"
             )
+        if metadata is not None and len(metadata) != len(records):
+            raise ValueError(f"metadata has {len(metadata)} entries for {len(records)} records; give one per record")
         self.records = records
         self.preprocessor = preprocessor
         self.expand_answers = expand_answers
+        self.metadata = metadata
         self._prepared: Sequence[Mapping[str, Any]] | None = None
         if preprocessor.config.compat == "vle" and records:
             if expand_answers:
                 items = [r for r in records for _ in range(NUM_CHOICES)]
                 answers = [a for _ in records for a in range(NUM_CHOICES)]
-                self._prepared = preprocessor.prepare_many(items, answer_indices=answers)
+                item_metadata = None if metadata is None else [m for m in metadata for _ in range(NUM_CHOICES)]
+                self._prepared = preprocessor.prepare_many(items, answer_indices=answers, metadata=item_metadata)
             else:
-                self._prepared = preprocessor.prepare_many(records)
+                self._prepared = preprocessor.prepare_many(records, metadata=metadata)
         # One flag per item in shared memory: DataLoader workers (forked or spawned) mark the items
         # they failed to load, the main process reads the marks (skipped_items).
         self._failed = torch.zeros(len(self), dtype=torch.bool).share_memory_() if skip_bad else None
@@ -137,7 +144,8 @@ class VCRDataset(Dataset):
         if self._prepared is not None:
             example = dict(record)
         else:
-            example = self.preprocessor.prepare_text(record, answer_index=answer)
+            own = None if self.metadata is None else self.metadata[index // NUM_CHOICES if self.expand_answers else index]
+            example = self.preprocessor.prepare_text(record, answer_index=answer, metadata=own)
         try:
             example["pixel_values"] = self.preprocessor.load_pixels(example)
         except VCRFormatError as error:

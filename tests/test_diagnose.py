@@ -15,6 +15,7 @@ import torch
 
 import vlekit
 from data_prep.constants import NUM_CHOICES, PERSON_NAMES
+from data_prep.dataset import VCRDataset
 from data_prep.synthetic import generate_synthetic_vcr
 from data_prep.text import person_names, render_tokens
 from data_prep.tokenizer import build_word_tokenizer
@@ -237,6 +238,61 @@ def test_name_swap_leaves_a_name_agnostic_models_predictions_unchanged(tokenizer
                             batch_size=8, num_workers=0, progress=False)
     PROBES.build("name-swap").run(plain)
     assert not np.allclose(plain.logits("name-swap"), plain.logits("full"), atol=1e-5)
+
+
+# -- box-swap ------------------------------------------------------------------------------------------------
+def test_swap_boxes_gives_each_object_the_box_of_another_of_its_class():
+    objects = ["person", "dog", "person", "person", "car", "dog"]
+    boxes = np.arange(7 * 4, dtype=float).reshape(7, 4)  # one box more than objects (metadata may hold more)
+    for seed in range(20):
+        swapped = P.swap_boxes(objects, boxes, rng=np.random.default_rng(seed))
+        for cls in ("person", "dog"):
+            members = [i for i, o in enumerate(objects) if o == cls]
+            assert sorted(map(tuple, swapped[members])) == sorted(map(tuple, boxes[members]))  # the class's boxes ...
+            assert all(not np.array_equal(swapped[i], boxes[i]) for i in members)  # ... none where it was
+        np.testing.assert_array_equal(swapped[[4, 6]], boxes[[4, 6]])  # the only car, and the box past the objects
+    np.testing.assert_array_equal(P.swap_boxes(objects, boxes, rng=np.random.default_rng(3)),
+                                  P.swap_boxes(objects, boxes, rng=np.random.default_rng(3)))
+    assert len({P.swap_boxes(objects, boxes, rng=np.random.default_rng(s))[0, 0] for s in range(20)}) == 2  # [2] or [3]
+
+
+def test_mentioned_objects_are_those_the_tasks_texts_name():
+    record = {"question": ["Is", [0], "with", [1, 3], "?"], "answer_choices": [["Yes", "."], [[2], "is", "."], ["No"], ["No"]],
+              "answer_label": 0, "rationale_choices": [[[4], "."], ["-"], ["-"], ["-"]]}
+    assert P.mentioned_objects(record, task="q2a") == {0, 1, 2, 3}
+    assert P.mentioned_objects(record, task="qa2r") == {0, 1, 3, 4}  # the gold answer names none; the rationales do
+
+
+def test_box_swap_moves_the_object_tokens_only_and_a_model_that_pools_them_notices(tokenizer, data):
+    records = read_vcr(data.val)
+    run = tiny_run(tokenizer, folder=data.root)
+    preprocessor = run.preprocessor(images_root=data.images_root)
+    outcome_context = DiagnoseContext(run, records, images=data.images_root, batch_size=8, num_workers=0, progress=False)
+    outcome = PROBES.build("box-swap").run(outcome_context)
+    # The synthetic frames hold several persons, and every question names one: most questions moved.
+    assert 0.5 * len(records) < outcome.details["questions_moved"] <= len(records)
+    assert not np.allclose(outcome_context.logits("box-swap"), outcome_context.logits("full"), atol=1e-5)
+    # What the pass saw: the same text and picture, the object slots pooled from another person's box.
+    rng = np.random.default_rng(0)
+    metadata = []
+    for record in records:
+        geometry = P.load_geometry(data.images_root, record)
+        metadata.append({"boxes": P.swap_boxes(record["objects"], geometry.boxes, rng=rng).tolist(),
+                         "width": geometry.width, "height": geometry.height})
+    own = VCRDataset(records, preprocessor)
+    swapped = VCRDataset(records, preprocessor, metadata=metadata)
+    moved_masks = 0
+    for a, b in zip(own, swapped):
+        for key in ("input_ids", "text_type_ids", "object_ids"):
+            assert a[key] == b[key]
+        torch.testing.assert_close(a["pixel_values"], b["pixel_values"])
+        moved_masks += a["object_patches"] != b["object_patches"]
+    assert moved_masks == outcome.details["questions_moved"]
+    # Without object tokens in the image stream nothing of the change reaches the model: the scores stay.
+    agnostic = DiagnoseContext(run, records, images=data.images_root, batch_size=8, num_workers=0, progress=False)
+    full = agnostic.logits("full", transform=P.without_object_tokens)
+    after = agnostic.logits("swapped", transform=P.without_object_tokens, metadata=metadata)
+    np.testing.assert_allclose(after, full, atol=1e-6)
 
 
 # -- word-overlap --------------------------------------------------------------------------------------------

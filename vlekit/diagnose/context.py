@@ -33,8 +33,10 @@ Transform = Callable[[Batch], Batch]
 class _TextOnlyDataset(Dataset):
     """The examples of ``records`` with a zero image each (for probes that replace the pixels anyway)."""
 
-    def __init__(self, records: Sequence[Mapping[str, Any]], preprocessor: VCRPreprocessor) -> None:
-        self.examples = preprocessor.prepare_many(records)  # in order, once (VLE's name counter, as VCRDataset)
+    def __init__(self, records: Sequence[Mapping[str, Any]], preprocessor: VCRPreprocessor, *,
+                 metadata: Sequence[Mapping[str, Any]] | None = None) -> None:
+        # in order, once (VLE's name counter, as VCRDataset)
+        self.examples = preprocessor.prepare_many(records, metadata=metadata)
         size = preprocessor.config.image_size
         dtype = torch.uint8 if preprocessor.config.pixel_dtype == "uint8" else torch.float32
         self.placeholder = torch.zeros(3, size, size, dtype=dtype)
@@ -90,15 +92,18 @@ class DiagnoseContext:
 
     # -- what probes use ---------------------------------------------------------------------------------
     def logits(self, name: str, *, transform: Transform | None = None,
-               records: Sequence[Mapping[str, Any]] | None = None, pixels: bool = True) -> np.ndarray:
+               records: Sequence[Mapping[str, Any]] | None = None, pixels: bool = True,
+               metadata: Sequence[Mapping[str, Any]] | None = None) -> np.ndarray:
         """``[N, C]`` logits on ``records`` (default: the split's), every batch changed by ``transform``;
-        ``pixels=False``: no image is decoded (the batch holds zeros: the transform must replace them).
+        ``pixels=False``: no image is decoded (the batch holds zeros: the transform must replace them);
+        ``metadata``: per record, ``{"boxes", "width", "height"}`` instead of its metadata file.
         Cached by ``name``: a second call with the same name returns the first pass's logits."""
         if name not in self._logits:
-            if records is not None and len(records) != len(self.records):
-                raise ValueError(f"probe pass {name!r}: {len(records)} records for a split of {len(self.records)}; "
-                                 f"a probe changes the split's records one for one")
-            self._logits.update(self._pass({name: transform}, records=records, pixels=pixels))
+            for what, given in (("records", records), ("metadata", metadata)):
+                if given is not None and len(given) != len(self.records):
+                    raise ValueError(f"probe pass {name!r}: {len(given)} {what} for a split of {len(self.records)}; "
+                                     f"a probe changes the split's records one for one")
+            self._logits.update(self._pass({name: transform}, records=records, pixels=pixels, metadata=metadata))
         return self._logits[name]
 
     def prefetch(self, transforms: Mapping[str, Transform | None]) -> None:
@@ -118,11 +123,12 @@ class DiagnoseContext:
 
     # -- the passes --------------------------------------------------------------------------------------
     def _pass(self, transforms: Mapping[str, Transform | None], *, records: Sequence[Mapping[str, Any]] | None,
-              pixels: bool) -> dict[str, np.ndarray]:
+              pixels: bool, metadata: Sequence[Mapping[str, Any]] | None = None) -> dict[str, np.ndarray]:
         own_records = records is None
         records = self.records if records is None else list(records)
         preprocessor = self.trained.preprocessor(images_root=self.images)
-        dataset = VCRDataset(records, preprocessor) if pixels else _TextOnlyDataset(records, preprocessor)
+        dataset = (VCRDataset(records, preprocessor, metadata=metadata) if pixels
+                   else _TextOnlyDataset(records, preprocessor, metadata=metadata))
         loader = DataLoader(dataset, batch_size=self.batch_size, collate_fn=dataset.collate,
                             num_workers=self.num_workers if pixels else 0)
         sum_pixels = pixels and own_records and self._mean_pixels is None

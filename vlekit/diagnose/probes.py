@@ -30,6 +30,9 @@ choice-permutation  the choices reordered (4 orders per question, each gold     
                     position once); accuracy by gold position, and how often
                     the prediction follows the content
 name-swap           person names changed consistently within a question          records
+box-swap            each object's box given to another object of its class       metadata
+                    (text and picture unchanged: a mention points at another
+                    region); accuracy on the questions whose named objects moved
 word-overlap        no model: the choice sharing most words with the question    records
                     (and the gold answer, for QA->R), ties broken at random
 ==================  ===========================================================  =========
@@ -39,13 +42,16 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, ClassVar, Protocol
 
 import numpy as np
 import torch
 
 from data_prep.constants import NUM_CHOICES, PERSON_NAMES
+from data_prep.geometry import box_cells
 from data_prep.text import person_names, render_tokens
+from data_prep.vcr import load_geometry
 from vlekit.registry import register_probe
 
 Batch = dict[str, torch.Tensor]
@@ -62,14 +68,17 @@ class ProbeContext(Protocol):
 
     task: str  # "q2a" or "qa2r"
     records: Sequence[Mapping[str, Any]]  # the split's VCR records, labelled
+    images: Path  # the split's vcr1images folder (images and metadata)
     labels: np.ndarray  # [N] the gold choice of each record (the task's label)
     sep_token_id: int  # the run's tokenizer's [SEP]
     seed: int
 
     def logits(self, name: str, *, transform: Callable[[Batch], Batch] | None = None,
-               records: Sequence[Mapping[str, Any]] | None = None, pixels: bool = True) -> np.ndarray:
+               records: Sequence[Mapping[str, Any]] | None = None, pixels: bool = True,
+               metadata: Sequence[Mapping[str, Any]] | None = None) -> np.ndarray:
         """``[N, C]`` logits of the run on ``records`` (default: the split's), each batch changed by
-        ``transform``; ``pixels=False`` skips decoding images (the batch holds zeros). Cached by ``name``."""
+        ``transform``; ``pixels=False`` skips decoding images (the batch holds zeros); ``metadata``: per
+        record, ``{"boxes", "width", "height"}`` instead of its metadata file. Cached by ``name``."""
 
     def mean_pixels(self) -> torch.Tensor:
         """The split's mean image ``[3, S, S]``, normalised as the model takes it."""
@@ -246,6 +255,31 @@ def swap_person_names(record: Mapping[str, Any], shift: int, *, naming: str = "b
     return {**record, "objects": objects}
 
 
+def mentioned_objects(record: Mapping[str, Any], *, task: str) -> set[int]:
+    """The objects the texts of ``record``'s pairs name: the question and the answers (QA->R: the question,
+    the gold answer and the rationales)."""
+    texts = [record["question"], *record["answer_choices"]] if task == "q2a" else [
+        record["question"], record["answer_choices"][record["answer_label"]], *record["rationale_choices"]]
+    return {int(index) for tokens in texts for token in tokens if not isinstance(token, str) for index in token}
+
+
+def swap_boxes(objects: Sequence[str], boxes: np.ndarray, *, rng: np.random.Generator) -> np.ndarray:
+    """``boxes [M, 4]`` with each object's box given to another object of its class: within every class
+    with two objects or more in ``objects`` (``objects[i]`` is box ``i``'s class), a random cyclic
+    derangement, so no such object keeps its own box. A class of one object, and boxes past
+    ``len(objects)``, keep theirs. Returns a new array."""
+    boxes = np.asarray(boxes)
+    swapped = boxes.copy()
+    groups: dict[str, list[int]] = {}
+    for index, name in enumerate(objects):
+        groups.setdefault(name, []).append(index)
+    for members in groups.values():
+        if len(members) >= 2:
+            order = rng.permutation(members)
+            swapped[order] = boxes[np.roll(order, -1)]  # order[j] takes order[j + 1]'s box
+    return swapped
+
+
 _WORD = re.compile(r"\w+")
 
 
@@ -353,6 +387,34 @@ class NameSwap(Probe):
         return ProbeOutcome.from_logits(
             logits, context.labels, questions_with_persons=int(with_persons.sum()),
             changed_predictions=float(changed[with_persons].mean()) if with_persons.any() else 0.0)
+
+
+@register_probe("box-swap", config=SeededProbeConfig)
+class BoxSwap(Probe):
+    """Each object's box given to another object of its class: same text and picture, the mention points elsewhere."""
+
+    def run(self, context: ProbeContext) -> ProbeOutcome:
+        rng = np.random.default_rng(context.seed + self.config.seed)
+        config = context.trained.preprocessor(images_root=context.images).config
+        metadata, moved = [], []
+        for record in context.records:
+            geometry = load_geometry(context.images, record)
+            boxes = swap_boxes(record["objects"], geometry.boxes, rng=rng)
+            metadata.append({"boxes": boxes.tolist(), "width": geometry.width, "height": geometry.height})
+            cells = [box_cells(b, width=geometry.width, height=geometry.height, image_size=config.image_size,
+                               patch_size=config.patch_size, geometry=config.geometry) for b in (geometry.boxes, boxes)]
+            named = sorted(mentioned_objects(record, task=context.task))
+            moved.append(bool(named) and not np.array_equal(cells[0][named], cells[1][named]))
+        logits = context.logits(self.name, metadata=metadata)
+        full = context.logits("full")
+        rows = np.array(moved, dtype=bool)
+        right = logits.argmax(-1) == context.labels
+        return ProbeOutcome(scores=right.astype(float), details={
+            "questions_moved": int(rows.sum()),
+            "accuracy_moved": float(right[rows].mean()) if rows.any() else None,
+            "full_accuracy_moved": float((full.argmax(-1) == context.labels)[rows].mean()) if rows.any() else None,
+            "changed_predictions_moved": float((logits.argmax(-1) != full.argmax(-1))[rows].mean()) if rows.any() else None,
+        })
 
 
 @register_probe("word-overlap", config=SeededProbeConfig)

@@ -98,7 +98,7 @@ def format_p(value: float | None, *, resamples: int | None = None) -> str:
 
 
 def _detail(row: Mapping[str, Any]) -> str:
-    """A probe's own figures in a few words (choice-permutation, name-swap)."""
+    """A probe's own figures in a few words (choice-permutation, name-swap, box-swap)."""
     parts = []
     if "by_gold_position" in row:
         parts.append("by gold position " + " / ".join(f"{100 * v:.0f}" for v in row["by_gold_position"].values()))
@@ -107,6 +107,12 @@ def _detail(row: Mapping[str, Any]) -> str:
     if "changed_predictions" in row:
         parts.append(f"prediction changed on {100 * row['changed_predictions']:.0f}% of {row['questions_with_persons']} "
                      f"questions with persons")
+    if row.get("questions_moved"):
+        parts.append(f"on the {row['questions_moved']} questions whose named objects moved: {100 * row['accuracy_moved']:.1f}% "
+                     f"(full {100 * row['full_accuracy_moved']:.1f}%), prediction changed on "
+                     f"{100 * row['changed_predictions_moved']:.0f}%")
+    elif "questions_moved" in row:
+        parts.append("no question names an object that shares its class with another: nothing moved")
     return "; ".join(parts)
 
 

@@ -45,7 +45,7 @@ from vlekit.runs.folder import TrainedModel, load_trained
 
 DEFAULT_PROBES: tuple[str, ...] = (
     "full", "image-blind", "no-object-tokens", "no-type-ids", "question-blind", "choice-permutation", "name-swap",
-    "word-overlap",
+    "box-swap", "word-overlap",
 )
 RESULT_FILE, SUMMARY_FILE, FIGURE_FILE = "diagnose.json", "diagnose.md", "diagnose.png"
 INPUTS_FILE = "diagnose-inputs.json"  # what the diagnosis is of (as vlekit eval's inputs.json); beside an evaluation's
