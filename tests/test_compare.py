@@ -120,6 +120,45 @@ def test_vlekit_compare_on_what_vlekit_eval_wrote(trained_run, tmp_path, capsys)
     assert png.stat().st_size > 5000
 
 
+def seeded_evaluation(root: Path, name: str, seed, correct: list[bool], weights: str) -> Path:
+    """An evaluation folder whose inputs.json names a model folder with a config.yaml (train.seed: seed)."""
+    model = root / name / "model"
+    model.mkdir(parents=True)
+    if seed is not None:
+        (model / "config.yaml").write_text(f"train:\n  seed: {seed}\n")
+    inputs = {"models": [{"folder": str(model), "task": "q2a", "weights_sha256": weights}]}
+    return write_predictions(root / name / "eval", vcr_rows(correct), inputs)
+
+
+def test_runs_a_side_pair_by_training_seed_and_say_when_they_cannot(tmp_path):
+    n = 40
+    a = [seeded_evaluation(tmp_path, f"a{s}", s, [i < 20 + 5 * s for i in range(n)], f"a{s}" * 8) for s in (0, 1, 2)]
+    b = [seeded_evaluation(tmp_path, f"b{s}", s, [i < 22 + 5 * s for i in range(n)], f"b{s}" * 8) for s in (0, 1, 2)]
+    in_order = compare_evaluations(a, against=b, resamples=500)
+    shuffled = compare_evaluations(a, against=[b[2], b[0], b[1]], resamples=500)
+    pairing = lambda result: [note for note in result["notes"] if "paired" in note]  # the others: no per-type rows
+    assert shuffled["rows"] == in_order["rows"] and pairing(in_order) == []
+    assert shuffled["pairs"] == [["a0", "b0"], ["a1", "b1"], ["a2", "b2"]]
+    assert pairing(shuffled) == ["runs paired by training seed, not in the order given: a0 with b0, a1 with b1, a2 with b2"]
+    # Paired otherwise, the nested bootstrap sees other pairs: the pairing is not cosmetic.
+    from vlekit.diagnose.compare import paired_row, read_evaluation
+    import numpy as np
+    scores = lambda folders: np.array([list(read_evaluation(f).scores["q2a"].values()) for f in folders])
+    assert paired_row(scores(a), scores([b[2], b[0], b[1]]), resamples=500, seed=0)["delta_ci95"] != in_order["rows"][0]["delta_ci95"]
+
+    other_seeds = [seeded_evaluation(tmp_path, f"c{s}", s, [i < 21 for i in range(n)], f"c{s}" * 8) for s in (3, 4, 5)]
+    result = compare_evaluations(a, against=other_seeds[::-1], resamples=500)
+    assert result["pairs"] == [["a0", "c5"], ["a1", "c4"], ["a2", "c3"]]  # as given
+    assert pairing(result) == ["the sides' training seeds (0, 1, 2 / 5, 4, 3) do not match one for one: runs paired in "
+                               "the order given"]
+    unknown = seeded_evaluation(tmp_path, "d", None, [True] * n, "d" * 16)
+    result = compare_evaluations(a[:2], against=[unknown, b[0]], resamples=500)
+    assert result["pairs"] == [["a0", "d"], ["a1", "b0"]] and "no training seed recorded for d" in pairing(result)[0]
+    twice = seeded_evaluation(tmp_path, "b0-copy", 0, [True] * n, "b0" * 8)
+    with pytest.raises(ValueError, match="b0 and b0-copy are evaluations of the same weights"):
+        compare_evaluations(a, against=[b[0], twice, b[2]])
+
+
 def test_several_runs_a_side_give_the_ablation_grids_own_statistics(tmp_path, capsys):
     """--against: the reference's runs (one per seed) and the other model's, paired in order. The difference, its
     interval and p-values are those vlekit ablate's summary gives for the same runs (bootstrap with the seeds
@@ -146,7 +185,14 @@ def test_several_runs_a_side_give_the_ablation_grids_own_statistics(tmp_path, ca
     assert row["p_welch"] == pytest.approx(expected.p_welch, nan_ok=True)
     assert sum(entry["n"] for entry in result["by_type"]) == 24
 
-    with pytest.raises(ValueError, match="give as many runs of each side, paired in order"):
+    reversed_ = compare_evaluations(reference, against=other[::-1], resamples=2000, min_type_questions=4)
+    assert reversed_["rows"] == result["rows"] and reversed_["by_type"] == result["by_type"]  # paired by seed
+    assert reversed_["pairs"] == result["pairs"] == [["vle/seed-0", "no-object-tokens/seed-0"],
+                                                     ["vle/seed-1", "no-object-tokens/seed-1"]]
+    assert result["notes"] == [] and "paired by training seed, not in the order given" in reversed_["notes"][0]
+    with pytest.raises(ValueError, match="same weights .* one run counted twice"):
+        compare_evaluations([reference[0], reference[0]], against=other)
+    with pytest.raises(ValueError, match="give as many runs of each side"):
         compare_evaluations(reference, against=other[:1])
     args = ["compare", *map(str, reference), "--against", *map(str, other), "--resamples", "2000"]
     capsys.readouterr()  # the grid's training output

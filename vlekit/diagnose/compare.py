@@ -14,11 +14,15 @@ question). The first is the reference; each other is compared with it question f
 - the same difference per question type: the question's first word (why, what, how, ...) from the annotations
   file the reference's ``inputs.json`` names, when it is still there unchanged; VQA's answer types.
 
-With ``--against`` (``against=``) each side is several runs (one per training seed, say), paired in order: the
-difference of their means with the ablation grid's statistics (the bootstrap over questions with the runs nested,
-Welch's t-test over the runs; ``vlekit.ablation.stats``), so a claim about a method need not rest on one seed:
+With ``--against`` (``against=``) each side is several runs (one per training seed, say): the difference of
+their means with the ablation grid's statistics (the bootstrap over questions with the runs nested, Welch's
+t-test over the runs; ``vlekit.ablation.stats``), so a claim about a method need not rest on one seed:
 
     vlekit compare runs/full-s{0,1,2}/eval --against runs/lora-s{0,1,2}/eval
+
+The runs are paired by training seed (``train.seed`` in the ``config.yaml`` of the model each ``inputs.json``
+names) when both sides hold the same seeds, whatever order they are given in; otherwise in the order given, and
+a note says why. The same weights twice on one side (a run counted twice) are refused.
 
 Two evaluations compare only on the same questions (the same ids): evaluations of different splits, or of part
 of one, are refused. Annotation files that differ in content while holding the same ids are compared and said so.
@@ -41,7 +45,7 @@ from vlekit.ablation.stats import mcnemar_exact, paired_bootstrap, welch_t_test
 from vlekit.diagnose.report import OTHER_TYPE, format_p, question_types, type_order
 from vlekit.evaluation.evaluate import PREDICTIONS_FILE
 from vlekit.runs.experiment import VQA_TASK
-from vlekit.runs.folder import EVAL_INPUTS_FILE, read_json_file
+from vlekit.runs.folder import EVAL_INPUTS_FILE, EXPERIMENT_FILE, read_json_file, read_yaml_file
 from vlekit.runs.manifest import file_sha256
 from vlekit.tables import METRIC_NAMES, markdown_table, text_table
 
@@ -62,6 +66,29 @@ class Evaluation:
     def annotations(self) -> dict[str, Any] | None:
         """``{"path", "sha256"}`` of the annotations file the evaluation read, when it recorded one."""
         return ((self.inputs or {}).get("data") or {}).get("annotations")
+
+    @property
+    def weights(self) -> tuple[str, ...] | None:
+        """The SHA-256 of each model's weights the evaluation scored, when ``inputs.json`` recorded them."""
+        models = (self.inputs or {}).get("models") or []
+        digests = tuple(str(model.get("weights_sha256")) for model in models if model.get("weights_sha256"))
+        return digests if models and len(digests) == len(models) else None
+
+    @property
+    def training_seed(self) -> int | None:
+        """``train.seed`` of the model(s) scored, from the ``config.yaml`` in each model folder ``inputs.json``
+        names (None: not recorded, the folder is gone, or the models disagree)."""
+        seeds = set()
+        for model in (self.inputs or {}).get("models") or [None]:
+            path = Path(str((model or {}).get("folder"))) / EXPERIMENT_FILE
+            if model is None or not path.is_file():
+                return None
+            config = read_yaml_file(path)
+            seed = (config.get("train") or {}).get("seed") if isinstance(config, dict) else None
+            if isinstance(seed, bool) or not isinstance(seed, int):
+                return None
+            seeds.add(seed)
+        return seeds.pop() if len(seeds) == 1 else None
 
 
 def read_evaluation(folder: str | Path) -> Evaluation:
@@ -138,6 +165,39 @@ def paired_row(reference: np.ndarray, other: np.ndarray, *, resamples: int, seed
             "only_reference": int((reference > other).sum()), "only_other": int((other > reference).sum())}
 
 
+def pair_runs(reference: Sequence[Path], other: Sequence[Path], evaluations: dict[Path, Evaluation],
+              names: dict[Path, str]) -> tuple[list[Path], str | None]:
+    """``other`` in the order that pairs its runs with ``reference``'s (by training seed when both sides hold the
+    same seeds; else as given), and a note when the pairing is not simply the order given (None otherwise).
+    The same weights twice on one side are refused: a run counted twice."""
+    for side in (reference, other):
+        seen: dict[tuple[str, ...], Path] = {}
+        for folder in side:
+            weights = evaluations[folder].weights
+            if weights is not None and weights in seen:
+                raise ValueError(f"{names[seen[weights]]} and {names[folder]} are evaluations of the same weights "
+                                 f"(SHA-256 {weights[0][:12]}...): one run counted twice; give each run once")
+            if weights is not None:
+                seen[weights] = folder
+    if len(reference) < 2:
+        return list(other), None
+    seeds = {folder: evaluations[folder].training_seed for folder in (*reference, *other)}
+    unknown = [names[f] for f, seed in seeds.items() if seed is None]
+    if unknown:
+        return list(other), (f"no training seed recorded for {', '.join(unknown)} (train.seed in the config.yaml of "
+                             f"the model its inputs.json names): runs paired in the order given")
+    mine, theirs = [seeds[f] for f in reference], [seeds[f] for f in other]
+    if len(set(mine)) < len(mine) or len(set(theirs)) < len(theirs) or set(mine) != set(theirs):
+        return list(other), (f"the sides' training seeds ({', '.join(map(str, mine))} / {', '.join(map(str, theirs))}) "
+                             f"do not match one for one: runs paired in the order given")
+    by_seed = {seeds[f]: f for f in other}
+    paired = [by_seed[seed] for seed in mine]
+    if paired == list(other):
+        return paired, None
+    return paired, ("runs paired by training seed, not in the order given: " +
+                    ", ".join(f"{names[r]} with {names[o]}" for r, o in zip(reference, paired)))
+
+
 def group_label(labels: Sequence[str]) -> str:
     """One name for the runs of one side (``full/seed-0``, ``full/seed-1`` -> ``full/seed-*``)."""
     if len(labels) == 1:
@@ -151,9 +211,10 @@ def compare_evaluations(folders: Sequence[str | Path], *, against: Sequence[str 
     """Each evaluation after the first against the first, per task and per question type (see the module).
 
     against: instead, the evaluations of ``folders`` are several runs of the reference (training seeds, say) and
-        these as many runs of the other model, paired in order: the difference of the means, with the ablation
+        these as many runs of the other model, paired by seed (:func:`pair_runs`): the difference of the means, with the ablation
         grid's bootstrap over questions with the runs nested, and Welch's t-test over the runs.
-    Returns ``{"reference", "others", "labels", "tasks", "rows": [{"other", "task", "runs", "n",
+    Returns ``{"reference", "others", "labels", "pairs" (with ``against``: the runs paired, by training seed
+    when both sides hold the same seeds), "tasks", "rows": [{"other", "task", "runs", "n",
     "reference_accuracy", "accuracy", "delta", "delta_ci95", "p_bootstrap", "p_mcnemar", "p_welch",
     "only_reference", "only_other"}], "by_type": [the same with "type"], "notes": [...]}`` (accuracies and
     differences as fractions; ``only_*`` count (run, question) pairs).
@@ -162,11 +223,15 @@ def compare_evaluations(folders: Sequence[str | Path], *, against: Sequence[str 
     if against is None and len(folders) < 2:
         raise ValueError(f"give at least two evaluations to compare (got {len(folders)})")
     if against is not None and (not folders or len(folders) != len(against)):
-        raise ValueError(f"give as many runs of each side, paired in order (their seeds, say): {len(folders)} of "
+        raise ValueError(f"give as many runs of each side (one per seed, say), to be paired: {len(folders)} of "
                          f"the reference, {len(against)} against it")
     flat = [folder for group in groups for folder in group]
     evaluations = {folder: read_evaluation(folder) for folder in flat}
     names = dict(zip(flat, labels_for(flat)))
+    notes = []
+    if against is not None:
+        groups[1], note = pair_runs(groups[0], groups[1], evaluations, names)
+        notes += [note] if note else []
     labels = [group_label([names[f] for f in group]) for group in groups]
     reference = evaluations[groups[0][0]]
     tasks = [task for task in (*VCR_TASKS, VQA_TASK) if all(task in e.scores for e in evaluations.values())]
@@ -182,7 +247,6 @@ def compare_evaluations(folders: Sequence[str | Path], *, against: Sequence[str 
                     f"{names[flat[0]]} scored {len(questions)} {METRIC_NAMES[task]} questions, {names[folder]} "
                     f"{len(theirs)}, {len(questions & theirs)} of them the same: evaluations compare only on the same "
                     f"questions (evaluate both on the same split)")
-    notes = []
     for folder in flat[1:]:
         mine, theirs = reference.annotations, evaluations[folder].annotations
         if mine and theirs and mine.get("sha256") != theirs.get("sha256"):
@@ -211,6 +275,7 @@ def compare_evaluations(folders: Sequence[str | Path], *, against: Sequence[str 
                 by_type.append({"other": label, "task": task, "type": kind,
                                 **paired_row(mine[:, chosen], theirs[:, chosen], resamples=resamples, seed=seed)})
     return {"reference": labels[0], "others": labels[1:], "labels": {names[f]: str(f) for f in flat},
+            "pairs": [[names[f] for f in pair] for pair in zip(*groups)] if against is not None else [],
             "tasks": tasks, "resamples": resamples, "seed": seed, "rows": rows, "by_type": by_type, "notes": notes}
 
 
@@ -289,7 +354,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="vlekit eval --out folders on the same labelled split; the first is the reference "
                              "(with --against: the reference's runs, one per seed)")
     parser.add_argument("--against", nargs="+", metavar="EVAL",
-                        help="as many runs of the other model, paired in order with EVAL...: the difference of the "
+                        help="as many runs of the other model, paired with EVAL... by training seed (else in order): the difference of the "
                              "means, with the runs nested in the bootstrap (as vlekit ablate) and Welch's test over them")
     parser.add_argument("--markdown", action="store_true", help="Markdown tables (for notes and issues)")
     parser.add_argument("--plot", metavar="PNG", help="also draw the differences with their intervals here")
