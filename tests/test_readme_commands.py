@@ -64,6 +64,10 @@ NOT_HERE = {
     "vlekit compare runs/ablation/runs/vle/seed-{0,1,2,3,4}/eval --against "
     "runs/ablation/runs/dual-encoder/seed-{0,1,2,3,4}/eval": "the ablation grid's runs; tests/test_compare.py compares "
                                                              "a tiny grid's runs and checks the grid's own statistics",
+    "vlekit diagnose --run runs/easy-vqa/tiny --questions runs/easy-vqa/data/v2_OpenEnded_easyvqa_test_questions.json "
+    "--annotations runs/easy-vqa/data/v2_easyvqa_test_annotations.json --images runs/easy-vqa/data/test "
+    "--image-pattern '{image_id}.png' --out runs/easy-vqa/tiny/diagnose":
+        "the easy-VQA run (minutes); tests/test_diagnose_vqa.py runs the command on a tiny VQA run",
     "bash scripts/gpu_evidence.sh OUT quick": "a GPU",
     "bash scripts/gpu_evidence.sh OUT notebooks": "a GPU",
     "bash scripts/gpu_evidence.sh OUT quick --dry-run": "minutes of CPU: tests/test_bench_gpu_evidence.py runs it",

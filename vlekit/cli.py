@@ -25,7 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("vlekit.demo", "the built-in demo: synthetic VCR data, tiny model, train, evaluate"),
     "ablate": ("vlekit.ablation.grid", "an ablation grid over any experiment (variants x seeds) with a report"),
     "compare": ("vlekit.diagnose.compare", "evaluations of different models on the same questions, paired: differences, CIs, per type"),
-    "diagnose": ("vlekit.diagnose.run", "does the model look? a VCR run under shortcut probes, with paired statistics"),
+    "diagnose": ("vlekit.diagnose.run", "does the model look? a VCR or VQA run under shortcut probes, with paired statistics"),
     "bench": ("vlekit.bench.run", "measure training / inference speed, memory, FLOPs and MFU"),
     "runs": ("vlekit.evaluation.overview", "the training runs under folders: where each stands, its scores, the options that differ; curves"),
     "push": ("vlekit.runs.push", "upload a trained run to the Hugging Face Hub with a model card"),

@@ -1,7 +1,9 @@
-"""The passes of a trained run over a labelled VCR split that the probes ask for (``vlekit diagnose``).
+"""The passes of a trained run over a labelled split that the probes ask for (``vlekit diagnose``).
 
-``DiagnoseContext`` holds the run, the split's records and their labels, and gives a probe the model's
-logits on the split (or on records the probe changed), each batch changed by the probe's transform.
+``DiagnoseContext`` holds the run (VCR Q->A or QA->R, or VQA), the split's records (VCR records, or VQA
+examples with their human answers) and how each question is scored, and gives a probe the model's logits on
+the split (or on records the probe changed), each batch changed by the probe's transform, and the score of
+each question's prediction (VCR: 1 / 0; VQA: the official accuracy of the arg-max answer, a share).
 Passes are cached by name, and :meth:`DiagnoseContext.prefetch` runs several batch-level probes in one
 pass over the images (each image decoded once, the model run once per probe). The split's mean image
 (what ``image-blind`` shows instead of each picture) is summed during the first pass over the images.
@@ -20,12 +22,16 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from data_prep.constants import VQA_TASK
 from data_prep.dataset import VCRDataset
 from data_prep.preprocess import VCRPreprocessor
 from vlekit.diagnose.probes import LABEL_KEY, Batch
-from vlekit.evaluation.evaluate import autocast_dtype
+from vlekit.evaluation.evaluate import CHANCE, autocast_dtype
+from vlekit.evaluation.metrics import evaluate_vqa, majority_answer, vqa_accuracy
 from vlekit.model import BATCH_KEYS
 from vlekit.runs.folder import TrainedModel
+
+VQA_BATCH_KEYS = ("input_ids", "attention_mask", "pixel_values")  # what a VQA model takes (VCRModel.forward)
 
 Transform = Callable[[Batch], Batch]
 
@@ -50,13 +56,14 @@ class _TextOnlyDataset(Dataset):
 
 
 class DiagnoseContext:
-    """A trained VCR run and a labelled split, and the model's passes over it (implements
+    """A trained run and a labelled split, and the model's passes over it (implements
     :class:`vlekit.diagnose.probes.ProbeContext`).
 
     Args:
-        trained: the run (``vlekit.runs.folder.load_trained``), a Q->A or a QA->R model.
-        records: the split's VCR records, every one labelled for the run's task.
-        images: the ``vcr1images`` folder of the split.
+        trained: the run (``vlekit.runs.folder.load_trained``), a Q->A, a QA->R or a VQA model.
+        records: the split's VCR records, every one labelled for the run's task; VQA: its examples
+            (``data_prep.vqa.read_vqa``), every one with its human answers.
+        images: the ``vcr1images`` folder of the split (VQA: the examples hold their image paths).
         precision: ``auto`` / ``bf16`` / ``fp16`` / ``fp32``; ``None``: the run's ``train.mixed_precision``
             (fp32 when the folder does not say).
         device: where the model runs (default: a GPU when there is one).
@@ -65,18 +72,31 @@ class DiagnoseContext:
     def __init__(self, trained: TrainedModel, records: Sequence[Mapping[str, Any]], *, images: str | Path,
                  batch_size: int = 32, num_workers: int = 2, precision: str | None = None,
                  device: str | torch.device | None = None, seed: int = 0, progress: bool = True) -> None:
-        if trained.task not in LABEL_KEY:
-            raise ValueError(f"{trained.folder} is a {trained.task!r} run; vlekit diagnose puts a VCR run (q2a or "
-                             f"qa2r) to the test")
-        label_key = LABEL_KEY[trained.task]
-        unlabelled = [r.get("annot_id") for r in records if r.get(label_key) is None or r.get("answer_label") is None]
-        if unlabelled:
-            raise ValueError(f"{len(unlabelled)} record(s) have no {label_key} (first: {unlabelled[0]}): the probes "
-                             f"score accuracy, so give a labelled split (val, not test)")
         if not records:
             raise ValueError("no records to diagnose: the split is empty")
         self.trained, self.task, self.records = trained, trained.task, list(records)
-        self.labels = np.array([int(r[label_key]) for r in self.records])
+        if self.task == VQA_TASK:
+            unanswered = [e.question_id for e in self.records if not e.annotated]
+            if unanswered:
+                raise ValueError(f"{len(unanswered)} question(s) have no human answers (first: {unanswered[0]}): the "
+                                 f"probes score accuracy, so give an annotated split (val, not test-dev) with --annotations")
+            self.labels = None  # scored by the human answers (score)
+            self.answers = list(trained.model.head.config.answers)
+            majority = majority_answer(self.records)
+            self.chance = evaluate_vqa({e.question_id: majority for e in self.records}, self.records).overall / 100
+            self.batch_keys = VQA_BATCH_KEYS
+        elif self.task in LABEL_KEY:
+            label_key = LABEL_KEY[self.task]
+            unlabelled = [r.get("annot_id") for r in self.records if r.get(label_key) is None or r.get("answer_label") is None]
+            if unlabelled:
+                raise ValueError(f"{len(unlabelled)} record(s) have no {label_key} (first: {unlabelled[0]}): the probes "
+                                 f"score accuracy, so give a labelled split (val, not test)")
+            self.labels = np.array([int(r[label_key]) for r in self.records])
+            self.chance = CHANCE[self.task]
+            self.batch_keys = BATCH_KEYS
+        else:
+            raise ValueError(f"{trained.folder} is a {trained.task!r} run; vlekit diagnose puts a VCR run (q2a or qa2r) "
+                             f"or a VQA run to the test")
         self.images = Path(images)
         self.batch_size, self.num_workers, self.seed, self.progress = batch_size, num_workers, seed, progress
         self.device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -91,6 +111,15 @@ class DiagnoseContext:
         return f"DiagnoseContext({self.task} run {self.trained.folder}, {len(self.records)} questions, {self.device})"
 
     # -- what probes use ---------------------------------------------------------------------------------
+    def score(self, logits: np.ndarray) -> np.ndarray:
+        """``[N]``: the score of each question's prediction (the arg-max of its ``logits`` row): VCR 1 / 0,
+        VQA the official accuracy of the predicted answer against the question's human answers."""
+        predicted = np.asarray(logits).argmax(-1)
+        if self.labels is not None:
+            return (predicted == self.labels).astype(float)
+        return np.array([vqa_accuracy(self.answers[int(p)], example.answers)
+                         for p, example in zip(predicted, self.records)])
+
     def logits(self, name: str, *, transform: Transform | None = None,
                records: Sequence[Mapping[str, Any]] | None = None, pixels: bool = True,
                metadata: Sequence[Mapping[str, Any]] | None = None) -> np.ndarray:
@@ -126,9 +155,7 @@ class DiagnoseContext:
               pixels: bool, metadata: Sequence[Mapping[str, Any]] | None = None) -> dict[str, np.ndarray]:
         own_records = records is None
         records = self.records if records is None else list(records)
-        preprocessor = self.trained.preprocessor(images_root=self.images)
-        dataset = (VCRDataset(records, preprocessor, metadata=metadata) if pixels
-                   else _TextOnlyDataset(records, preprocessor, metadata=metadata))
+        dataset = self._dataset(records, pixels=pixels, metadata=metadata)
         loader = DataLoader(dataset, batch_size=self.batch_size, collate_fn=dataset.collate,
                             num_workers=self.num_workers if pixels else 0)
         sum_pixels = pixels and own_records and self._mean_pixels is None
@@ -137,15 +164,27 @@ class DiagnoseContext:
         description = "diagnose " + (", ".join(transforms) if transforms else "mean image")
         with torch.inference_mode():
             for batch in tqdm(loader, desc=description, disable=not self.progress, dynamic_ncols=True, leave=False):
-                batch = {key: batch[key].to(self.device, non_blocking=True) for key in BATCH_KEYS}
+                batch = {key: batch[key].to(self.device, non_blocking=True) for key in self.batch_keys}
                 if sum_pixels:
                     images = self.model.normalise_pixels(batch["pixel_values"]).float().sum(0)
                     pixel_sum = images if pixel_sum is None else pixel_sum + images
                 for name, transform in transforms.items():
                     changed = transform(dict(batch)) if transform is not None else batch
                     with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
-                        logits = self.model(**{key: changed[key] for key in BATCH_KEYS})["logits"]
+                        logits = self.model(**{key: changed[key] for key in self.batch_keys})["logits"]
                     chunks[name].append(logits.float().cpu())
         if sum_pixels and pixel_sum is not None:
             self._mean_pixels = pixel_sum / len(records)
         return {name: torch.cat(parts).numpy() for name, parts in chunks.items()}
+
+    def _dataset(self, records: Sequence[Any], *, pixels: bool, metadata: Sequence[Mapping[str, Any]] | None) -> Dataset:
+        """The run's data pipeline over ``records``; ``pixels=False``: zeros instead of the images (VCR; a VQA
+        pipeline always decodes them), ``metadata``: other boxes (VCR)."""
+        if self.task == VQA_TASK:
+            if metadata is not None:
+                raise ValueError("a VQA run's data has no boxes: a probe that moves boxes puts a VCR run to the test")
+            return self.trained.vqa_dataset(records)
+        preprocessor = self.trained.preprocessor(images_root=self.images)
+        if pixels:
+            return VCRDataset(records, preprocessor, metadata=metadata)
+        return _TextOnlyDataset(records, preprocessor, metadata=metadata)

@@ -1,4 +1,4 @@
-"""Diagnostic probes: what a trained VCR run does when one source of information is taken away.
+"""Diagnostic probes: what a trained run (VCR, or VQA) does when one source of information is taken away.
 
 A probe is a class with a frozen dataclass config and one registration line, like a component (a
 third-party probe registers the same way, in a module or a notebook cell, or through the entry-point
@@ -16,7 +16,8 @@ group ``vlekit.probes``)::
         # ... or override run(context) -> ProbeOutcome (records, several passes, no model at all)
 
 Each probe changes one thing, where the change is exact: on the batch contract (DESIGN.md section 3)
-or on the records before preprocessing.
+or on the records before preprocessing. A probe says which tasks it applies to (``tasks``): most put a VCR
+run to the test; ``full``, ``image-blind`` and ``question-blind`` apply to VQA too, and ``image-swap`` to VQA only.
 
 ==================  ===========================================================  =========
 probe               what it changes                                              where
@@ -35,10 +36,13 @@ box-swap            each object's box given to another object of its class      
                     region); accuracy on the questions whose named objects moved
 word-overlap        no model: the choice sharing most words with the question    records
                     (and the gold answer, for QA->R), ties broken at random
+image-swap          VQA: each question shown another question's image (a real    records
+                    picture, the wrong one)
 ==================  ===========================================================  =========
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -48,7 +52,7 @@ from typing import Any, Callable, ClassVar, Protocol
 import numpy as np
 import torch
 
-from data_prep.constants import NUM_CHOICES, PERSON_NAMES
+from data_prep.constants import NUM_CHOICES, PERSON_NAMES, VQA_TASK
 from data_prep.geometry import box_cells
 from data_prep.text import person_names, render_tokens
 from data_prep.vcr import load_geometry
@@ -61,17 +65,22 @@ CHOICE_KEYS: dict[str, tuple[str, ...]] = {
     "qa2r": ("rationale_choices", "rationale_match_iter", "rationale_sources", "rationale_likelihoods"),
 }
 LABEL_KEY: dict[str, str] = {"q2a": "answer_label", "qa2r": "rationale_label"}
+VCR_TASKS = tuple(LABEL_KEY)
 
 
 class ProbeContext(Protocol):
     """What a probe may use (``vlekit.diagnose.context.DiagnoseContext`` implements it)."""
 
-    task: str  # "q2a" or "qa2r"
-    records: Sequence[Mapping[str, Any]]  # the split's VCR records, labelled
+    task: str  # "q2a", "qa2r" or "vqa"
+    records: Sequence[Any]  # the split's VCR records, labelled (VQA: its examples, with their human answers)
     images: Path  # the split's vcr1images folder (images and metadata)
-    labels: np.ndarray  # [N] the gold choice of each record (the task's label)
+    labels: np.ndarray | None  # [N] the gold choice of each record (the task's label); VQA: None (see score)
+    chance: float  # VCR: 1 / C; VQA: the split's majority answer's accuracy
     sep_token_id: int  # the run's tokenizer's [SEP]
     seed: int
+
+    def score(self, logits: np.ndarray) -> np.ndarray:
+        """``[N]`` the score of each question's arg-max prediction: VCR 1 / 0, VQA the official accuracy."""
 
     def logits(self, name: str, *, transform: Callable[[Batch], Batch] | None = None,
                records: Sequence[Mapping[str, Any]] | None = None, pixels: bool = True,
@@ -104,6 +113,11 @@ class ProbeOutcome:
         return cls(scores=(np.asarray(logits).argmax(-1) == labels).astype(float), details=details)
 
     @property
+    def binary(self) -> bool:
+        """Whether the probe has one right / wrong outcome per question (McNemar's test applies)."""
+        return self.pairs is not None or bool(np.isin(np.asarray(self.scores, dtype=float), (0.0, 1.0)).all())
+
+    @property
     def outcomes(self) -> np.ndarray:
         """``[N]`` bool: the right / wrong outcome per question that McNemar's test pairs."""
         if self.pairs is not None:
@@ -118,12 +132,14 @@ class Probe:
     """A way of putting a trained run to the test. Subclasses override :meth:`transform` (a change of
     every batch, in the batch contract) or :meth:`run` (anything else: records, several passes, no model).
 
-    Class attributes: ``uses_model`` (False for a text-only baseline such as ``word-overlap``) and
-    ``needs_pixels`` (False when the transform replaces the pixels, so images need not be decoded).
+    Class attributes: ``uses_model`` (False for a text-only baseline such as ``word-overlap``),
+    ``needs_pixels`` (False when the transform replaces the pixels, so images need not be decoded) and
+    ``tasks`` (the runs it puts to the test: VCR's by default).
     """
 
     uses_model: ClassVar[bool] = True
     needs_pixels: ClassVar[bool] = True
+    tasks: ClassVar[tuple[str, ...]] = VCR_TASKS
 
     def __init__(self, *, config: Any) -> None:
         self.config = config
@@ -146,7 +162,7 @@ class Probe:
         """The probe on the split: by default, the model on every batch changed by :meth:`transform`."""
         logits = context.logits(self.name, transform=lambda batch: self.transform(batch, context),
                                 pixels=self.needs_pixels)
-        return ProbeOutcome.from_logits(logits, context.labels)
+        return ProbeOutcome(scores=context.score(logits))
 
 
 @dataclass(frozen=True)
@@ -187,7 +203,8 @@ def without_text_types(batch: Batch) -> Batch:
 
 
 def question_positions(input_ids: torch.Tensor, sep_token_id: int) -> torch.Tensor:
-    """``[B, C, L]`` bool: the question's tokens, between the first token ([CLS]) and the first [SEP]."""
+    """``[B, C, L]`` (VQA: ``[B, L]``) bool: the question's tokens, between the first token ([CLS]) and the
+    first [SEP]."""
     is_sep = input_ids == sep_token_id
     if not bool(is_sep.any(-1).all()):
         raise ValueError(f"question-blind: a text row has no [SEP] (id {sep_token_id}); expected the VCR layout "
@@ -200,9 +217,12 @@ def question_positions(input_ids: torch.Tensor, sep_token_id: int) -> torch.Tens
 def question_masked(batch: Batch, sep_token_id: int) -> Batch:
     """The question's tokens masked out of attention (and their tags dropped), and every object slot
     that only the question names masked too, so no mention of the question survives as an object token:
-    what is left is the choice (QA->R: the gold answer and the rationale) with the image."""
+    what is left is the choice (QA->R: the gold answer and the rationale) with the image. A VQA batch
+    (no type ids, no objects): [CLS] and [SEP] with the image."""
     question = question_positions(batch["input_ids"], sep_token_id)
     attention = batch["attention_mask"] * (~question).to(batch["attention_mask"].dtype)
+    if "text_type_ids" not in batch:
+        return {**batch, "attention_mask": attention}
     types = torch.where(question, torch.zeros_like(batch["text_type_ids"]), batch["text_type_ids"])
     slot_types = batch["object_type_ids"]  # [B, C, K]
     named = ((types.unsqueeze(-2) == slot_types.unsqueeze(-1)) & attention.bool().unsqueeze(-2)).any(-1)
@@ -304,10 +324,24 @@ def word_overlap_choice(record: Mapping[str, Any], *, task: str, rng: np.random.
     return int(rng.choice(np.flatnonzero(overlaps == overlaps.max())))
 
 
+def swap_images(examples: Sequence[Any], *, rng: np.random.Generator) -> list[Any]:
+    """VQA ``examples`` (``data_prep.vqa.VQAExample``), each showing another image of the split: the
+    distinct images in a random cycle, every question of an image given the next image's path."""
+    images = list(dict.fromkeys(example.image_path for example in examples))
+    if len(images) < 2:
+        raise ValueError(f"image-swap: every question of the split is about one image ({images[0] if images else '-'}); "
+                         f"it needs two images or more")
+    order = [images[i] for i in rng.permutation(len(images))]
+    shown = dict(zip(order, order[1:] + order[:1]))
+    return [dataclasses.replace(example, image_path=shown[example.image_path]) for example in examples]
+
+
 # -- the probes -------------------------------------------------------------------------------------------
 @register_probe("full", config=NoOptions)
 class Full(Probe):
     """The run as trained: the reference row every other probe is compared with."""
+
+    tasks = (*VCR_TASKS, VQA_TASK)
 
     def transform(self, batch: Batch, context: ProbeContext) -> Batch:
         return batch
@@ -318,6 +352,7 @@ class ImageBlind(Probe):
     """No visual information: every image replaced by the split's mean image (object tokens pooled from it)."""
 
     needs_pixels = False
+    tasks = (*VCR_TASKS, VQA_TASK)
 
     def transform(self, batch: Batch, context: ProbeContext) -> Batch:
         return blind_pixels(batch, context.mean_pixels())
@@ -341,7 +376,9 @@ class NoTypeIds(Probe):
 
 @register_probe("question-blind", config=NoOptions)
 class QuestionBlind(Probe):
-    """The question's tokens masked (and objects only it names): the answer-only baseline."""
+    """The question's tokens masked (and objects only it names): the answer-only baseline (VQA: the image alone)."""
+
+    tasks = (*VCR_TASKS, VQA_TASK)
 
     def transform(self, batch: Batch, context: ProbeContext) -> Batch:
         return question_masked(batch, context.sep_token_id)
@@ -427,3 +464,15 @@ class WordOverlap(Probe):
         rng = np.random.default_rng(context.seed + self.config.seed)
         picks = np.array([word_overlap_choice(record, task=context.task, rng=rng) for record in context.records])
         return ProbeOutcome(scores=(picks == context.labels).astype(float))
+
+
+@register_probe("image-swap", config=SeededProbeConfig)
+class ImageSwap(Probe):
+    """VQA: each question shown another question's image: a real picture, the wrong one."""
+
+    tasks = (VQA_TASK,)
+
+    def run(self, context: ProbeContext) -> ProbeOutcome:
+        rng = np.random.default_rng(context.seed + self.config.seed)
+        logits = context.logits(self.name, records=swap_images(context.records, rng=rng))
+        return ProbeOutcome(scores=context.score(logits))

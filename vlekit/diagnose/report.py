@@ -9,7 +9,8 @@ Per probe (the questions of the split, each scored under ``full`` and under the 
 - whether the accuracy's interval contains chance (``includes_chance``), and the probe's own figures.
 
 Per question type (the question's first word: why, what, how, where, who, ...) where a type has at
-least ``min_questions`` questions; the rest are pooled as ``other``.
+least ``min_questions`` questions; the rest are pooled as ``other``. VQA: per answer type (yes/no, number,
+other), and the accuracy is the official VQA accuracy (McNemar's test needs 0 / 1 scores: ``n/a``).
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import numpy as np
 
 from vlekit.ablation.stats import mcnemar_exact, paired_bootstrap
 from vlekit.diagnose.probes import ProbeOutcome
-from vlekit.evaluation.evaluate import CHANCE, bootstrap_interval
+from vlekit.evaluation.evaluate import bootstrap_interval
 from vlekit.tables import METRIC_NAMES, markdown_table, text_table
 
 REFERENCE = "full"
@@ -43,13 +44,14 @@ def probe_row(outcome: ProbeOutcome, reference: ProbeOutcome, *, chance: float, 
         delta_ci, p_bootstrap, p_mcnemar = (0.0, 0.0), 1.0, 1.0
     else:
         delta_ci, p_bootstrap = paired_bootstrap(scores, base, resamples=resamples, seed=seed)
-        p_mcnemar = mcnemar_exact(outcome.outcomes, reference.outcomes)
+        # McNemar needs a right / wrong per question: not VQA's shares (0.3, 0.6, 0.9 for 1-3 matching answers)
+        p_mcnemar = mcnemar_exact(outcome.outcomes, reference.outcomes) if outcome.binary and reference.binary else None
     clash = sorted(set(outcome.details) & set(ROW_KEYS))
     if clash:
         raise ValueError(f"a probe's details reuse the row keys {clash}; name its own figures otherwise")
     return {"accuracy": float(scores.mean()), "ci95": [low, high], "delta": float(scores.mean() - base.mean()),
             "delta_ci95": [float(delta_ci[0]), float(delta_ci[1])], "p_bootstrap": float(p_bootstrap),
-            "p_mcnemar": float(p_mcnemar), "chance": chance, "includes_chance": bool(low <= chance <= high),
+            "p_mcnemar": None if p_mcnemar is None else float(p_mcnemar), "chance": chance, "includes_chance": bool(low <= chance <= high),
             "n": int(len(scores)), **outcome.details}
 
 
@@ -89,12 +91,14 @@ def by_question_type(outcomes: Mapping[str, ProbeOutcome], types: Sequence[str],
 
 def format_p(value: float | None, *, resamples: int | None = None) -> str:
     """A p-value for a table: ``-`` at 1, ``<1/resamples`` for a bootstrap that saw no resample across 0,
-    ``n/a`` for none (McNemar on soft scores)."""
+    ``<1e-300`` for an exact test below what a float holds, ``n/a`` for none (McNemar on soft scores)."""
     if value is None:
         return "n/a"
     if value >= 1.0:
         return "-"
-    return f"<{1 / resamples:.2g}" if value == 0 and resamples else f"{value:.2g}"
+    if value == 0:
+        return f"<{1 / resamples:.2g}" if resamples else "<1e-300"
+    return f"{value:.2g}"
 
 
 def _detail(row: Mapping[str, Any]) -> str:
@@ -136,29 +140,42 @@ def probes_table(result: Mapping[str, Any], *, markdown: bool = False) -> str:
     return text_table(rows, columns, align="lrrrrrrll")
 
 
+def type_kind(result: Mapping[str, Any]) -> str:
+    """What the result's types are: ``question type`` (VCR: the first word) or ``answer type`` (VQA)."""
+    return result.get("type_kind", "question type")
+
+
+def result_chance(result: Mapping[str, Any]) -> float:
+    """The chance level the result's probes were held against (VCR: 1 / C; VQA: the majority answer's)."""
+    return float(result["probes"][REFERENCE]["chance"])
+
+
 def types_table(result: Mapping[str, Any], *, markdown: bool = False) -> str:
-    """Accuracy (%) per question type (rows) and probe (columns)."""
+    """Accuracy (%) per question type (VQA: answer type) (rows) and probe (columns)."""
     types = result.get("by_question_type") or {}
     probes = list(result["probes"])
-    rows = [{"question type": group, "n": entry["n"],
+    kind = type_kind(result)
+    rows = [{kind: group, "n": entry["n"],
              **{name: f"{100 * entry['probes'][name]['accuracy']:.1f}" for name in probes}}
             for group, entry in types.items()]
-    columns = ["question type", "n", *probes]
+    columns = [kind, "n", *probes]
     return markdown_table(rows, columns) if markdown else text_table(rows, columns)
 
 
 def summary_markdown(result: Mapping[str, Any]) -> str:
     """``diagnose.md``: what was tested, the probes table, the per-type table and how to read them."""
     metric = METRIC_NAMES[result["task"]]
-    chance = CHANCE[result["task"]]
+    chance = result_chance(result)
     return "\n".join([
         f"# Does the model look? {metric} run {result['run']}", "",
-        f"{result['n']} questions of {result['annotations']}; chance {100 * chance:g}%.", "",
+        f"{result['n']} questions of {result['annotations']}; "
+        f"{'the majority answer' if result['task'] == 'vqa' else 'chance'} {100 * chance:.3g}%.", "",
         probes_table(result, markdown=True), "",
         "Intervals: 95% percentile bootstrap over questions. `vs full`: the paired difference from the run as "
         "trained, its interval and p-value from a paired bootstrap over questions, and McNemar's exact test "
-        "(choice-permutation: on its first order). `at chance`: the accuracy's interval contains chance.", "",
-        "## Per question type (accuracy %)", "", types_table(result, markdown=True), "",
+        "(choice-permutation: on its first order; n/a on VQA's soft scores). `at chance`: the accuracy's interval "
+        "contains chance (VQA: the majority answer's accuracy).", "",
+        f"## Per {type_kind(result)} (accuracy %)", "", types_table(result, markdown=True), "",
     ])
 
 
@@ -175,7 +192,7 @@ def plot_probes(result: Mapping[str, Any], png: str | Path | None = None):
     positions = np.arange(len(names))[::-1]
     axis.barh(positions, accuracy, xerr=errors, color=colours, capsize=3)
     axis.set_yticks(positions, names)
-    axis.axvline(CHANCE[result["task"]], color="grey", ls="--", lw=1, label="chance")
+    axis.axvline(result_chance(result), color="grey", ls="--", lw=1, label="chance")
     axis.axvline(result["probes"][REFERENCE]["accuracy"], color="C0", ls=":", lw=1, label="full")
     axis.set_xlim(0, 1)
     axis.set_xlabel(f"{METRIC_NAMES[result['task']]} accuracy (95% CI)")
