@@ -140,14 +140,23 @@ class VCRDataset(Dataset):
         return self.records[index], None
 
     def _load(self, index: int) -> dict[str, Any]:
+        example = self.text_example(index)
+        example["pixel_values"] = self.pixels(example)
+        return example
+
+    def text_example(self, index: int) -> dict[str, Any]:
+        """Item ``index`` without its pixels (everything ``VCRPreprocessor.prepare_text`` gives)."""
         record, answer = self._record(index)
         if self._prepared is not None:
-            example = dict(record)
-        else:
-            own = None if self.metadata is None else self.metadata[index // NUM_CHOICES if self.expand_answers else index]
-            example = self.preprocessor.prepare_text(record, answer_index=answer, metadata=own)
+            return dict(record)
+        own = None if self.metadata is None else self.metadata[index // NUM_CHOICES if self.expand_answers else index]
+        return self.preprocessor.prepare_text(record, answer_index=answer, metadata=own)
+
+    def pixels(self, example: Mapping[str, Any]) -> torch.Tensor:
+        """The decoded image of ``example`` (an item's ``text_example``); a failure is an :class:`ImageDecodeError`
+        naming the file (``skip_bad``: the ``VCRFormatError``, which ``__getitem__`` handles)."""
         try:
-            example["pixel_values"] = self.preprocessor.load_pixels(example)
+            return self.preprocessor.load_pixels(example)
         except VCRFormatError as error:
             if self._failed is not None:
                 raise
@@ -156,7 +165,6 @@ class VCRDataset(Dataset):
                 f"`vlekit check-data --decode` finds every such image, and a training run skips them with "
                 f"data.skip_bad=true"
             ) from None
-        return example
 
     def skipped_items(self) -> list[str]:
         """The items replaced because they failed to load (``skip_bad``; every DataLoader worker's so

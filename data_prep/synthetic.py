@@ -131,6 +131,7 @@ def generate_synthetic_vcr(
     questions_per_image: int = 2,
     num_movies: int = 8,
     jpeg_quality: int = 90,
+    frame_scale: int = 1,
 ) -> SyntheticVCR:
     """Write a synthetic VCR-format dataset to ``out_dir`` and return its paths.
 
@@ -143,6 +144,9 @@ def generate_synthetic_vcr(
         questions_per_image: questions asked about each image (VCR asks several per frame).
         num_movies: movie folders per split; each movie has one frame format of `FRAME_SIZES`.
         jpeg_quality: JPEG quality of the frames.
+        frame_scale: each frame drawn as at 1, then enlarged this many times (boxes, polygons and sizes
+            with it): ``8`` gives VCR's 1920-pixel-wide frames, for measuring what decoding costs. The
+            records are the same at every scale.
 
     Returns:
         The `SyntheticVCR` paths.
@@ -156,6 +160,8 @@ def generate_synthetic_vcr(
         )
     if not 1 <= jpeg_quality <= 95:
         raise ValueError(f"jpeg_quality must be in 1..95 (PIL's useful range), got {jpeg_quality}")
+    if isinstance(frame_scale, bool) or not isinstance(frame_scale, int) or not 1 <= frame_scale <= 16:
+        raise ValueError(f"frame_scale must be an int in 1..16 (8: VCR's 1920-pixel-wide frames), got {frame_scale!r}")
 
     root = Path(out_dir)
     images_root = root / "vcr1images"
@@ -169,7 +175,7 @@ def generate_synthetic_vcr(
             lines += _write_image_and_records(
                 rng, split=split, split_id=split_id, image_id=image_id, first_annot=len(lines),
                 num_questions=num_questions, num_movies=num_movies, images_root=images_root,
-                jpeg_quality=jpeg_quality,
+                jpeg_quality=jpeg_quality, frame_scale=frame_scale,
             )
         paths.split(split).write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     return paths
@@ -189,6 +195,7 @@ def _write_image_and_records(
     num_movies: int,
     images_root: Path,
     jpeg_quality: int,
+    frame_scale: int = 1,
 ) -> list[str]:
     """Draw one frame, write it with its metadata, and return its records as JSON lines."""
     movie_id = image_id % num_movies
@@ -202,13 +209,16 @@ def _write_image_and_records(
     draw = ImageDraw.Draw(image)
     segms = [draw_object(draw, obj) for obj in objects]
     (images_root / movie).mkdir(exist_ok=True)
+    k = frame_scale
+    if k > 1:
+        image = image.resize((width * k, height * k), Image.Resampling.BICUBIC)
     image.save(images_root / f"{stem}.jpg", quality=jpeg_quality)
     metadata = {
-        "boxes": [[*obj.box, round(float(rng.uniform(0.9, 1.0)), 4)] for obj in objects],
-        "segms": segms,
+        "boxes": [[*(k * c for c in obj.box), round(float(rng.uniform(0.9, 1.0)), 4)] for obj in objects],
+        "segms": [[[[k * x, k * y] for x, y in polygon] for polygon in parts] for parts in segms],
         "names": [obj.name for obj in objects],
-        "width": width,
-        "height": height,
+        "width": width * k,
+        "height": height * k,
     }
     (images_root / f"{stem}.json").write_text(json.dumps(metadata), encoding="utf-8")
 
@@ -402,13 +412,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="the data is a pure function of the options and the seed")
     parser.add_argument("--questions-per-image", type=int, default=2,
                         help="questions asked about each generated image (default 2)")
+    parser.add_argument("--frame-scale", type=int, default=1,
+                        help="frames enlarged this many times, boxes with them (8: VCR's 1920-pixel-wide frames; "
+                             "default 1)")
 
 
 def run(args: argparse.Namespace) -> int:
     """``vlekit synthetic OUT_DIR [--num-train N] [--num-val N] [--num-test N] [--seed S]``."""
     paths = generate_synthetic_vcr(
         args.out_dir, num_train=args.num_train, num_val=args.num_val, num_test=args.num_test,
-        seed=args.seed, questions_per_image=args.questions_per_image,
+        seed=args.seed, questions_per_image=args.questions_per_image, frame_scale=args.frame_scale,
     )
     print(f"wrote {paths.train}, {paths.val}, {paths.test} and images under {paths.images_root}")
     return 0

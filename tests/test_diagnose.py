@@ -180,6 +180,9 @@ class FakeContext:
     def logits(self, name, *, transform=None, records=None, pixels=True):
         return np.array([[self.rule(record, j) for j in range(NUM_CHOICES)] for record in (records or self.records)])
 
+    def pass_logits(self, name, spec):
+        return self.logits(name, records=spec.records)
+
 
 def test_choice_permutation_tells_a_content_reader_from_a_position_picker(data):
     records = read_vcr(data.val)
@@ -371,6 +374,30 @@ def test_a_model_with_the_blind_vision_encoder_does_not_depend_on_the_pixels(tok
     # Nor on the boxes: every patch token is the same, so is every object token.
     moved = {**batch, "object_patch_mask": batch["object_patch_mask"].roll(5, dims=-1) | batch["object_patch_mask"]}
     torch.testing.assert_close(scores(blind.model, moved), scores(blind.model, batch))
+
+
+# -- passes run together --------------------------------------------------------------------------------------
+def test_every_probes_passes_decode_each_picture_once_and_give_what_passes_one_by_one_give(run, data, monkeypatch):
+    """The 10 model passes of the default probes on the split's own pictures (changed batches, choice orders,
+    names, boxes) share one pass over the images; image-blind decodes none."""
+    from data_prep.preprocess import VCRPreprocessor
+    from vlekit.diagnose.run import build_probes, run_probes
+
+    records = read_vcr(data.val)
+    probes = build_probes(DEFAULT_PROBES, "q2a")
+    decoded = []
+    load_pixels = VCRPreprocessor.load_pixels
+    monkeypatch.setattr(VCRPreprocessor, "load_pixels",
+                        lambda self, record: decoded.append(record["img_fn"]) or load_pixels(self, record))
+    together = DiagnoseContext(run, records, images=data.images_root, batch_size=8, num_workers=0, progress=False)
+    passes = {name: spec for probe in probes for name, spec in probe.passes(together).items()}
+    assert len(passes) == 11 and not passes["image-blind"].pixels
+    run_probes(together, probes, progress=False)
+    assert sorted(decoded) == sorted(r["img_fn"] for r in records)  # each question's picture, once
+    alone = DiagnoseContext(run, records, images=data.images_root, batch_size=8, num_workers=0, progress=False)
+    for name, spec in passes.items():
+        np.testing.assert_allclose(together.pass_logits(name, spec), alone.pass_logits(name, spec), atol=1e-5, err_msg=name)
+    assert len(decoded) == len(records) * (1 + 10)  # one by one: each pass but image-blind decodes them all again
 
 
 # -- end to end ----------------------------------------------------------------------------------------------

@@ -313,12 +313,30 @@ def test_cli_writes_a_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert (tmp_path / "via-vlekit" / "train.jsonl").read_bytes() == (tmp_path / "cli" / "train.jsonl").read_bytes()
 
 
+def test_frame_scale_enlarges_the_frames_and_their_boxes_and_keeps_the_records(tmp_path: Path) -> None:
+    options = dict(num_train=0, num_val=6, num_test=0, seed=3)
+    plain = generate_synthetic_vcr(tmp_path / "plain", **options)
+    large = generate_synthetic_vcr(tmp_path / "large", frame_scale=3, **options)
+    assert large.val.read_bytes() == plain.val.read_bytes()
+    for record in read_jsonl(plain.val):
+        small_meta = json.loads((plain.images_root / record["metadata_fn"]).read_text())
+        large_meta = json.loads((large.images_root / record["metadata_fn"]).read_text())
+        assert (large_meta["width"], large_meta["height"]) == (3 * small_meta["width"], 3 * small_meta["height"])
+        np.testing.assert_allclose(np.array(large_meta["boxes"])[:, :4], 3 * np.array(small_meta["boxes"])[:, :4])
+        assert [b[4] for b in large_meta["boxes"]] == [b[4] for b in small_meta["boxes"]]
+        assert large_meta["segms"][0][0][0] == [3 * c for c in small_meta["segms"][0][0][0]]
+        with Image.open(large.images_root / record["img_fn"]) as image:
+            assert image.size == (large_meta["width"], large_meta["height"])
+
+
 @pytest.mark.parametrize(
     "options, message",
     [
         (dict(num_train=-1), "num_train"),
         (dict(questions_per_image=0), "questions_per_image"),
         (dict(jpeg_quality=100), "jpeg_quality"),
+        (dict(frame_scale=0), "frame_scale"),
+        (dict(frame_scale=1.5), "frame_scale"),
     ],
 )
 def test_bad_options_are_errors(tmp_path: Path, options: dict[str, int], message: str) -> None:

@@ -4,9 +4,11 @@
 examples with their human answers) and how each question is scored, and gives a probe the model's logits on
 the split (or on records the probe changed), each batch changed by the probe's transform, and the score of
 each question's prediction (VCR: 1 / 0; VQA: the official accuracy of the arg-max answer, a share).
-Passes are cached by name, and :meth:`DiagnoseContext.prefetch` runs several batch-level probes in one
-pass over the images (each image decoded once, the model run once per probe). The split's mean image
-(what ``image-blind`` shows instead of each picture) is summed during the first pass over the images.
+Passes are cached by name, and :meth:`DiagnoseContext.prefetch` runs the passes the probes declare
+(``Probe.passes``) together: every pass on the split's own pictures (a changed batch, changed choices or
+names, moved boxes) in one pass over them, each image decoded once and the model run once per pass. The
+split's mean image (what ``image-blind`` shows instead of each picture) is summed during the first pass over
+the images.
 
 Each pass uses a fresh data pipeline of the run (``TrainedModel.preprocessor``), so under
 ``compat="vle"`` every pass names persons as one official pass over the records would.
@@ -25,7 +27,7 @@ from tqdm.auto import tqdm
 from data_prep.constants import VQA_TASK
 from data_prep.dataset import VCRDataset
 from data_prep.preprocess import VCRPreprocessor
-from vlekit.diagnose.probes import LABEL_KEY, Batch
+from vlekit.diagnose.probes import LABEL_KEY, Batch, Pass
 from vlekit.evaluation.evaluate import CHANCE, autocast_dtype
 from vlekit.evaluation.metrics import evaluate_vqa, majority_answer, vqa_accuracy
 from vlekit.model import BATCH_KEYS
@@ -53,6 +55,25 @@ class _TextOnlyDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         return {**self.examples[index], "pixel_values": self.placeholder}
+
+
+class _SharedImages(Dataset):
+    """Item ``i``: question ``i``'s picture, decoded once, with the example of each dataset (each a version of
+    the split's records on the same pictures: other texts, other boxes); batches are one per dataset."""
+
+    def __init__(self, datasets: Sequence[VCRDataset]) -> None:
+        self.datasets = list(datasets)
+
+    def __len__(self) -> int:
+        return len(self.datasets[0])
+
+    def __getitem__(self, index: int) -> list[dict[str, Any]]:
+        examples = [dataset.text_example(index) for dataset in self.datasets]
+        pixels = self.datasets[0].pixels(examples[0])
+        return [{**example, "pixel_values": pixels} for example in examples]
+
+    def collate(self, items: Sequence[Sequence[Mapping[str, Any]]]) -> list[dict[str, torch.Tensor]]:
+        return [dataset.collate([item[k] for item in items]) for k, dataset in enumerate(self.datasets)]
 
 
 class DiagnoseContext:
@@ -127,54 +148,93 @@ class DiagnoseContext:
         ``pixels=False``: no image is decoded (the batch holds zeros: the transform must replace them);
         ``metadata``: per record, ``{"boxes", "width", "height"}`` instead of its metadata file.
         Cached by ``name``: a second call with the same name returns the first pass's logits."""
+        return self.pass_logits(name, Pass(transform=transform, records=records, metadata=metadata, pixels=pixels))
+
+    def pass_logits(self, name: str, spec: Pass) -> np.ndarray:
+        """:meth:`logits` of the pass ``spec`` (run now unless :meth:`prefetch` ran it), cached by ``name``."""
         if name not in self._logits:
-            for what, given in (("records", records), ("metadata", metadata)):
+            self.prefetch({name: spec})
+        return self._logits[name]
+
+    def prefetch(self, passes: Mapping[str, Pass]) -> None:
+        """Run the passes ``{name: spec}`` that still lack logits, sharing the images: every pass that shows
+        the split's own pictures (a changed batch; VCR: changed texts or boxes) runs in one pass over them,
+        each image decoded once, the others (no pixels, other pictures) one by one. The first pass over the
+        split's pictures also sums the mean image."""
+        missing = {name: spec for name, spec in passes.items() if name not in self._logits}
+        for name, spec in missing.items():
+            for what, given in (("records", spec.records), ("metadata", spec.metadata)):
                 if given is not None and len(given) != len(self.records):
                     raise ValueError(f"probe pass {name!r}: {len(given)} {what} for a split of {len(self.records)}; "
                                      f"a probe changes the split's records one for one")
-            self._logits.update(self._pass({name: transform}, records=records, pixels=pixels, metadata=metadata))
-        return self._logits[name]
-
-    def prefetch(self, transforms: Mapping[str, Transform | None]) -> None:
-        """Run the batch-level changes ``{name: transform}`` that still lack logits in one pass over the
-        split's images (decoded once), which also sums the mean image."""
-        missing = {name: fn for name, fn in transforms.items() if name not in self._logits}
-        if missing:
-            self._logits.update(self._pass(missing, records=None, pixels=True))
+        shared = {name: spec for name, spec in missing.items() if spec.pixels and self._own_images(spec.records)}
+        if shared:
+            self._logits.update(self._run(shared))
+        for name, spec in missing.items():
+            if name not in shared:
+                self._logits.update(self._run({name: spec}))
 
     def mean_pixels(self) -> torch.Tensor:
         """The split's mean image ``[3, S, S]`` (mean over its questions of the normalised pixels the
         model takes), from the first pass over the images (one is run if none has been)."""
         if self._mean_pixels is None:
-            self._pass({}, records=None, pixels=True)
+            self._run({})
         assert self._mean_pixels is not None
         return self._mean_pixels
 
     # -- the passes --------------------------------------------------------------------------------------
-    def _pass(self, transforms: Mapping[str, Transform | None], *, records: Sequence[Mapping[str, Any]] | None,
-              pixels: bool, metadata: Sequence[Mapping[str, Any]] | None = None) -> dict[str, np.ndarray]:
-        own_records = records is None
-        records = self.records if records is None else list(records)
-        dataset = self._dataset(records, pixels=pixels, metadata=metadata)
+    def _own_images(self, records: Sequence[Any] | None) -> bool:
+        """Whether ``records`` show the split's own pictures, question for question (VQA: only the split's
+        records themselves; its pipeline reads one list of examples)."""
+        if records is None:
+            return True
+        if self.task == VQA_TASK:
+            return False
+        return all(mine["img_fn"] == theirs["img_fn"] for mine, theirs in zip(self.records, records))
+
+    def _run(self, passes: Mapping[str, Pass]) -> dict[str, np.ndarray]:
+        """One pass over the split: the passes with the same records and boxes share their examples (each changes
+        the batch its own way), and groups of other records or boxes share the decoded images (``prefetch``)."""
+        groups: dict[tuple[int, int], tuple[Pass, dict[str, Transform | None]]] = {}
+        for name, spec in passes.items():
+            key = (id(spec.records), id(spec.metadata))
+            groups.setdefault(key, (spec, {}))[1][name] = spec.transform
+        if not groups:  # no pass: the split's pictures, for the mean image
+            groups[(id(None), id(None))] = (Pass(), {})
+        specs = [spec for spec, _ in groups.values()]
+        pixels = all(spec.pixels for spec in specs)
+        if len(specs) == 1:
+            spec = specs[0]
+            dataset = self._dataset(self.records if spec.records is None else spec.records, pixels=pixels,
+                                    metadata=spec.metadata)
+        else:  # VCR: several texts or boxes on the split's own pictures
+            preprocessor = self.trained.preprocessor(images_root=self.images)
+            dataset = _SharedImages([VCRDataset(self.records if spec.records is None else spec.records, preprocessor,
+                                                metadata=spec.metadata) for spec in specs])
         loader = DataLoader(dataset, batch_size=self.batch_size, collate_fn=dataset.collate,
                             num_workers=self.num_workers if pixels else 0)
-        sum_pixels = pixels and own_records and self._mean_pixels is None
+        sum_pixels = pixels and self._mean_pixels is None and all(self._own_images(spec.records) for spec in specs)
         pixel_sum = None
-        chunks: dict[str, list[torch.Tensor]] = {name: [] for name in transforms}
-        description = "diagnose " + (", ".join(transforms) if transforms else "mean image")
+        chunks: dict[str, list[torch.Tensor]] = {name: [] for name in passes}
+        names = list(passes)
+        description = "diagnose " + (", ".join(names[:4]) + (f" (+{len(names) - 4})" if len(names) > 4 else "")
+                                     if names else "mean image")
         with torch.inference_mode():
-            for batch in tqdm(loader, desc=description, disable=not self.progress, dynamic_ncols=True, leave=False):
-                batch = {key: batch[key].to(self.device, non_blocking=True) for key in self.batch_keys}
+            for collated in tqdm(loader, desc=description, disable=not self.progress, dynamic_ncols=True, leave=False):
+                batches = collated if isinstance(collated, list) else [collated]
+                batches = [{key: batch[key].to(self.device, non_blocking=True) for key in self.batch_keys}
+                           for batch in batches]
                 if sum_pixels:
-                    images = self.model.normalise_pixels(batch["pixel_values"]).float().sum(0)
+                    images = self.model.normalise_pixels(batches[0]["pixel_values"]).float().sum(0)
                     pixel_sum = images if pixel_sum is None else pixel_sum + images
-                for name, transform in transforms.items():
-                    changed = transform(dict(batch)) if transform is not None else batch
-                    with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
-                        logits = self.model(**{key: changed[key] for key in self.batch_keys})["logits"]
-                    chunks[name].append(logits.float().cpu())
+                for batch, (_, transforms) in zip(batches, groups.values()):
+                    for name, transform in transforms.items():
+                        changed = transform(dict(batch)) if transform is not None else batch
+                        with torch.autocast(self.device.type, dtype=self.autocast, enabled=self.autocast is not None):
+                            logits = self.model(**{key: changed[key] for key in self.batch_keys})["logits"]
+                        chunks[name].append(logits.float().cpu())
         if sum_pixels and pixel_sum is not None:
-            self._mean_pixels = pixel_sum / len(records)
+            self._mean_pixels = pixel_sum / len(self.records)
         return {name: torch.cat(parts).numpy() for name, parts in chunks.items()}
 
     def _dataset(self, records: Sequence[Any], *, pixels: bool, metadata: Sequence[Mapping[str, Any]] | None) -> Dataset:

@@ -68,6 +68,18 @@ LABEL_KEY: dict[str, str] = {"q2a": "answer_label", "qa2r": "rationale_label"}
 VCR_TASKS = tuple(LABEL_KEY)
 
 
+@dataclass(frozen=True, eq=False)
+class Pass:
+    """One pass of the run over the split: its records changed one for one (``None``: the split's), their
+    boxes (``metadata``: per record ``{"boxes", "width", "height"}``; ``None``: the metadata files), each
+    batch changed by ``transform``; ``pixels=False``: no image decoded (the transform replaces them)."""
+
+    transform: Callable[[Batch], Batch] | None = None
+    records: Sequence[Any] | None = None
+    metadata: Sequence[Mapping[str, Any]] | None = None
+    pixels: bool = True
+
+
 class ProbeContext(Protocol):
     """What a probe may use (``vlekit.diagnose.context.DiagnoseContext`` implements it)."""
 
@@ -88,6 +100,9 @@ class ProbeContext(Protocol):
         """``[N, C]`` logits of the run on ``records`` (default: the split's), each batch changed by
         ``transform``; ``pixels=False`` skips decoding images (the batch holds zeros); ``metadata``: per
         record, ``{"boxes", "width", "height"}`` instead of its metadata file. Cached by ``name``."""
+
+    def pass_logits(self, name: str, spec: Pass) -> np.ndarray:
+        """:meth:`logits` of the pass ``spec``, cached by ``name`` (run now unless prefetched)."""
 
     def mean_pixels(self) -> torch.Tensor:
         """The split's mean image ``[3, S, S]``, normalised as the model takes it."""
@@ -130,7 +145,9 @@ class ProbeOutcome:
 
 class Probe:
     """A way of putting a trained run to the test. Subclasses override :meth:`transform` (a change of
-    every batch, in the batch contract) or :meth:`run` (anything else: records, several passes, no model).
+    every batch, in the batch contract) or :meth:`run` (anything else: records, several passes, no model);
+    one that runs the model on changed records says so in :meth:`passes`, so that ``vlekit diagnose`` runs
+    every probe's passes together, each image decoded once.
 
     Class attributes: ``uses_model`` (False for a text-only baseline such as ``word-overlap``),
     ``needs_pixels`` (False when the transform replaces the pixels, so images need not be decoded) and
@@ -158,10 +175,17 @@ class Probe:
         with changed tensors replaced, never written in place (other probes read the same batch)."""
         raise NotImplementedError(f"probe {self.name!r} overrides neither transform nor run")
 
+    def passes(self, context: ProbeContext) -> dict[str, Pass]:
+        """The passes :meth:`run` will ask the context for, by name (a batch-level probe: its own), so that
+        they run together with the other probes'. Optional: a pass not declared runs when asked for."""
+        if self.uses_model and self.batch_level:
+            return {self.name: Pass(transform=lambda batch: self.transform(batch, context), pixels=self.needs_pixels)}
+        return {}
+
     def run(self, context: ProbeContext) -> ProbeOutcome:
         """The probe on the split: by default, the model on every batch changed by :meth:`transform`."""
-        logits = context.logits(self.name, transform=lambda batch: self.transform(batch, context),
-                                pixels=self.needs_pixels)
+        logits = context.pass_logits(self.name, self.passes(context)[self.name]) if self.batch_level else \
+            context.logits(self.name, transform=lambda batch: self.transform(batch, context))  # raises: no transform
         return ProbeOutcome(scores=context.score(logits))
 
 
@@ -388,14 +412,21 @@ class QuestionBlind(Probe):
 class ChoicePermutation(Probe):
     """Choices reordered per question (4 orders, each gold position once): position bias, content-following."""
 
+    def _orders(self, context: ProbeContext) -> np.ndarray:
+        return latin_orders(len(context.records), seed=context.seed + self.config.seed)
+
+    def passes(self, context: ProbeContext) -> dict[str, Pass]:
+        return {f"{self.name}/order-{r}": Pass(records=[permute_choices(record, o, task=context.task)
+                                                        for record, o in zip(context.records, order)])
+                for r, order in enumerate(self._orders(context))}
+
     def run(self, context: ProbeContext) -> ProbeOutcome:
-        labels, task = context.labels, context.task
-        orders = latin_orders(len(context.records), seed=context.seed + self.config.seed)
+        labels = context.labels
+        orders = self._orders(context)
         rows = np.arange(len(labels))
         chosen, gold_positions = [], []
-        for r, order in enumerate(orders):
-            permuted = [permute_choices(record, o, task=task) for record, o in zip(context.records, order)]
-            logits = context.logits(f"{self.name}/order-{r}", records=permuted)
+        for order, (name, spec) in zip(orders, self.passes(context).items()):
+            logits = context.pass_logits(name, spec)
             chosen.append(order[rows, logits.argmax(-1)])  # the original choice each prediction points at
             gold_positions.append((order == labels[:, None]).argmax(-1))
         chosen_, positions = np.stack(chosen), np.stack(gold_positions)  # [orders, N]
@@ -411,13 +442,16 @@ class ChoicePermutation(Probe):
 class NameSwap(Probe):
     """Person names changed consistently within each question: the prediction should not change."""
 
-    def run(self, context: ProbeContext) -> ProbeOutcome:
+    def passes(self, context: ProbeContext) -> dict[str, Pass]:
         rng = np.random.default_rng(context.seed + self.config.seed)
         shifts = rng.integers(1, len(PERSON_NAMES), size=len(context.records))
         naming = context.trained.data.get("person_names", "by-query")  # a compat="vle" run: not recorded
-        swapped = [swap_person_names(record, int(s), naming=naming, answer=record.get("answer_label") if context.task == "qa2r" else None)
-                   for record, s in zip(context.records, shifts)]
-        logits = context.logits(self.name, records=swapped)
+        answer = (lambda record: record.get("answer_label")) if context.task == "qa2r" else (lambda record: None)
+        return {self.name: Pass(records=[swap_person_names(record, int(s), naming=naming, answer=answer(record))
+                                         for record, s in zip(context.records, shifts)])}
+
+    def run(self, context: ProbeContext) -> ProbeOutcome:
+        logits = context.pass_logits(self.name, self.passes(context)[self.name])
         full = context.logits("full")
         with_persons = np.array([bool(person_names(r, "by-first-mention")) for r in context.records])  # persons mentioned
         changed = logits.argmax(-1) != full.argmax(-1)
@@ -430,7 +464,8 @@ class NameSwap(Probe):
 class BoxSwap(Probe):
     """Each object's box given to another object of its class: same text and picture, the mention points elsewhere."""
 
-    def run(self, context: ProbeContext) -> ProbeOutcome:
+    def _swapped(self, context: ProbeContext) -> tuple[list[dict[str, Any]], np.ndarray]:
+        """Per record, its boxes swapped (as metadata), and whether an object its texts name moved to other cells."""
         rng = np.random.default_rng(context.seed + self.config.seed)
         config = context.trained.preprocessor(images_root=context.images).config
         metadata, moved = [], []
@@ -442,9 +477,16 @@ class BoxSwap(Probe):
                                patch_size=config.patch_size, geometry=config.geometry) for b in (geometry.boxes, boxes)]
             named = sorted(mentioned_objects(record, task=context.task))
             moved.append(bool(named) and not np.array_equal(cells[0][named], cells[1][named]))
-        logits = context.logits(self.name, metadata=metadata)
+        return metadata, np.array(moved, dtype=bool)
+
+    def passes(self, context: ProbeContext) -> dict[str, Pass]:
+        return {self.name: Pass(metadata=self._swapped(context)[0])}
+
+    def run(self, context: ProbeContext) -> ProbeOutcome:
+        metadata, moved = self._swapped(context)
+        logits = context.pass_logits(self.name, Pass(metadata=metadata))
         full = context.logits("full")
-        rows = np.array(moved, dtype=bool)
+        rows = moved
         right = logits.argmax(-1) == context.labels
         return ProbeOutcome(scores=right.astype(float), details={
             "questions_moved": int(rows.sum()),
@@ -472,7 +514,10 @@ class ImageSwap(Probe):
 
     tasks = (VQA_TASK,)
 
-    def run(self, context: ProbeContext) -> ProbeOutcome:
+    def passes(self, context: ProbeContext) -> dict[str, Pass]:
         rng = np.random.default_rng(context.seed + self.config.seed)
-        logits = context.logits(self.name, records=swap_images(context.records, rng=rng))
+        return {self.name: Pass(records=swap_images(context.records, rng=rng))}
+
+    def run(self, context: ProbeContext) -> ProbeOutcome:
+        logits = context.pass_logits(self.name, self.passes(context)[self.name])
         return ProbeOutcome(scores=context.score(logits))

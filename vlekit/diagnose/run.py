@@ -81,10 +81,9 @@ def build_probes(names: Sequence[str], task: str | None = None) -> list[Probe]:
 
 
 def run_probes(context: DiagnoseContext, probes: Sequence[Probe], *, progress: bool = True) -> dict[str, ProbeOutcome]:
-    """Each probe's outcome on the context's split; the batch-level probes that read the images share one pass."""
-    shared = {probe.name: (lambda batch, probe=probe: probe.transform(batch, context))
-              for probe in probes if probe.uses_model and probe.batch_level and probe.needs_pixels}
-    context.prefetch(shared)
+    """Each probe's outcome on the context's split; the passes the probes declare run together (one pass over the
+    split's pictures for all that show them, each image decoded once)."""
+    context.prefetch({name: spec for probe in probes if probe.uses_model for name, spec in probe.passes(context).items()})
     outcomes = {}
     for probe in probes:
         started = time.perf_counter()
