@@ -354,6 +354,16 @@ def test_question_types_are_first_words_with_small_types_pooled():
     assert question_types(records, min_questions=2) == ["why"] * 3 + ["what"] * 2 + ["other", "other"]
 
 
+def test_a_probe_that_changes_nothing_says_what_it_must_override(context):
+    class Empty(P.Probe):
+        pass
+
+    probe = Empty(config=P.NoOptions())
+    assert not probe.batch_level and probe.passes(context) == {}
+    with pytest.raises(NotImplementedError, match="'Empty' overrides neither transform nor run"):
+        probe.run(context)
+
+
 def test_probes_are_registered_like_components_and_listed(capsys):
     assert set(DEFAULT_PROBES) <= {entry.name for entry in PROBES.entries()}
     assert cli_main(["list", "--kind", "probe"]) == 0

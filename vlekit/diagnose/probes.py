@@ -178,14 +178,15 @@ class Probe:
     def passes(self, context: ProbeContext) -> dict[str, Pass]:
         """The passes :meth:`run` will ask the context for, by name (a batch-level probe: its own), so that
         they run together with the other probes'. Optional: a pass not declared runs when asked for."""
-        if self.uses_model and self.batch_level:
+        if self.batch_level:
             return {self.name: Pass(transform=lambda batch: self.transform(batch, context), pixels=self.needs_pixels)}
         return {}
 
     def run(self, context: ProbeContext) -> ProbeOutcome:
         """The probe on the split: by default, the model on every batch changed by :meth:`transform`."""
-        logits = context.pass_logits(self.name, self.passes(context)[self.name]) if self.batch_level else \
-            context.logits(self.name, transform=lambda batch: self.transform(batch, context))  # raises: no transform
+        if not self.batch_level:
+            raise NotImplementedError(f"probe {self.name!r} overrides neither transform nor run")
+        logits = context.pass_logits(self.name, self.passes(context)[self.name])
         return ProbeOutcome(scores=context.score(logits))
 
 
