@@ -387,12 +387,22 @@ def test_a_model_with_the_blind_vision_encoder_does_not_depend_on_the_pixels(tok
 
 
 # -- passes run together --------------------------------------------------------------------------------------
-def test_every_probes_passes_decode_each_picture_once_and_give_what_passes_one_by_one_give(run, data, monkeypatch):
+@pytest.mark.parametrize("compat", [None, "vle"])
+def test_every_probes_passes_decode_each_picture_once_and_give_what_passes_one_by_one_give(
+        run, data, monkeypatch, compat):
     """The 10 model passes of the default probes on the split's own pictures (changed batches, choice orders,
-    names, boxes) share one pass over the images; image-blind decodes none."""
+    names, boxes) share one pass over the images; image-blind decodes none. compat="vle" (VLE's person-name
+    counter runs on over a pass's records): each pass still names persons as a pass of its own would."""
+    import dataclasses
+
     from data_prep.preprocess import VCRPreprocessor
     from vlekit.diagnose.run import build_probes, run_probes
 
+    if compat is not None:  # the official pipeline's text needs a SentencePiece tokenizer
+        from data_prep.tokenizer import build_sentencepiece_tokenizer
+
+        tokenizer = build_sentencepiece_tokenizer([data.train, data.val])
+        run = dataclasses.replace(tiny_run(tokenizer, folder=data.root), data={"task": "q2a", "compat": compat})
     records = read_vcr(data.val)
     probes = build_probes(DEFAULT_PROBES, "q2a")
     decoded = []

@@ -207,10 +207,11 @@ class DiagnoseContext:
             spec = specs[0]
             dataset = self._dataset(self.records if spec.records is None else spec.records, pixels=pixels,
                                     metadata=spec.metadata)
-        else:  # VCR: several texts or boxes on the split's own pictures
-            preprocessor = self.trained.preprocessor(images_root=self.images)
-            dataset = _SharedImages([VCRDataset(self.records if spec.records is None else spec.records, preprocessor,
-                                                metadata=spec.metadata) for spec in specs])
+        else:  # VCR: several texts or boxes on the split's own pictures; a pipeline each (compat="vle" names persons
+            # by a counter that runs on over the records, as in one official pass over them)
+            dataset = _SharedImages([VCRDataset(self.records if spec.records is None else spec.records,
+                                                self.trained.preprocessor(images_root=self.images), metadata=spec.metadata)
+                                     for spec in specs])
         loader = DataLoader(dataset, batch_size=self.batch_size, collate_fn=dataset.collate,
                             num_workers=self.num_workers if pixels else 0)
         sum_pixels = pixels and self._mean_pixels is None and all(self._own_images(spec.records) for spec in specs)
