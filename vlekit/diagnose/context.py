@@ -27,9 +27,10 @@ from tqdm.auto import tqdm
 from data_prep.constants import VQA_TASK
 from data_prep.dataset import VCRDataset
 from data_prep.preprocess import VCRPreprocessor
-from vlekit.diagnose.probes import LABEL_KEY, Batch, Pass
+from vlekit.diagnose.changes import LABEL_KEY, Batch
+from vlekit.diagnose.probes import Pass
 from vlekit.evaluation.evaluate import CHANCE, autocast_dtype
-from vlekit.evaluation.metrics import evaluate_vqa, majority_answer, vqa_accuracy
+from vlekit.evaluation.metrics import majority_baseline, vqa_accuracy
 from vlekit.model import BATCH_KEYS
 from vlekit.runs.folder import TrainedModel
 
@@ -103,8 +104,7 @@ class DiagnoseContext:
                                  f"probes score accuracy, so give an annotated split (val, not test-dev) with --annotations")
             self.labels = None  # scored by the human answers (score)
             self.answers = list(trained.model.head.config.answers)
-            majority = majority_answer(self.records)
-            self.chance = evaluate_vqa({e.question_id: majority for e in self.records}, self.records).overall / 100
+            self.chance = majority_baseline(self.records)[1].overall / 100
             self.batch_keys = VQA_BATCH_KEYS
         elif self.task in LABEL_KEY:
             label_key = LABEL_KEY[self.task]

@@ -40,7 +40,7 @@ from vlekit.runs.manifest import MANIFEST_FILE, file_sha256
 from vlekit.model import WEIGHTS_FILE
 from vlekit.tables import format_metrics_table
 from vlekit.evaluation.metrics import evaluate_vqa as score_vqa
-from vlekit.evaluation.metrics import majority_answer
+from vlekit.evaluation.metrics import majority_baseline
 from vlekit.evaluation.tasks import VCRTask, task_for
 from vlekit.interfaces import Task
 from vlekit.registry import RegistryError, import_plugins
@@ -343,8 +343,7 @@ def evaluate_vqa_model(
     accuracy = majority = None
     if annotations is not None:
         accuracy = score_vqa(predictions, examples)
-        majority_prediction = majority_answer(examples)
-        baseline = score_vqa({e.question_id: majority_prediction for e in examples}, examples)
+        majority_prediction, baseline = majority_baseline(examples)
         majority = {"answer": majority_prediction, "accuracy": baseline.overall / 100}
         per_question = np.array([accuracy.per_question[e.question_id] for e in examples]) / 100
         metrics[VQA_TASK] = {**_with_bootstrap(per_question, chance=baseline.overall / 100, resamples=resamples),

@@ -22,6 +22,7 @@ __all__ = [
     "VQAAccuracy",
     "evaluate_vqa",
     "majority_answer",
+    "majority_baseline",
     "retrieval_recall",
     "soft_accuracy",
     "vqa_accuracy",
@@ -96,6 +97,13 @@ def majority_answer(examples: Sequence[VQAExample]) -> str:
     if not counts:
         raise ValueError("majority_answer: no annotated examples")
     return counts.most_common(1)[0][0]
+
+
+def majority_baseline(examples: Sequence[VQAExample]) -> tuple[str, VQAAccuracy]:
+    """The majority answer of annotated ``examples`` and its accuracy on them when given to every question:
+    the best any constant answer does on the split, VQA's chance level."""
+    answer = majority_answer(examples)
+    return answer, evaluate_vqa({example.question_id: answer for example in examples}, examples)
 
 
 def soft_accuracy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
