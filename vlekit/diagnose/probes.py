@@ -317,7 +317,11 @@ class BoxSwap(Probe):
     """Each object's box given to another object of its class: same text and picture, the mention points elsewhere."""
 
     def _swapped(self, context: ProbeContext) -> tuple[list[dict[str, Any]], np.ndarray]:
-        """Per record, its boxes swapped (as metadata), and whether an object its texts name moved to other cells."""
+        """Per record, its boxes swapped (as metadata), and whether an object its texts name moved to other cells
+        (worked out once per context: ``passes`` and ``run`` both need it, and it reads every metadata file)."""
+        cached = getattr(self, "_swapped_on", None)
+        if cached is not None and cached[0] is context:
+            return cached[1]
         rng = np.random.default_rng(context.seed + self.config.seed)
         config = context.trained.preprocessor(images_root=context.images).config
         metadata, moved = [], []
@@ -329,7 +333,8 @@ class BoxSwap(Probe):
                                patch_size=config.patch_size, geometry=config.geometry) for b in (geometry.boxes, boxes)]
             named = sorted(mentioned_objects(record, task=context.task))
             moved.append(bool(named) and not np.array_equal(cells[0][named], cells[1][named]))
-        return metadata, np.array(moved, dtype=bool)
+        self._swapped_on = (context, (metadata, np.array(moved, dtype=bool)))
+        return self._swapped_on[1]
 
     def passes(self, context: ProbeContext) -> dict[str, Pass]:
         return {self.name: Pass(metadata=self._swapped(context)[0])}
