@@ -20,6 +20,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import httpx2
+import pytest
 import huggingface_hub
 import torch
 import torch.nn.functional as F
@@ -50,6 +51,24 @@ NO_DROPOUT = [
     "model.text_encoder.hf_config.hidden_dropout_prob=0", "model.text_encoder.hf_config.attention_probs_dropout_prob=0",
     "model.fusion.hidden_dropout_prob=0", "model.fusion.attention_probs_dropout_prob=0",
 ]
+
+
+def nan_loss_from(patch: pytest.MonkeyPatch, step: int) -> None:
+    """From the ``step``-th training forward pass on (1-based; one per step without accumulation) the loss is NaN,
+    as an overflow makes it: backward, gradient clipping and AdamW carry it into every weight."""
+    from vlekit.model import VCRModel
+
+    forward, calls = VCRModel.forward, [0]
+
+    def forward_then_nan(self, **batch):
+        output = forward(self, **batch)
+        if self.training:
+            calls[0] += 1
+            if calls[0] >= step:
+                output["loss"] = output["loss"] * float("nan")
+        return output
+
+    patch.setattr(VCRModel, "forward", forward_then_nan)
 
 
 def final_weights(out: Path) -> dict[str, torch.Tensor]:

@@ -170,3 +170,28 @@ def test_a_grid_folder_holding_another_grids_runs_is_refused_and_a_moved_one_is_
     again = ablation.run_grid(moved, variant, log=lambda _: None)[0]
     assert again.seconds == first.seconds and again.correct == first.correct  # loaded, not trained again
     assert again.folder == str(tmp_path / "moved" / "runs" / "vle" / "seed-0")  # where it is now
+
+
+def test_a_diverging_run_stops_the_grid_naming_it_and_the_finished_runs_are_kept(experiment, tmp_path, monkeypatch,
+                                                                                 capsys):
+    """A variant whose weights turn NaN (its loss NaN from the first step here) stops `vlekit ablate` with exit 1,
+    naming the variant, the seed and what to change; the runs finished before it keep their results."""
+    from helpers import nan_loss_from
+
+    grid = write_grid(tmp_path / "grid.yaml", reference="base", seeds=[0], variants=[
+        {"name": "base"}, {"name": "hot", "changes": {"train.lr": 1.0}}])
+    train = ablation.train
+
+    def train_diverging_when_hot(config, **options):
+        with pytest.MonkeyPatch.context() as patch:
+            if config.train.lr == 1.0:
+                nan_loss_from(patch, 1)
+            return train(config, **options)
+
+    monkeypatch.setattr(ablation, "train", train_diverging_when_hot)
+    out = tmp_path / "out"
+    assert cli_main(["ablate", "--config", str(experiment), "--grid", str(grid), "--out", str(out), "--max-steps", "2"]) == 1
+    error = capsys.readouterr().err
+    assert "vlekit ablate: run hot seed 0: training diverged:" in error
+    assert "lower the variant's learning rate in the grid file and run the grid again" in error
+    assert [r.variant for r in ablation_stats.load_results(out)] == ["base"]

@@ -51,7 +51,8 @@ FSDP2_ENV = {
 # matplotlib and draws curve.png in every process: about 3 s of CPU per process, nothing about FSDP.)
 # VLEKIT_TEST_SIGTERM_AFTER_BATCHES=N: each process sends itself SIGTERM after its N-th micro-batch, so
 # every process sees the signal at the same step and vlekit's SIGTERM handling (finish the step, save
-# a checkpoint, return interrupted) runs as for a real kill.
+# a checkpoint, return interrupted) runs as for a real kill. VLEKIT_TEST_NAN_FROM_BATCH=N with VLEKIT_TEST_NAN_RANK=R:
+# the process of rank R makes its loss NaN from its N-th training micro-batch on (the launcher prints DIVERGED lines).
 LAUNCHER = '''\
 import json, os, signal, sys
 
@@ -91,9 +92,30 @@ if "VLEKIT_TEST_SIGTERM_AFTER_BATCHES" in os.environ:
 
     vlekit.training.train.LogWindow.add = _add_then_sigterm
 
+if "VLEKIT_TEST_NAN_FROM_BATCH" in os.environ and os.environ["RANK"] == os.environ["VLEKIT_TEST_NAN_RANK"]:
+    from vlekit.model import VCRModel
+
+    _forward = VCRModel.forward
+
+    def _forward_then_nan(self, **batch):
+        output = _forward(self, **batch)
+        if self.training:
+            self.test_batches = getattr(self, "test_batches", 0) + 1
+            if self.test_batches >= int(os.environ["VLEKIT_TEST_NAN_FROM_BATCH"]):
+                output["loss"] = output["loss"] * float("nan")
+        return output
+
+    VCRModel.forward = _forward_then_nan
+
 arguments = sys.argv[1:]
 resume = "latest" if arguments[:1] == ["--resume"] else None
-result = vlekit.training.train.train(load_experiment(None, arguments[1:] if resume else arguments), resume=resume, progress=False)
+try:
+    result = vlekit.training.train.train(load_experiment(None, arguments[1:] if resume else arguments), resume=resume,
+                                         progress=False)
+except vlekit.training.train.TrainingDiverged as diverged:
+    sys.stdout.write("DIVERGED " + json.dumps({"rank": int(os.environ["RANK"]), "step": diverged.step,
+                                               "last_finite_step": diverged.last_finite_step}) + "\\n")
+    sys.exit(1)
 sys.stdout.write("RESULT " + json.dumps({"rank": int(os.environ["RANK"]), "global_step": result.global_step,
                                          "interrupted": result.interrupted}) + "\\n")  # one write
 '''
@@ -105,10 +127,10 @@ def synthetic(tmp_path_factory):
 
 
 def launch(launcher: Path, overrides: list[str], *, fsdp: bool, resume: bool = False,
-           sigterm_after: int | None = None) -> subprocess.CompletedProcess:
+           sigterm_after: int | None = None, test_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """``vlekit.training.train.train`` in ``PROCESSES`` CPU processes (torchrun, gloo), FSDP2 or DDP."""
     env = {key: value for key, value in os.environ.items() if not key.startswith(("ACCELERATE_", "FSDP_"))}
-    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **(FSDP2_ENV if fsdp else {}))
+    env.update(OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", **(FSDP2_ENV if fsdp else {}), **(test_env or {}))
     if sigterm_after is not None:
         env["VLEKIT_TEST_SIGTERM_AFTER_BATCHES"] = str(sigterm_after)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(PROCESSES),
@@ -222,3 +244,21 @@ def test_fsdp2_on_two_cpu_processes_resumes_exactly_and_matches_ddp(synthetic, t
     assert [row["answer_pred"] for row in evaluated["fsdp"]["predictions"]] == \
         [row["answer_pred"] for row in evaluated["ddp"]["predictions"]] == scores["ddp"].argmax(-1).tolist()
     assert evaluated["fsdp"]["metrics"]["q2a"]["accuracy"] == evaluated["ddp"]["metrics"]["q2a"]["accuracy"]
+
+
+@pytest.mark.slow
+def test_every_fsdp2_process_stops_at_the_step_the_weights_turn_nan(synthetic, tmp_path):
+    """One process's loss turns NaN from its 3rd micro-batch; the reduce-scatter carries it into every shard. Both
+    processes find it at the same check (their counts of non-finite local shards summed), stop without a hang, and
+    the sharded checkpoint of step 2 stays the newest, its merged weights finite."""
+    launcher = tmp_path / "launch_vlekit.py"
+    launcher.write_text(LAUNCHER)
+    out = tmp_path / "fsdp"
+    run = launch(launcher, [*tiny_overrides(synthetic, out, epochs=2, batch_size=8, save_every_steps=2), *NO_DROPOUT],
+                 fsdp=True, test_env={"VLEKIT_TEST_NAN_FROM_BATCH": "3", "VLEKIT_TEST_NAN_RANK": "1"})
+    assert run.returncode != 0, output(run)
+    stopped = sorted(map(json.loads, re.findall(r"DIVERGED (\{[^{}]*\})", run.stdout)), key=lambda r: r["rank"])
+    assert stopped == [{"rank": rank, "step": 3, "last_finite_step": 2} for rank in range(PROCESSES)], output(run)
+    assert latest_checkpoint(out).name == "step-0000002" and not (out / "model").exists()
+    assert all(bool(torch.isfinite(w).all()) for w in load_trained(out / "checkpoints" / "step-0000002").model.state_dict().values()
+               if w.is_floating_point())

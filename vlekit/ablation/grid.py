@@ -56,6 +56,7 @@ from vlekit.ablation.stats import RESULT_FILE, RunResult, write_summary
 from vlekit.evaluation.evaluate import evaluate
 from vlekit.runs.experiment import ExperimentConfig, apply_changes, experiment_from_dict, flat_options
 from vlekit.runs.folder import RunFolder
+from vlekit.training.monitor import TrainingDiverged
 from vlekit.training.train import train
 
 
@@ -223,7 +224,13 @@ def run_variant(grid: GridConfig, variant: Variant, seed: int, *, data: Syntheti
     if config.data.val_annotations is None:
         raise ValueError(f"run {variant.name} seed {seed}: data.val_annotations is not set; a grid evaluates every run")
     started = time.perf_counter()
-    trained = train(config, progress=progress)
+    try:
+        trained = train(config, progress=progress)
+    except TrainingDiverged as error:
+        raise TrainingDiverged(f"run {variant.name} seed {seed}: {error} The grid's finished runs are kept: lower the "
+                               f"variant's learning rate in the grid file and run the grid again (finished runs are "
+                               f"loaded, not repeated)", step=error.step, last_finite_step=error.last_finite_step,
+                               checkpoint=error.checkpoint) from error
     if trained.model_dir is None:
         raise RuntimeError(f"run {variant.name} seed {seed} was interrupted at step {trained.global_step}")
     task = config.data.task
@@ -336,6 +343,9 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"vlekit ablate: {error}", file=sys.stderr)
         return 2
+    except TrainingDiverged as error:
+        print(f"vlekit ablate: {error}", file=sys.stderr)
+        return 1
     summary = write_summary(results, grid.out, reference=grid.reference, baseline=grid.baseline)
     print("\n" + summary.read_text())
     print(f"written: {summary}, {Path(grid.out) / 'summary.json'}, {Path(grid.out) / 'accuracy.png'} "

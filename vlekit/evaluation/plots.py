@@ -72,6 +72,8 @@ def plot_training_curve(
         if evals:
             accuracy_axis.plot([r["step"] for r in evals], [r["val_accuracy"] for r in evals], "o--", color=colour,
                                label=f"{prefix}val accuracy")
+        for record in (r for r in records if r.get("diverged")):  # vlekit.training.monitor stopped the run there
+            loss_axis.axvline(record["step"], color=colour, ls="-.", lw=1, label=f"{prefix}diverged (weights NaN / inf)")
     loss_axis.set_xlabel("optimizer step")
     loss_axis.set_ylabel(loss_label)
     accuracy_axis.set_ylabel("validation accuracy")

@@ -29,12 +29,13 @@ import json
 import re
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 import yaml
 
 from data_prep.constants import MODEL_DIR, PREPROCESS_FILE, TOKENIZER_DIR, VQA_TASK
@@ -265,7 +266,7 @@ def load_trained(folder: str | Path) -> TrainedModel:
         return _load_checkpoint(Path(folder))
     folder = find_model_dir(folder)
     check_model_folder(folder)
-    model = VCRModel.from_pretrained(folder)
+    model = check_finite(VCRModel.from_pretrained(folder), folder)
     tokenizer = AutoTokenizer.from_pretrained(folder / TOKENIZER_DIR)
     data = _run_options(saved_run_options(read_json_file(folder / PREPROCESS_FILE)), model, where=folder / PREPROCESS_FILE)
     return TrainedModel(folder=folder, model=model, tokenizer=tokenizer, data=data, **_experiment_facts(folder, data["task"]))
@@ -332,9 +333,34 @@ def _load_checkpoint(folder: Path) -> TrainedModel:
         raise ValueError(f"{folder}: the checkpoint's weights do not match its {MODEL_CONFIG_FILE}: missing "
                          f"{missing[:5]}, unexpected {result.unexpected_keys[:5]} (of {len(missing)} and "
                          f"{len(result.unexpected_keys)})")
+    check_finite(model, folder)
     data = _run_options(saved_run_options(read_json_file(folder / PREPROCESS_FILE)), model, where=folder / PREPROCESS_FILE)
     return TrainedModel(folder=folder, model=model.eval(), tokenizer=AutoTokenizer.from_pretrained(folder / TOKENIZER_DIR),
                         data=data, **_experiment_facts(folder, data["task"]))
+
+
+def nonfinite_weights(tensors: Iterable[tuple[str, torch.Tensor]]) -> list[str]:
+    """The names of the tensors holding a NaN or an inf (of an FSDP-sharded parameter: this process's shard)."""
+    bad = []
+    for name, tensor in tensors:
+        local = tensor.to_local() if hasattr(tensor, "to_local") else tensor  # a DTensor: its local shard
+        if local.is_floating_point() and not bool(torch.isfinite(local).all()):
+            bad.append(name)
+    return bad
+
+
+def check_finite(model: VCRModel, folder: Path) -> VCRModel:
+    """``model`` (loaded from ``folder``) if its weights are finite; else an error: the run diverged before
+    they were saved, and every score of the model would be meaningless (argmax of NaN: always choice A)."""
+    bad = nonfinite_weights(model.named_parameters())
+    if bad:
+        run = folder.parent.parent if is_checkpoint(folder) else folder.parent if folder.name in (MODEL_DIR, BEST_DIR) else folder
+        raise ValueError(
+            f"{folder}: {len(bad)} weight tensors hold NaN or inf values (e.g. {', '.join(bad[:3])}): the run "
+            f"diverged before they were saved, and any score of them would be meaningless. Load a checkpoint "
+            f"saved before it (under {run / CHECKPOINTS_DIR}; `vlekit runs {run}` shows the run), or train again "
+            f"with a lower learning rate")
+    return model
 
 
 def check_model_folder(folder: Path) -> None:

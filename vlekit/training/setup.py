@@ -176,3 +176,23 @@ def linear_warmup_decay(optimizer: torch.optim.Optimizer, *, total_steps: int, w
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def planned_hyperparameters(optimizer: torch.optim.Optimizer) -> list[dict[str, float]]:
+    """Each parameter group's peak learning rate and weight decay as this run's config sets them (read after
+    the scheduler is made, before a checkpoint is loaded): :func:`apply_planned_hyperparameters` puts them back."""
+    return [{"initial_lr": group["initial_lr"], "weight_decay": group["weight_decay"]} for group in optimizer.param_groups]
+
+
+def apply_planned_hyperparameters(optimizer: torch.optim.Optimizer, scheduler: Any, planned: list[dict[str, float]]) -> None:
+    """After a resume: the config's learning rates and weight decay instead of those the checkpoint's optimizer and
+    scheduler state carried (``--allow-changes train.lr=...`` would otherwise change nothing), the rate of the
+    current step set from the (possibly new) schedule. Unchanged options leave everything as loaded."""
+    scheduler = getattr(scheduler, "scheduler", scheduler)  # Accelerate's wrapper
+    for group, plan in zip(optimizer.param_groups, planned, strict=True):
+        group.update(plan)
+    scheduler.base_lrs = [plan["initial_lr"] for plan in planned]
+    rates = [base * factor(scheduler.last_epoch) for base, factor in zip(scheduler.base_lrs, scheduler.lr_lambdas)]
+    for group, rate in zip(optimizer.param_groups, rates):
+        group["lr"] = rate
+    scheduler._last_lr = rates

@@ -5,7 +5,7 @@ Run folder layout (everything needed to reproduce, resume and evaluate; defined 
 
     OUT/config.yaml              resolved experiment config
     OUT/tokenizer/               the tokenizer used (built from the data when tokenizer=auto)
-    OUT/metrics.jsonl            one JSON object per log step (loss, the lr the step used, processes) and per evaluation
+    OUT/metrics.jsonl            one JSON object per log step (loss, the lr the step used, processes), per evaluation, and a last one if it diverged
     OUT/checkpoints/step-N/      accelerate state (model, optimizer, scheduler, RNG) + trainer_state.json
     OUT/model/                   final model (vlekit_config.json, model.safetensors, tokenizer/, data.json, manifest.json)
     OUT/.lock                    the PID and host of the process training in OUT (vlekit.runs.lock)
@@ -19,6 +19,7 @@ save, never leaves a half-written ``step-N``. ``--resume`` restores the newest c
 continues to the same result as an uninterrupted run. SIGINT / SIGTERM (to the main process or to the
 whole process group, as clusters send them) finish the current step, save, and exit with 130 / 143.
 An OUT that holds another run is refused unless ``--resume`` or ``--overwrite`` (``vlekit.runs.lock``).
+Weights that turn NaN or inf stop the run before anything of them is saved (``vlekit.training.monitor``).
 """
 from __future__ import annotations
 
@@ -30,8 +31,7 @@ import math
 import shutil
 import signal
 import sys
-import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,7 +57,11 @@ from vlekit.runs.folder import (
     BEST_DIR, EXPERIMENT_FILE, METRICS_FILE, MODEL_DIR, SELECTION_FILE, RunFolder, write_model_companions,
 )
 from vlekit.runs.lock import claim_run_folder
-from vlekit.training.setup import build_run_model, linear_warmup_decay, load_or_build_tokenizer, make_optimizer, resolve_mixed_precision
+from vlekit.training.monitor import DivergenceGuard, LogWindow, MetricsLog, TrainingDiverged
+from vlekit.training.setup import (
+    apply_planned_hyperparameters, build_run_model, linear_warmup_decay, load_or_build_tokenizer, make_optimizer,
+    planned_hyperparameters, resolve_mixed_precision,
+)
 from vlekit.training.stopping import StopRequested, ignore_stop_signals
 from vlekit.training.tracking import TRACKING_DIR, check_trackers, flat_hyperparameters, tracked_scalars
 
@@ -96,80 +100,6 @@ def save_final_model(model: VCRModel, tokenizer, config: ExperimentConfig, folde
         (tmp / SELECTION_FILE).write_text(json.dumps(selection, indent=1))
     write_manifest(tmp)
     return replace_folder(tmp, folder)
-
-
-class LogWindow:
-    """Loss, questions/s and data-loading share since the last log line; the loss stays on the
-    device between log lines, so the training step never waits on the host."""
-
-    def __init__(self, accelerator: Accelerator) -> None:
-        self.accelerator = accelerator
-        self.loss = torch.zeros((), device=accelerator.device)
-        self._reset()
-
-    def _reset(self) -> None:
-        self.loss.zero_()
-        self.batches, self.questions, self.data_time, self.start = 0, 0, 0.0, time.perf_counter()
-
-    def timed(self, loader: Iterable[Any]) -> Iterator[Any]:
-        """Iterate ``loader``, adding the time spent waiting for each batch to the data time."""
-        iterator = iter(loader)
-        while True:
-            fetch = time.perf_counter()
-            try:
-                batch = next(iterator)
-            except StopIteration:
-                return
-            self.data_time += time.perf_counter() - fetch
-            yield batch
-
-    def add(self, loss: torch.Tensor, *, questions: int) -> None:
-        self.loss += loss.detach()
-        self.batches += 1
-        self.questions += questions * self.accelerator.num_processes
-
-    def flush(self, **fields: Any) -> dict[str, Any]:
-        elapsed = time.perf_counter() - self.start
-        loss = self.accelerator.reduce(self.loss.clone(), reduction="mean").item() / max(1, self.batches)
-        record = {**fields, "loss": loss, "questions_per_s": self.questions / elapsed,
-                  "data_time_fraction": self.data_time / elapsed}
-        if self.accelerator.device.type == "cuda":  # since the run started (this process's GPU)
-            record["peak_memory_gib"] = torch.cuda.max_memory_allocated(self.accelerator.device) / 2**30
-        self._reset()
-        return record
-
-
-class MetricsLog:
-    """Appends JSON lines to ``metrics.jsonl`` (main process only)."""
-
-    def __init__(self, path: Path, *, enabled: bool) -> None:
-        self.path, self.enabled = path, enabled
-
-    def write(self, **record: Any) -> None:
-        if self.enabled:
-            with self.path.open("a") as handle:
-                handle.write(json.dumps(record) + "\n")
-
-    def rewind(self, state: TrainerState) -> None:
-        """Keep only what happened up to ``state`` (the checkpoint a run resumes from): the lines of
-        the steps a killed run did after its last checkpoint are logged again by the resumed one."""
-        if not (self.enabled and self.path.is_file()):
-            return
-        if state.global_step == 0:  # a fresh start: nothing before it belongs to this run
-            self.path.unlink()
-            return
-        kept = []
-        for line in self.path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:  # a line cut short by the kill
-                continue
-            if "val_accuracy" in record:
-                if record["epoch"] <= state.epoch:
-                    kept.append(line)
-            elif record.get("step", 0) <= state.global_step:
-                kept.append(line)
-        self.path.write_text("".join(line + "\n" for line in kept))
 
 
 # -- the loop -------------------------------------------------------------------------------------
@@ -223,8 +153,12 @@ def train(config: ExperimentConfig, *, resume: str | None = None, overwrite: boo
         if accelerator.is_main_process else contextlib.nullcontext()
     accelerator.wait_for_everyone()
     with lock:
-        return _train(config, accelerator, micro=micro, trackers=trackers, resume=resume, progress=progress,
-                      allow_changes=allow_changes)
+        try:
+            return _train(config, accelerator, micro=micro, trackers=trackers, resume=resume, progress=progress,
+                          allow_changes=allow_changes)
+        except TrainingDiverged:
+            accelerator.end_training()  # the trackers keep what was logged up to the divergence
+            raise
 
 
 def _train(config: ExperimentConfig, accelerator: Accelerator, *, micro: int, trackers: list[str],
@@ -287,17 +221,22 @@ def _train(config: ExperimentConfig, accelerator: Accelerator, *, micro: int, tr
     optimizer = make_optimizer(model, config)
     counts = parameter_counts(model)  # what the adaptation leaves trainable, recorded below
     scheduler = linear_warmup_decay(optimizer, total_steps=total_steps, warmup_ratio=train_cfg.warmup_ratio)
+    planned = planned_hyperparameters(optimizer)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     if val_loader is not None:
         val_loader = accelerator.prepare(val_loader)
 
     state = TrainerState()
+    log = MetricsLog(out / METRICS_FILE, enabled=accelerator.is_main_process)
+    guard = DivergenceGuard(accelerator, model, out, log=log, mixed_precision=accelerator.mixed_precision,
+                            peak_lr=train_cfg.lr)
     if checkpoint is not None:
         accelerator.load_state(str(checkpoint))
+        apply_planned_hyperparameters(optimizer, scheduler, planned)  # --allow-changes train.lr=... takes effect
         state = TrainerState(**json.loads((checkpoint / STATE_FILE).read_text()))
         accelerator.print(f"resumed from {checkpoint} (step {state.global_step}, epoch {state.epoch})")
+        guard.check(state.global_step, lr=None, resumed_from=checkpoint)
 
-    log = MetricsLog(out / METRICS_FILE, enabled=accelerator.is_main_process)
     if trackers:
         accelerator.init_trackers(out.name, config=flat_hyperparameters(config),
                                   init_kwargs={"wandb": {"dir": str(out / TRACKING_DIR)}})
@@ -312,7 +251,12 @@ def _train(config: ExperimentConfig, accelerator: Accelerator, *, micro: int, tr
     interrupted, val_accuracy = False, None
     window = LogWindow(accelerator)
 
+    def save() -> None:  # a checkpoint of weights found finite
+        guard.check(state.global_step, lr=scheduler.get_last_lr()[0])
+        save_checkpoint(accelerator, out, state, config, model=accelerator.unwrap_model(model), tokenizer=tokenizer)
+
     def evaluate_now() -> float:
+        guard.check(state.global_step, lr=scheduler.get_last_lr()[0])  # NaN weights score chance and are not the best
         accuracy = accuracy_on(model, val_loader, accelerator, score=task.score)
         log.write(step=state.global_step, epoch=state.epoch, val_accuracy=accuracy)
         accelerator.log(tracked_scalars({"val_accuracy": accuracy}), step=state.global_step)
@@ -358,9 +302,11 @@ def _train(config: ExperimentConfig, accelerator: Accelerator, *, micro: int, tr
                                           lr=step_lr, processes=accelerator.num_processes)
                     log.write(**record)
                     accelerator.log(tracked_scalars(record), step=state.global_step)
+                    guard.note(record)
+                    guard.check(state.global_step, lr=step_lr)
                     bar.set_postfix(loss=f"{record['loss']:.3f}", qps=f"{record['questions_per_s']:.1f}")
                 if train_cfg.save_every_steps and state.global_step % train_cfg.save_every_steps == 0:
-                    save_checkpoint(accelerator, out, state, config, model=accelerator.unwrap_model(model), tokenizer=tokenizer)
+                    save()
                 if stop.agreed(accelerator, at_log_step=state.global_step % train_cfg.log_every_steps == 0):
                     interrupted = True
                     break
@@ -378,7 +324,7 @@ def _train(config: ExperimentConfig, accelerator: Accelerator, *, micro: int, tr
     skipped = skipped_items_summary(dataset, val_set)  # data.skip_bad: images the workers could not decode
     if skipped:
         accelerator.print(skipped)
-    save_checkpoint(accelerator, out, state, config, model=accelerator.unwrap_model(model), tokenizer=tokenizer)
+    save()
     model_dir = None
     if not interrupted:
         weights = accelerator.get_state_dict(model)  # every process takes part: FSDP gathers its shards here
@@ -475,6 +421,14 @@ def run(args: argparse.Namespace) -> int:
                        allow_changes=args.allow_changes)
     except CheckpointSpaceError as error:
         print(f"vlekit train: {error}\n  resume with: {resume_command}", file=sys.stderr)
+        return 1
+    except TrainingDiverged as error:
+        if PartialState().is_main_process:
+            from vlekit.evaluation.plots import save_training_curve
+
+            curve = save_training_curve(RunFolder(Path(config.train.out)), title=f"{config.data.task} training (diverged)",
+                                        task=config.data.task)
+            print(f"vlekit train: {error}\n  the training curve up to it: {curve}", file=sys.stderr)
         return 1
     except (ValueError, FileNotFoundError) as error:  # the options did not fit the data, the processes, the run folder or the checkpoint
         print(f"vlekit train: {error}", file=sys.stderr)

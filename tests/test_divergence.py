@@ -1,0 +1,178 @@
+"""A run whose weights turn NaN stops before saving them, keeps its good checkpoints, and says how to go on;
+a resume with a new learning rate uses it; a model or checkpoint holding NaN weights is refused.
+
+The divergence is made as it happens: from some training step on the loss is NaN (what an overflow gives), and
+backward, gradient clipping and AdamW carry it into every weight; nothing else of the loop is touched.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate import Accelerator
+from helpers import SMALL_IMAGES, final_weights, metric_rows, nan_loss_from, tiny_overrides
+from safetensors.torch import load_file, save_file
+
+from data_prep.synthetic import generate_synthetic_vcr
+from vlekit.cli import main
+from vlekit.evaluation.plots import plot_training_curve
+from vlekit.runs.experiment import load_experiment
+from vlekit.runs.folder import checkpoint_dirs, checkpoint_state_dict, load_trained
+from vlekit.runs.manifest import write_manifest
+from vlekit.training.monitor import LogWindow, TrainingDiverged
+from vlekit.training.train import train
+
+STEPS_PER_EPOCH = 4  # 32 training questions, batch 8
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return generate_synthetic_vcr(tmp_path_factory.mktemp("data"), num_train=32, num_val=8, num_test=4, seed=3)
+
+
+def scheduled_lr(peak: float, step: int, *, total: int = 8, warmup_ratio: float = 0.1) -> float:
+    """The rate the (1-based) ``step`` trains at: vlekit.training.setup.linear_warmup_decay's schedule."""
+    warmup, index = max(1, round(total * warmup_ratio)), step - 1
+    return peak * ((index + 1) / warmup if index < warmup else (total - index) / (total - warmup))
+
+
+def all_finite(weights: dict[str, torch.Tensor]) -> bool:
+    return all(bool(torch.isfinite(w).all()) for w in weights.values() if w.is_floating_point())
+
+
+@pytest.mark.parametrize("log_every, save_every, poisoned, stopped, last_finite", [
+    (1, 4, 6, 6, 5),  # caught at the log step after the first NaN step
+    (100, 2, 5, 6, 4),  # no log step in between: caught before the checkpoint of step 6
+])
+def test_a_diverging_run_stops_before_saving_nan_weights(data, tmp_path, monkeypatch, log_every, save_every, poisoned,
+                                                         stopped, last_finite):
+    out = tmp_path / "run"
+    config = load_experiment(None, [*tiny_overrides(data, out, epochs=3, log_every_steps=log_every,
+                                                    save_every_steps=save_every, keep=1), SMALL_IMAGES])
+    nan_loss_from(monkeypatch, poisoned)
+    with pytest.raises(TrainingDiverged, match=rf"became NaN or inf between step {last_finite} .* and step {stopped} "
+                                               r"\(learning rate .* of train.lr 0.001\)") as raised:
+        train(config, progress=False)
+    good = out / "checkpoints" / f"step-{4:07d}"
+    assert (raised.value.step, raised.value.last_finite_step, raised.value.checkpoint) == (stopped, last_finite, good)
+    # keep=1 still holds the checkpoint of step 4: no NaN checkpoint was saved to push it out.
+    assert checkpoint_dirs(out) == [good] and all_finite(checkpoint_state_dict(good))
+    assert not (out / "model").exists()
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1] == {"step": stopped, "diverged": True, "nonfinite_weights": records[-1]["nonfinite_weights"],
+                           "last_finite_step": last_finite}
+    assert records[-1]["nonfinite_weights"] > 0
+    # The validation after epoch 1 (step 4) ran on finite weights; none ran on NaN ones.
+    assert [r["step"] for r in records if "val_accuracy" in r] == [4]
+    losses = [r for r in records if "loss" in r]
+    assert all(r["loss"] == r["loss"] for r in losses if r["step"] < poisoned)  # finite before
+    if log_every == 1:
+        assert losses[-1]["step"] == stopped and losses[-1]["nonfinite_losses"] == 1
+        assert "1 training losses were NaN / inf meanwhile" in str(raised.value)
+
+
+def test_the_command_line_says_how_to_go_on_and_that_command_finishes_the_run(data, tmp_path, monkeypatch, capsys):
+    """`vlekit train` exits 1 with the message and the curve up to the divergence; the command it prints, run
+    as printed, resumes from the good checkpoint with a tenth of the learning rate and writes model/."""
+    out = tmp_path / "run"
+    overrides = [*tiny_overrides(data, out, epochs=2, save_every_steps=2, keep=0), SMALL_IMAGES]
+    with monkeypatch.context() as patch:
+        nan_loss_from(patch, 4)
+        assert main(["train", "--no-progress", *overrides]) == 1
+    error = capsys.readouterr().err
+    assert f"the training curve up to it: {out / 'curve.png'}" in error and (out / "curve.png").is_file()
+    command = re.search(r"\((vlekit train --config \S+ --resume-from \S+ --allow-changes train.lr=0.0001);", error)
+    assert command, error
+    arguments = shlex.split(command.group(1))
+    assert arguments[arguments.index("--resume-from") + 1] == str(out / "checkpoints" / "step-0000002")
+
+    assert main([*arguments[1:], "--no-progress"]) == 0
+    assert all_finite(final_weights(out))
+    rows = metric_rows(out)
+    assert [r["step"] for r in rows] == list(range(1, 9))  # the NaN steps 3 and 4 are logged again
+    # linear decay from the new peak (no warm-up left to do at step 3 of 8): the new rate from the first step on
+    assert load_experiment(out / "config.yaml").train.lr == pytest.approx(1e-4)
+    assert [r["lr"] for r in rows] == pytest.approx([scheduled_lr(1e-3, step) for step in (1, 2)] +
+                                                    [scheduled_lr(1e-4, step) for step in range(3, 9)])
+
+
+def test_a_resume_with_a_new_learning_rate_trains_at_that_rate(data, tmp_path):
+    """--allow-changes train.lr / train.weight_decay used to be reported and then ignored: the optimizer and the
+    scheduler state of the checkpoint carried the old rates. The resumed steps follow the new schedule."""
+    out = tmp_path / "run"
+    overrides = [*tiny_overrides(data, out, epochs=2, save_every_steps=2, keep=0, warmup_ratio=0), SMALL_IMAGES]
+    train(load_experiment(None, overrides), progress=False)
+    before = [r["lr"] for r in metric_rows(out)]
+    assert before == pytest.approx([scheduled_lr(1e-3, step, warmup_ratio=0) for step in range(1, 9)])
+
+    checkpoint = out / "checkpoints" / "step-0000004"
+    result = train(load_experiment(None, [*overrides, "train.lr=1e-5", "train.weight_decay=0.5"]),
+                   resume=str(checkpoint), allow_changes=True, progress=False)
+    assert result.global_step == 8
+    after = [r["lr"] for r in metric_rows(out)]
+    assert after[:4] == before[:4]
+    assert after[4:] == pytest.approx([scheduled_lr(1e-5, step, warmup_ratio=0) for step in range(5, 9)])
+    # the new weight decay was used too: the checkpoint of step 8 carries it in every decayed group
+    optimizer = torch.load(out / "checkpoints" / "step-0000008" / "optimizer.bin", weights_only=True)
+    assert {group["weight_decay"] for group in optimizer["param_groups"]} == {0.0, 0.5}
+
+
+def poison_weights(file: Path) -> str:
+    """Put a NaN into the first floating tensor of a safetensors file; its name."""
+    weights = load_file(str(file))
+    name = next(key for key, value in weights.items() if value.is_floating_point())
+    weights[name] = weights[name].clone()
+    weights[name].view(-1)[0] = float("nan")
+    save_file(weights, str(file), metadata={"format": "pt"})
+    return name
+
+
+def test_a_model_or_checkpoint_holding_nan_weights_is_refused(trained_run, tmp_path, capsys):
+    """What an older vlekit saved of a diverged run: loading it for evaluation fails naming the tensor (its scores
+    would be those of always answering A), and a resume from such a checkpoint stops before training on it."""
+    run = tmp_path / "run"
+    shutil.copytree(trained_run.q2a, run)
+    name = poison_weights(run / "model" / "model.safetensors")
+    write_manifest(run / "model")
+    with pytest.raises(ValueError, match=rf"1 weight tensors hold NaN or inf values \(e.g. {re.escape(name)}\): the run "
+                                         rf"diverged .* \(under {re.escape(str(run / 'checkpoints'))}"):
+        load_trained(run)
+    assert main(["eval", "--checkpoint", str(run), "--annotations", str(trained_run.data.val), "--images",
+                 str(trained_run.data.images_root), "--out", str(tmp_path / "eval")]) == 2
+    assert "hold NaN or inf values" in capsys.readouterr().err
+
+    checkpoint = checkpoint_dirs(run)[-1]
+    poison_weights(checkpoint / "model.safetensors")
+    write_manifest(checkpoint)
+    with pytest.raises(ValueError, match="hold NaN or inf"):
+        load_trained(checkpoint)
+    config = load_experiment(run / "config.yaml", ["train.epochs=2", f"train.out={run}"])
+    with pytest.raises(TrainingDiverged, match=rf"{re.escape(str(checkpoint))} holds NaN or inf in 1 trainable weight "
+                                               r"tensors .* Resume from an earlier one"):
+        train(config, resume=str(checkpoint), allow_changes=True, progress=False)
+
+
+def test_the_log_window_averages_the_finite_losses_and_counts_the_others():
+    window = LogWindow(Accelerator(cpu=True))
+    for loss in (1.0, float("nan"), 3.0, float("inf")):
+        window.add(torch.tensor(loss), questions=8)
+    record = window.flush(step=4)
+    assert (record["loss"], record["nonfinite_losses"]) == (2.0, 2)
+    window.add(torch.tensor(float("nan")), questions=8)
+    assert window.flush(step=5)["loss"] != window.flush(step=5)["loss"]  # NaN: no finite loss in the window
+    window.add(torch.tensor(0.5), questions=8)
+    assert "nonfinite_losses" not in window.flush(step=6)
+
+
+def test_the_curve_marks_where_the_run_diverged(tmp_path):
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"step": 1, "loss": 1.4}, {"step": 2, "loss": 1.3}, {"step": 3, "diverged": True, "nonfinite_weights": 9}]))
+    figure = plot_training_curve(metrics)
+    labels = [line.get_label() for line in figure.axes[0].get_lines()]
+    assert labels == ["train loss", "diverged (weights NaN / inf)"]

@@ -1,0 +1,166 @@
+"""What the training loop logs and watches: the log window (loss, questions/s, data time), ``metrics.jsonl``,
+and divergence: weights that became NaN or inf stop the run before anything of them is saved.
+
+A learning rate too high for the model, or fp16 overflowing, turns the weights into NaN in one step; the
+loop would go on, validate at chance (every prediction choice A), overwrite its good checkpoints with NaN
+ones and write a ``model/`` that scores nothing. :class:`DivergenceGuard` checks the trainable weights at
+every log step and before every save (one host synchronisation each time, never per step), and raises
+:class:`TrainingDiverged` naming the steps, the learning rate and the newest checkpoint saved before,
+with the command that goes on from it at a lower rate.
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+
+from vlekit.runs.folder import EXPERIMENT_FILE, latest_checkpoint, nonfinite_weights
+from vlekit.training.checkpoints import TrainerState
+
+
+class LogWindow:
+    """Loss, questions/s and data-loading share since the last log line; the loss stays on the
+    device between log lines, so the training step never waits on the host. A non-finite loss (fp16
+    loss scaling skips such steps) is counted, not averaged in."""
+
+    def __init__(self, accelerator: Accelerator) -> None:
+        self.accelerator = accelerator
+        self.totals = torch.zeros(2, device=accelerator.device)  # sum of the finite losses, non-finite losses
+        self._reset()
+
+    def _reset(self) -> None:
+        self.totals.zero_()
+        self.batches, self.questions, self.data_time, self.start = 0, 0, 0.0, time.perf_counter()
+
+    def timed(self, loader: Iterable[Any]) -> Iterator[Any]:
+        """Iterate ``loader``, adding the time spent waiting for each batch to the data time."""
+        iterator = iter(loader)
+        while True:
+            fetch = time.perf_counter()
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                return
+            self.data_time += time.perf_counter() - fetch
+            yield batch
+
+    def add(self, loss: torch.Tensor, *, questions: int) -> None:
+        loss = loss.detach().float()
+        finite = torch.isfinite(loss)
+        self.totals += torch.stack([torch.where(finite, loss, 0.0), (~finite).float()])
+        self.batches += 1
+        self.questions += questions * self.accelerator.num_processes
+
+    def flush(self, **fields: Any) -> dict[str, Any]:
+        """The window's record (``loss``: the mean of its finite losses over every process; NaN when none
+        was; ``nonfinite_losses`` when some were not), and a new window."""
+        elapsed = time.perf_counter() - self.start
+        loss_sum, nonfinite = self.accelerator.reduce(self.totals.clone(), reduction="sum").tolist()
+        finite = self.batches * self.accelerator.num_processes - nonfinite
+        record = {**fields, "loss": loss_sum / finite if finite else float("nan"),
+                  "questions_per_s": self.questions / elapsed, "data_time_fraction": self.data_time / elapsed}
+        if nonfinite:
+            record["nonfinite_losses"] = int(nonfinite)
+        if self.accelerator.device.type == "cuda":  # since the run started (this process's GPU)
+            record["peak_memory_gib"] = torch.cuda.max_memory_allocated(self.accelerator.device) / 2**30
+        self._reset()
+        return record
+
+
+class MetricsLog:
+    """Appends JSON lines to ``metrics.jsonl`` (main process only)."""
+
+    def __init__(self, path: Path, *, enabled: bool) -> None:
+        self.path, self.enabled = path, enabled
+
+    def write(self, **record: Any) -> None:
+        if self.enabled:
+            with self.path.open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+    def rewind(self, state: TrainerState) -> None:
+        """Keep only what happened up to ``state`` (the checkpoint a run resumes from): the lines of
+        the steps a killed run did after its last checkpoint are logged again by the resumed one."""
+        if not (self.enabled and self.path.is_file()):
+            return
+        if state.global_step == 0:  # a fresh start: nothing before it belongs to this run
+            self.path.unlink()
+            return
+        kept = []
+        for line in self.path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:  # a line cut short by the kill
+                continue
+            if "val_accuracy" in record:
+                if record["epoch"] <= state.epoch:
+                    kept.append(line)
+            elif record.get("step", 0) <= state.global_step:
+                kept.append(line)
+        self.path.write_text("".join(line + "\n" for line in kept))
+
+
+class TrainingDiverged(RuntimeError):
+    """The weights became NaN or inf; nothing was saved after the last step they were checked finite."""
+
+    def __init__(self, message: str, *, step: int, last_finite_step: int | None, checkpoint: Path | None) -> None:
+        super().__init__(message)
+        self.step, self.last_finite_step, self.checkpoint = step, last_finite_step, checkpoint
+
+
+class DivergenceGuard:
+    """Checks that the trainable weights are finite on every process (one reduction, at log steps and before
+    saves); raises :class:`TrainingDiverged` when they are not, after writing a ``diverged`` line to the log."""
+
+    def __init__(self, accelerator: Accelerator, model: torch.nn.Module, out: Path, *, log: MetricsLog,
+                 mixed_precision: str, peak_lr: float) -> None:
+        self.accelerator, self.model, self.out, self.log = accelerator, model, out, log
+        self.mixed_precision, self.peak_lr = mixed_precision, peak_lr
+        self.last_finite_step: int | None = None
+        self.nonfinite_losses = 0  # since the last check
+
+    def note(self, record: dict[str, Any]) -> None:
+        """Count the non-finite losses of a log window (``LogWindow.flush``'s record)."""
+        self.nonfinite_losses += record.get("nonfinite_losses", 0)
+
+    def check(self, step: int, *, lr: float | None, resumed_from: Path | None = None) -> None:
+        """Raise :class:`TrainingDiverged` if a trainable weight is NaN or inf at ``step`` (``resumed_from``:
+        the weights were just loaded from this checkpoint)."""
+        if self.last_finite_step == step:
+            return
+        bad = nonfinite_weights((name, p) for name, p in self.model.named_parameters() if p.requires_grad)
+        count = int(self.accelerator.reduce(torch.tensor(float(len(bad)), device=self.accelerator.device),
+                                            reduction="sum").item())
+        if count == 0:
+            self.last_finite_step, self.nonfinite_losses = step, 0
+            return
+        self.log.write(step=step, diverged=True, nonfinite_weights=count, last_finite_step=self.last_finite_step)
+        shown = ", ".join(bad[:3]) + (", ..." if len(bad) > 3 else "")
+        config, lower = self.out / EXPERIMENT_FILE, f"train.lr={self.peak_lr / 10:g}"
+        if resumed_from is not None:  # saved by a vlekit that did not check, or edited
+            raise TrainingDiverged(
+                f"{resumed_from} holds NaN or inf in {count} trainable weight tensors (e.g. {shown}): the run had "
+                f"diverged before that checkpoint was saved. Resume from an earlier one of {resumed_from.parent} with a "
+                f"lower learning rate (vlekit train --config {config} --resume-from EARLIER --allow-changes "
+                f"{lower}), or start again (--overwrite)", step=step, last_finite_step=None, checkpoint=None)
+        checkpoint = latest_checkpoint(self.out, report=lambda message: None)
+        since = (f"between step {self.last_finite_step} (the last check that found them finite) and step {step}"
+                 if self.last_finite_step is not None else f"by step {step}")
+        rate = f" (learning rate {lr:.3g} of train.lr {self.peak_lr:g})" if lr is not None else ""
+        losses = f"; {self.nonfinite_losses} training losses were NaN / inf meanwhile" if self.nonfinite_losses else ""
+        fp16 = (" fp16 overflows where bf16 does not: train.mixed_precision=bf16 (or fp32) avoids that."
+                if self.mixed_precision == "fp16" else "")
+        way_on = (f"The newest checkpoint, saved before, is {checkpoint}: go on from it with a lower learning rate "
+                  f"(vlekit train --config {config} --resume-from {checkpoint} --allow-changes {lower}; the new rate "
+                  f"applies from there)" if checkpoint is not None else
+                  f"No checkpoint was saved before: start again with a lower learning rate (vlekit train --config "
+                  f"{config} --overwrite {lower})")
+        raise TrainingDiverged(
+            f"training diverged: {count} trainable weight tensors became NaN or inf {since}{rate}{losses} (e.g. "
+            f"{shown}). Nothing was saved after the weights were last found finite.{fp16} {way_on}.",
+            step=step, last_finite_step=self.last_finite_step, checkpoint=checkpoint)
