@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -323,3 +324,73 @@ def test_two_cpu_processes_follow_the_one_process_run_step_by_step(synthetic, tm
     assert one[-1]["lr"] > 0  # the schedule reaches 0 only after the last step
     torch.testing.assert_close(torch.tensor([r["loss"] for r in two]), torch.tensor([r["loss"] for r in one]),
                                rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize("accumulation", [2, 4])
+def test_a_resume_with_another_gradient_accumulation_goes_on_as_the_run_would(synthetic, tmp_path, accumulation, capsys):
+    """A run of batch 8 in one micro-batch, stopped at step 3 (mid-epoch), resumed in micro-batches of 8 /
+    accumulation (a smaller GPU, or fewer processes at the same global batch): allowed without --allow-changes, the
+    place in the epoch counted in the new micro-batches, and every later step as the uninterrupted run's: the same
+    lr column and the same losses (float-summation tolerance). Before, the resumed run skipped 3 micro-batches instead
+    of 3 x accumulation, took its first optimizer step after one of them, and lost count of its epochs."""
+    def overrides(name: str, *extra: str) -> list[str]:
+        return [*tiny_overrides(synthetic, tmp_path / name, epochs=2, batch_size=8, seed=3, save_every_steps=3, keep=0),
+                SMALL_IMAGES, *NO_DROPOUT, *extra]
+
+    train(load_experiment(None, overrides("straight")), progress=False)
+    resumed = tmp_path / "resumed"
+    shutil.copytree(tmp_path / "straight" / "checkpoints" / "step-0000003", resumed / "checkpoints" / "step-0000003")
+    capsys.readouterr()
+    result = train(load_experiment(None, overrides("resumed", f"train.gradient_accumulation_steps={accumulation}")),
+                   resume="latest", progress=False)
+    printed = capsys.readouterr().out
+    assert "resuming with: train.gradient_accumulation_steps: 1 -> " + str(accumulation) in printed
+    assert (f"step-0000003 stands 24 questions into epoch 0 (3 micro-batches of 8 questions over all processes); going on "
+            f"from micro-batch {3 * accumulation} of {8 // accumulation}") in printed
+    assert result.global_step == 12
+    straight, after = metric_rows(tmp_path / "straight"), metric_rows(resumed)
+    assert [r["step"] for r in after] == list(range(4, 13))
+    assert [r["lr"] for r in after] == [r["lr"] for r in straight[3:]]
+    torch.testing.assert_close(torch.tensor([r["loss"] for r in after]), torch.tensor([r["loss"] for r in straight[3:]]),
+                               rtol=1e-4, atol=1e-5)
+    validations = [json.loads(line) for line in (resumed / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["epoch"]) for r in validations if "val_accuracy" in r] == [(6, 1), (12, 2)]
+
+
+def test_a_resume_with_another_batch_size_starts_at_the_last_whole_batch_and_says_what_is_seen_again(tmp_path):
+    from vlekit.training.checkpoints import TrainerState, resumed_position
+
+    checkpoint = tmp_path / "step-0000003"
+    checkpoint.mkdir()
+    (checkpoint / "config.yaml").write_text("train: {batch_size: 8, gradient_accumulation_steps: 2}\n")
+    state = TrainerState(epoch=1, batches_in_epoch=6, global_step=9)  # 3 optimizer steps of 8 into epoch 1
+    said = []
+    config = load_experiment(None, ["train.batch_size=16", "train.gradient_accumulation_steps=4"])
+    moved = resumed_position(state, checkpoint, config, report=said.append)
+    assert (moved.batches_in_epoch, moved.epoch, moved.global_step) == (4, 1, 9)  # 1 step of 16 = 4 micro-batches of 4
+    assert said == ["step-0000003 stands 24 questions into epoch 1 (6 micro-batches of 4 questions over all processes); "
+                    "going on from micro-batch 4 of 4: the last 8 of those questions are trained on again"]
+    same = load_experiment(None, ["train.batch_size=8", "train.gradient_accumulation_steps=2"])
+    assert resumed_position(state, checkpoint, same, report=said.append) is state and len(said) == 1
+
+
+@pytest.mark.slow
+def test_a_two_process_run_resumed_on_one_process_with_twice_the_accumulation_matches_it(synthetic, tmp_path):
+    """The cluster case: a DDP run on 2 processes (micro-batches of 4) stopped at step 3 goes on in one process with
+    gradient_accumulation_steps=2 (the same micro-batches of 4, the same global batch of 8) to the 2-process run's
+    losses and weights (DDP against one process: float-summation tolerance)."""
+    def overrides(name: str, *extra: str) -> list[str]:
+        return [*tiny_overrides(synthetic, tmp_path / name, epochs=2, batch_size=8, seed=3, save_every_steps=3, keep=0),
+                SMALL_IMAGES, *NO_DROPOUT, *extra]
+
+    torchrun_train(2, overrides("two"))
+    resumed = tmp_path / "resumed"
+    shutil.copytree(tmp_path / "two" / "checkpoints" / "step-0000003", resumed / "checkpoints" / "step-0000003")
+    train(load_experiment(None, overrides("resumed", "train.gradient_accumulation_steps=2")), resume="latest",
+          progress=False)
+    two, after = metric_rows(tmp_path / "two"), metric_rows(resumed)
+    assert [r["processes"] for r in after] == [1] * 9 and [r["lr"] for r in after] == [r["lr"] for r in two[3:]]
+    torch.testing.assert_close(torch.tensor([r["loss"] for r in after]), torch.tensor([r["loss"] for r in two[3:]]),
+                               rtol=1e-3, atol=1e-4)
+    weights, reference = final_weights(resumed), final_weights(tmp_path / "two")
+    assert max(float((weights[k] - reference[k]).abs().max()) for k in weights) <= 1e-4

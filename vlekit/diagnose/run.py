@@ -27,6 +27,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from data_prep.constants import VQA_TASK
 from data_prep.preflight import preflight
 from data_prep.vcr import VCRFormatError
@@ -46,7 +48,7 @@ from vlekit.diagnose.report import (
     type_kind,
     types_table,
 )
-from vlekit.evaluation.evaluate import claim_results_folder, evaluation_inputs
+from vlekit.evaluation.evaluate import claim_results_folder, evaluation_inputs, out_of_memory_advice
 from vlekit.registry import PROBES
 from vlekit.runs.folder import TrainedModel, load_trained
 
@@ -209,6 +211,9 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError, VCRFormatError, LookupError) as error:
         print(f"vlekit diagnose: {error}", file=sys.stderr)
         return 2
+    except torch.OutOfMemoryError as error:
+        print(f"vlekit diagnose: {out_of_memory_advice(error, args.batch_size)}", file=sys.stderr)
+        return 1
     from vlekit.tables import METRIC_NAMES
 
     chance = "the majority answer" if result["task"] == VQA_TASK else "chance"

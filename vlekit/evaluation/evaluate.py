@@ -392,6 +392,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="autocast for every model (default: each run's train.mixed_precision)")
     parser.add_argument("--compat", choices=["none", "vle"],
                         help="preprocessing mode (default: the checkpoint's own; 'vle' for official VLE VCR checkpoints)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs and batch jobs)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -405,7 +406,17 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as error:
         print(f"vlekit eval: {error}", file=sys.stderr)
         return 2
+    except torch.OutOfMemoryError as error:
+        print(f"vlekit eval: {out_of_memory_advice(error, args.batch_size)}", file=sys.stderr)
+        return 1
     return 0
+
+
+def out_of_memory_advice(error: BaseException, batch_size: int) -> str:
+    """What a command's ``--batch-size`` out of memory says: the error's first line and the smaller batch to try."""
+    first_line = (str(error).strip().splitlines() or ["out of memory"])[0]
+    smaller = f"try --batch-size {batch_size // 2}" if batch_size > 1 else "the model does not fit one question at a time"
+    return f"out of memory at --batch-size {batch_size} ({first_line}): {smaller} (the results do not depend on it)"
 
 
 def _say_written(out: str | None) -> None:
@@ -416,7 +427,7 @@ def _say_written(out: str | None) -> None:
 def _run_vcr(args: argparse.Namespace) -> None:
     result = evaluate(args.checkpoint, annotations=args.annotations, images=args.images, out=args.out,
                       batch_size=args.batch_size, num_workers=args.num_workers, precision=args.precision,
-                      compat=args.compat, overwrite=args.overwrite)
+                      compat=args.compat, overwrite=args.overwrite, progress=not args.no_progress)
     if result["metrics"]:
         print(format_metrics_table(result["metrics"]))
     if result["leaderboard"]:
@@ -430,7 +441,7 @@ def _run_vqa(args: argparse.Namespace) -> None:
     result = evaluate_vqa_model(args.checkpoint[0], questions=args.questions, annotations=args.annotations,
                                 images=args.images, image_pattern=args.image_pattern, data_subtype=args.data_subtype,
                                 out=args.out, batch_size=args.batch_size, num_workers=args.num_workers,
-                                precision=args.precision, overwrite=args.overwrite)
+                                precision=args.precision, overwrite=args.overwrite, progress=not args.no_progress)
     if result["metrics"]:
         print(format_metrics_table(result["metrics"]))
         print(f"majority answer {result['majority']['answer']!r}: {100 * result['majority']['accuracy']:.2f}% "

@@ -171,12 +171,13 @@ def options_as_started(config: ExperimentConfig, checkpoint: Path, *, report: Ca
 
 
 # What a resumed run may change without changing what it computes: where things are, how often it logs,
-# checkpoints and validates, what it keeps, the device and speed options. Any other option differing from the
+# checkpoints and validates, what it keeps, the device and speed options (gradient accumulation too: with the same
+# train.batch_size it splits the same optimizer steps otherwise, as another number of processes does). Any other option differing from the
 # checkpoint's config.yaml would make the resumed run something else than the one that was started.
 FREE_ON_RESUME = frozenset({
     "plugins", "train.out", "train.save_every_steps", "train.keep", "train.log_every_steps", "train.eval_every_epochs",
     "train.report_to", "train.save_best", "train.early_stopping_patience", "train.cpu", "train.compile",
-    "train.gradient_checkpointing", "data.num_workers", "data.skip_bad", "data.train_annotations", "data.val_annotations",
+    "train.gradient_checkpointing", "train.gradient_accumulation_steps", "data.num_workers", "data.skip_bad", "data.train_annotations", "data.val_annotations",
     "data.images", "data.train_questions", "data.val_questions", "data.val_images",
 })
 
@@ -213,3 +214,27 @@ def check_resume_changes(config: ExperimentConfig, checkpoint: Path, *, allow: b
         report(f"resuming with changed options (--allow-changes): {_listed(changes)}")
     if free:
         report(f"resuming with: {_listed(free)}")
+
+
+def resumed_position(state: TrainerState, checkpoint: Path, config: ExperimentConfig, *,
+                     report: Callable[[str], None] = print) -> TrainerState:
+    """``state`` with its place in the epoch (``batches_in_epoch``: micro-batches of each process) counted in this
+    run's micro-batches when the checkpoint's run cut its optimizer steps otherwise (another
+    ``gradient_accumulation_steps`` or, with ``--allow-changes``, another ``batch_size``). The number of processes
+    does not matter: each process's micro-batches cover ``batch_size / gradient_accumulation_steps`` questions of the
+    epoch whatever it is. A place between two of this run's optimizer steps goes back to the one before; the
+    questions in between are seen again, and reported."""
+    then = (read_yaml_file(checkpoint / EXPERIMENT_FILE) or {}).get("train") or {}
+    now = config.train
+    then_batch = then.get("batch_size", now.batch_size)
+    then_accumulation = then.get("gradient_accumulation_steps", now.gradient_accumulation_steps)
+    if (then_batch, then_accumulation) == (now.batch_size, now.gradient_accumulation_steps) or not state.batches_in_epoch:
+        return state
+    questions = state.batches_in_epoch * then_batch // then_accumulation
+    steps, again = divmod(questions, now.batch_size)
+    position = steps * now.gradient_accumulation_steps
+    report(f"{checkpoint.name} stands {questions} questions into epoch {state.epoch} ({state.batches_in_epoch} "
+           f"micro-batches of {then_batch // then_accumulation} questions over all processes); going on from micro-batch "
+           f"{position} of {now.batch_size // now.gradient_accumulation_steps}"
+           + (f": the last {again} of those questions are trained on again" if again else ""))
+    return dataclasses.replace(state, batches_in_epoch=position)

@@ -1,5 +1,6 @@
 """What the training loop logs and watches: the log window (loss, questions/s, data time), ``metrics.jsonl``,
-and divergence: weights that became NaN or inf stop the run before anything of them is saved.
+divergence (weights that became NaN or inf stop the run before anything of them is saved) and running out of
+memory (the run saved as it stood after its last whole step, and the resume that fits printed).
 
 A learning rate too high for the model, or fp16 overflowing, turns the weights into NaN in one step; the
 loop would go on, validate at chance (every prediction choice A), overwrite its good checkpoints with NaN
@@ -10,15 +11,17 @@ with the command that goes on from it at a lower rate.
 """
 from __future__ import annotations
 
+import gc
 import json
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from accelerate import Accelerator
 
+from vlekit.runs.experiment import ExperimentConfig
 from vlekit.runs.folder import EXPERIMENT_FILE, latest_checkpoint, nonfinite_weights
 from vlekit.training.checkpoints import TrainerState
 
@@ -152,7 +155,8 @@ class DivergenceGuard:
         since = (f"between step {self.last_finite_step} (the last check that found them finite) and step {step}"
                  if self.last_finite_step is not None else f"by step {step}")
         rate = f" (learning rate {lr:.3g} of train.lr {self.peak_lr:g})" if lr is not None else ""
-        losses = f"; {self.nonfinite_losses} training losses were NaN / inf meanwhile" if self.nonfinite_losses else ""
+        losses = (f"; {self.nonfinite_losses} training loss{'es were' if self.nonfinite_losses > 1 else ' was'} NaN / inf "
+                  f"meanwhile" if self.nonfinite_losses else "")
         fp16 = (" fp16 overflows where bf16 does not: train.mixed_precision=bf16 (or fp32) avoids that."
                 if self.mixed_precision == "fp16" else "")
         way_on = (f"The newest checkpoint, saved before, is {checkpoint}: go on from it with a lower learning rate "
@@ -161,6 +165,58 @@ class DivergenceGuard:
                   f"No checkpoint was saved before: start again with a lower learning rate (vlekit train --config "
                   f"{config} --overwrite {lower})")
         raise TrainingDiverged(
-            f"training diverged: {count} trainable weight tensors became NaN or inf {since}{rate}{losses} (e.g. "
-            f"{shown}). Nothing was saved after the weights were last found finite.{fp16} {way_on}.",
+            f"training diverged: {count} trainable weight tensors (e.g. {shown}) became NaN or inf {since}{rate}{losses}. "
+            f"Nothing was saved after the weights were last found finite.{fp16} {way_on}.",
             step=step, last_finite_step=self.last_finite_step, checkpoint=checkpoint)
+
+
+class TrainingOutOfMemory(RuntimeError):
+    """A training step ran out of device memory; ``checkpoint``: where the run can go on from (None: nowhere yet)."""
+
+    def __init__(self, message: str, *, step: int, checkpoint: Path | None) -> None:
+        super().__init__(message)
+        self.step, self.checkpoint = step, checkpoint
+
+
+def stop_out_of_memory(error: str, *, accelerator: Accelerator, optimizer: Any, state: TrainerState,
+                       config: ExperimentConfig, save: Callable[[], Path]) -> NoReturn:
+    """A training step ran out of memory (``error``: its text): one process saves the run as it stood after its last
+    whole optimizer step (``save``; the micro-batches of the unfinished step are trained on again when it goes on),
+    then raises :class:`TrainingOutOfMemory` with the resume that fits: the same global batch in smaller micro-batches
+    (``gradient_accumulation_steps`` may change on a resume), or gradient checkpointing. Several processes can no
+    longer agree on a save: the newest checkpoint is named instead."""
+    train, processes = config.train, accelerator.num_processes
+    optimizer.zero_grad(set_to_none=True)  # the unfinished step's gradients
+    state.batches_in_epoch -= state.batches_in_epoch % train.gradient_accumulation_steps
+    out, step, saved = Path(train.out), state.global_step + 1, None
+    if processes == 1:
+        gc.collect()
+        if accelerator.device.type == "cuda":
+            torch.cuda.empty_cache()
+        saved = save()
+    where = str(accelerator.device)
+    if accelerator.device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(accelerator.device) / 2**30
+        total = torch.cuda.get_device_properties(accelerator.device).total_memory / 2**30
+        where += f" (peak {peak:.1f} GiB allocated of {total:.1f} GiB)"
+    checkpoint = saved or latest_checkpoint(out, report=lambda message: None)
+    stands = (f"a checkpoint of step {step - 1}, the last whole step, was saved: {saved}" if saved is not None else
+              f"the newest checkpoint is {checkpoint}" if checkpoint is not None else "no checkpoint was saved yet")
+    if processes > 1:
+        stands = f"process {accelerator.process_index} of {processes} (the others stop with it); {stands}"
+    accumulation, batch = train.gradient_accumulation_steps, train.batch_size
+    fits = [a for a in range(accumulation + 1, batch // processes + 1) if batch % (a * processes) == 0]
+    command = f"vlekit train --config {out / EXPERIMENT_FILE} " + ("--resume" if checkpoint is not None else "--overwrite")
+    ways = []
+    if fits:
+        ways.append(f"in micro-batches of {batch // (fits[0] * processes)} at the same global batch of {batch} (the same "
+                    f"run): {command} train.gradient_accumulation_steps={fits[0]}")
+    parts = (config.model.text_encoder, config.model.vision_encoder, config.model.fusion)
+    if not (train.gradient_checkpointing or all(part.get("gradient_checkpointing") for part in parts)):
+        ways.append(f"recomputing activations in the backward pass (about 30% slower): {command} --gradient-checkpointing")
+    advice = (" Go on " + "; or ".join(ways) + ".") if ways else \
+        " Each process trains on one question at a time with gradient checkpointing already: a smaller model or image size is needed."
+    first_line = error.strip().splitlines()[0] if error.strip() else "out of memory"
+    raise TrainingOutOfMemory(
+        f"out of memory on {where} in step {step} (micro-batches of {batch // (accumulation * processes)} questions): "
+        f"{stands}.{advice} The error: {first_line}", step=step, checkpoint=checkpoint)

@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 from vlekit.components.adaptations import parameter_counts
 from vlekit.training.checkpoints import (
     STATE_FILE, CheckpointSpaceError, TrainerState, check_resume_changes, options_as_started, replace_folder,
-    resume_checkpoint, save_checkpoint, write_manifest,
+    resume_checkpoint, resumed_position, save_checkpoint, write_manifest,
 )
 from vlekit.evaluation.evaluate import accuracy_on
 from vlekit.evaluation.tasks import task_for
@@ -57,7 +57,9 @@ from vlekit.runs.folder import (
     BEST_DIR, EXPERIMENT_FILE, METRICS_FILE, MODEL_DIR, SELECTION_FILE, RunFolder, write_model_companions,
 )
 from vlekit.runs.lock import claim_run_folder
-from vlekit.training.monitor import DivergenceGuard, LogWindow, MetricsLog, TrainingDiverged
+from vlekit.training.monitor import (
+    DivergenceGuard, LogWindow, MetricsLog, TrainingDiverged, TrainingOutOfMemory, stop_out_of_memory,
+)
 from vlekit.training.setup import (
     apply_planned_hyperparameters, build_run_model, linear_warmup_decay, load_or_build_tokenizer, make_optimizer,
     planned_hyperparameters, resolve_mixed_precision,
@@ -156,8 +158,8 @@ def train(config: ExperimentConfig, *, resume: str | None = None, overwrite: boo
         try:
             return _train(config, accelerator, micro=micro, trackers=trackers, resume=resume, progress=progress,
                           allow_changes=allow_changes)
-        except TrainingDiverged:
-            accelerator.end_training()  # the trackers keep what was logged up to the divergence
+        except (TrainingDiverged, TrainingOutOfMemory):
+            accelerator.end_training()  # the trackers keep what was logged up to it
             raise
 
 
@@ -233,7 +235,9 @@ def _train(config: ExperimentConfig, accelerator: Accelerator, *, micro: int, tr
     if checkpoint is not None:
         accelerator.load_state(str(checkpoint))
         apply_planned_hyperparameters(optimizer, scheduler, planned)  # --allow-changes train.lr=... takes effect
-        state = TrainerState(**json.loads((checkpoint / STATE_FILE).read_text()))
+        saved = TrainerState(**json.loads((checkpoint / STATE_FILE).read_text()))
+        state = resumed_position(saved, checkpoint, config, report=accelerator.print)
+        accelerator.step = 0  # checkpoints stand between optimizer steps: count micro-batches from there
         accelerator.print(f"resumed from {checkpoint} (step {state.global_step}, epoch {state.epoch})")
         guard.check(state.global_step, lr=None, resumed_from=checkpoint)
 
@@ -251,9 +255,9 @@ def _train(config: ExperimentConfig, accelerator: Accelerator, *, micro: int, tr
     interrupted, val_accuracy = False, None
     window = LogWindow(accelerator)
 
-    def save() -> None:  # a checkpoint of weights found finite
+    def save() -> Path:  # a checkpoint of weights found finite
         guard.check(state.global_step, lr=scheduler.get_last_lr()[0])
-        save_checkpoint(accelerator, out, state, config, model=accelerator.unwrap_model(model), tokenizer=tokenizer)
+        return save_checkpoint(accelerator, out, state, config, model=accelerator.unwrap_model(model), tokenizer=tokenizer)
 
     def evaluate_now() -> float:
         guard.check(state.global_step, lr=scheduler.get_last_lr()[0])  # NaN weights score chance and are not the best
@@ -275,20 +279,25 @@ def _train(config: ExperimentConfig, accelerator: Accelerator, *, micro: int, tr
                       f"{state.best_score:.3f}, at step {state.best_step}): stopping early")
         return accuracy
 
+    memory_error = None
     with StopRequested() as stop:
-        while state.global_step < total_steps and not interrupted and not state.stopped_early:
+        while state.global_step < total_steps and not interrupted and not state.stopped_early and memory_error is None:
             epoch_loader = accelerator.skip_first_batches(loader, state.batches_in_epoch) if state.batches_in_epoch else loader
             # Accelerate's loaders pass their own iteration count to the sampler; set it to the real epoch.
             epoch_loader.set_epoch(state.epoch)
             model.train()
             for batch in window.timed(epoch_loader):
-                with accelerator.accumulate(model):
-                    loss = model(**batch)["loss"]
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients and train_cfg.max_grad_norm > 0:
-                        accelerator.clip_grad_norm_(model.parameters(), train_cfg.max_grad_norm)
-                    optimizer.step()  # a no-op until the last micro-batch of the accumulation
-                    optimizer.zero_grad(set_to_none=True)
+                try:
+                    with accelerator.accumulate(model):
+                        loss = model(**batch)["loss"]
+                        accelerator.backward(loss)
+                        if accelerator.sync_gradients and train_cfg.max_grad_norm > 0:
+                            accelerator.clip_grad_norm_(model.parameters(), train_cfg.max_grad_norm)
+                        optimizer.step()  # a no-op until the last micro-batch of the accumulation
+                        optimizer.zero_grad(set_to_none=True)
+                except torch.OutOfMemoryError as error:
+                    memory_error = str(error)  # not the error itself: its frames hold the step's activations
+                    break
                 state.batches_in_epoch += 1
                 window.add(loss, questions=batch["input_ids"].shape[0])
                 if not accelerator.sync_gradients:
@@ -312,6 +321,8 @@ def _train(config: ExperimentConfig, accelerator: Accelerator, *, micro: int, tr
                     break
                 if state.global_step >= total_steps:
                     break
+            if memory_error is not None:
+                stop_out_of_memory(memory_error, accelerator=accelerator, optimizer=optimizer, state=state, config=config, save=save)
             if state.batches_in_epoch == len(loader):  # the epoch ran to its end
                 state.epoch += 1
                 state.batches_in_epoch = 0
@@ -421,6 +432,9 @@ def run(args: argparse.Namespace) -> int:
                        allow_changes=args.allow_changes)
     except CheckpointSpaceError as error:
         print(f"vlekit train: {error}\n  resume with: {resume_command}", file=sys.stderr)
+        return 1
+    except TrainingOutOfMemory as error:
+        print(f"vlekit train: {error}", file=sys.stderr)
         return 1
     except TrainingDiverged as error:
         if PartialState().is_main_process:

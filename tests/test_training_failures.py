@@ -1,8 +1,11 @@
-"""A run whose weights turn NaN stops before saving them, keeps its good checkpoints, and says how to go on;
-a resume with a new learning rate uses it; a model or checkpoint holding NaN weights is refused.
+"""Runs that fail as real ones do. Divergence: a run whose weights turn NaN stops before saving them, keeps its good
+checkpoints, and says how to go on; a resume with a new learning rate uses it; a model or checkpoint holding NaN
+weights is refused. Out of memory: the run is saved at its last whole step, and the resume it prints (smaller
+micro-batches, the same global batch) goes on as the run would have.
 
 The divergence is made as it happens: from some training step on the loss is NaN (what an overflow gives), and
-backward, gradient clipping and AdamW carry it into every weight; nothing else of the loop is touched.
+backward, gradient clipping and AdamW carry it into every weight; nothing else of the loop is touched. Out of memory
+is torch's own error, raised by the forward pass of one micro-batch.
 """
 from __future__ import annotations
 
@@ -15,16 +18,18 @@ from pathlib import Path
 import pytest
 import torch
 from accelerate import Accelerator
-from helpers import SMALL_IMAGES, final_weights, metric_rows, nan_loss_from, tiny_overrides
+from helpers import NO_DROPOUT, SMALL_IMAGES, final_weights, metric_rows, nan_loss_from, tiny_overrides
 from safetensors.torch import load_file, save_file
 
 from data_prep.synthetic import generate_synthetic_vcr
 from vlekit.cli import main
 from vlekit.evaluation.plots import plot_training_curve
+from vlekit.model import VCRModel
 from vlekit.runs.experiment import load_experiment
 from vlekit.runs.folder import checkpoint_dirs, checkpoint_state_dict, load_trained
 from vlekit.runs.manifest import write_manifest
-from vlekit.training.monitor import LogWindow, TrainingDiverged
+from vlekit.training.checkpoints import TrainerState
+from vlekit.training.monitor import LogWindow, TrainingDiverged, TrainingOutOfMemory, stop_out_of_memory
 from vlekit.training.train import train
 
 STEPS_PER_EPOCH = 4  # 32 training questions, batch 8
@@ -73,7 +78,7 @@ def test_a_diverging_run_stops_before_saving_nan_weights(data, tmp_path, monkeyp
     assert all(r["loss"] == r["loss"] for r in losses if r["step"] < poisoned)  # finite before
     if log_every == 1:
         assert losses[-1]["step"] == stopped and losses[-1]["nonfinite_losses"] == 1
-        assert "1 training losses were NaN / inf meanwhile" in str(raised.value)
+        assert "1 training loss was NaN / inf meanwhile" in str(raised.value)
 
 
 def test_the_command_line_says_how_to_go_on_and_that_command_finishes_the_run(data, tmp_path, monkeypatch, capsys):
@@ -143,7 +148,7 @@ def test_a_model_or_checkpoint_holding_nan_weights_is_refused(trained_run, tmp_p
                                          rf"diverged .* \(under {re.escape(str(run / 'checkpoints'))}"):
         load_trained(run)
     assert main(["eval", "--checkpoint", str(run), "--annotations", str(trained_run.data.val), "--images",
-                 str(trained_run.data.images_root), "--out", str(tmp_path / "eval")]) == 2
+                 str(trained_run.data.images_root), "--out", str(tmp_path / "eval"), "--no-progress"]) == 2
     assert "hold NaN or inf values" in capsys.readouterr().err
 
     checkpoint = checkpoint_dirs(run)[-1]
@@ -176,3 +181,82 @@ def test_the_curve_marks_where_the_run_diverged(tmp_path):
     figure = plot_training_curve(metrics)
     labels = [line.get_label() for line in figure.axes[0].get_lines()]
     assert labels == ["train loss", "diverged (weights NaN / inf)"]
+
+
+# -- out of memory ---------------------------------------------------------------------------------------
+def out_of_memory_at(patch: pytest.MonkeyPatch, call: int) -> None:
+    """The ``call``-th training forward pass (1-based: micro-batches) raises torch's out-of-memory error."""
+    forward, calls = VCRModel.forward, [0]
+
+    def forward_or_out_of_memory(self, **batch):
+        if self.training:
+            calls[0] += 1
+            if calls[0] == call:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.19 GiB total)")
+        return forward(self, **batch)
+
+    patch.setattr(VCRModel, "forward", forward_or_out_of_memory)
+
+
+@pytest.mark.parametrize("accumulation, call, smaller, as_printed", [(1, 4, 2, True), (2, 8, 4, True), (2, 7, 4, False)])
+def test_out_of_memory_saves_the_last_whole_step_and_the_printed_resume_goes_on_as_the_run_would(
+        data, tmp_path, monkeypatch, capsys, accumulation, call, smaller, as_printed):
+    """Batch 8 in micro-batches of 8 / accumulation; the micro-batch ``call`` (in step 4; with accumulation 2 its first
+    or second half) runs out of memory. `vlekit train` exits 1 with a checkpoint of step 3 and the command that goes
+    on in micro-batches half as large; run as printed (or as a plain --resume: the memory was short once), it reaches
+    the uninterrupted run's losses step by step."""
+    def overrides(name: str) -> list[str]:
+        return [*tiny_overrides(data, tmp_path / name, epochs=2, batch_size=8, seed=3, save_every_steps=100,
+                                gradient_accumulation_steps=accumulation), SMALL_IMAGES, *NO_DROPOUT]
+
+    train(load_experiment(None, overrides("straight")), progress=False)
+    with monkeypatch.context() as patch:
+        out_of_memory_at(patch, call)
+        assert main(["train", "--no-progress", *overrides("run")]) == 1
+    error = capsys.readouterr().err
+    out = tmp_path / "run"
+    assert (f"out of memory on cpu in step 4 (micro-batches of {8 // accumulation} questions): a checkpoint of step 3, "
+            f"the last whole step, was saved: {out / 'checkpoints' / 'step-0000003'}. Go on in micro-batches of "
+            f"{8 // smaller} at the same global batch of 8 (the same run): vlekit train --config {out / 'config.yaml'} "
+            f"--resume train.gradient_accumulation_steps={smaller}; or recomputing activations") in error, error
+    assert error.rstrip().endswith("The error: CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79.19 GiB total)")
+    assert checkpoint_dirs(out) == [out / "checkpoints" / "step-0000003"] and not (out / "model").exists()
+
+    command = re.search(r"\(the same run\): (vlekit train .*?);", error).group(1)
+    if not as_printed:
+        command = f"vlekit train --config {out / 'config.yaml'} --resume"
+    assert main([*shlex.split(command)[1:], "--no-progress"]) == 0
+    straight, resumed = metric_rows(tmp_path / "straight"), metric_rows(out)
+    assert [r["step"] for r in resumed] == [r["step"] for r in straight] == list(range(1, 9))
+    assert [r["lr"] for r in resumed] == [r["lr"] for r in straight]
+    torch.testing.assert_close(torch.tensor([r["loss"] for r in resumed]), torch.tensor([r["loss"] for r in straight]),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_out_of_memory_in_one_question_micro_batches_with_checkpointing_asks_for_a_smaller_model(tmp_path):
+    config = load_experiment(None, [f"train.out={tmp_path}", "train.batch_size=4", "train.gradient_accumulation_steps=4",
+                                    "train.gradient_checkpointing=true"])
+    parameter = torch.nn.Parameter(torch.ones(2))
+    parameter.grad = torch.ones(2)
+    optimizer = torch.optim.AdamW([parameter])
+    state = TrainerState(epoch=0, batches_in_epoch=7, global_step=1)  # 3 micro-batches into step 2
+    with pytest.raises(TrainingOutOfMemory, match=r"in step 2 \(micro-batches of 1 questions\): a checkpoint of step 1, "
+                                                  r"the last whole step, was saved: SAVED. Each process trains on one "
+                                                  r"question at a time with gradient checkpointing already"):
+        stop_out_of_memory("CUDA out of memory.", accelerator=Accelerator(cpu=True), optimizer=optimizer, state=state,
+                           config=config, save=lambda: Path("SAVED"))
+    assert state.batches_in_epoch == 4 and parameter.grad is None  # back at the end of step 1, its gradients dropped
+
+
+@pytest.mark.parametrize("command", ["eval", "diagnose"])
+def test_eval_and_diagnose_out_of_memory_say_which_batch_size_to_try(trained_run, tmp_path, monkeypatch, capsys, command):
+    def out_of_memory(self, **batch):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB")
+
+    monkeypatch.setattr(VCRModel, "forward", out_of_memory)
+    data = ["--annotations", str(trained_run.data.val), "--images", str(trained_run.data.images_root), "--num-workers", "0",
+            "--batch-size", "12", "--no-progress"]
+    arguments = ["eval", "--checkpoint", str(trained_run.q2a)] if command == "eval" else ["diagnose", "--run", str(trained_run.q2a)]
+    assert main([*arguments, *data]) == 1
+    assert capsys.readouterr().err == (f"vlekit {command}: out of memory at --batch-size 12 (CUDA out of memory. Tried to "
+                                       f"allocate 1.00 GiB): try --batch-size 6 (the results do not depend on it)\n")
