@@ -23,6 +23,8 @@ from safetensors.torch import load_file, save_file
 
 from data_prep.synthetic import generate_synthetic_vcr
 from vlekit.cli import main
+from vlekit.evaluation.evaluate import check_finite_scores
+from vlekit.evaluation.overview import summarize_run
 from vlekit.evaluation.plots import plot_training_curve
 from vlekit.model import VCRModel
 from vlekit.runs.experiment import load_experiment
@@ -96,7 +98,10 @@ def test_the_command_line_says_how_to_go_on_and_that_command_finishes_the_run(da
     arguments = shlex.split(command.group(1))
     assert arguments[arguments.index("--resume-from") + 1] == str(out / "checkpoints" / "step-0000002")
 
+    assert summarize_run(out).state == "diverged at step 4: step-0000002"  # vlekit runs
+
     assert main([*arguments[1:], "--no-progress"]) == 0
+    assert summarize_run(out).state == "finished"
     assert all_finite(final_weights(out))
     rows = metric_rows(out)
     assert [r["step"] for r in rows] == list(range(1, 9))  # the NaN steps 3 and 4 are logged again
@@ -260,3 +265,27 @@ def test_eval_and_diagnose_out_of_memory_say_which_batch_size_to_try(trained_run
     assert main([*arguments, *data]) == 1
     assert capsys.readouterr().err == (f"vlekit {command}: out of memory at --batch-size 12 (CUDA out of memory. Tried to "
                                        f"allocate 1.00 GiB): try --batch-size 6 (the results do not depend on it)\n")
+
+
+def test_an_evaluation_whose_scores_overflow_is_an_error_not_a_score(trained_run, tmp_path, monkeypatch, capsys):
+    """Finite weights, but NaN scores for some questions (fp16 autocast overflowing, as it can on a GPU): argmax would
+    call them choice A; `vlekit eval` stops naming how many, the first, and the precision to use."""
+    forward = VCRModel.forward
+
+    def overflowing(self, **batch):
+        output = forward(self, **batch)
+        output["logits"] = output["logits"].clone()
+        output["logits"][1::3] = float("nan")  # every third question of each batch
+        return output
+
+    monkeypatch.setattr(VCRModel, "forward", overflowing)
+    arguments = ["eval", "--checkpoint", str(trained_run.q2a), "--annotations", str(trained_run.data.val), "--images",
+                 str(trained_run.data.images_root), "--num-workers", "0", "--batch-size", "6", "--no-progress"]
+    assert main([*arguments, "--precision", "fp32"]) == 2
+    assert capsys.readouterr().err == ("vlekit eval: 4 of 12 questions got NaN / inf scores under fp32 (the first: number 1 "
+                                       "of the split, 0-based); their predictions would be meaningless: the model computes "
+                                       "them from finite weights (load_trained checks those): an overflow; inspect those "
+                                       "questions\n")
+    with pytest.raises(ValueError, match=r"under fp16 .* fp16 overflows where bf16 does not: evaluate with --precision bf16"):
+        check_finite_scores(torch.tensor([[0.0, 1.0], [float("inf"), 0.0]]), precision="fp16")
+    check_finite_scores(torch.tensor([[0.0, 1.0]]), precision="fp16")  # finite: nothing to say

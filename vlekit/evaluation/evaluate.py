@@ -88,7 +88,23 @@ def predict(model: torch.nn.Module, loader: DataLoader, *, accelerator: Any = No
             label_chunks.append(labels)
     model.train(was_training)
     labels = torch.cat(label_chunks).cpu() if len(label_chunks) == len(logits_chunks) and label_chunks else None
-    return torch.cat(logits_chunks).cpu(), labels
+    logits = torch.cat(logits_chunks).cpu()
+    if accelerator is None:  # an evaluation's scores (a training run's weights are checked by its own loop)
+        check_finite_scores(logits, precision=precision)
+    return logits, labels
+
+
+def check_finite_scores(logits: torch.Tensor, *, precision: str) -> None:
+    """Scores with a NaN or inf are no prediction (argmax of NaN is the first choice): an error naming how many
+    and the precision that avoids the overflow."""
+    bad = (~torch.isfinite(logits)).flatten(1).any(1).nonzero().flatten().tolist()
+    if not bad:
+        return
+    advice = ("fp16 overflows where bf16 does not: evaluate with --precision bf16 (or fp32)" if precision == "fp16" else
+              "evaluate with --precision fp32" if precision != "fp32" else
+              "the model computes them from finite weights (load_trained checks those): an overflow; inspect those questions")
+    raise ValueError(f"{len(bad)} of {len(logits)} questions got NaN / inf scores under {precision} (the first: number "
+                     f"{bad[0]} of the split, 0-based); their predictions would be meaningless: {advice}")
 
 
 def accuracy_on(model: torch.nn.Module, loader: DataLoader, accelerator: Any = None, *,

@@ -89,6 +89,8 @@ def summarize_run(folder: str | Path) -> RunSummary:
     if owner is not None:
         where = "" if owner.get("host") == socket.gethostname() else f" on {owner.get('host')}"
         state = f"running (pid {owner.get('pid')}{where})"
+    elif records and records[-1].get("diverged"):  # vlekit.training.monitor stopped it; nothing saved after
+        state = f"diverged at step {records[-1]['step']}: " + (checkpoint.name if checkpoint is not None else "no checkpoint")
     elif (folder / MODEL_DIR / MODEL_CONFIG_FILE).is_file():
         state = "finished"
     elif checkpoint is not None:
