@@ -92,3 +92,19 @@ def test_the_counter_sees_each_kind_of_sync() -> None:
 def test_no_host_sync_in_the_step(mode: str, task: str, gradient_checkpointing: bool, attention: str) -> None:
     found = run_counted(mode, task=task, gradient_checkpointing=gradient_checkpointing, attention=attention)
     assert not found, "host syncs in the step:\n" + "\n".join(f"{count} x {key}" for key, count in sorted(found.items()))
+
+
+def test_the_training_loop_log_window_adds_a_loss_without_waiting_for_it() -> None:
+    """Every step adds its loss (finite or not) to the window on the device; only the log line reads it."""
+    from accelerate import Accelerator
+
+    from vlekit.training.monitor import LogWindow
+
+    window = LogWindow(Accelerator(cpu=True))
+    with HostSyncCounter() as counter:
+        for loss in (1.0, float("nan")):
+            window.add(torch.tensor(loss), questions=4)
+    assert not counter.found
+    with HostSyncCounter() as counter:
+        window.flush(step=2)
+    assert counter.found  # the one read of a log step
