@@ -77,6 +77,31 @@ def test_a_folder_holding_a_run_is_refused_unless_resume_or_overwrite(trained_ru
         claim_run_folder(out, resume=True, overwrite=True)
 
 
+@pytest.mark.parametrize("how", ["moved", "copied"])
+def test_a_run_moved_or_copied_elsewhere_resumes_where_it_is_now(data, tmp_path, capsys, how):
+    """A run's config.yaml names the folder it was written in (train.out). `--config NEW/config.yaml --resume` (the
+    command the run printed, in its new place) goes on in NEW, saying so; before, it went on in the old folder, or
+    started afresh there when the run had been moved away. --out still chooses."""
+    old = tmp_path / "scratch" / "run"
+    assert main(["train", "--no-progress", *tiny_overrides(data, old, epochs=1, save_every_steps=2), SMALL_IMAGES]) == 0
+    shutil.rmtree(old / "model")
+    shutil.rmtree(old / "checkpoints" / "step-0000004")  # as if stopped after step 2
+    new = tmp_path / "home" / "run"
+    (shutil.move if how == "moved" else shutil.copytree)(str(old), str(new))
+    before = sorted(p for p in old.rglob("*")) if how == "copied" else None
+    capsys.readouterr()
+
+    assert main(["train", "--no-progress", "--config", str(new / "config.yaml"), "--resume"]) == 0
+    assert (f"{new / 'config.yaml'} is the config of the run in {new}, and names train.out {old}: the run was moved or "
+            f"copied. Going on in {new}") in capsys.readouterr().err
+    assert (new / "model" / "model.safetensors").is_file() and metric_steps(new) == [1, 2, 3, 4]
+    assert load_experiment(new / "config.yaml").train.out == str(new)
+    if how == "moved":
+        assert not old.exists()  # not started afresh where the run was
+    else:
+        assert sorted(p for p in old.rglob("*")) == before and not (old / "model").exists()  # the original untouched
+
+
 def test_a_second_process_is_locked_out_and_a_stale_lock_is_taken_over(tmp_path):
     out = tmp_path / "run"
     sleeper = subprocess.Popen(["sleep", "60"])

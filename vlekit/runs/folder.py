@@ -383,6 +383,18 @@ def check_model_folder(folder: Path) -> None:
                                 f"there); copy the whole model folder, or resume the run to write it again")
 
 
+def moved_run(config_file: str | Path | None, out: str | Path) -> Path | None:
+    """The run folder holding ``config_file`` when that file is a run's own ``config.yaml`` whose ``train.out`` (``out``)
+    names another folder: the run was moved or copied (to another disk or cluster) after it wrote the file. ``None``
+    when the file is not in a run folder, or is in the one it names."""
+    if config_file is None or Path(config_file).name != EXPERIMENT_FILE:
+        return None
+    folder = Path(config_file).resolve().parent
+    if folder == Path(out).resolve() or not ((folder / CHECKPOINTS_DIR).is_dir() or (folder / METRICS_FILE).is_file()):
+        return None
+    return folder
+
+
 def checkpoint_dirs(out: Path) -> list[Path]:
     """The ``step-N`` folders under ``out/checkpoints``, oldest first (complete or not; see
     ``vlekit.runs.manifest.folder_problem``). Unfinished ``step-N.tmp`` and replaced ``step-N.old`` folders are not listed."""

@@ -54,7 +54,7 @@ from vlekit.runs.experiment import ExperimentConfig, load_experiment
 from vlekit.model import VCRModel, VCRModelConfig
 from vlekit.runs.data import skipped_items_summary
 from vlekit.runs.folder import (
-    BEST_DIR, EXPERIMENT_FILE, METRICS_FILE, MODEL_DIR, SELECTION_FILE, RunFolder, write_model_companions,
+    BEST_DIR, EXPERIMENT_FILE, METRICS_FILE, MODEL_DIR, SELECTION_FILE, RunFolder, moved_run, write_model_companions,
 )
 from vlekit.runs.lock import claim_run_folder
 from vlekit.training.monitor import (
@@ -426,6 +426,12 @@ def run(args: argparse.Namespace) -> int:
               f"{config.model.fusion['name']}) with lr {config.train.lr:g}, batch {config.train.batch_size}. "
               f"Real fine-tuning: --config configs/vle-base-vcr-q2a.yaml; the demo's recipe: configs/demo-tiny.yaml",
               file=sys.stderr)
+    moved = moved_run(args.config, config.train.out) if args.resume and args.out is None and not any(
+        override.startswith("train.out=") for override in args.overrides) else None
+    if moved is not None:  # without this, the resume would go on in (or start afresh at) the folder the run left
+        print(f"vlekit train: {args.config} is the config of the run in {moved}, and names train.out {config.train.out}: "
+              f"the run was moved or copied. Going on in {moved} (--out chooses another folder)", file=sys.stderr)
+        config = dataclasses.replace(config, train=dataclasses.replace(config.train, out=str(moved)))
     resume_command = f"vlekit train --config {Path(config.train.out) / EXPERIMENT_FILE} --resume"
     try:
         result = train(config, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress,
