@@ -249,6 +249,18 @@ def test_options_that_cannot_work_fail_before_the_data_is_read(tmp_path, capsys,
     assert not (tmp_path / "run").exists()
 
 
+def test_data_files_that_are_not_there_are_listed_with_their_options_before_the_run_folder_is_made(tmp_path, capsys):
+    """What a run moved to another machine meets: its config names the old machine's files. One error lists each."""
+    code = main(["train", "--no-progress", "--train-annotations", str(tmp_path / "gone" / "train.jsonl"),
+                 "--val-annotations", str(tmp_path), "--images", str(tmp_path), "--out", str(tmp_path / "run")])
+    assert code == 2 and not (tmp_path / "run").exists()
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"vlekit train: the data options name files that are not there: data.train_annotations={tmp_path / 'gone' / 'train.jsonl'} "
+        f"does not exist: it names the training annotations (VCR: train.jsonl); data.val_annotations={tmp_path} is a folder: "
+        f"it names the validation annotations (VCR: val.jsonl). Give each its place here: vlekit train ... "
+        f"data.OPTION=FILE (on a resume too)")
+
+
 def test_a_plugin_that_fails_on_import_is_named_with_its_cause(tmp_path, monkeypatch, capsys):
     (tmp_path / "broken_plugin.py").write_text("import math\nvalue = math.sqrt(-1)\n")
     monkeypatch.syspath_prepend(str(tmp_path))

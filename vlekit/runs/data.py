@@ -27,6 +27,29 @@ VQA_HEAD = "vqa"
 SPLITS = ("train", "val")
 
 
+# The data options that name files, and what each holds (the image folders are checked by the preflight, which
+# also recognises an archive left unpacked or a folder one level off).
+DATA_FILES = {
+    "train_annotations": "the training annotations (VCR: train.jsonl)",
+    "val_annotations": "the validation annotations (VCR: val.jsonl)",
+    "train_questions": "the VQA training questions JSON",
+    "val_questions": "the VQA validation questions JSON",
+    "answers": "the id2label JSON of the answers",
+}
+
+
+def check_data_files(data: DataConfig) -> None:
+    """Every file the data options name is there, before anything is read: else one error listing each missing one
+    with its option (a run moved to another machine names the old machine's files)."""
+    missing = [f"data.{option}={getattr(data, option)} " + ("is a folder" if os.path.isdir(getattr(data, option)) else
+                                                           "does not exist") + f": it names {holds}"
+               for option, holds in DATA_FILES.items()
+               if getattr(data, option) is not None and not os.path.isfile(getattr(data, option))]
+    if missing:
+        raise FileNotFoundError("the data options name files that are not there: " + "; ".join(missing)
+                                + ". Give each its place here: vlekit train ... data.OPTION=FILE (on a resume too)")
+
+
 # -- VQA: the splits, the answer vocabulary, the head ----------------------------------------------
 def read_split(data: DataConfig, split: str) -> VQAExamples | None:
     """The ``train`` or ``val`` split a VQA run names (``None``: no ``val_questions``)."""

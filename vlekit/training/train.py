@@ -52,7 +52,7 @@ from vlekit.evaluation.evaluate import accuracy_on
 from vlekit.evaluation.tasks import task_for
 from vlekit.runs.experiment import ExperimentConfig, load_experiment
 from vlekit.model import VCRModel, VCRModelConfig
-from vlekit.runs.data import skipped_items_summary
+from vlekit.runs.data import check_data_files, skipped_items_summary
 from vlekit.runs.folder import (
     BEST_DIR, EXPERIMENT_FILE, METRICS_FILE, MODEL_DIR, SELECTION_FILE, RunFolder, moved_run, write_model_companions,
 )
@@ -131,6 +131,7 @@ def train(config: ExperimentConfig, *, resume: str | None = None, overwrite: boo
     (:func:`vlekit.training.checkpoints.check_resume_changes`).
     """
     train_cfg = config.train
+    check_data_files(config.data)  # before the run folder is made or claimed
     trackers = check_trackers(train_cfg.report_to)
     out = Path(train_cfg.out)
     # The schedule is counted in optimizer steps (``total_steps``) and stepped once per optimizer step
