@@ -78,16 +78,19 @@ def test_a_folder_holding_a_run_is_refused_unless_resume_or_overwrite(trained_ru
 
 
 @pytest.mark.parametrize("how", ["moved", "copied"])
-def test_a_run_moved_or_copied_elsewhere_resumes_where_it_is_now(data, tmp_path, capsys, how):
-    """A run's config.yaml names the folder it was written in (train.out). `--config NEW/config.yaml --resume` (the
-    command the run printed, in its new place) goes on in NEW, saying so; before, it went on in the old folder, or
-    started afresh there when the run had been moved away. --out still chooses."""
+def test_a_run_moved_or_copied_elsewhere_resumes_where_it_is_now(data, trained_run, tmp_path, capsys, how):
+    """A run's config.yaml names the folder it was written in (train.out) and the tokenizer it started from
+    (data.tokenizer, here a folder beside it). `--config NEW/config.yaml --resume` (the command the run printed, in
+    its new place) goes on in NEW, saying so, with the tokenizer its checkpoint holds; before, it went on in the old
+    folder, or started afresh there when the run had been moved away (and failed without the tokenizer)."""
     old = tmp_path / "scratch" / "run"
-    assert main(["train", "--no-progress", *tiny_overrides(data, old, epochs=1, save_every_steps=2), SMALL_IMAGES]) == 0
+    tokenizer = shutil.copytree(trained_run.q2a / "tokenizer", tmp_path / "scratch" / "tokenizer")
+    assert main(["train", "--no-progress", *tiny_overrides(data, old, epochs=1, save_every_steps=2), SMALL_IMAGES,
+                 f"data.tokenizer={tokenizer}"]) == 0
     shutil.rmtree(old / "model")
     shutil.rmtree(old / "checkpoints" / "step-0000004")  # as if stopped after step 2
     new = tmp_path / "home" / "run"
-    (shutil.move if how == "moved" else shutil.copytree)(str(old), str(new))
+    (shutil.move if how == "moved" else shutil.copytree)(str(old.parent), str(new.parent))
     before = sorted(p for p in old.rglob("*")) if how == "copied" else None
     capsys.readouterr()
 

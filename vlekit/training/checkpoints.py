@@ -172,13 +172,15 @@ def options_as_started(config: ExperimentConfig, checkpoint: Path, *, report: Ca
 
 # What a resumed run may change without changing what it computes: where things are, how often it logs,
 # checkpoints and validates, what it keeps, the device and speed options (gradient accumulation too: with the same
-# train.batch_size it splits the same optimizer steps otherwise, as another number of processes does). Any other option differing from the
+# train.batch_size it splits the same optimizer steps otherwise, as another number of processes does; and
+# data.tokenizer: a resume takes the tokenizer its checkpoint holds). Any other option differing from the
 # checkpoint's config.yaml would make the resumed run something else than the one that was started.
 FREE_ON_RESUME = frozenset({
     "plugins", "train.out", "train.save_every_steps", "train.keep", "train.log_every_steps", "train.eval_every_epochs",
     "train.report_to", "train.save_best", "train.early_stopping_patience", "train.cpu", "train.compile",
-    "train.gradient_checkpointing", "train.gradient_accumulation_steps", "data.num_workers", "data.skip_bad", "data.train_annotations", "data.val_annotations",
-    "data.images", "data.train_questions", "data.val_questions", "data.val_images",
+    "train.gradient_checkpointing", "train.gradient_accumulation_steps", "data.tokenizer", "data.num_workers",
+    "data.skip_bad", "data.train_annotations", "data.val_annotations", "data.images", "data.train_questions",
+    "data.val_questions", "data.val_images",
 })
 
 

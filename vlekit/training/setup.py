@@ -28,11 +28,15 @@ def resolve_mixed_precision(value: str) -> str:
     return "no" if value == "fp32" else value
 
 
-def load_or_build_tokenizer(config: ExperimentConfig, out: Path, accelerator: Accelerator, text: Any):
+def load_or_build_tokenizer(config: ExperimentConfig, out: Path, accelerator: Accelerator, text: Any, *,
+                            checkpoint: Path | None = None):
     """The run's tokenizer: a name or path, or ``auto`` (word-level, built once from ``text``, the
-    training records :class:`vlekit.runs.data.RunData` holds)."""
+    training records :class:`vlekit.runs.data.RunData` holds). A resumed run takes the one its ``checkpoint`` holds
+    (the one it trained with, wherever ``data.tokenizer`` was: a run moved to another machine still has it)."""
     from transformers import AutoTokenizer
 
+    if checkpoint is not None and (checkpoint / TOKENIZER_DIR / "tokenizer_config.json").is_file():
+        return AutoTokenizer.from_pretrained(checkpoint / TOKENIZER_DIR)
     if config.data.tokenizer != "auto":
         return AutoTokenizer.from_pretrained(config.data.tokenizer)
     folder = out / TOKENIZER_DIR

@@ -177,7 +177,7 @@ def _train(config: ExperimentConfig, accelerator: Accelerator, *, micro: int, tr
         data_cfg = config.data
     set_seed(train_cfg.seed)
 
-    tokenizer = load_or_build_tokenizer(config, out, accelerator, run_data.text)
+    tokenizer = load_or_build_tokenizer(config, out, accelerator, run_data.text, checkpoint=checkpoint)
     model = build_run_model(config, tokenizer, run_data.vocabulary)
     config = dataclasses.replace(config, model=model.config)  # what was built, for config.yaml and checkpoints
     if checkpoint is not None:
