@@ -305,6 +305,7 @@ class VQADataset(Dataset):
     vocabulary is given, ``labels [num_labels]``: the soft scores (:func:`soft_scores`).
     Use ``DataLoader(dataset, collate_fn=dataset.collate)``.
 
+    ``decode_images=False``: a zero image instead of each picture, none read (for passes that replace the pixels).
     ``geometry``, ``max_length``, ``jpeg_draft`` and ``pixel_dtype`` are
     ``data_prep.options.PreprocessOptions``' (``task="vqa"``): unset, the geometry is ``center-crop``
     (short side to S, centre crop), what VLE's processor does; VQA has no boxes, so nothing else
@@ -324,6 +325,7 @@ class VQADataset(Dataset):
         image_std: Sequence[float] = CLIP_STD,
         jpeg_draft: bool = False,
         pixel_dtype: str = "float32",
+        decode_images: bool = True,
     ) -> None:
         # The run's options, validated (and geometry resolved) where every pipeline's are.
         options = PreprocessOptions(task=VQA_TASK, geometry=geometry, max_length=max_length, jpeg_draft=jpeg_draft,
@@ -340,6 +342,9 @@ class VQADataset(Dataset):
         self.pixel_dtype = pixel_dtype
         self._mean = np.asarray(image_mean, dtype=np.float32)
         self._std = np.asarray(image_std, dtype=np.float32)
+        # decode_images=False: one zero image for every example (a pass that replaces the pixels decodes none)
+        self._placeholder = None if decode_images else torch.zeros(
+            3, image_size, image_size, dtype=torch.uint8 if pixel_dtype == "uint8" else torch.float32)
 
     def __len__(self) -> int:
         return len(self.examples)
@@ -349,7 +354,7 @@ class VQADataset(Dataset):
         item: dict[str, Any] = {
             "question_id": example.question_id,
             "input_ids": self.tokenizer(example.question, truncation=True, max_length=self.max_length)["input_ids"],
-            "pixel_values": self.load_pixels(example),
+            "pixel_values": self.load_pixels(example) if self._placeholder is None else self._placeholder,
         }
         if self.vocabulary is not None and example.annotated:
             labels, scores = soft_scores(example.answers, self.vocabulary)

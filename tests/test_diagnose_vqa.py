@@ -82,6 +82,23 @@ def test_image_blind_and_question_blind_take_away_the_picture_and_the_question(r
     assert kept.sum(-1).tolist() == [2, 2, 2, 2] and set(batch) == set(P.question_masked(batch, sep))
 
 
+def test_image_blind_decodes_no_image_of_its_own(run, context, monkeypatch):
+    """image-blind replaces the pixels: its pass reads no picture. The split's images are decoded once, by full
+    (which also sums the mean image image-blind shows); image-blind's scores are those of the decoded pass."""
+    import data_prep.vqa
+
+    decoded = []
+    load = data_prep.vqa.load_pixels
+    monkeypatch.setattr(data_prep.vqa, "load_pixels", lambda path, **options: decoded.append(path) or load(path, **options))
+    blind = lambda batch: P.ImageBlind(config=P.NoOptions()).transform(batch, context)
+    context.prefetch({"full": P.Pass(), "image-blind": P.Pass(transform=blind, pixels=False)})
+    assert len(decoded) == len(context.records)
+    decoding = DiagnoseContext(run, context.records, images=context.images, batch_size=16, num_workers=0, progress=False)
+    decoding.mean_pixels()
+    np.testing.assert_allclose(context.logits("image-blind"), decoding.logits("blind, decoded", transform=blind),
+                               atol=1e-5)
+
+
 def test_image_swap_shows_every_question_another_image_of_the_split(context):
     records = context.records
     swapped = P.swap_images(records, rng=np.random.default_rng(0))

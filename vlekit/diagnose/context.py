@@ -239,12 +239,12 @@ class DiagnoseContext:
         return {name: torch.cat(parts).numpy() for name, parts in chunks.items()}
 
     def _dataset(self, records: Sequence[Any], *, pixels: bool, metadata: Sequence[Mapping[str, Any]] | None) -> Dataset:
-        """The run's data pipeline over ``records``; ``pixels=False``: zeros instead of the images (VCR; a VQA
-        pipeline always decodes them), ``metadata``: other boxes (VCR)."""
+        """The run's data pipeline over ``records``; ``pixels=False``: zeros instead of the images, none decoded;
+        ``metadata``: other boxes (VCR)."""
         if self.task == VQA_TASK:
             if metadata is not None:
                 raise ValueError("a VQA run's data has no boxes: a probe that moves boxes puts a VCR run to the test")
-            return self.trained.vqa_dataset(records)
+            return self.trained.vqa_dataset(records, decode_images=pixels)
         preprocessor = self.trained.preprocessor(images_root=self.images)
         if pixels:
             return VCRDataset(records, preprocessor, metadata=metadata)

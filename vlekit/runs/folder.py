@@ -230,9 +230,10 @@ class TrainedModel:
     def task(self) -> str:
         return self.data["task"]
 
-    def vqa_dataset(self, examples: Sequence[VQAExample]) -> VQADataset:
-        """A VQA model's data pipeline over ``examples`` (``data_prep.vqa.read_vqa``), as it was trained."""
-        return make_vqa_dataset(examples, self.tokenizer, self.model, **self.data)
+    def vqa_dataset(self, examples: Sequence[VQAExample], *, decode_images: bool = True) -> VQADataset:
+        """A VQA model's data pipeline over ``examples`` (``data_prep.vqa.read_vqa``), as it was trained;
+        ``decode_images=False``: zero images instead of the pictures (``VQADataset``)."""
+        return make_vqa_dataset(examples, self.tokenizer, self.model, decode_images=decode_images, **self.data)
 
     def preprocessor(self, *, images_root: str | Path | None = None, compat: str | None = None) -> VCRPreprocessor:
         """The VCR data pipeline this model was trained with, reading images under ``images_root``;
