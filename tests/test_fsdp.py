@@ -212,6 +212,9 @@ def test_fsdp2_on_two_cpu_processes_resumes_exactly_and_matches_ddp(synthetic, t
     assert [r["lr"] for r in rows["fsdp"]] == [r["lr"] for r in rows["ddp"]] == [r["lr"] for r in rows["fsdp_resumed"]]
     torch.testing.assert_close(torch.tensor([r["loss"] for r in rows["fsdp"]]),
                                torch.tensor([r["loss"] for r in rows["ddp"]]), rtol=0, atol=1e-4)
+    # clip_grad_norm_'s norm, from the shards' partial norms (FSDP2) or the all-reduced gradients (DDP)
+    torch.testing.assert_close(torch.tensor([r["grad_norm"] for r in rows["fsdp"]]),
+                               torch.tensor([r["grad_norm"] for r in rows["ddp"]]), rtol=1e-3, atol=1e-5)
     # the validation at the end of each epoch, run on the sharded model (all-gathered layer by layer)
     accuracies = {name: [r["val_accuracy"] for r in map(json.loads, (tmp_path / name / "metrics.jsonl").read_text()
                                                             .splitlines()) if "val_accuracy" in r] for name in overrides}

@@ -95,7 +95,8 @@ def test_no_host_sync_in_the_step(mode: str, task: str, gradient_checkpointing: 
 
 
 def test_the_training_loop_log_window_adds_a_loss_without_waiting_for_it() -> None:
-    """Every step adds its loss (finite or not) to the window on the device; only the log line reads it."""
+    """Every step adds its loss (finite or not) and gradient norm to the window on the device; only the log line
+    reads them."""
     from accelerate import Accelerator
 
     from vlekit.training.monitor import LogWindow
@@ -104,6 +105,7 @@ def test_the_training_loop_log_window_adds_a_loss_without_waiting_for_it() -> No
     with HostSyncCounter() as counter:
         for loss in (1.0, float("nan")):
             window.add(torch.tensor(loss), questions=4)
+            window.add_gradient_norm(torch.tensor(0.5))
     assert not counter.found
     with HostSyncCounter() as counter:
         window.flush(step=2)

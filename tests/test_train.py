@@ -324,6 +324,9 @@ def test_two_cpu_processes_follow_the_one_process_run_step_by_step(synthetic, tm
     assert one[-1]["lr"] > 0  # the schedule reaches 0 only after the last step
     torch.testing.assert_close(torch.tensor([r["loss"] for r in two]), torch.tensor([r["loss"] for r in one]),
                                rtol=1e-3, atol=1e-4)
+    # the gradient norm of the synchronised gradients: the one process's, over both processes' halves of the batch
+    torch.testing.assert_close(torch.tensor([r["grad_norm"] for r in two]), torch.tensor([r["grad_norm"] for r in one]),
+                               rtol=1e-3, atol=1e-5)
 
 
 @pytest.mark.parametrize("accumulation", [2, 4])

@@ -289,3 +289,21 @@ def test_an_evaluation_whose_scores_overflow_is_an_error_not_a_score(trained_run
     with pytest.raises(ValueError, match=r"under fp16 .* fp16 overflows where bf16 does not: evaluate with --precision bf16"):
         check_finite_scores(torch.tensor([[0.0, 1.0], [float("inf"), 0.0]]), precision="fp16")
     check_finite_scores(torch.tensor([[0.0, 1.0]]), precision="fp16")  # finite: nothing to say
+
+
+def test_the_log_carries_each_windows_mean_and_largest_gradient_norm(data, tmp_path):
+    """Gradient norms (before clipping: what diverging runs show first) per log line: logging every 2 steps gives the
+    mean and the max of what logging every step gives, step for step; without clipping none is computed."""
+    rows = {}
+    for every in (1, 2):
+        train(load_experiment(None, [*tiny_overrides(data, tmp_path / f"every-{every}", epochs=1, log_every_steps=every),
+                                     SMALL_IMAGES, *NO_DROPOUT]), progress=False)
+        rows[every] = metric_rows(tmp_path / f"every-{every}")
+    single = [r["grad_norm"] for r in rows[1]]
+    assert len(single) == 4 and all(0 < norm < float("inf") for norm in single)
+    assert [r["grad_norm"] for r in rows[1]] == [r["grad_norm_max"] for r in rows[1]]
+    assert [r["grad_norm"] for r in rows[2]] == pytest.approx([(single[0] + single[1]) / 2, (single[2] + single[3]) / 2])
+    assert [r["grad_norm_max"] for r in rows[2]] == pytest.approx([max(single[:2]), max(single[2:])])
+    train(load_experiment(None, [*tiny_overrides(data, tmp_path / "unclipped", epochs=1, max_grad_norm=0), SMALL_IMAGES]),
+          progress=False)
+    assert not any("grad_norm" in r for r in metric_rows(tmp_path / "unclipped"))

@@ -34,11 +34,14 @@ class LogWindow:
     def __init__(self, accelerator: Accelerator) -> None:
         self.accelerator = accelerator
         self.totals = torch.zeros(2, device=accelerator.device)  # sum of the finite losses, non-finite losses
+        self.norms = torch.zeros(2, device=accelerator.device)  # sum and max of the steps' gradient norms
         self._reset()
 
     def _reset(self) -> None:
         self.totals.zero_()
-        self.batches, self.questions, self.data_time, self.start = 0, 0, 0.0, time.perf_counter()
+        self.norms.zero_()
+        self.batches, self.norm_steps, self.questions, self.data_time = 0, 0, 0, 0.0
+        self.start = time.perf_counter()
 
     def timed(self, loader: Iterable[Any]) -> Iterator[Any]:
         """Iterate ``loader``, adding the time spent waiting for each batch to the data time."""
@@ -59,14 +62,25 @@ class LogWindow:
         self.batches += 1
         self.questions += questions * self.accelerator.num_processes
 
+    def add_gradient_norm(self, norm: torch.Tensor) -> None:
+        """An optimizer step's gradient norm (before clipping, over every process: what ``clip_grad_norm_`` returns)."""
+        norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # FSDP2: a DTensor
+        norm = norm.detach().float()
+        self.norms.copy_(torch.stack([self.norms[0] + norm, torch.maximum(self.norms[1], norm)]))
+        self.norm_steps += 1
+
     def flush(self, **fields: Any) -> dict[str, Any]:
         """The window's record (``loss``: the mean of its finite losses over every process; NaN when none
-        was; ``nonfinite_losses`` when some were not), and a new window."""
+        was; ``nonfinite_losses`` when some were not; ``grad_norm`` / ``grad_norm_max``: the mean and the largest
+        gradient norm of its optimizer steps, when they were clipped), and a new window."""
         elapsed = time.perf_counter() - self.start
         loss_sum, nonfinite = self.accelerator.reduce(self.totals.clone(), reduction="sum").tolist()
         finite = self.batches * self.accelerator.num_processes - nonfinite
         record = {**fields, "loss": loss_sum / finite if finite else float("nan"),
                   "questions_per_s": self.questions / elapsed, "data_time_fraction": self.data_time / elapsed}
+        if self.norm_steps:  # the same on every process: the norm is of the synchronised gradients
+            norm_sum, norm_max = self.norms.tolist()
+            record.update(grad_norm=norm_sum / self.norm_steps, grad_norm_max=norm_max)
         if nonfinite:
             record["nonfinite_losses"] = int(nonfinite)
         if self.accelerator.device.type == "cuda":  # since the run started (this process's GPU)

@@ -292,8 +292,8 @@ def _train(config: ExperimentConfig, accelerator: Accelerator, *, micro: int, tr
                     with accelerator.accumulate(model):
                         loss = model(**batch)["loss"]
                         accelerator.backward(loss)
-                        if accelerator.sync_gradients and train_cfg.max_grad_norm > 0:
-                            accelerator.clip_grad_norm_(model.parameters(), train_cfg.max_grad_norm)
+                        if accelerator.sync_gradients and train_cfg.max_grad_norm > 0:  # the norm is logged
+                            window.add_gradient_norm(accelerator.clip_grad_norm_(model.parameters(), train_cfg.max_grad_norm))
                         optimizer.step()  # a no-op until the last micro-batch of the accumulation
                         optimizer.zero_grad(set_to_none=True)
                 except torch.OutOfMemoryError as error:
