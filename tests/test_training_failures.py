@@ -179,13 +179,21 @@ def test_the_log_window_averages_the_finite_losses_and_counts_the_others():
     assert "nonfinite_losses" not in window.flush(step=6)
 
 
-def test_the_curve_marks_where_the_run_diverged(tmp_path):
+def test_the_curve_marks_where_the_run_diverged_and_draws_the_gradient_norms_below(tmp_path):
     metrics = tmp_path / "metrics.jsonl"
     metrics.write_text("".join(json.dumps(r) + "\n" for r in [
         {"step": 1, "loss": 1.4}, {"step": 2, "loss": 1.3}, {"step": 3, "diverged": True, "nonfinite_weights": 9}]))
     figure = plot_training_curve(metrics)
     labels = [line.get_label() for line in figure.axes[0].get_lines()]
     assert labels == ["train loss", "diverged (weights NaN / inf)"]
+    assert len(figure.axes) == 2  # loss and its twin accuracy axis: no gradient norms were logged
+
+    metrics.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"step": 1, "loss": 1.4, "grad_norm": 0.5, "grad_norm_max": 0.5},
+        {"step": 3, "loss": 1.3, "grad_norm": 2.0, "grad_norm_max": 8.0}, {"step": 4, "diverged": True}]))
+    norms = plot_training_curve(metrics).axes[1]  # the panel below the loss
+    assert norms.get_yscale() == "log"
+    assert [line.get_ydata().tolist() for line in norms.get_lines()] == [[0.5, 2.0], [0.5, 8.0]]
 
 
 # -- out of memory ---------------------------------------------------------------------------------------

@@ -53,17 +53,23 @@ def plot_training_curve(
     metrics: str | Path | Mapping[str, str | Path], png: str | Path | None = None, *, title: str = "training",
     loss_label: str = "cross-entropy over choices", chance: float | None = 0.25,
 ) -> Figure:
-    """Loss per step (left axis) and validation accuracy (right axis) of one or several runs.
+    """Loss per step (left axis) and validation accuracy (right axis) of one or several runs; below, when the runs
+    logged them, their gradient norms before clipping (each log window's mean, its largest dotted; log scale).
 
     ``metrics``: a ``metrics.jsonl`` path, or ``{label: path}`` for several runs on one figure.
     ``loss_label`` / ``chance`` (a dotted line on the accuracy axis; None: none): VCR's by default,
     a task's are its :class:`vlekit.interfaces.Task` attributes (``loss_label``, ``chance``).
     """
     runs = {"": metrics} if isinstance(metrics, (str, Path)) else dict(metrics)
-    figure, loss_axis = plt.subplots(figsize=(7, 4))
+    logs = {label: read_metrics(path) for label, path in runs.items()}
+    norms = any("grad_norm" in r for records in logs.values() for r in records)
+    if norms:  # a panel below: the gradient norms, on a log scale (a divergence shows there first)
+        figure, (loss_axis, norm_axis) = plt.subplots(2, 1, figsize=(7, 5.5), sharex=True,
+                                                      gridspec_kw={"height_ratios": [3, 1]})
+    else:
+        figure, loss_axis = plt.subplots(figsize=(7, 4))
     accuracy_axis = loss_axis.twinx()
-    for index, (label, path) in enumerate(runs.items()):
-        records = read_metrics(path)
+    for index, (label, records) in enumerate(logs.items()):
         colour = f"C{index}"
         steps = [r for r in records if "loss" in r]
         evals = [r for r in records if "val_accuracy" in r]
@@ -74,7 +80,17 @@ def plot_training_curve(
                                label=f"{prefix}val accuracy")
         for record in (r for r in records if r.get("diverged")):  # vlekit.training.monitor stopped the run there
             loss_axis.axvline(record["step"], color=colour, ls="-.", lw=1, label=f"{prefix}diverged (weights NaN / inf)")
-    loss_axis.set_xlabel("optimizer step")
+        clipped = [r for r in steps if "grad_norm" in r]
+        if norms and clipped:
+            norm_axis.plot([r["step"] for r in clipped], [r["grad_norm"] for r in clipped], color=colour)
+            norm_axis.plot([r["step"] for r in clipped], [r["grad_norm_max"] for r in clipped], color=colour, lw=0.6,
+                           ls=":")
+    if norms:
+        norm_axis.set_yscale("log")
+        norm_axis.set_ylabel("gradient norm\n(mean, max: dotted)", fontsize=8)
+        norm_axis.set_xlabel("optimizer step")
+    else:
+        loss_axis.set_xlabel("optimizer step")
     loss_axis.set_ylabel(loss_label)
     accuracy_axis.set_ylabel("validation accuracy")
     accuracy_axis.set_ylim(0, 1)
