@@ -10,9 +10,12 @@ is torch's own error, raised by the forward pass of one micro-batch.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -315,3 +318,59 @@ def test_the_log_carries_each_windows_mean_and_largest_gradient_norm(data, tmp_p
     train(load_experiment(None, [*tiny_overrides(data, tmp_path / "unclipped", epochs=1, max_grad_norm=0), SMALL_IMAGES]),
           progress=False)
     assert not any("grad_norm" in r for r in metric_rows(tmp_path / "unclipped"))
+
+
+# -- the data loader fails ---------------------------------------------------------------------------------
+UNREADABLE_FRAME = """\
+import errno, sys
+
+from data_prep.dataset import VCRDataset
+
+getitem = VCRDataset.__getitem__
+
+
+def unreadable(self, index):
+    if len(self) == 32 and index == 5:  # one training question's picture
+        raise OSError(errno.EIO, "Input/output error", "vcr1images/movie/frame.jpg")
+    return getitem(self, index)
+
+
+VCRDataset.__getitem__ = unreadable
+from vlekit.cli import main
+
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_data_loader_failure_saves_the_last_whole_step_exits_and_the_run_goes_on_from_it(data, tmp_path):
+    """`vlekit train` whose DataLoader worker cannot read a training image any more (a network disk failing): the error
+    goes up as it was (a traceback, exit 1) with a note naming the checkpoint of the last whole step, written then, and
+    the resume; and the process ends. Before, it never did: the failed loader's workers, which ignore SIGTERM so that a
+    cluster's signal to the process group reaches the main process first, outlived the error, and multiprocessing
+    waited for them at exit for ever. Once the file reads again the resumed run follows the uninterrupted one."""
+    def overrides(name: str) -> list[str]:
+        return [*tiny_overrides(data, tmp_path / name, epochs=2, save_every_steps=100), SMALL_IMAGES, *NO_DROPOUT,
+                "data.num_workers=2"]
+
+    train(load_experiment(None, overrides("straight")), progress=False)
+    out = tmp_path / "run"
+    launcher = tmp_path / "unreadable_frame.py"
+    launcher.write_text(UNREADABLE_FRAME)
+    failed = subprocess.run([sys.executable, str(launcher), "train", "--no-progress", *overrides("run")],
+                            capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert failed.returncode == 1, failed.stderr[-3000:]
+    saved = checkpoint_dirs(out)
+    assert len(saved) == 1 and not (out / "model").exists()
+    step = json.loads((saved[0] / "trainer_state.json").read_text())["global_step"]
+    assert 0 < step < 8  # question 5 is in a batch of each epoch: the first one failed
+    assert "OSError: [Errno 5] Input/output error: 'vcr1images/movie/frame.jpg'" in failed.stderr
+    assert (f"vlekit train: loading the training data failed in step {step + 1}; the run was saved as it stood after "
+            f"step {step}, its last whole step: {saved[0]}. Once the data can be read again (data.skip_bad=true leaves "
+            f"out images that cannot be decoded), go on with: vlekit train --config {out / 'config.yaml'} --resume"
+            ) in failed.stderr
+
+    assert main(["train", "--no-progress", "--config", str(out / "config.yaml"), "--resume"]) == 0
+    straight, resumed = metric_rows(tmp_path / "straight"), metric_rows(out)
+    assert [r["step"] for r in resumed] == list(range(1, 9))
+    torch.testing.assert_close(torch.tensor([r["loss"] for r in resumed]), torch.tensor([r["loss"] for r in straight]),
+                               rtol=1e-5, atol=1e-6)

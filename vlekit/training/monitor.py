@@ -22,7 +22,7 @@ import torch
 from accelerate import Accelerator
 
 from vlekit.runs.experiment import ExperimentConfig
-from vlekit.runs.folder import EXPERIMENT_FILE, latest_checkpoint, nonfinite_weights
+from vlekit.runs.folder import EXPERIMENT_FILE, STATE_FILE, latest_checkpoint, nonfinite_weights
 from vlekit.training.checkpoints import TrainerState
 
 
@@ -43,8 +43,9 @@ class LogWindow:
         self.batches, self.norm_steps, self.questions, self.data_time = 0, 0, 0, 0.0
         self.start = time.perf_counter()
 
-    def timed(self, loader: Iterable[Any]) -> Iterator[Any]:
-        """Iterate ``loader``, adding the time spent waiting for each batch to the data time."""
+    def timed(self, loader: Iterable[Any], *, on_error: Callable[[Exception], None] | None = None) -> Iterator[Any]:
+        """Iterate ``loader``, adding the time spent waiting for each batch to the data time. ``on_error``: called
+        with what the loader raised (a worker killed, an unreadable file) before it goes on up."""
         iterator = iter(loader)
         while True:
             fetch = time.perf_counter()
@@ -52,6 +53,10 @@ class LogWindow:
                 batch = next(iterator)
             except StopIteration:
                 return
+            except Exception as error:
+                if on_error is not None:
+                    on_error(error)
+                raise
             self.data_time += time.perf_counter() - fetch
             yield batch
 
@@ -192,6 +197,40 @@ class TrainingOutOfMemory(RuntimeError):
         self.step, self.checkpoint = step, checkpoint
 
 
+def save_last_whole_step(*, accelerator: Accelerator, optimizer: Any, state: TrainerState, config: ExperimentConfig,
+                         save: Callable[[], Path]) -> Path | None:
+    """After a failure in the middle of an optimizer step: the run as it stood after its last whole step, saved
+    (``save``; the micro-batches of the unfinished step are trained on again when it goes on). One process only:
+    several can no longer agree on a save (``None``)."""
+    optimizer.zero_grad(set_to_none=True)  # the unfinished step's gradients
+    state.batches_in_epoch -= state.batches_in_epoch % config.train.gradient_accumulation_steps
+    accelerator.step = 0  # a step of micro-batches starts at that place
+    return save() if accelerator.num_processes == 1 else None
+
+
+def note_data_failure(error: Exception, *, accelerator: Accelerator, optimizer: Any, state: TrainerState,
+                      config: ExperimentConfig, save: Callable[[], Path]) -> None:
+    """The data loader failed (a worker killed for memory, a file gone or unreadable on a network disk): the run is
+    saved as it stood after its last whole step, and ``error`` gets a note saying where and how to go on."""
+    out = Path(config.train.out)
+    newest = latest_checkpoint(out, report=lambda message: None)
+    try:
+        if newest is not None and json.loads((newest / STATE_FILE).read_text())["global_step"] == state.global_step \
+                and not state.batches_in_epoch % config.train.gradient_accumulation_steps:
+            saved = newest  # just saved at this step
+        else:
+            saved = save_last_whole_step(accelerator=accelerator, optimizer=optimizer, state=state, config=config,
+                                         save=save)
+    except Exception as failed:  # noqa: BLE001 (the data error is the one to report)
+        error.add_note(f"vlekit train: the run could not be saved after it ({type(failed).__name__}: {failed})")
+        return
+    where = (f"the run was saved as it stood after step {state.global_step}, its last whole step: {saved}" if saved else
+             f"the newest checkpoint is {newest}" if newest is not None else "no checkpoint was saved yet")
+    error.add_note(f"vlekit train: loading the training data failed in step {state.global_step + 1}; {where}. Once the "
+                   f"data can be read again (data.skip_bad=true leaves out images that cannot be decoded), go on with: "
+                   f"vlekit train --config {out / EXPERIMENT_FILE} --resume")
+
+
 def stop_out_of_memory(error: str, *, accelerator: Accelerator, optimizer: Any, state: TrainerState,
                        config: ExperimentConfig, save: Callable[[], Path]) -> NoReturn:
     """A training step ran out of memory (``error``: its text): one process saves the run as it stood after its last
@@ -200,14 +239,11 @@ def stop_out_of_memory(error: str, *, accelerator: Accelerator, optimizer: Any, 
     (``gradient_accumulation_steps`` may change on a resume), or gradient checkpointing. Several processes can no
     longer agree on a save: the newest checkpoint is named instead."""
     train, processes = config.train, accelerator.num_processes
-    optimizer.zero_grad(set_to_none=True)  # the unfinished step's gradients
-    state.batches_in_epoch -= state.batches_in_epoch % train.gradient_accumulation_steps
-    out, step, saved = Path(train.out), state.global_step + 1, None
-    if processes == 1:
-        gc.collect()
-        if accelerator.device.type == "cuda":
-            torch.cuda.empty_cache()
-        saved = save()
+    out, step = Path(train.out), state.global_step + 1
+    gc.collect()
+    if accelerator.device.type == "cuda":
+        torch.cuda.empty_cache()
+    saved = save_last_whole_step(accelerator=accelerator, optimizer=optimizer, state=state, config=config, save=save)
     where = str(accelerator.device)
     if accelerator.device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(accelerator.device) / 2**30

@@ -2,6 +2,8 @@
 with every process of a multi-process run stopping at the same step."""
 from __future__ import annotations
 
+import atexit
+import multiprocessing
 import signal
 from typing import Any
 
@@ -62,6 +64,24 @@ class StopRequested:
 def ignore_stop_signals(worker_id: int) -> None:
     """DataLoader ``worker_init_fn``: a worker leaves SIGINT / SIGTERM to the main process, which stops
     the run cleanly and then shuts its workers down (a worker killed by the group's signal would
-    otherwise abort the loop before the checkpoint)."""
+    otherwise abort the loop before the checkpoint). A run that fails leaves the main process to kill them
+    when it exits (:func:`_kill_leftover_workers`)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _kill_leftover_workers() -> None:
+    """At exit. When a run fails, the error's traceback keeps its DataLoader alive, and with it the workers; at
+    exit multiprocessing ends daemonic children with SIGTERM, which these workers ignore, and then waits for them:
+    the process would never end (a cluster job hanging until its time limit). Kill them first (without torch's
+    SIGCHLD handler, which would raise "DataLoader worker killed" in the middle of it)."""
+    if hasattr(signal, "SIGCHLD"):
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for child in multiprocessing.active_children():
+        if child.daemon:
+            child.kill()
+            child.join(timeout=5)
+
+
+# Registered after multiprocessing's own exit handler (imported with torch above), so it runs before it.
+atexit.register(_kill_leftover_workers)

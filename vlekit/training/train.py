@@ -58,7 +58,7 @@ from vlekit.runs.folder import (
 )
 from vlekit.runs.lock import claim_run_folder
 from vlekit.training.monitor import (
-    DivergenceGuard, LogWindow, MetricsLog, TrainingDiverged, TrainingOutOfMemory, stop_out_of_memory,
+    DivergenceGuard, LogWindow, MetricsLog, TrainingDiverged, TrainingOutOfMemory, note_data_failure, stop_out_of_memory,
 )
 from vlekit.training.setup import (
     apply_planned_hyperparameters, build_run_model, linear_warmup_decay, load_or_build_tokenizer, make_optimizer,
@@ -280,6 +280,9 @@ def _train(config: ExperimentConfig, accelerator: Accelerator, *, micro: int, tr
                       f"{state.best_score:.3f}, at step {state.best_step}): stopping early")
         return accuracy
 
+    def on_data_failure(error: Exception) -> None:  # saves the last whole step, notes it on the error
+        note_data_failure(error, accelerator=accelerator, optimizer=optimizer, state=state, config=config, save=save)
+
     memory_error = None
     with StopRequested() as stop:
         while state.global_step < total_steps and not interrupted and not state.stopped_early and memory_error is None:
@@ -287,7 +290,7 @@ def _train(config: ExperimentConfig, accelerator: Accelerator, *, micro: int, tr
             # Accelerate's loaders pass their own iteration count to the sampler; set it to the real epoch.
             epoch_loader.set_epoch(state.epoch)
             model.train()
-            for batch in window.timed(epoch_loader):
+            for batch in window.timed(epoch_loader, on_error=on_data_failure):
                 try:
                     with accelerator.accumulate(model):
                         loss = model(**batch)["loss"]
@@ -452,7 +455,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"vlekit train: {error}\n  the training curve up to it: {curve}", file=sys.stderr)
         return 1
     except (ValueError, FileNotFoundError) as error:  # the options did not fit the data, the processes, the run folder or the checkpoint
-        print(f"vlekit train: {error}", file=sys.stderr)
+        print(f"vlekit train: {error}" + "".join(f"\n{note}" for note in getattr(error, "__notes__", ())), file=sys.stderr)
         return 2
     if result.interrupted:
         name = signal.Signals(result.stop_signal).name if result.stop_signal is not None else "a stop request"
