@@ -19,7 +19,8 @@ save, never leaves a half-written ``step-N``. ``--resume`` restores the newest c
 continues to the same result as an uninterrupted run. SIGINT / SIGTERM (to the main process or to the
 whole process group, as clusters send them) finish the current step, save, and exit with 130 / 143.
 An OUT that holds another run is refused unless ``--resume`` or ``--overwrite`` (``vlekit.runs.lock``).
-Weights that turn NaN or inf stop the run before anything of them is saved (``vlekit.training.monitor``).
+Weights that turn NaN or inf stop the run before anything of them is saved; running out of memory or a failing
+data loader saves the last whole optimizer step and says how to go on (``vlekit.training.monitor``).
 """
 from __future__ import annotations
 
