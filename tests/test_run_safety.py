@@ -305,9 +305,9 @@ def test_damaged_run_files_are_named(trained_run, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_sigterm_to_a_torchrun_group_stops_every_process_at_one_step_and_resumes_exactly(data, tmp_path):
-    """DDP on 2 CPU processes under torchrun, all in one process group: ``kill -TERM -- -PGID`` reaches the
-    workers and torchrun, which forwards it again. The workers agree on one step, save, and the resumed
-    run ends with the weights of an uninterrupted one."""
+    """DDP on 2 CPU processes under torchrun: ``kill -TERM -- -PGID`` reaches torchrun, whose agent forwards it to
+    each worker (torch's elastic starts them in sessions of their own: ``start_new_session``). The workers agree
+    on one step, save, and the resumed run ends with the weights of an uninterrupted one."""
     straight, stopped = tmp_path / "straight", tmp_path / "stopped"
     options = {"epochs": 3, "save_every_steps": 0}
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
